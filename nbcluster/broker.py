@@ -1,0 +1,181 @@
+"""The broker process: a ZeroMQ ROUTER loop around `BrokerState`.
+
+    client (DEALER) ── submit/cancel/query ──►┐                ┌── ready n / done / output ── worker (DEALER)
+                    ◄── results/output/reply ─┤  ROUTER socket ├── run / cancel ──────────►
+                                              └────────────────┘
+                      every frame checked by `protocol.decode`; bookkeeping in `BrokerState`
+
+One thread. Each received message is checked (version, size, signature, header) and handed
+to the state machine; what it returns is signed and sent. Payload frames travel as received
+(zero-copy), and a single large task or result is re-signed without reading its payload
+again. A message that fails the check is dropped with one log line; a peer whose signature
+is wrong gets the fixed DENIED reply (at most once a second) so a client with the wrong key
+fails fast instead of hanging. Nothing a peer sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import sys
+import time
+
+import zmq
+
+from . import protocol
+from .broker_state import BrokerState
+from .errors import ProtocolError
+
+__all__ = ["Broker", "main"]
+
+log = logging.getLogger("nbcluster.broker")
+MAX_LOG_LINES_PER_S = 20
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class Broker:
+    """A broker bound to `endpoints`, serving until `stop()` or until its parent goes away.
+
+    Args:
+        endpoints: ZeroMQ endpoints to bind, e.g. ``["ipc:///tmp/x/broker", "tcp://127.0.0.1:0"]``.
+        key: the cluster key; every message must be signed with it.
+        max_message_bytes: larger messages are refused (by libzmq per frame, and here in total).
+    """
+
+    def __init__(self, endpoints: list[str], key: bytes, *, max_message_bytes: int =
+                 protocol.DEFAULT_MAX_MESSAGE_BYTES, heartbeat_ms: int = 1000, liveness: int = 3,
+                 max_lost: int = 3):
+        self.signer = protocol.Signer(key)
+        self.max_message_bytes = max_message_bytes
+        self.state = BrokerState(heartbeat_ms, liveness, max_lost,
+                                 info={"host": socket.gethostname(), "pid": os.getpid(),
+                                       "version": protocol.VERSION})
+        self.ctx = zmq.Context(io_threads=1)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.SNDHWM, 0)   # never silently drop a result to a slow client
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.endpoints = []
+        for ep in endpoints:
+            self.router.bind(ep)
+            self.endpoints.append(self.router.getsockopt(zmq.LAST_ENDPOINT).decode())
+        self._stopping = False
+        self._denied_at: dict[bytes, int] = {}
+        self._log_budget = (0, 0)
+
+    def serve(self, watch_fd: int | None = None) -> None:
+        """Run until stop(); with watch_fd, also until that fd reaches EOF (parent gone)."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        if watch_fd is not None:
+            poller.register(watch_fd, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                now = _now_ms()
+                self._send(self.state.tick(now))
+                timeout = max(0, self.state.next_deadline() - now)
+                events = dict(poller.poll(timeout))
+                if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):
+                    log.info("parent went away: stopping")
+                    return
+                if self.router in events:
+                    self._drain()
+        finally:
+            self.close()
+
+    def _drain(self) -> None:
+        for _ in range(1000):  # bounded, so ticks still happen under a flood
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            identity, body = frames[0].bytes, frames[1:]
+            try:
+                header, payload, mac = protocol.decode(self.signer, body, self.max_message_bytes,
+                                                       keep_mac=True)
+                out = self.state.handle(identity, header, payload, mac, _now_ms())
+            except ProtocolError as e:
+                self._log(f"dropped a message from peer {identity.hex()}: {e}")
+                if "signature" in str(e):
+                    self._deny(identity)
+                continue
+            except Exception:  # a bug of ours must not take the cluster down
+                log.exception("internal error handling a message from %s", identity.hex())
+                continue
+            self._send(out)
+
+    def _send(self, sends) -> None:
+        for s in sends:
+            try:
+                self.router.send_multipart([s.identity, *protocol.encode(
+                    self.signer, s.header, s.payload, s.mac)], copy=False)
+            except zmq.ZMQError as e:
+                self._log(f"could not send to {s.identity.hex()}: {e}")
+
+    def _deny(self, identity: bytes) -> None:
+        now = _now_ms()
+        if now - self._denied_at.get(identity, -10_000) >= 1000:
+            if len(self._denied_at) > 10_000:
+                self._denied_at.clear()
+            self._denied_at[identity] = now
+            self.router.send_multipart([identity, *protocol.DENIED])
+
+    def _log(self, line: str) -> None:
+        second, count = self._log_budget
+        now = int(time.monotonic())
+        if now != second:
+            second, count = now, 0
+        if count < MAX_LOG_LINES_PER_S:
+            log.warning(line)
+        self._log_budget = (second, count + 1)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        self.router.close(linger=0)
+        self.ctx.term()
+
+
+def _fd_alive(fd: int) -> bool:
+    """False once the pipe at fd is closed by its writer (our parent died or let us go)."""
+    try:
+        return bool(os.read(fd, 4096)) if select.select([fd], [], [], 0)[0] else True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m nbcluster.broker`: used by LocalCluster and `nbcluster broker`."""
+    import argparse
+
+    from .connection import ConnectionInfo, key_from_env
+
+    p = argparse.ArgumentParser(prog="nbcluster broker")
+    p.add_argument("--bind", action="append", required=True, help="endpoint to bind (repeat)")
+    p.add_argument("--connection-file", help="write the connection file here once bound")
+    p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    p.add_argument("--heartbeat-ms", type=int, default=1000)
+    p.add_argument("--liveness", type=int, default=3)
+    p.add_argument("--max-lost", type=int, default=3)
+    p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
+    key = key_from_env()
+    broker = Broker(args.bind, key, max_message_bytes=args.max_message_bytes,
+                    heartbeat_ms=args.heartbeat_ms, liveness=args.liveness, max_lost=args.max_lost)
+    if args.connection_file:
+        ConnectionInfo(endpoints=broker.endpoints, key=key).write(args.connection_file)
+    print("ready", " ".join(broker.endpoints), flush=True)
+    broker.serve(watch_fd=0 if args.watch_stdin else None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,441 @@
+"""The broker's bookkeeping as a pure state machine: no sockets, no clock, no threads.
+
+`BrokerState.handle(identity, header, payload, mac, now)` takes one checked message and
+returns the messages to send; `tick(now)` sends heartbeats and expires silent peers. Times
+are integers in milliseconds, so tests drive it with a fake clock and check
+`check_invariants()` after every step. Payloads are opaque: they are stored and forwarded,
+never looked into. A peer's header is untrusted: a field of the wrong type raises
+ProtocolError, which the broker loop logs and drops.
+
+Tasks: a client submits tasks; each waits in a queue keyed by the labels it asks for (or in
+the queue of the one worker it targets) until a worker holding those labels has credit.
+Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
+been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
+unless they were lost `max_lost` times already, which fails them with "lost". Results are
+accepted only from the worker holding the task at the current attempt, so a late result of
+a task that was re-run elsewhere is dropped: each result reaches its client at most once.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from .errors import ProtocolError
+
+__all__ = ["BrokerState", "Send"]
+
+HEARTBEAT_MS = 1000      # peers and broker send a heartbeat this often
+LIVENESS = 3             # a peer silent for this many heartbeats is dead
+MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
+BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several per message
+
+
+class Send(NamedTuple):
+    """A message to send: to `identity`, with `header`, `payload` and maybe a payload mac."""
+
+    identity: bytes
+    header: dict
+    payload: list = []
+    mac: Any = None
+
+
+@dataclass
+class Task:
+    gid: int
+    client: bytes
+    cid: int
+    labels: frozenset
+    target: str | None
+    payload: list
+    mac: Any
+    retries: int
+    size: int
+    attempt: int = 0
+    worker: str | None = None
+    lost_on: list = field(default_factory=list)
+
+
+@dataclass
+class Worker:
+    id: str
+    identity: bytes
+    host: str
+    pid: int
+    labels: frozenset
+    slots: int
+    joined: int
+    last_seen: int
+    credit: int = 0
+    tasks: set = field(default_factory=set)
+    done: int = 0
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Client:
+    identity: bytes
+    host: str
+    pid: int
+    last_seen: int
+    tasks: dict = field(default_factory=dict)   # client task id -> gid
+
+
+def _field(header: dict, name: str, kind, default=None):
+    value = header.get(name, default)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ProtocolError(f"field {name!r} of a {header.get('t')!r} message is not {kind}")
+    return value
+
+
+def _labels(value) -> frozenset:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise ProtocolError("labels must be a list of strings")
+    return frozenset(value)
+
+
+class BrokerState:
+    """Queues, in-flight tasks, credits and liveness of every peer."""
+
+    def __init__(self, heartbeat_ms: int = HEARTBEAT_MS, liveness: int = LIVENESS,
+                 max_lost: int = MAX_LOST, info: dict | None = None):
+        self.heartbeat_ms = heartbeat_ms
+        self.expiry_ms = heartbeat_ms * liveness
+        self.max_lost = max_lost
+        self.info = info or {}
+        self.workers: dict[str, Worker] = {}
+        self.worker_by_identity: dict[bytes, str] = {}
+        self.clients: dict[bytes, Client] = {}
+        self.tasks: dict[int, Task] = {}
+        self.queues: dict[frozenset, deque] = {}     # labels -> gids waiting
+        self.pinned: dict[str, deque] = {}           # worker id -> gids targeting it
+        self._gids = itertools.count(1)
+        self._wids = itertools.count(1)
+        self.next_heartbeat = 0
+
+    # ---- entry points -------------------------------------------------------------------
+    def handle(self, identity: bytes, header: dict, payload: list, mac, now: int) -> list[Send]:
+        kind = header["t"]
+        if kind == "hello":
+            return self._hello(identity, header, now)
+        peer = self._touch(identity, now)
+        if peer is None:
+            # Unknown or expired peer (e.g. a worker resumed after SIGSTOP): ask it to re-register.
+            return [Send(identity, {"t": "reconnect"})] if kind != "bye" else []
+        handler = _HANDLERS.get((type(peer).__name__, kind))
+        if handler is None:
+            raise ProtocolError(f"unexpected {kind!r} message from a {type(peer).__name__}")
+        return handler(self, peer, header, payload, mac, now)
+
+    def tick(self, now: int) -> list[Send]:
+        """Heartbeats out and expiry of silent peers; call at least every heartbeat."""
+        out: list[Send] = []
+        limit = now - self.expiry_ms
+        for w in [w for w in self.workers.values() if w.last_seen < limit]:
+            out += self._drop_worker(w, lost=True, now=now)
+        for c in [c for c in self.clients.values() if c.last_seen < limit]:
+            out += self._drop_client(c)
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.heartbeat_ms
+            out += [Send(w.identity, {"t": "hb"}) for w in self.workers.values()]
+            out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
+                    for c in self.clients.values()]
+        return out
+
+    def next_deadline(self) -> int:
+        return self.next_heartbeat
+
+    # ---- registration and liveness --------------------------------------------------------
+    def _hello(self, identity: bytes, h: dict, now: int) -> list[Send]:
+        role = _field(h, "role", str)
+        host, pid = _field(h, "host", str, ""), _field(h, "pid", int, 0)
+        out = self._forget(identity, now)
+        welcome = {"t": "welcome", "heartbeat_ms": self.heartbeat_ms, "liveness":
+                   self.expiry_ms // self.heartbeat_ms, "broker": self.info}
+        if role == "client":
+            self.clients[identity] = Client(identity, host, pid, now)
+            return out + [Send(identity, welcome)]
+        if role != "worker":
+            raise ProtocolError(f"unknown role {role!r}")
+        w = Worker(id=f"w{next(self._wids)}", identity=identity, host=host, pid=pid,
+                   labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
+                   joined=now, last_seen=now)
+        self.workers[w.id] = w
+        self.worker_by_identity[identity] = w.id
+        self.pinned[w.id] = deque()
+        return out + [Send(identity, {**welcome, "id": w.id})]
+
+    def _forget(self, identity: bytes, now: int) -> list[Send]:
+        """A peer says hello again on an identity we know: its old session is over."""
+        if identity in self.clients:
+            return self._drop_client(self.clients[identity])
+        wid = self.worker_by_identity.get(identity)
+        return self._drop_worker(self.workers[wid], lost=True, now=now) if wid else []
+
+    def _touch(self, identity: bytes, now: int):
+        wid = self.worker_by_identity.get(identity)
+        peer = self.workers[wid] if wid else self.clients.get(identity)
+        if peer is not None:
+            peer.last_seen = now
+        return peer
+
+    def _drop_worker(self, w: Worker, lost: bool, now: int) -> list[Send]:
+        del self.workers[w.id]
+        del self.worker_by_identity[w.identity]
+        out: list[Send] = []
+        for gid in sorted(w.tasks):
+            t = self.tasks[gid]
+            t.worker = None
+            if lost:
+                t.lost_on.append(w.id)
+            if t.target is not None or len(t.lost_on) > self.max_lost:
+                out += self._finish(t, "lost", {"lost_on": t.lost_on})
+            else:
+                t.attempt += 1
+                self._enqueue(t, front=True)
+        for gid in self.pinned.pop(w.id):
+            if gid in self.tasks:
+                out += self._finish(self.tasks[gid], "lost", {"lost_on": [w.id]})
+        return out + self._dispatch_all()
+
+    def _drop_client(self, c: Client) -> list[Send]:
+        del self.clients[c.identity]
+        cancels: dict[str, list] = {}
+        for gid in c.tasks.values():
+            t = self.tasks.pop(gid)
+            if t.worker is not None:
+                self.workers[t.worker].tasks.discard(gid)
+                cancels.setdefault(t.worker, []).append(gid)
+        # Queued gids of this client stay in the deques until popped; _pop skips them.
+        return [Send(self.workers[wid].identity, {"t": "cancel", "ids": gids})
+                for wid, gids in cancels.items()]
+
+    # ---- clients ------------------------------------------------------------------------
+    def _submit(self, c: Client, h: dict, payload: list, mac, now: int) -> list[Send]:
+        specs = _field(h, "tasks", list)
+        pos, out = 0, []
+        for spec in specs:
+            if not isinstance(spec, list) or len(spec) != 5:
+                raise ProtocolError("a task spec is [cid, nframes, labels, target, retries]")
+            cid, nframes, labels, target, retries = spec
+            if not (isinstance(cid, int) and isinstance(nframes, int) and 0 <= nframes
+                    and isinstance(retries, int) and (target is None or isinstance(target, str))):
+                raise ProtocolError("bad task spec")
+            if pos + nframes > len(payload):
+                raise ProtocolError("task specs name more frames than the message has")
+            frames = payload[pos:pos + nframes]
+            pos += nframes
+            if cid in c.tasks:
+                continue  # a resubmission of a task we hold: keep the one we have
+            t = Task(gid=next(self._gids), client=c.identity, cid=cid, labels=_labels(labels),
+                     target=target, payload=frames, mac=mac if nframes == len(payload) else None,
+                     retries=max(0, retries), size=sum(memoryview(f).nbytes for f in frames))
+            if target is not None and target not in self.workers:
+                out.append(Send(c.identity, {"t": "results", "items": [
+                    [cid, "lost", 0, {"lost_on": [target], "why": "no such worker"}]]}))
+                continue
+            self.tasks[t.gid] = t
+            c.tasks[cid] = t.gid
+            self._enqueue(t)
+        return out + self._dispatch_all()
+
+    def _cancel(self, c: Client, h: dict, payload, mac, now: int) -> list[Send]:
+        out, items, cancels = [], [], {}
+        for cid in _field(h, "ids", list):
+            gid = c.tasks.pop(cid, None) if isinstance(cid, int) else None
+            if gid is None:
+                continue
+            t = self.tasks.pop(gid)
+            if t.worker is not None:
+                self.workers[t.worker].tasks.discard(gid)
+                cancels.setdefault(t.worker, []).append(gid)
+            items.append([cid, "cancelled", 0, {}])
+        if items:
+            out.append(Send(c.identity, {"t": "results", "items": items}))
+        out += [Send(self.workers[wid].identity, {"t": "cancel", "ids": gids})
+                for wid, gids in cancels.items()]
+        return out
+
+    def _query(self, c: Client, h: dict, payload, mac, now: int) -> list[Send]:
+        return [Send(c.identity, {"t": "reply", "rid": h.get("rid"), "data": self.status(now)})]
+
+    def _client_bye(self, c: Client, h, payload, mac, now: int) -> list[Send]:
+        return self._drop_client(c)
+
+    def _heartbeat(self, peer, h: dict, payload, mac, now: int) -> list[Send]:
+        info = h.get("info")
+        if isinstance(peer, Worker) and isinstance(info, dict):
+            peer.info = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+        return []
+
+    # ---- workers ------------------------------------------------------------------------
+    def _ready(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
+        w.credit = max(0, min(w.credit + _field(h, "n", int, 0), 1 << 20))
+        return self._dispatch(w)
+
+    def _done(self, w: Worker, h: dict, payload: list, mac, now: int) -> list[Send]:
+        items = _field(h, "items", list)
+        pos, out, by_client = 0, [], {}
+        for item in items:
+            if not isinstance(item, list) or len(item) != 5:
+                raise ProtocolError("a result is [gid, attempt, status, nframes, info]")
+            gid, attempt, status, nframes, info = item
+            if not (isinstance(gid, int) and isinstance(nframes, int) and nframes >= 0
+                    and status in ("ok", "err") and isinstance(info, dict)):
+                raise ProtocolError("bad result item")
+            frames = payload[pos:pos + nframes]
+            pos += nframes
+            t = self.tasks.get(gid)
+            if t is None or t.worker != w.id or t.attempt != attempt:
+                continue  # cancelled, or a late result of a task that was re-run: drop it
+            w.tasks.discard(gid)
+            w.done += 1
+            if status == "err" and t.retries > 0:
+                t.retries -= 1
+                t.attempt += 1
+                t.worker = None
+                self._enqueue(t, front=True)
+                continue
+            del self.tasks[gid]
+            del self.clients[t.client].tasks[t.cid]
+            info = {**info, "worker": w.id}
+            by_client.setdefault(t.client, []).append(
+                ([t.cid, status, nframes, info], frames, mac if nframes == len(payload) else None))
+        for identity, results in by_client.items():
+            header = {"t": "results", "items": [r[0] for r in results]}
+            frames = [f for r in results for f in r[1]]
+            out.append(Send(identity, header, frames, results[0][2] if len(results) == 1 else None))
+        n = h.get("ready", 0)
+        if isinstance(n, int) and n > 0:
+            w.credit = min(w.credit + n, 1 << 20)
+        return out + self._dispatch(w)
+
+    def _output(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
+        by_client: dict[bytes, list] = {}
+        for item in _field(h, "items", list):
+            if not isinstance(item, list) or len(item) != 4:
+                raise ProtocolError("an output item is [gid, attempt, stream, text]")
+            t = self.tasks.get(item[0]) if isinstance(item[0], int) else None
+            if t is not None and t.worker == w.id and t.attempt == item[1]:
+                by_client.setdefault(t.client, []).append([t.cid, item[2], item[3], w.id])
+        return [Send(c, {"t": "output", "items": items}) for c, items in by_client.items()]
+
+    def _worker_bye(self, w: Worker, h, payload, mac, now: int) -> list[Send]:
+        return self._drop_worker(w, lost=False, now=now)
+
+    # ---- queues and dispatch ----------------------------------------------------------------
+    def _enqueue(self, t: Task, front: bool = False) -> None:
+        q = self.pinned[t.target] if t.target is not None else self.queues.setdefault(t.labels, deque())
+        q.appendleft(t.gid) if front else q.append(t.gid)
+
+    def _pop_for(self, w: Worker) -> Task | None:
+        """The next task for w: one targeting it, else the oldest whose labels it has."""
+        best = self._skip_stale(self.pinned[w.id])
+        if not best:
+            for labels, q in self.queues.items():
+                if labels <= w.labels and self._skip_stale(q) and (not best or q[0] < best[0]):
+                    best = q
+        return self.tasks[best.popleft()] if best else None
+
+    def _skip_stale(self, q: deque) -> deque:
+        """Drop gids of cancelled or finished tasks from the head of q; return q."""
+        while q and not self._is_queued(q[0]):
+            q.popleft()
+        return q
+
+    def _is_queued(self, gid: int) -> bool:
+        t = self.tasks.get(gid)
+        return t is not None and t.worker is None
+
+    def _dispatch(self, w: Worker) -> list[Send]:
+        batch, out = [], []
+        while w.credit > 0:
+            t = self._pop_for(w)
+            if t is None:
+                break
+            w.credit -= 1
+            t.worker = w.id
+            w.tasks.add(t.gid)
+            if t.size >= BATCH_BYTES:
+                out.append(Send(w.identity, {"t": "run", "tasks": [[t.gid, t.attempt, len(t.payload)]]},
+                                t.payload, t.mac))
+            else:
+                batch.append(t)
+        if batch:
+            out.append(Send(w.identity, {"t": "run", "tasks": [[t.gid, t.attempt, len(t.payload)]
+                                                              for t in batch]},
+                            [f for t in batch for f in t.payload]))
+        return out
+
+    def _dispatch_all(self) -> list[Send]:
+        out: list[Send] = []
+        for w in list(self.workers.values()):
+            if w.credit > 0:
+                out += self._dispatch(w)
+        return out
+
+    def _finish(self, t: Task, status: str, info: dict) -> list[Send]:
+        del self.tasks[t.gid]
+        client = self.clients.get(t.client)
+        if client is None:
+            return []
+        del client.tasks[t.cid]
+        return [Send(t.client, {"t": "results", "items": [[t.cid, status, 0, info]]})]
+
+    # ---- inspection ---------------------------------------------------------------------
+    def status(self, now: int) -> dict:
+        """Workers, queue lengths, and the label sets that no live worker can serve."""
+        workers = [{"id": w.id, "host": w.host, "pid": w.pid, "labels": sorted(w.labels),
+                    "slots": w.slots, "running": len(w.tasks), "done": w.done,
+                    "state": "busy" if w.tasks else "idle", "info": w.info,
+                    "age_s": (now - w.joined) / 1000} for w in self.workers.values()]
+        queued = [t for t in self.tasks.values() if t.worker is None]
+        waiting: dict[str, int] = {}
+        for t in queued:
+            if t.target is None and not any(t.labels <= w.labels for w in self.workers.values()):
+                key = ",".join(sorted(t.labels))
+                waiting[key] = waiting.get(key, 0) + 1
+        return {"workers": workers, "queued": len(queued), "running": len(self.tasks) - len(queued),
+                "clients": len(self.clients), "waiting_for_labels": waiting}
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (used by the tests)."""
+        held = {}
+        for w in self.workers.values():
+            assert self.worker_by_identity[w.identity] == w.id
+            assert w.credit >= 0
+            for gid in w.tasks:
+                assert self.tasks[gid].worker == w.id, (gid, w.id)
+                assert gid not in held
+                held[gid] = w.id
+        assert len(self.worker_by_identity) == len(self.workers)
+        owned = set()
+        for c in self.clients.values():
+            for cid, gid in c.tasks.items():
+                t = self.tasks[gid]
+                assert (t.client, t.cid) == (c.identity, cid)
+                owned.add(gid)
+        assert owned == set(self.tasks), "every task belongs to a live client"
+        queued = {gid for q in [*self.queues.values(), *self.pinned.values()] for gid in q}
+        for t in self.tasks.values():
+            if t.worker is None:
+                assert t.gid in queued, f"task {t.gid} is neither queued nor held"
+            else:
+                assert held.get(t.gid) == t.worker
+        assert set(self.pinned) == set(self.workers)
+
+
+_HANDLERS = {
+    ("Client", "submit"): BrokerState._submit,
+    ("Client", "cancel"): BrokerState._cancel,
+    ("Client", "query"): BrokerState._query,
+    ("Client", "bye"): BrokerState._client_bye,
+    ("Client", "hb"): BrokerState._heartbeat,
+    ("Worker", "ready"): BrokerState._ready,
+    ("Worker", "done"): BrokerState._done,
+    ("Worker", "output"): BrokerState._output,
+    ("Worker", "bye"): BrokerState._worker_bye,
+    ("Worker", "hb"): BrokerState._heartbeat,
+}

@@ -1,0 +1,438 @@
+"""The client: submit work to a cluster and get futures back.
+
+    user threads ── submit/map/cancel ──► outbox (deque) + wake pipe ──┐
+                                                                       ▼
+    futures ◄── results/output ── I/O thread (owns the DEALER socket) ◄──► broker
+
+Pickling happens in the calling thread, so an unpicklable function or argument fails there
+and nothing is sent. The I/O thread sends what accumulated in the outbox as one message
+(many small tasks per submit), heartbeats, and resolves futures. Result callbacks run on a
+separate thread so a slow callback never delays heartbeats. The client keeps every task it
+has no result for, and submits them again if a restarted broker asks it to reconnect.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import zmq
+
+from . import protocol, serialize, tracebacks
+from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
+from .connection import ConnectionInfo
+from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
+                     RemoteErrorGroup,
+                     TaskCancelled, WorkerLost)
+from .futures import TaskFuture
+
+__all__ = ["Client", "connect"]
+
+log = logging.getLogger("nbcluster.client")
+
+CONNECT_TIMEOUT_S = 10.0
+SUBMIT_BATCH_BYTES = 1 << 20    # small tasks are sent together up to this size per message
+BIG_TASK_BYTES = 64 * 1024      # a task at least this big is sent alone (forwarded zero-copy)
+
+
+class Client:
+    """A connection to a cluster's broker.
+
+    Args:
+        endpoint: the broker's ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:5555``.
+        key: the cluster key.
+        timeout: seconds to wait for the broker to accept us.
+
+    Raises:
+        AuthenticationError: the broker rejected our key.
+        NBClusterError: no broker answered within `timeout`.
+    """
+
+    def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S):
+        self.endpoint = endpoint
+        self.signer = protocol.Signer(key)
+        self._ctx = zmq.Context(io_threads=1)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+            self._sock.setsockopt(opt, value)
+        self._sock.connect(endpoint)
+        self._keys = itertools.count(1)
+        self._futures: dict[int, TaskFuture] = {}
+        self._pending: dict[int, tuple[list, list]] = {}   # key -> (task spec, frames)
+        self._replies: dict[int, concurrent.futures.Future] = {}
+        self._outbox: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._callbacks = None
+        self._closed = False
+        self.n_workers = 0
+        self.heartbeat_s, self.expiry_s = 1.0, 3.0
+        self._welcome: concurrent.futures.Future = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._io_loop, name="nbcluster-client", daemon=True)
+        self._thread.start()
+        try:
+            self._welcome.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self.close()
+            raise NBClusterError(f"no nbcluster broker answered at {endpoint} within {timeout} s; "
+                                 "is the cluster running?") from None
+        except AuthenticationError:
+            self.close()
+            raise
+
+    # ---- submitting -------------------------------------------------------------------------
+    def submit(self, fn: Callable, *args, labels: Iterable[str] | None = None,
+               callback: Callable[[Any], Any] | None = None, retries: int = 0,
+               **kwargs) -> TaskFuture:
+        """Run fn(*args, **kwargs) on a worker that has all `labels`.
+
+        Args:
+            labels: the task waits for a worker holding every one of these labels.
+            callback: called on the client with the result when the task succeeds.
+            retries: how many times to run the task again if it raises.
+
+        Raises:
+            PicklingError: fn or an argument cannot be pickled (nothing was sent).
+        """
+        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        fut = self._submit_frames([fn_frame, *arg_frames], labels, None, retries)
+        if callback is not None:
+            self._add_callback(fut, callback)
+        return fut
+
+    def _submit_frames(self, frames: list, labels, target: str | None, retries: int) -> TaskFuture:
+        if self._closed:
+            raise RuntimeError("this client is closed")
+        key = next(self._keys)
+        fut = TaskFuture(self, key)
+        spec = [key, len(frames), sorted(labels or ()), target, int(retries)]
+        with self._lock:
+            self._futures[key] = fut
+            self._pending[key] = (spec, frames)
+            self._outbox.append(("task", spec, frames))
+        os.write(self._wake_w, b"x")
+        return fut
+
+    def map(self, fn: Callable, *iterables: Iterable, chunksize: int | None = None,
+            labels: Iterable[str] | None = None, retries: int = 0) -> list:
+        """[fn(*args) for args in zip(*iterables)], computed on the cluster, in input order.
+
+        Raises:
+            RemoteErrorGroup: some elements failed; it holds one error per failed element
+                (with `.index` and `.item`) and names every worker involved.
+        """
+        futures, n = self.map_futures(fn, *iterables, chunksize=chunksize, labels=labels,
+                                      retries=retries)
+        return gather_chunks(futures, n)
+
+    def map_futures(self, fn: Callable, *iterables: Iterable, chunksize: int | None = None,
+                    labels=None, retries: int = 0) -> tuple[list[TaskFuture], int]:
+        """Submit a map in chunks; returns (chunk futures, number of elements)."""
+        items = list(zip(*iterables))
+        if chunksize is None:
+            chunksize = auto_chunksize(len(items), self.n_workers or self._count_workers())
+        try:
+            runner = serialize.dumps(ChunkRunner(fn))[0]
+        except Exception as e:
+            raise PicklingError(
+                f"cannot pickle the function {serialize.describe(fn)}: {e}") from e
+        futures = []
+        for start in range(0, len(items), chunksize):
+            chunk = items[start:start + chunksize]
+            try:
+                frames = serialize.dumps(((chunk, start), {}))
+            except Exception as e:
+                for f in futures:
+                    f.cancel()
+                raise PicklingError(
+                    f"cannot pickle an element of {start}..{start + len(chunk) - 1}: {e}") from e
+            futures.append(self._submit_frames([runner, *frames], labels, None, retries))
+        return futures, len(items)
+
+    def broadcast(self, fn: Callable, *args, **kwargs) -> dict[str, Any]:
+        """Run fn(*args, **kwargs) once on every worker; returns {worker_id: result}.
+
+        Raises:
+            RemoteErrorGroup: it failed on some workers (one error per worker).
+        """
+        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        futures = {w["id"]: self._submit_frames([fn_frame, *arg_frames], None, w["id"], 0)
+                   for w in self.workers()}
+        concurrent.futures.wait(futures.values())
+        errors = [f.exception() for f in futures.values() if f.exception() is not None]
+        if errors:
+            raise RemoteErrorGroup(_summary(errors, len(futures), "workers"), errors)
+        return {wid: f.result() for wid, f in futures.items()}
+
+    def cancel(self, futures: TaskFuture | Iterable[TaskFuture]) -> int:
+        """Cancel tasks (queued ones are dropped, running ones interrupted); returns how many."""
+        if isinstance(futures, TaskFuture):
+            futures = [futures]
+        return sum(1 for f in futures if f.cancel())
+
+    def _cancel_remote(self, keys: list[int]) -> None:
+        with self._lock:
+            for k in keys:
+                self._pending.pop(k, None)
+                self._futures.pop(k, None)
+            self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, []))
+        os.write(self._wake_w, b"x")
+
+    # ---- inspecting -------------------------------------------------------------------------
+    def status(self, timeout: float = 10.0) -> dict:
+        """The broker's view: workers, queued and running counts, tasks waiting for labels."""
+        reply: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            rid = next(self._keys)
+            self._replies[rid] = reply
+            self._outbox.append(("msg", {"t": "query", "rid": rid}, []))
+        os.write(self._wake_w, b"x")
+        data = reply.result(timeout)
+        self.n_workers = len(data["workers"])
+        return data
+
+    def workers(self) -> list[dict]:
+        """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""
+        return self.status()["workers"]
+
+    def _count_workers(self) -> int:
+        return len(self.workers())
+
+    def executor(self) -> "concurrent.futures.Executor":
+        """A concurrent.futures.Executor running on this cluster."""
+        from .executor import Executor
+        return Executor(self)
+
+    # ---- callbacks --------------------------------------------------------------------------
+    def _add_callback(self, fut: TaskFuture, callback: Callable[[Any], Any]) -> None:
+        if self._callbacks is None:
+            with self._lock:
+                if self._callbacks is None:
+                    self._callbacks = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="nbcluster-callbacks")
+
+        def run(f: TaskFuture) -> None:
+            if not f.cancelled() and f.exception() is None:
+                try:
+                    callback(f.result())
+                except Exception:
+                    log.exception("result callback %r failed", callback)
+        fut.add_done_callback(lambda f: self._callbacks.submit(run, f))
+
+    # ---- the I/O thread -----------------------------------------------------------------------
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        self._send({"t": "hello", "role": "client", "host": socket.gethostname(),
+                    "pid": os.getpid()})
+        last_heard = last_sent = time.monotonic()
+        while not self._closed:
+            timeout = max(0.0, last_sent + self.heartbeat_s - time.monotonic())
+            events = dict(poller.poll(timeout * 1000))
+            now = time.monotonic()
+            if self._wake_r in events:
+                os.read(self._wake_r, 65536)
+                if self._closed:
+                    break
+                if self._flush_outbox():
+                    last_sent = now
+            if self._sock in events:
+                last_heard = now
+                self._drain()
+            if now - last_sent >= self.heartbeat_s:
+                self._send({"t": "hb"})
+                last_sent = now
+            if now - last_heard > self.expiry_s and self._welcome.done():
+                log.warning("no word from the broker for %.1f s", now - last_heard)
+                last_heard = now
+        try:
+            self._send({"t": "bye"})
+        except zmq.ZMQError:
+            pass
+        self._sock.close(linger=100)
+        self._ctx.term()
+
+    def _send(self, header: dict, payload: list = ()) -> None:
+        self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
+
+    def _flush_outbox(self) -> bool:
+        with self._lock:
+            items, self._outbox = self._outbox, collections.deque()
+        specs, frames, size = [], [], 0
+        for kind, spec, payload in items:
+            if kind == "msg":
+                self._send(spec)
+                continue
+            nbytes = sum(memoryview(f).nbytes for f in payload)
+            if nbytes >= BIG_TASK_BYTES:
+                self._send({"t": "submit", "tasks": [spec]}, payload)
+                continue
+            specs.append(spec)
+            frames += payload
+            size += nbytes
+            if size >= SUBMIT_BATCH_BYTES or len(specs) >= 4096:
+                self._send({"t": "submit", "tasks": specs}, frames)
+                specs, frames, size = [], [], 0
+        if specs:
+            self._send({"t": "submit", "tasks": specs}, frames)
+        return bool(items)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            if [bytes(f) for f in frames[:3]] == protocol.DENIED:
+                self._welcome.set_exception(AuthenticationError(
+                    f"the broker at {self.endpoint} rejected our signature: the cluster key is "
+                    "wrong (use the key from the cluster's connection file)"))
+                continue
+            try:
+                header, payload = protocol.decode(self.signer, frames)
+                self._on_message(header, payload)
+            except ProtocolError as e:
+                log.warning("dropped a message from the broker: %s", e)
+
+    def _on_message(self, header: dict, payload: list) -> None:
+        kind = header["t"]
+        if kind == "results":
+            pos = 0
+            for key, status, nframes, info in header["items"]:
+                self._on_result(key, status, payload[pos:pos + nframes], info)
+                pos += nframes
+        elif kind == "output":
+            for key, stream, text, worker in header["items"]:
+                fut = self._futures.get(key)
+                if fut is not None:
+                    fut.output.append((stream, text, worker))
+                    if fut.on_output is not None:
+                        fut.on_output(stream, text, worker)
+        elif kind == "hb":
+            self.n_workers = header.get("workers", self.n_workers)
+        elif kind == "reply":
+            reply = self._replies.pop(header.get("rid"), None)
+            if reply is not None:
+                reply.set_result(header["data"])
+        elif kind == "welcome":
+            self.heartbeat_s = header["heartbeat_ms"] / 1000
+            self.expiry_s = self.heartbeat_s * header["liveness"]
+            if not self._welcome.done():
+                self._welcome.set_result(header)
+        elif kind == "reconnect":   # the broker restarted and does not know us: start over
+            self._send({"t": "hello", "role": "client", "host": socket.gethostname(),
+                        "pid": os.getpid()})
+            with self._lock:
+                self._outbox.extend(("task", spec, frames) for spec, frames in self._pending.values())
+            os.write(self._wake_w, b"x")
+
+    def _on_result(self, key: int, status: str, frames: list, info: dict) -> None:
+        with self._lock:
+            fut = self._futures.pop(key, None)
+            self._pending.pop(key, None)
+        if fut is None:
+            return
+        fut.worker, fut.duration = info.get("worker"), info.get("s")
+        try:
+            if status == "ok":
+                fut._settle(serialize.loads(frames))
+            elif status == "err":
+                fut._settle(error=tracebacks.rebuild(serialize.loads(frames)))
+            elif status == "lost":
+                lost_on = [str(w) for w in info.get("lost_on", [])]
+                why = info.get("why") or f"its worker was lost {len(lost_on)} time(s)"
+                fut._settle(error=WorkerLost(f"task {key} failed: {why} (on {', '.join(lost_on)})",
+                                             lost_on))
+            else:
+                fut._settle(error=TaskCancelled(f"task {key} was cancelled"))
+        except Exception as e:  # e.g. the result needs a module this process cannot import
+            fut._settle(error=NBClusterError(f"cannot unpickle the result of task {key}: {e!r}"))
+
+    # ---- closing ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Say goodbye to the broker (it drops our queued tasks) and cancel pending futures."""
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        self._thread.join(5)
+        for fut in list(self._futures.values()):
+            concurrent.futures.Future.cancel(fut)
+        self._futures.clear()
+        self._pending.clear()
+        if self._callbacks is not None:
+            self._callbacks.shutdown(wait=False)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<nbcluster.Client {self.endpoint} {self.n_workers} workers>"
+
+
+def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
+    """The results of map chunk futures in input order, or one RemoteErrorGroup of all failures."""
+    results: list = []
+    errors: list = []
+    for fut in futures:
+        try:
+            out = fut.result()
+        except (WorkerLost, TaskCancelled) as e:
+            errors.append(e)
+            continue
+        if isinstance(out, ChunkFailures):
+            for index, item, data in out.errors:
+                err = tracebacks.rebuild(data)
+                err.index, err.item = index, item
+                errors.append(err)
+            out = out.results
+        results.extend(out)
+    if errors:
+        raise RemoteErrorGroup(_summary(errors, n_items, "elements"), errors)
+    return results
+
+
+def _summary(errors: list, total: int, what: str) -> str:
+    kinds = collections.Counter(getattr(e, "short_type", type(e).__name__) for e in errors)
+    workers: dict[str, None] = {}
+    for e in errors:
+        w = getattr(e, "worker", None)
+        if isinstance(w, dict) and w.get("id"):
+            workers[str(w["id"])] = None
+        workers.update((x, None) for x in getattr(e, "lost_on", []))
+    kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
+    return (f"{len(errors)} of {total} {what} failed ({kinds_text}) "
+            f"on workers {', '.join(workers) or '?'}")
+
+
+def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | None = None,
+            timeout: float = CONNECT_TIMEOUT_S) -> Client:
+    """A Client for a running cluster, from its connection file or a tcp:// / ipc:// URL.
+
+    Args:
+        path_or_url: a connection file, or the broker's endpoint (then `key` is required).
+        key: the cluster key (bytes or hex); overrides the connection file's.
+    """
+    if "://" in path_or_url:
+        if key is None:
+            raise ValueError("connecting to a URL needs the cluster key: connect(url, key=...)")
+        endpoint = path_or_url
+    else:
+        info = ConnectionInfo.read(path_or_url)
+        endpoint, key = info.best_endpoint(), key if key is not None else info.key
+    if isinstance(key, str):
+        key = bytes.fromhex(key)
+    return Client(endpoint, key, timeout=timeout)

@@ -1,0 +1,166 @@
+"""LocalCluster: a broker and workers as child processes of this one, on this machine.
+
+Children watch a pipe from us on their stdin and exit the moment it closes, so they go away
+with us even if we are killed with SIGKILL. Workers that die are respawned (a poison task
+cannot empty the cluster); `close()` stops everything it started and waits for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterable
+
+from . import protocol
+from .client import Client
+from .connection import KEY_ENV, ConnectionInfo
+from .errors import NBClusterError
+
+__all__ = ["LocalCluster"]
+
+START_TIMEOUT_S = 30.0
+
+
+class LocalCluster:
+    """A broker and `n_workers` workers on loopback, stopped on `close()` or leaving `with`.
+
+    Args:
+        n_workers: number of workers (default: one per core).
+        labels: labels every worker carries.
+        connection_file: where to write the connection file (default: in a private temp dir).
+        heartbeat_ms, liveness, max_lost: broker tunables (see `broker_state`).
+        respawn: start a new worker when one dies.
+        max_message_bytes: the broker refuses larger messages.
+    """
+
+    def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
+                 connection_file: str | os.PathLike | None = None, heartbeat_ms: int = 1000,
+                 liveness: int = 3, max_lost: int = 3, respawn: bool = True,
+                 max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
+                 tcp: bool = True):
+        self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
+        self.labels = sorted(labels or ())
+        self.key = protocol.new_key()
+        self._dir = Path(tempfile.mkdtemp(prefix="nbcluster-"))
+        self.connection_file = Path(connection_file or self._dir / "cluster.json").expanduser()
+        self.respawn = respawn
+        self._closed = False
+        self._clients: list[Client] = []
+        self._lock = threading.Lock()
+        env = {**os.environ, KEY_ENV: self.key.hex(), "PYTHONUNBUFFERED": "1"}
+        env.pop("PYTHONSTARTUP", None)
+        self._env = env
+        ipc = f"ipc://{self._dir}/broker"
+        binds = [ipc] + (["tcp://127.0.0.1:0"] if tcp else [])
+        self.broker = self._spawn(
+            ["-m", "nbcluster.broker", "--watch-stdin", "--connection-file",
+             str(self.connection_file), "--heartbeat-ms", str(heartbeat_ms), "--liveness",
+             str(liveness), "--max-lost", str(max_lost), "--max-message-bytes",
+             str(max_message_bytes), *sum((["--bind", b] for b in binds), [])],
+            stdout=subprocess.PIPE)
+        self.endpoint = ipc
+        self.workers: list[subprocess.Popen] = [self._start_worker() for _ in range(self.n_workers)]
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        self._watcher = threading.Thread(target=self._watch, name="nbcluster-respawn", daemon=True)
+        self._watcher.start()
+
+    def _spawn(self, args: list[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, env=self._env,
+                                close_fds=True, **kw)
+
+    def _start_worker(self) -> subprocess.Popen:
+        labels = ["--labels", ",".join(self.labels)] if self.labels else []
+        return self._spawn(["-m", "nbcluster.worker", "--watch-stdin", "--connect",
+                            self.endpoint, *labels])
+
+    def _wait_ready(self) -> None:
+        line = self.broker.stdout.readline().decode()
+        if not line.startswith("ready"):
+            raise NBClusterError(f"the broker did not start (exit code {self.broker.poll()})")
+        self.endpoints = line.split()[1:]
+        self.info = ConnectionInfo(self.endpoints, self.key)
+        client = self.client()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while client.n_workers < self.n_workers:
+            if time.monotonic() > deadline:
+                raise NBClusterError(f"only {client.n_workers} of {self.n_workers} workers "
+                                     f"registered within {START_TIMEOUT_S} s")
+            client.status()
+            if client.n_workers < self.n_workers:
+                time.sleep(0.005)
+
+    def client(self) -> Client:
+        """A new Client connected to this cluster (closed with the cluster)."""
+        client = Client(self.endpoint, self.key)
+        self._clients.append(client)
+        return client
+
+    def add_workers(self, n: int = 1, labels: Iterable[str] | None = None) -> list[subprocess.Popen]:
+        """Start n more workers (with their own labels if given); returns their processes."""
+        saved, self.labels = self.labels, sorted(labels) if labels is not None else self.labels
+        try:
+            new = [self._start_worker() for _ in range(n)]
+        finally:
+            self.labels = saved
+        with self._lock:
+            self.workers += new
+        return new
+
+    def _watch(self) -> None:
+        """Respawn workers that died (unless we are closing); reap them either way."""
+        while not self._closed:
+            time.sleep(0.1)
+            with self._lock:
+                for i, p in enumerate(self.workers):
+                    if p.poll() is not None and not self._closed and self.respawn \
+                            and p.returncode != 0:
+                        self.workers[i] = self._start_worker()
+
+    def close(self) -> None:
+        """Stop every process this cluster started and wait until they are gone."""
+        if self._closed:
+            return
+        self._closed = True
+        for c in self._clients:
+            c.close()
+        with self._lock:
+            procs = [*self.workers, self.broker]
+        for p in procs:          # closing stdin makes each child exit at once
+            try:
+                p.stdin.close()
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 2.0
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.broker.stdout:
+            self.broker.stdout.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def pids(self) -> dict[str, list[int]]:
+        """Process ids of the broker and the workers, for tests and tooling."""
+        with self._lock:
+            return {"broker": [self.broker.pid], "workers": [p.pid for p in self.workers]}
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LocalCluster {self.n_workers} workers at {self.endpoint}>"
