@@ -143,17 +143,16 @@ class Client:
         except Exception as e:
             raise PicklingError(
                 f"cannot pickle the function {serialize.describe(fn)}: {e}") from e
-        futures = []
+        chunks = []   # all pickled before any is sent: an unpicklable element sends nothing
         for start in range(0, len(items), chunksize):
             chunk = items[start:start + chunksize]
             try:
-                frames = serialize.dumps(((chunk, start), {}))
+                chunks.append(serialize.dumps(((chunk, start), {})))
             except Exception as e:
-                for f in futures:
-                    f.cancel()
-                raise PicklingError(
-                    f"cannot pickle an element of {start}..{start + len(chunk) - 1}: {e}") from e
-            futures.append(self._submit_frames([runner, *frames], labels, None, retries))
+                culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
+                raise PicklingError(f"cannot pickle element {culprit} "
+                                    f"({serialize.describe(items[culprit])}): {e}") from e
+        futures = [self._submit_frames([runner, *frames], labels, None, retries) for frames in chunks]
         return futures, len(items)
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> dict[str, Any]:
@@ -365,7 +364,7 @@ class Client:
         os.write(self._wake_w, b"x")
         self._thread.join(5)
         for fut in list(self._futures.values()):
-            concurrent.futures.Future.cancel(fut)
+            fut._cancel_locally()
         self._futures.clear()
         self._pending.clear()
         if self._callbacks is not None:
@@ -403,6 +402,14 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
     if errors:
         raise RemoteErrorGroup(_summary(errors, n_items, "elements"), errors)
     return results
+
+
+def _picklable(obj) -> bool:
+    try:
+        serialize.dumps(obj)
+        return True
+    except Exception:
+        return False
 
 
 def _summary(errors: list, total: int, what: str) -> str:

@@ -43,9 +43,16 @@ class TaskFuture(concurrent.futures.Future):
         return "".join(text for stream, text, _ in self.output if stream == "stderr")
 
     def cancel(self) -> bool:
-        if not super().cancel():
+        if not self._cancel_locally():
             return False
         self._client._cancel_remote([self.key])
+        return True
+
+    def _cancel_locally(self) -> bool:
+        """Cancel and notify waiters at once (`wait`/`as_completed` see it as done)."""
+        if not super().cancel():
+            return False
+        self.set_running_or_notify_cancel()
         return True
 
     def _settle(self, value: Any = None, error: BaseException | None = None) -> None:

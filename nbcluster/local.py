@@ -75,8 +75,9 @@ class LocalCluster:
         self._watcher.start()
 
     def _spawn(self, args: list[str], **kw) -> subprocess.Popen:
+        # A session of their own: Ctrl-C in the caller's terminal is the caller's, not theirs.
         return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, env=self._env,
-                                close_fds=True, **kw)
+                                close_fds=True, start_new_session=True, **kw)
 
     def _start_worker(self) -> subprocess.Popen:
         labels = ["--labels", ",".join(self.labels)] if self.labels else []
@@ -89,15 +90,15 @@ class LocalCluster:
             raise NBClusterError(f"the broker did not start (exit code {self.broker.poll()})")
         self.endpoints = line.split()[1:]
         self.info = ConnectionInfo(self.endpoints, self.key)
-        client = self.client()
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while client.n_workers < self.n_workers:
-            if time.monotonic() > deadline:
-                raise NBClusterError(f"only {client.n_workers} of {self.n_workers} workers "
-                                     f"registered within {START_TIMEOUT_S} s")
-            client.status()
-            if client.n_workers < self.n_workers:
-                time.sleep(0.005)
+        with Client(self.endpoint, self.key) as client:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while client.n_workers < self.n_workers:
+                if time.monotonic() > deadline:
+                    raise NBClusterError(f"only {client.n_workers} of {self.n_workers} workers "
+                                         f"registered within {START_TIMEOUT_S} s")
+                client.status()
+                if client.n_workers < self.n_workers:
+                    time.sleep(0.005)
 
     def client(self) -> Client:
         """A new Client connected to this cluster (closed with the cluster)."""

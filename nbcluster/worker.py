@@ -12,12 +12,12 @@ cancelled. The main thread only runs tasks, so user code sees a normal main thre
 
 from __future__ import annotations
 
-import _thread
 import collections
 import logging
 import os
 import queue
 import select
+import signal
 import socket
 import sys
 import threading
@@ -254,7 +254,8 @@ class Worker:
                 for gid in header["ids"]:
                     if self.current_tag and self.current_tag[0] == gid:
                         self.interrupting = True
-                        _thread.interrupt_main()
+                        # A real signal, so a blocking call (sleep, I/O) is interrupted too.
+                        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     else:
                         self.cancelled.add(gid)
         elif kind == "welcome":
@@ -339,7 +340,6 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m nbcluster.worker --connect ENDPOINT|FILE`; the key comes from $NBCLUSTER_KEY
     or the connection file."""
     import argparse
-    import signal
 
     from .connection import ConnectionInfo, key_from_env
 
@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x], args.slots,
                     watch_stdin=args.watch_stdin)
     signal.signal(signal.SIGTERM, lambda *_: worker.leave())
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # cancelling a task needs it
     try:
         worker.run()
     except KeyboardInterrupt:
