@@ -73,6 +73,7 @@ class Client:
         self._callbacks = None
         self._closed = False
         self.n_workers = 0
+        self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
         self.heartbeat_s, self.expiry_s = 1.0, 3.0
         self._welcome: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._io_loop, name="nbcluster-client", daemon=True)
@@ -337,7 +338,10 @@ class Client:
         with self._lock:
             fut = self._futures.pop(key, None)
             self._pending.pop(key, None)
+        self.stats["results"] += 1
         if fut is None:
+            if status != "cancelled":   # the broker confirms cancels of futures we dropped
+                self.stats["unexpected_results"] += 1
             return
         fut.worker, fut.duration = info.get("worker"), info.get("s")
         try:

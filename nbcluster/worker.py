@@ -238,6 +238,9 @@ class Worker:
                     **self.info})
 
     def _on_message(self, frames) -> tuple | None:
+        if [bytes(f) for f in frames[:3]] == protocol.DENIED and not self.registered:
+            log.error("the broker at %s rejected our key: check the cluster key", self.endpoint)
+            os._exit(2)
         try:
             header, payload = protocol.decode(self.signer, frames)
         except ProtocolError as e:

@@ -1,0 +1,165 @@
+"""Workers lost, frozen, poisoned, joining and leaving: real processes, real signals."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from nbcluster import WorkerLost
+from nbcluster.testing import kill_worker, throwaway_cluster, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def running_on(client, n=1):
+    """Ids of workers running a task, once at least n are."""
+    return wait_for(lambda: [w["id"] for w in client.workers() if w["running"]] if
+                    sum(1 for w in client.workers() if w["running"]) >= n else None,
+                    what=f"{n} worker(s) running a task")
+
+
+def starts_in(path):
+    return path.read_text().split() if path.exists() else []
+
+
+def test_kill_9_mid_task_reruns_elsewhere_and_delivers_once(tmp_path):
+    log = tmp_path / "starts"
+
+    def slow(x):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.0)
+        return x * 2, os.getpid()
+
+    with throwaway_cluster(2) as cluster:
+        client = cluster.client()
+        fut = client.submit(slow, 21)
+        [victim] = running_on(client)
+        t0 = time.monotonic()
+        killed_pid = kill_worker(cluster, victim, client=client)
+        value, pid = fut.result(30)
+        assert value == 42 and pid != killed_pid
+        assert time.monotonic() - t0 < 5
+        assert starts_in(log).count(str(killed_pid)) == 1 and len(starts_in(log)) == 2
+        time.sleep(0.5)  # anything late would have arrived by now
+        assert client.stats == {"results": 1, "unexpected_results": 0}
+        wait_for(lambda: len(client.workers()) == 2, what="the killed worker respawned")
+
+
+def test_frozen_worker_is_declared_dead_and_its_late_result_dropped(tmp_path):
+    log = tmp_path / "starts"
+
+    def slow():
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(1.5)
+        return os.getpid()
+
+    with throwaway_cluster(2, respawn=False) as cluster:
+        client = cluster.client()
+        fut = client.submit(slow)
+        [frozen] = running_on(client)
+        frozen_pid = next(w["pid"] for w in client.workers() if w["id"] == frozen)
+        kill_worker(cluster, frozen, signal.SIGSTOP, client=client)
+        try:
+            result = fut.result(20)            # re-run on the other worker
+        finally:
+            os.kill(frozen_pid, signal.SIGCONT)
+        assert result != frozen_pid
+        assert starts_in(log) == [str(frozen_pid), str(result)]
+        # The resumed worker registers again (under a new id) and finishes its stale run.
+        wait_for(lambda: frozen_pid in [w["pid"] for w in client.workers()], what="re-registered")
+        time.sleep(2.0)
+        assert client.stats == {"results": 1, "unexpected_results": 0}
+        assert client.submit(lambda: "alive").result(10) == "alive"
+
+
+@pytest.mark.parametrize("how", ["sigkill", "abort", "exit"])
+def test_poison_task_fails_after_the_retry_limit_and_spares_the_rest(how):
+    def poison():
+        if how == "sigkill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif how == "abort":
+            os.abort()
+        os._exit(3)
+
+    with throwaway_cluster(2, max_lost=2) as cluster:
+        client = cluster.client()
+        bad = client.submit(poison)
+        good = [client.submit(lambda i: (time.sleep(0.05), i)[1], i) for i in range(30)]
+        with pytest.raises(WorkerLost) as info:
+            bad.result(60)
+        assert len(info.value.lost_on) == 3 and len(set(info.value.lost_on)) == 3
+        assert all(w in str(info.value) for w in info.value.lost_on)
+        assert [f.result(60) for f in good] == list(range(30))
+        wait_for(lambda: len(client.workers()) == 2, what="workers respawned")
+
+
+def test_retry_limit_zero_fails_on_first_loss():
+    with throwaway_cluster(2, max_lost=0) as cluster:
+        client = cluster.client()
+        fut = client.submit(time.sleep, 10)
+        [victim] = running_on(client)
+        kill_worker(cluster, victim, client=client)
+        with pytest.raises(WorkerLost) as info:
+            fut.result(20)
+        assert info.value.lost_on == [victim]
+
+
+def test_workers_join_and_leave_while_a_map_runs():
+    with throwaway_cluster(2) as cluster:
+        client = cluster.client()
+        futures, n = client.map_futures(lambda i: (time.sleep(0.02), i * i)[1], range(300),
+                                        chunksize=1)
+        time.sleep(0.3)
+        cluster.add_workers(2)
+        wait_for(lambda: len(client.workers()) == 4, what="new workers joined")
+        leaving = client.workers()[0]
+        kill_worker(cluster, leaving["id"], signal.SIGTERM, client=client)   # graceful leave
+        assert [f.result(60)[0] for f in futures] == [i * i for i in range(300)]
+        workers = client.workers()
+        assert leaving["pid"] not in [w["pid"] for w in workers]
+        newcomers = [w for w in workers if w["id"] in ("w3", "w4")]
+        assert newcomers and all(w["done"] > 0 for w in newcomers)
+        assert client.stats["unexpected_results"] == 0
+
+
+def test_processes_are_gone_quickly_after_close():
+    cluster = throwaway_cluster(2)
+    pids = cluster.pids()
+    t0 = time.monotonic()
+    cluster.close()
+    assert time.monotonic() - t0 < 1.0
+    for pid in [*pids["broker"], *pids["workers"]]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_children_exit_when_their_parent_is_killed(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import nbcluster, sys, time\n"
+        "c = nbcluster.LocalCluster(2)\n"
+        "p = c.pids()\n"
+        "print(*p['broker'], *p['workers'], flush=True)\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(x) for x in parent.stdout.readline().split()]
+        assert len(pids) == 3
+    finally:
+        parent.kill()
+        parent.wait()
+
+    def all_gone():
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                return False
+            except ProcessLookupError:
+                pass
+        return True
+    wait_for(all_gone, timeout=3, what="children gone after their parent was killed")
