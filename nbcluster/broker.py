@@ -82,7 +82,7 @@ class Broker:
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
                 if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):
-                    log.info("parent went away: stopping")
+                    log.debug("parent went away: stopping")
                     return
                 if self.router in events:
                     self._drain()
