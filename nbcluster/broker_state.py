@@ -185,7 +185,7 @@ class BrokerState:
         del self.workers[w.id]
         del self.worker_by_identity[w.identity]
         out: list[Send] = []
-        for gid in sorted(w.tasks):
+        for gid in sorted(w.tasks, reverse=True):   # queued at the front: oldest ends first
             t = self.tasks[gid]
             t.worker = None
             if lost:
@@ -322,6 +322,20 @@ class BrokerState:
                 by_client.setdefault(t.client, []).append([t.cid, item[2], item[3], w.id])
         return [Send(c, {"t": "output", "items": items}) for c, items in by_client.items()]
 
+    def _giveback(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
+        """The worker hands back prefetched tasks it has not started (it is stuck on a long
+        one): they are queued again under a new attempt, which it will not run."""
+        for item in reversed(_field(h, "ids", list)):
+            if not (isinstance(item, list) and len(item) == 2):
+                raise ProtocolError("a giveback item is [gid, attempt]")
+            t = self.tasks.get(item[0]) if isinstance(item[0], int) else None
+            if t is not None and t.worker == w.id and t.attempt == item[1]:
+                w.tasks.discard(t.gid)
+                t.worker = None
+                t.attempt += 1
+                self._enqueue(t, front=True)
+        return self._dispatch_all()
+
     def _worker_bye(self, w: Worker, h, payload, mac, now: int) -> list[Send]:
         return self._drop_worker(w, lost=False, now=now)
 
@@ -350,30 +364,50 @@ class BrokerState:
         return t is not None and t.worker is None
 
     def _dispatch(self, w: Worker) -> list[Send]:
-        batch, out = [], []
-        while w.credit > 0:
+        """Hand w as many tasks as its credit allows."""
+        taken = []
+        while w.credit > 0 and (t := self._pop_for(w)) is not None:
+            self._assign(t, w)
+            taken.append(t)
+        return self._run_messages(w, taken)
+
+    def _dispatch_all(self) -> list[Send]:
+        """Hand queued tasks out one at a time, each to the least loaded worker that can take
+        it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
+        hungry = [w for w in self.workers.values() if w.credit > 0]
+        taken: dict[str, list[Task]] = {}
+        while hungry:
+            w = min(hungry, key=lambda w: len(w.tasks))
             t = self._pop_for(w)
             if t is None:
-                break
-            w.credit -= 1
-            t.worker = w.id
-            w.tasks.add(t.gid)
+                hungry.remove(w)
+                continue
+            self._assign(t, w)
+            taken.setdefault(w.id, []).append(t)
+            if w.credit == 0:
+                hungry.remove(w)
+        return [s for wid, tasks in taken.items() for s in self._run_messages(self.workers[wid], tasks)]
+
+    def _assign(self, t: Task, w: Worker) -> None:
+        w.credit -= 1
+        t.worker = w.id
+        w.tasks.add(t.gid)
+
+    @staticmethod
+    def _run_messages(w: Worker, tasks: list[Task]) -> list[Send]:
+        """Small tasks go together in one message; a large one alone, re-signed without
+        reading its payload again."""
+        out, small = [], []
+        for t in tasks:
             if t.size >= BATCH_BYTES:
                 out.append(Send(w.identity, {"t": "run", "tasks": [[t.gid, t.attempt, len(t.payload)]]},
                                 t.payload, t.mac))
             else:
-                batch.append(t)
-        if batch:
+                small.append(t)
+        if small:
             out.append(Send(w.identity, {"t": "run", "tasks": [[t.gid, t.attempt, len(t.payload)]
-                                                              for t in batch]},
-                            [f for t in batch for f in t.payload]))
-        return out
-
-    def _dispatch_all(self) -> list[Send]:
-        out: list[Send] = []
-        for w in list(self.workers.values()):
-            if w.credit > 0:
-                out += self._dispatch(w)
+                                                              for t in small]},
+                            [f for t in small for f in t.payload]))
         return out
 
     def _finish(self, t: Task, status: str, info: dict) -> list[Send]:
@@ -437,5 +471,6 @@ _HANDLERS = {
     ("Worker", "done"): BrokerState._done,
     ("Worker", "output"): BrokerState._output,
     ("Worker", "bye"): BrokerState._worker_bye,
+    ("Worker", "giveback"): BrokerState._giveback,
     ("Worker", "hb"): BrokerState._heartbeat,
 }

@@ -114,7 +114,9 @@ class Worker:
         self._wake_r, self._wake_w = os.pipe()
         self.epoch = 0                # bumped when the broker forgets us; older tasks are dropped
         self.task_time = None         # moving average of task durations (s)
-        self.cancelled: set[int] = set()
+        self.cancelled: set[tuple] = set()   # (gid, attempt) not to run: cancelled or given back
+        self.unstarted: dict[int, int] = {}  # gid -> attempt of tasks received, not yet started
+        self.started_at = 0.0                # when the running task started (monotonic)
         self.interrupting = False     # the I/O thread interrupted the main thread to cancel
         self.stopping = False
 
@@ -136,14 +138,19 @@ class Worker:
             self.interrupting = False
 
     def _run_one(self, epoch: int, gid: int, attempt: int, frames: list) -> None:
-        if epoch != self.epoch or gid in self.cancelled:
-            self.cancelled.discard(gid)
+        with self._current_lock:
+            skip = epoch != self.epoch or (gid, attempt) in self.cancelled
+            self.cancelled.discard((gid, attempt))
+            if not skip and self.unstarted.get(gid) == attempt:
+                del self.unstarted[gid]
+            if not skip:
+                self.current_tag = (gid, attempt)
+                self.started_at = time.monotonic()
+        if skip:
             return self._post(epoch, gid, attempt, None, [], {})
         start = time.perf_counter()
         status, payload = "ok", []
         try:
-            with self._current_lock:
-                self.current_tag = (gid, attempt)
             try:
                 fn = self.functions.load(frames[0])
                 args, kwargs = serialize.loads(frames[1:])
@@ -196,6 +203,8 @@ class Worker:
             timeout = max(0.0, min(last_sent + heartbeat_s, last_heard + expiry_s) - now)
             if self.output.items:
                 timeout = min(timeout, OUTPUT_FLUSH_S)
+            if self.unstarted and self.current_tag:
+                timeout = min(timeout, max(0.0, self.started_at + LONG_TASK_S - now))
             events = dict(poller.poll(timeout * 1000))
             now = time.monotonic()
             if self.watch_stdin and 0 in events and not _stdin_open():
@@ -219,6 +228,8 @@ class Worker:
                         heartbeat_s, expiry_s = settings
             if self.output.items:
                 self._send_output()
+            if self.unstarted and self.current_tag and now - self.started_at >= LONG_TASK_S:
+                self._give_back()
             if now - last_heard > expiry_s:
                 log.warning("no word from the broker for %.1f s: registering again", expiry_s)
                 self._hello()
@@ -232,6 +243,7 @@ class Worker:
 
     def _hello(self) -> None:
         self.epoch += 1
+        self.unstarted.clear()
         self.granted = self.done = 0
         self.registered = False
         self._send({"t": "hello", "role": "worker", "labels": self.labels, "slots": self.slots,
@@ -250,6 +262,7 @@ class Worker:
         if kind == "run" and self.registered:
             pos = 0
             for gid, attempt, nframes in header["tasks"]:
+                self.unstarted[gid] = attempt
                 self.tasks.put((self.epoch, gid, attempt, payload[pos:pos + nframes]))
                 pos += nframes
         elif kind == "cancel":
@@ -259,8 +272,8 @@ class Worker:
                         self.interrupting = True
                         # A real signal, so a blocking call (sleep, I/O) is interrupted too.
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                    else:
-                        self.cancelled.add(gid)
+                    elif gid in self.unstarted:
+                        self.cancelled.add((gid, self.unstarted.pop(gid)))
         elif kind == "welcome":
             self.id = header.get("id", self.id)
             tracebacks.WORKER.update(id=self.id, **self.info)
@@ -270,6 +283,15 @@ class Worker:
         elif kind == "reconnect":
             self._hello()
         return None
+
+    def _give_back(self) -> None:
+        """The running task is long: return the prefetched tasks so idle workers take them."""
+        with self._current_lock:
+            items = [[gid, attempt] for gid, attempt in self.unstarted.items()]
+            self.cancelled.update((gid, attempt) for gid, attempt in items)
+            self.unstarted.clear()
+        self.task_time = max(self.task_time or 0.0, LONG_TASK_S)  # stop prefetching for now
+        self._send({"t": "giveback", "ids": items})
 
     def _window(self) -> int:
         t = self.task_time

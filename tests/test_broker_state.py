@@ -300,3 +300,30 @@ def test_random_sequences_keep_the_invariants(steps):
         if s.header["t"] == "results":
             delivered += [(s.identity, item[0]) for item in s.header["items"]]
     assert len(delivered) == len(set(delivered))
+
+
+def test_a_burst_is_spread_over_workers_with_credit():
+    sim = Sim()
+    sim.client()
+    sim.worker(b"a", credit=10)
+    sim.worker(b"b", credit=10)
+    out = sim.msg(b"c", "submit", [b"f"] * 8, tasks=[[i, 1, [], None, 0] for i in range(8)])
+    per_worker = {}
+    for ident, _, _ in runs(out):
+        per_worker[ident] = per_worker.get(ident, 0) + 1
+    assert per_worker == {b"a": 4, b"b": 4}
+
+
+def test_giveback_requeues_unstarted_tasks_under_a_new_attempt():
+    sim = Sim()
+    sim.client()
+    sim.worker(b"a", credit=3)
+    sim.worker(b"b", credit=0)
+    for i in range(3):
+        sim.submit(i)
+    assert [g for _, g, _ in runs(sim.sent, b"a")] == [1, 2, 3]
+    sim.msg(b"a", "giveback", ids=[[2, 0], [3, 0]])
+    out = sim.msg(b"b", "ready", n=2)
+    assert runs(out) == [(b"b", 2, 1), (b"b", 3, 1)]
+    # a result for the given-back attempt is dropped
+    assert results(sim.msg(b"a", "done", [b"r"], items=[[2, 0, "ok", 1, {}]])) == []

@@ -163,3 +163,27 @@ def test_children_exit_when_their_parent_is_killed(tmp_path):
                 pass
         return True
     wait_for(all_gone, timeout=3, what="children gone after their parent was killed")
+
+
+def test_prefetched_tasks_are_given_back_when_a_long_task_blocks_them():
+    """After many tiny tasks a worker prefetches; long tasks must still spread over workers."""
+    with throwaway_cluster(2) as cluster:
+        client = cluster.client()
+        client.map(lambda x: x, range(2000), chunksize=1)       # both workers now prefetch
+        t0 = time.monotonic()
+        pids = client.map(lambda _: (time.sleep(0.3), os.getpid())[1], range(8), chunksize=1)
+        elapsed = time.monotonic() - t0
+        assert len(set(pids)) == 2
+        assert elapsed < 0.3 * 8 / 2 + 0.45
+
+
+def test_a_long_task_does_not_hold_back_the_short_ones_behind_it():
+    with throwaway_cluster(2) as cluster:
+        client = cluster.client()
+        client.map(lambda x: x, range(2000), chunksize=1)       # both workers now prefetch
+        t0 = time.monotonic()
+        out = client.map(lambda d: (time.sleep(d), os.getpid())[1], [2.0] + [0.1] * 7, chunksize=1)
+        elapsed = time.monotonic() - t0
+        long_pid, short_pids = out[0], set(out[1:])
+        assert short_pids == set(cluster.pids()["workers"]) - {long_pid}   # all given back
+        assert elapsed < 2.3
