@@ -53,7 +53,10 @@ class LocalCluster:
         self._closed = False
         self._clients: list[Client] = []
         self._lock = threading.Lock()
-        env = {**os.environ, KEY_ENV: self.key.hex(), "PYTHONUNBUFFERED": "1"}
+        # Workers see the modules we see, as multiprocessing's spawn does: our sys.path first.
+        path = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
+        env = {**os.environ, KEY_ENV: self.key.hex(), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
         env.pop("PYTHONSTARTUP", None)
         self._env = env
         ipc = f"ipc://{self._dir}/broker"

@@ -260,3 +260,16 @@ def test_wait_sees_cancelled_futures_as_done(client):
     done, _ = concurrent.futures.wait([f], timeout=2)
     assert done == {f}
     assert list(concurrent.futures.as_completed([f], timeout=2)) == [f]
+
+
+def test_workers_import_what_the_client_can_import(tmp_path):
+    import sys
+    (tmp_path / "my_helpers.py").write_text("def triple(x):\n    return 3 * x\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import my_helpers
+        with nbcluster.LocalCluster(1) as cluster:
+            assert cluster.client().map(my_helpers.triple, [1, 2]) == [3, 6]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("my_helpers", None)

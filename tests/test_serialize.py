@@ -1,0 +1,70 @@
+"""Pickling on the client: the function cache never ships a stale function."""
+
+import threading
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from nbcluster import serialize
+from nbcluster.errors import PicklingError
+
+# Functions as a notebook defines them: in a __main__ that cannot be imported, so
+# cloudpickle ships them by value, with the globals they use.
+NOTEBOOK = {"__name__": "__main__"}
+exec("offset = 1\n"
+     "table = [1, 2, 3]\n"
+     "def uses_offset(x):\n    return x + offset\n"
+     "def uses_table(x):\n    return table[x]\n", NOTEBOOK)
+uses_offset, uses_table = NOTEBOOK["uses_offset"], NOTEBOOK["uses_table"]
+
+
+def run(fn, *args):
+    return cloudpickle.loads(serialize.dumps_function(fn))(*args)
+
+
+def test_cached_bytes_are_reused_while_globals_are_unchanged():
+    assert serialize.dumps_function(uses_offset) is serialize.dumps_function(uses_offset)
+
+
+def test_a_rebound_global_is_seen():
+    assert run(uses_offset, 10) == 11
+    NOTEBOOK["offset"] = 5
+    try:
+        assert run(uses_offset, 10) == 15
+    finally:
+        NOTEBOOK["offset"] = 1
+
+
+def test_mutable_globals_and_closures_are_never_cached():
+    assert run(uses_table, 0) == 1
+    NOTEBOOK["table"][0] = 100
+    assert run(uses_table, 0) == 100
+    NOTEBOOK["table"][0] = 1
+    box = [1]
+    f = lambda: box[0]  # noqa: E731
+    assert run(f) == 1
+    box[0] = 2
+    assert run(f) == 2
+    assert serialize._captured_values(f) is None
+
+
+def test_closure_over_immutable_value_is_cached_and_correct():
+    n = 7
+    f = lambda x: x * n  # noqa: E731
+    assert serialize.dumps_function(f) is serialize.dumps_function(f)
+    assert run(f, 2) == 14
+
+
+def test_large_buffers_travel_out_of_band():
+    a = np.arange(1_000_000, dtype=np.float64)
+    frames = serialize.dumps(a)
+    assert len(frames) == 2 and len(frames[0]) < 1000
+    assert memoryview(frames[1]).nbytes == a.nbytes
+    back = serialize.loads([frames[0], bytearray(frames[1])])
+    assert np.array_equal(back, a)
+
+
+def test_unpicklable_argument_is_named():
+    with pytest.raises(PicklingError, match=r"keyword argument lock="):
+        serialize.dumps_call(print, (1,), {"lock": threading.Lock()})
