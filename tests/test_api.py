@@ -1,0 +1,46 @@
+"""The public face: exported names, import cost, layering."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import nbcluster
+
+PACKAGE = Path(nbcluster.__file__).parent
+
+
+def test_exported_names():
+    assert sorted(nbcluster.__all__) == sorted([
+        "Client", "connect", "LocalCluster", "Executor", "TaskFuture",
+        "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
+        "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError"])
+    for name in nbcluster.__all__:
+        assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
+
+
+def test_import_is_fast_and_light():
+    code = ("import time, sys; t = time.perf_counter(); import nbcluster; "
+            "print(time.perf_counter() - t, 'IPython' in sys.modules, 'ipywidgets' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.split() for _ in range(3)]
+    assert min(float(r[0]) for r in runs) < 0.15
+    assert all(r[1:] == ["False", "False"] for r in runs)
+
+
+def test_lower_layers_never_import_upward():
+    """protocol <- broker, worker, client; the broker imports neither client nor worker code."""
+    def imports(module):
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+        return found
+    assert imports("protocol") <= {"errors"}
+    assert imports("broker_state") <= {"errors"}
+    assert imports("broker") <= {"protocol", "broker_state", "errors", "connection"}
+    for module in ("broker", "broker_state", "protocol", "worker", "client"):
+        text = (PACKAGE / f"{module}.py").read_text()
+        assert "ipywidgets" not in text and "IPython" not in text
+    assert not {"client", "local", "executor"} & imports("worker")
