@@ -61,7 +61,8 @@ class Task:
 @dataclass
 class Worker:
     id: str
-    identity: bytes
+    identity: bytes          # its task socket: `run` goes here
+    ctl: bytes               # its control socket: welcome, heartbeats, cancel
     host: str
     pid: int
     labels: frozenset
@@ -108,6 +109,7 @@ class BrokerState:
         self.workers: dict[str, Worker] = {}
         self.worker_by_identity: dict[bytes, str] = {}
         self.clients: dict[bytes, Client] = {}
+        self.client_alias: dict[bytes, bytes] = {}   # a client's sending socket -> its identity
         self.tasks: dict[int, Task] = {}
         self.queues: dict[frozenset, deque] = {}     # labels -> gids waiting
         self.pinned: dict[str, deque] = {}           # worker id -> gids targeting it
@@ -139,7 +141,7 @@ class BrokerState:
             out += self._drop_client(c)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_ms
-            out += [Send(w.identity, {"t": "hb"}) for w in self.workers.values()]
+            out += [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()]
             out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
                     for c in self.clients.values()]
         return out
@@ -149,26 +151,34 @@ class BrokerState:
 
     # ---- registration and liveness --------------------------------------------------------
     def _hello(self, identity: bytes, h: dict, now: int) -> list[Send]:
+        """Register a peer. A peer may use a second socket: a client one to send from
+        (`tx_identity`), a worker one to receive tasks on (`task_identity`)."""
         role = _field(h, "role", str)
         host, pid = _field(h, "host", str, ""), _field(h, "pid", int, 0)
-        out = self._forget(identity, now)
+        other = h.get("tx_identity" if role == "client" else "task_identity", identity)
+        if not isinstance(other, bytes) or not 0 < len(other) <= 255:
+            raise ProtocolError("a second identity must be 1 to 255 bytes")
+        out = self._forget(identity, now) + (self._forget(other, now) if other != identity else [])
         welcome = {"t": "welcome", "heartbeat_ms": self.heartbeat_ms, "liveness":
                    self.expiry_ms // self.heartbeat_ms, "broker": self.info}
         if role == "client":
             self.clients[identity] = Client(identity, host, pid, now)
+            if other != identity:
+                self.client_alias[other] = identity
             return out + [Send(identity, welcome)]
         if role != "worker":
             raise ProtocolError(f"unknown role {role!r}")
-        w = Worker(id=f"w{next(self._wids)}", identity=identity, host=host, pid=pid,
+        w = Worker(id=f"w{next(self._wids)}", identity=other, ctl=identity, host=host, pid=pid,
                    labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
                    joined=now, last_seen=now)
         self.workers[w.id] = w
-        self.worker_by_identity[identity] = w.id
+        self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
         return out + [Send(identity, {**welcome, "id": w.id})]
 
     def _forget(self, identity: bytes, now: int) -> list[Send]:
         """A peer says hello again on an identity we know: its old session is over."""
+        identity = self.client_alias.get(identity, identity)
         if identity in self.clients:
             return self._drop_client(self.clients[identity])
         wid = self.worker_by_identity.get(identity)
@@ -176,14 +186,15 @@ class BrokerState:
 
     def _touch(self, identity: bytes, now: int):
         wid = self.worker_by_identity.get(identity)
-        peer = self.workers[wid] if wid else self.clients.get(identity)
+        peer = self.workers[wid] if wid else self.clients.get(self.client_alias.get(identity, identity))
         if peer is not None:
             peer.last_seen = now
         return peer
 
     def _drop_worker(self, w: Worker, lost: bool, now: int) -> list[Send]:
         del self.workers[w.id]
-        del self.worker_by_identity[w.identity]
+        self.worker_by_identity.pop(w.identity, None)
+        self.worker_by_identity.pop(w.ctl, None)
         out: list[Send] = []
         for gid in sorted(w.tasks, reverse=True):   # queued at the front: oldest ends first
             t = self.tasks[gid]
@@ -202,6 +213,8 @@ class BrokerState:
 
     def _drop_client(self, c: Client) -> list[Send]:
         del self.clients[c.identity]
+        for alias in [a for a, i in self.client_alias.items() if i == c.identity]:
+            del self.client_alias[alias]
         cancels: dict[str, list] = {}
         for gid in c.tasks.values():
             t = self.tasks.pop(gid)
@@ -209,7 +222,7 @@ class BrokerState:
                 self.workers[t.worker].tasks.discard(gid)
                 cancels.setdefault(t.worker, []).append(gid)
         # Queued gids of this client stay in the deques until popped; _pop skips them.
-        return [Send(self.workers[wid].identity, {"t": "cancel", "ids": gids})
+        return [Send(self.workers[wid].ctl, {"t": "cancel", "ids": gids})
                 for wid, gids in cancels.items()]
 
     # ---- clients ------------------------------------------------------------------------
@@ -254,7 +267,7 @@ class BrokerState:
             items.append([cid, "cancelled", 0, {}])
         if items:
             out.append(Send(c.identity, {"t": "results", "items": items}))
-        out += [Send(self.workers[wid].identity, {"t": "cancel", "ids": gids})
+        out += [Send(self.workers[wid].ctl, {"t": "cancel", "ids": gids})
                 for wid, gids in cancels.items()]
         return out
 
@@ -323,18 +336,22 @@ class BrokerState:
         return [Send(c, {"t": "output", "items": items}) for c, items in by_client.items()]
 
     def _giveback(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
-        """The worker hands back prefetched tasks it has not started (it is stuck on a long
-        one): they are queued again under a new attempt, which it will not run."""
-        for item in reversed(_field(h, "ids", list)):
-            if not (isinstance(item, list) and len(item) == 2):
-                raise ProtocolError("a giveback item is [gid, attempt]")
-            t = self.tasks.get(item[0]) if isinstance(item[0], int) else None
-            if t is not None and t.worker == w.id and t.attempt == item[1]:
-                w.tasks.discard(t.gid)
-                t.worker = None
-                t.attempt += 1
-                self._enqueue(t, front=True)
-        return self._dispatch_all()
+        """The worker is stuck on a long task (`keep`): the tasks it holds besides that one are
+        queued again under a new attempt, and it is told which, so it skips them, and how much
+        of its credit was dropped."""
+        keep = h.get("keep")
+        given = []
+        for gid in sorted(w.tasks - {keep}, reverse=True):
+            t = self.tasks[gid]
+            given.append([gid, t.attempt])
+            w.tasks.discard(gid)
+            t.worker = None
+            t.attempt += 1
+            self._enqueue(t, front=True)
+        # It is stuck: the credit it had left is void too, or the tasks would come straight back.
+        dropped, w.credit = w.credit, 0
+        return [Send(w.ctl, {"t": "given", "ids": given[::-1], "dropped": dropped})] + \
+            self._dispatch_all()
 
     def _worker_bye(self, w: Worker, h, payload, mac, now: int) -> list[Send]:
         return self._drop_worker(w, lost=False, now=now)
@@ -400,13 +417,14 @@ class BrokerState:
         out, small = [], []
         for t in tasks:
             if t.size >= BATCH_BYTES:
-                out.append(Send(w.identity, {"t": "run", "tasks": [[t.gid, t.attempt, len(t.payload)]]},
+                out.append(Send(w.identity, {"t": "run", "w": w.id,
+                                             "tasks": [[t.gid, t.attempt, len(t.payload)]]},
                                 t.payload, t.mac))
             else:
                 small.append(t)
         if small:
-            out.append(Send(w.identity, {"t": "run", "tasks": [[t.gid, t.attempt, len(t.payload)]
-                                                              for t in small]},
+            out.append(Send(w.identity, {"t": "run", "w": w.id,
+                                         "tasks": [[t.gid, t.attempt, len(t.payload)] for t in small]},
                             [f for t in small for f in t.payload]))
         return out
 
@@ -438,13 +456,15 @@ class BrokerState:
         """Raise AssertionError if the bookkeeping is inconsistent (used by the tests)."""
         held = {}
         for w in self.workers.values():
-            assert self.worker_by_identity[w.identity] == w.id
+            assert self.worker_by_identity[w.identity] == self.worker_by_identity[w.ctl] == w.id
             assert w.credit >= 0
             for gid in w.tasks:
                 assert self.tasks[gid].worker == w.id, (gid, w.id)
                 assert gid not in held
                 held[gid] = w.id
-        assert len(self.worker_by_identity) == len(self.workers)
+        assert len(self.worker_by_identity) == sum(len({w.identity, w.ctl})
+                                                  for w in self.workers.values())
+        assert set(self.client_alias.values()) <= set(self.clients)
         owned = set()
         for c in self.clients.values():
             for cid, gid in c.tasks.items():

@@ -1,21 +1,24 @@
 """A worker process: pulls tasks from the broker and runs them.
 
-    broker ──run/cancel/hb──► I/O thread ──SimpleQueue──► main thread: fn(*args, **kwargs)
-    broker ◄─ready/done/output/hb── I/O thread ◄──deque + wake pipe── results, captured output
+    broker ──run──────────────────────► task socket ─► main thread: fn(*args, **kwargs)
+    broker ◄─done/ready/final output─── task socket ◄─┘
+    broker ◄─hello/hb/output/giveback── control socket ─ I/O thread
+    broker ──welcome/hb/cancel/given──► control socket ─┘
 
-Two threads. The I/O thread owns the only socket: it heartbeats even while a task holds the
-main thread, asks for work (`ready n`: free slots plus a prefetch sized so short tasks never
-wait a round trip), batches results, flushes captured stdout/stderr every OUTPUT_FLUSH_S
-(before the result of the task that printed), and interrupts the running task when it is
-cancelled. The main thread only runs tasks, so user code sees a normal main thread.
+Two threads, each with a socket of its own (ZeroMQ sockets are not shared between threads).
+The main thread receives tasks and sends their results itself, so a task costs no thread
+hand-off. The I/O thread registers, heartbeats even while a task holds the main thread,
+interrupts the running task when it is cancelled, sends captured stdout/stderr of a running
+task every OUTPUT_FLUSH_S (the main thread sends the rest just before the result), and,
+when the running task turns out long, gives back the tasks prefetched behind it so idle
+workers take them. Credit (`ready n`) is free slots plus a prefetch sized so short tasks
+never wait a round trip.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
-import queue
 import select
 import signal
 import socket
@@ -39,6 +42,8 @@ LONG_TASK_S = 0.02          # a worker whose tasks take longer than this prefetc
 OUTPUT_FLUSH_S = 0.05       # captured output is sent at most this often (and at task end)
 OUTPUT_CHUNK_MAX = 256 * 1024
 BIG_RESULT_BYTES = 64 * 1024
+RESULT_BATCH_S = 0.002      # results of tiny tasks are sent together at least this often
+_MAX_ATTEMPTS = 16          # a cancelled task is skipped whatever attempt it arrives as
 
 
 class _Output:
@@ -105,20 +110,31 @@ class Worker:
         self.watch_stdin = watch_stdin
         self.id = "?"
         self.info = {"host": socket.gethostname(), "pid": os.getpid()}
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self.results: collections.deque = collections.deque()
         self.output = _Output()
         self.functions = serialize.FunctionCache()
-        self.current_tag: tuple | None = None
-        self._current_lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        self.epoch = 0                # bumped when the broker forgets us; older tasks are dropped
-        self.task_time = None         # moving average of task durations (s)
-        self.cancelled: set[tuple] = set()   # (gid, attempt) not to run: cancelled or given back
-        self.unstarted: dict[int, int] = {}  # gid -> attempt of tasks received, not yet started
-        self.started_at = 0.0                # when the running task started (monotonic)
-        self.interrupting = False     # the I/O thread interrupted the main thread to cancel
-        self.stopping = False
+        self.lock = threading.Lock()          # guards the state below, shared by both threads
+        self.registered = False
+        self.granted = self.done = 0          # credit given to the broker / tasks finished
+        self.cancelled: set[tuple] = set()    # (gid, attempt) not to run: cancelled, given back
+        self.current_tag: tuple | None = None  # (gid, attempt) of the running task
+        self.started_at = 0.0
+        self.gave_back_for: int | None = None
+        self.task_time: float | None = None   # moving average of task durations (s)
+        self.interrupting = False             # the I/O thread interrupted a task to cancel it
+        self.stopping = self.reconnecting = False
+        self._wake_r, self._wake_w = os.pipe()              # to the I/O thread
+        self._registered_r, self._registered_w = os.pipe()  # to the main thread
+        self.ctx = zmq.Context(io_threads=1)
+        self.task_identity = os.urandom(12).hex().encode()
+        self.task_sock = self._socket(self.task_identity)
+
+    def _socket(self, identity: bytes) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0),
+                           (zmq.IDENTITY, identity)):
+            sock.setsockopt(opt, value)
+        sock.connect(self.endpoint)
+        return sock
 
     # ---- main thread ----------------------------------------------------------------------
     def run(self) -> None:
@@ -126,37 +142,75 @@ class Worker:
         sys.stdout = _TaskStream(self, "stdout", sys.__stdout__)
         sys.stderr = _TaskStream(self, "stderr", sys.__stderr__)
         threading.Thread(target=self._io_loop, name="nbcluster-io", daemon=True).start()
+        poller = zmq.Poller()
+        poller.register(self.task_sock, zmq.POLLIN)
+        poller.register(self._registered_r, zmq.POLLIN)
         while True:
-            item = self.tasks.get()
-            if item is None:
-                return
             try:
-                self._run_one(*item)
+                events = dict(poller.poll())
+                if self._registered_r in events:
+                    # Credit is always granted from this socket: the broker can only route
+                    # tasks to it once a message from it has arrived.
+                    os.read(self._registered_r, 4096)
+                    n = self._top_up()
+                    if n:
+                        self._send(self.task_sock, {"t": "ready", "n": n})
+                while True:
+                    try:
+                        frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_task_message(frames)
             except KeyboardInterrupt:
                 if not self.interrupting:  # a real Ctrl-C, not a cancel that arrived late
                     raise
             self.interrupting = False
 
-    def _run_one(self, epoch: int, gid: int, attempt: int, frames: list) -> None:
-        with self._current_lock:
-            skip = epoch != self.epoch or (gid, attempt) in self.cancelled
-            self.cancelled.discard((gid, attempt))
-            if not skip and self.unstarted.get(gid) == attempt:
-                del self.unstarted[gid]
-            if not skip:
-                self.current_tag = (gid, attempt)
-                self.started_at = time.monotonic()
-        if skip:
-            return self._post(epoch, gid, attempt, None, [], {})
-        start = time.perf_counter()
+    def _on_task_message(self, frames) -> None:
+        try:
+            header, payload = protocol.decode(self.signer, frames)
+        except ProtocolError as e:
+            log.warning("dropped a message: %s", e)
+            return
+        if header["t"] == "reconnect":
+            self._ask_io(reconnect=True)
+        elif header["t"] == "run" and header.get("w") == self.id:
+            self._run_batch(header["tasks"], payload)
+
+    def _run_batch(self, tasks: list, payload: list) -> None:
+        """Run the tasks of one `run` message; results go back in batches of at least
+        RESULT_BATCH_S worth of work, and at the end."""
+        pos, items, frames, finished = 0, [], [], 0
+        last_sent = time.monotonic()
+        for i, (gid, attempt, nframes) in enumerate(tasks):
+            result = self._run_one(gid, attempt, payload[pos:pos + nframes])
+            pos += nframes
+            finished += 1
+            if result is not None:
+                items.append(result[0])
+                frames += result[1]
+            big = result is not None and sum(memoryview(f).nbytes for f in result[1]) >= BIG_RESULT_BYTES
+            if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
+                self._send_done(items, frames, finished)
+                items, frames, finished = [], [], 0
+                last_sent = time.monotonic()
+
+    def _run_one(self, gid: int, attempt: int, frames: list) -> tuple | None:
+        with self.lock:
+            if (gid, attempt) in self.cancelled:
+                self.cancelled.discard((gid, attempt))
+                return None
+            self.current_tag = (gid, attempt)
+            self.started_at = time.monotonic()
         status, payload = "ok", []
+        start = time.perf_counter()
         try:
             try:
                 fn = self.functions.load(frames[0])
                 args, kwargs = serialize.loads(frames[1:])
                 result = fn(*args, **kwargs)
             finally:
-                with self._current_lock:
+                with self.lock:
                     self.current_tag = None
             try:
                 payload = serialize.dumps(result)
@@ -167,11 +221,46 @@ class Worker:
             status = "err"
             payload = serialize.dumps(tracebacks.capture(e, skip=1))
         elapsed = time.perf_counter() - start
-        self._post(epoch, gid, attempt, status, payload, {"s": elapsed})
+        t = self.task_time
+        self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
+        return [gid, attempt, status, len(payload), {"s": elapsed}], payload
 
-    def _post(self, epoch, gid, attempt, status, payload, info) -> None:
-        self.results.append((epoch, gid, attempt, status, payload, info))
+    def _send_done(self, items: list, frames: list, finished: int) -> None:
+        output = self.output.take()      # a task's output goes before its result
+        if output:
+            self._send(self.task_sock, {"t": "output", "items": output})
+        header = {"t": "done", "items": items, "ready": self._top_up(finished)}
+        if items or header["ready"]:
+            self._send(self.task_sock, header, frames)
+
+    # ---- both threads -----------------------------------------------------------------------
+    def _send(self, sock: zmq.Socket, header: dict, payload: list = ()) -> None:
+        sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
+
+    def _top_up(self, finished: int = 0) -> int:
+        """Record finished tasks; return the credit to ask for so we hold a full window."""
+        with self.lock:
+            self.done += finished
+            if not self.registered:
+                return 0
+            n = max(0, self._window() - (self.granted - self.done))
+            self.granted += n
+            return n
+
+    def _window(self) -> int:
+        t = self.task_time
+        if t is None or t >= LONG_TASK_S:
+            return self.slots
+        return self.slots + min(MAX_PREFETCH, int(PREFETCH_TARGET_S / max(t, 1e-6)))
+
+    def _ask_io(self, reconnect: bool = False, stop: bool = False) -> None:
+        self.reconnecting |= reconnect
+        self.stopping |= stop
         os.write(self._wake_w, b"x")
+
+    def leave(self) -> None:
+        """Tell the broker we are going (it queues our tasks again) and exit."""
+        self._ask_io(stop=True)
 
     # ---- I/O thread -----------------------------------------------------------------------
     def _io_loop(self) -> None:
@@ -183,73 +272,63 @@ class Worker:
             os._exit(0)
 
     def _io(self) -> None:
-        ctx = zmq.Context(io_threads=1)
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.connect(self.endpoint)
-        self.sock = sock
+        self.ctl = self._socket(self.task_identity + b"/ctl")
         poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
+        poller.register(self.ctl, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         if self.watch_stdin:
             poller.register(0, zmq.POLLIN)
-        heartbeat_s, expiry_s = 1.0, 3.0
+        self.heartbeat_s, self.expiry_s = 1.0, 3.0
         self._hello()
         last_heard = last_sent = time.monotonic()
         while True:
             now = time.monotonic()
-            timeout = max(0.0, min(last_sent + heartbeat_s, last_heard + expiry_s) - now)
-            if self.output.items:
-                timeout = min(timeout, OUTPUT_FLUSH_S)
-            if self.unstarted and self.current_tag:
-                timeout = min(timeout, max(0.0, self.started_at + LONG_TASK_S - now))
-            events = dict(poller.poll(timeout * 1000))
+            deadlines = [last_sent + self.heartbeat_s, last_heard + self.expiry_s]
+            if self.current_tag is not None:
+                if self.output.items:
+                    deadlines.append(now + OUTPUT_FLUSH_S)
+                if self.gave_back_for != self.current_tag[0]:
+                    deadlines.append(self.started_at + LONG_TASK_S)
+            events = dict(poller.poll(max(0.0, min(deadlines) - now) * 1000))
             now = time.monotonic()
             if self.watch_stdin and 0 in events and not _stdin_open():
                 os._exit(0)  # our parent (LocalCluster) is gone
             if self._wake_r in events:
-                os.read(self._wake_r, 65536)
+                os.read(self._wake_r, 4096)
                 if self.stopping:
-                    self._send({"t": "bye"})
+                    self._send(self.ctl, {"t": "bye"})
                     os._exit(0)
-                self._send_results()
-                last_sent = now
-            if sock in events:
-                while True:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    last_heard = now
-                    settings = self._on_message(frames)
-                    if settings:
-                        heartbeat_s, expiry_s = settings
-            if self.output.items:
-                self._send_output()
-            if self.unstarted and self.current_tag and now - self.started_at >= LONG_TASK_S:
-                self._give_back()
-            if now - last_heard > expiry_s:
-                log.warning("no word from the broker for %.1f s: registering again", expiry_s)
+                if self.reconnecting:
+                    self._hello()
+            while self.ctl in events:
+                try:
+                    frames = self.ctl.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                last_heard = now
+                self._on_control_message(frames)
+            if self.current_tag is not None and self.output.items:
+                items = self.output.take()
+                if items:
+                    self._send(self.ctl, {"t": "output", "items": items})
+            self._maybe_give_back(now)
+            if now - last_heard > self.expiry_s:
+                log.warning("no word from the broker for %.1f s: registering again", self.expiry_s)
                 self._hello()
                 last_heard = now
-            if now - last_sent >= heartbeat_s:
-                self._send({"t": "hb", "info": _load_info()})
+            if now - last_sent >= self.heartbeat_s:
+                self._send(self.ctl, {"t": "hb", "info": _load_info()})
                 last_sent = now
 
-    def _send(self, header: dict, payload: list = ()) -> None:
-        self.sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
-
     def _hello(self) -> None:
-        self.epoch += 1
-        self.unstarted.clear()
-        self.granted = self.done = 0
-        self.registered = False
-        self._send({"t": "hello", "role": "worker", "labels": self.labels, "slots": self.slots,
-                    **self.info})
+        with self.lock:
+            self.registered = self.reconnecting = False
+            self.granted = self.done = 0
+            self.cancelled.clear()
+        self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
+                              "slots": self.slots, "task_identity": self.task_identity, **self.info})
 
-    def _on_message(self, frames) -> tuple | None:
+    def _on_control_message(self, frames) -> None:
         if [bytes(f) for f in frames[:3]] == protocol.DENIED and not self.registered:
             log.error("the broker at %s rejected our key: check the cluster key", self.endpoint)
             os._exit(2)
@@ -257,90 +336,43 @@ class Worker:
             header, payload = protocol.decode(self.signer, frames)
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
-            return None
+            return
         kind = header["t"]
-        if kind == "run" and self.registered:
-            pos = 0
-            for gid, attempt, nframes in header["tasks"]:
-                self.unstarted[gid] = attempt
-                self.tasks.put((self.epoch, gid, attempt, payload[pos:pos + nframes]))
-                pos += nframes
-        elif kind == "cancel":
-            with self._current_lock:
+        if kind == "cancel":
+            with self.lock:
                 for gid in header["ids"]:
                     if self.current_tag and self.current_tag[0] == gid:
                         self.interrupting = True
                         # A real signal, so a blocking call (sleep, I/O) is interrupted too.
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-                    elif gid in self.unstarted:
-                        self.cancelled.add((gid, self.unstarted.pop(gid)))
+                    else:
+                        self.cancelled.update((gid, a) for a in range(_MAX_ATTEMPTS))
+        elif kind == "given":
+            with self.lock:
+                self.cancelled.update(tuple(x) for x in header["ids"])
+                self.granted -= header.get("dropped", 0)
         elif kind == "welcome":
             self.id = header.get("id", self.id)
             tracebacks.WORKER.update(id=self.id, **self.info)
-            self.registered = True
-            self._top_up()
-            return header["heartbeat_ms"] / 1000, header["heartbeat_ms"] * header["liveness"] / 1000
+            self.heartbeat_s = header["heartbeat_ms"] / 1000
+            self.expiry_s = self.heartbeat_s * header["liveness"]
+            with self.lock:
+                self.registered = True
+            os.write(self._registered_w, b"x")   # the main thread asks for work
         elif kind == "reconnect":
             self._hello()
-        return None
 
-    def _give_back(self) -> None:
-        """The running task is long: return the prefetched tasks so idle workers take them."""
-        with self._current_lock:
-            items = [[gid, attempt] for gid, attempt in self.unstarted.items()]
-            self.cancelled.update((gid, attempt) for gid, attempt in items)
-            self.unstarted.clear()
-        self.task_time = max(self.task_time or 0.0, LONG_TASK_S)  # stop prefetching for now
-        self._send({"t": "giveback", "ids": items})
-
-    def _window(self) -> int:
-        t = self.task_time
-        if t is None or t >= LONG_TASK_S:
-            return self.slots
-        return self.slots + min(MAX_PREFETCH, int(PREFETCH_TARGET_S / max(t, 1e-6)))
-
-    def _top_up(self, extra: dict | None = None) -> None:
-        n = self._window() - (self.granted - self.done)
-        if n > 0:
-            self.granted += n
-        if extra is not None:
-            extra["ready"] = max(n, 0)
-        elif n > 0:
-            self._send({"t": "ready", "n": n})
-
-    def _send_results(self) -> None:
-        if self.output.items:
-            self._send_output()
-        items, frames = [], []
-        while self.results:
-            epoch, gid, attempt, status, payload, info = self.results.popleft()
-            if epoch != self.epoch:
-                continue
-            self.done += 1
-            if status is None:
-                continue
-            s = info.get("s", 0.0)
-            self.task_time = s if self.task_time is None else 0.8 * self.task_time + 0.2 * s
-            if sum(memoryview(f).nbytes for f in payload) >= BIG_RESULT_BYTES:
-                self._send({"t": "done", "items": [[gid, attempt, status, len(payload), info]]},
-                           payload)
-                continue
-            items.append([gid, attempt, status, len(payload), info])
-            frames += payload
-        header = {"t": "done", "items": items}
-        self._top_up(header)
-        if items or header["ready"]:
-            self._send(header, frames)
-
-    def _send_output(self) -> None:
-        items = self.output.take()
-        if items:
-            self._send({"t": "output", "items": items})
-
-    def leave(self) -> None:
-        """Ask the I/O thread to tell the broker we are going (it queues our tasks again) and exit."""
-        self.stopping = True
-        os.write(self._wake_w, b"x")
+    def _maybe_give_back(self, now: float) -> None:
+        """The running task is long: hand back the tasks prefetched behind it."""
+        with self.lock:
+            tag = self.current_tag
+            if tag is None or self.gave_back_for == tag[0] or now - self.started_at < LONG_TASK_S:
+                return
+            self.gave_back_for = tag[0]
+            self.task_time = max(self.task_time or 0.0, LONG_TASK_S)   # stop prefetching
+            holding = self.granted - self.done > 1
+        if holding:
+            self._send(self.ctl, {"t": "giveback", "keep": tag[0]})
 
 
 def _stdin_open() -> bool:

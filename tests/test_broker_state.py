@@ -36,8 +36,10 @@ class Sim:
         self.sent += out
         return out
 
-    def worker(self, identity, labels=(), credit=1):
-        out = self.msg(identity, "hello", role="worker", labels=list(labels), host="h", pid=1)
+    def worker(self, identity, labels=(), credit=1, ctl=None):
+        extra = {"task_identity": identity} if ctl else {}
+        out = self.msg(ctl or identity, "hello", role="worker", labels=list(labels), host="h",
+                       pid=1, **extra)
         wid = out[-1].header["id"]
         if credit:
             self.msg(identity, "ready", n=credit)
@@ -322,8 +324,33 @@ def test_giveback_requeues_unstarted_tasks_under_a_new_attempt():
     for i in range(3):
         sim.submit(i)
     assert [g for _, g, _ in runs(sim.sent, b"a")] == [1, 2, 3]
-    sim.msg(b"a", "giveback", ids=[[2, 0], [3, 0]])
+    out = sim.msg(b"a", "giveback", keep=1)
+    assert out[0].header == {"t": "given", "ids": [[2, 0], [3, 0]], "dropped": 0}
     out = sim.msg(b"b", "ready", n=2)
     assert runs(out) == [(b"b", 2, 1), (b"b", 3, 1)]
     # a result for the given-back attempt is dropped
     assert results(sim.msg(b"a", "done", [b"r"], items=[[2, 0, "ok", 1, {}]])) == []
+
+
+def test_two_socket_peers():
+    """A worker receives tasks on one socket and talks on another; a client sends from one."""
+    sim = Sim()
+    sim.msg(b"rx", "hello", role="client", host="h", pid=2, tx_identity=b"tx")
+    wid = sim.worker(b"task", ctl=b"ctl", credit=0)
+    sim.msg(b"ctl", "ready", n=1)
+    out = sim.msg(b"tx", "submit", [b"f"], tasks=[[1, 1, [], None, 0]])
+    assert runs(out) == [(b"task", 1, 0)]
+    out = sim.msg(b"task", "done", [b"r"], items=[[1, 0, "ok", 1, {}]])
+    assert results(out) == [(b"rx", 1, "ok")]
+    out = sim.msg(b"tx", "submit", [b"f"], tasks=[[2, 1, [], None, 0]])
+    out = sim.msg(b"tx", "cancel", ids=[2])
+    assert [s.identity for s in out] == [b"rx"]
+    sim.msg(b"ctl", "ready", n=1)
+    sim.msg(b"tx", "submit", [b"f"], tasks=[[3, 1, [], None, 0]])
+    out = sim.msg(b"tx", "cancel", ids=[3])
+    assert sorted(s.identity for s in out) == [b"ctl", b"rx"]
+    hb = sim.tick(1000, alive=[b"rx", b"ctl"])
+    assert sorted(s.identity for s in hb if s.header["t"] == "hb") == [b"ctl", b"rx"]
+    sim.msg(b"tx", "bye")
+    assert not sim.state.clients and not sim.state.client_alias
+    assert wid
