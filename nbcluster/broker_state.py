@@ -109,7 +109,6 @@ class BrokerState:
         self.workers: dict[str, Worker] = {}
         self.worker_by_identity: dict[bytes, str] = {}
         self.clients: dict[bytes, Client] = {}
-        self.client_alias: dict[bytes, bytes] = {}   # a client's sending socket -> its identity
         self.tasks: dict[int, Task] = {}
         self.queues: dict[frozenset, deque] = {}     # labels -> gids waiting
         self.pinned: dict[str, deque] = {}           # worker id -> gids targeting it
@@ -151,11 +150,10 @@ class BrokerState:
 
     # ---- registration and liveness --------------------------------------------------------
     def _hello(self, identity: bytes, h: dict, now: int) -> list[Send]:
-        """Register a peer. A peer may use a second socket: a client one to send from
-        (`tx_identity`), a worker one to receive tasks on (`task_identity`)."""
+        """Register a peer. A worker may receive tasks on a second socket (`task_identity`)."""
         role = _field(h, "role", str)
         host, pid = _field(h, "host", str, ""), _field(h, "pid", int, 0)
-        other = h.get("tx_identity" if role == "client" else "task_identity", identity)
+        other = h.get("task_identity", identity) if role == "worker" else identity
         if not isinstance(other, bytes) or not 0 < len(other) <= 255:
             raise ProtocolError("a second identity must be 1 to 255 bytes")
         out = self._forget(identity, now) + (self._forget(other, now) if other != identity else [])
@@ -163,8 +161,6 @@ class BrokerState:
                    self.expiry_ms // self.heartbeat_ms, "broker": self.info}
         if role == "client":
             self.clients[identity] = Client(identity, host, pid, now)
-            if other != identity:
-                self.client_alias[other] = identity
             return out + [Send(identity, welcome)]
         if role != "worker":
             raise ProtocolError(f"unknown role {role!r}")
@@ -178,7 +174,6 @@ class BrokerState:
 
     def _forget(self, identity: bytes, now: int) -> list[Send]:
         """A peer says hello again on an identity we know: its old session is over."""
-        identity = self.client_alias.get(identity, identity)
         if identity in self.clients:
             return self._drop_client(self.clients[identity])
         wid = self.worker_by_identity.get(identity)
@@ -186,7 +181,7 @@ class BrokerState:
 
     def _touch(self, identity: bytes, now: int):
         wid = self.worker_by_identity.get(identity)
-        peer = self.workers[wid] if wid else self.clients.get(self.client_alias.get(identity, identity))
+        peer = self.workers[wid] if wid else self.clients.get(identity)
         if peer is not None:
             peer.last_seen = now
         return peer
@@ -213,8 +208,6 @@ class BrokerState:
 
     def _drop_client(self, c: Client) -> list[Send]:
         del self.clients[c.identity]
-        for alias in [a for a, i in self.client_alias.items() if i == c.identity]:
-            del self.client_alias[alias]
         cancels: dict[str, list] = {}
         for gid in c.tasks.values():
             t = self.tasks.pop(gid)
@@ -464,7 +457,6 @@ class BrokerState:
                 held[gid] = w.id
         assert len(self.worker_by_identity) == sum(len({w.identity, w.ctl})
                                                   for w in self.workers.values())
-        assert set(self.client_alias.values()) <= set(self.clients)
         owned = set()
         for c in self.clients.values():
             for cid, gid in c.tasks.items():

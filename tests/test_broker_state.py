@@ -332,25 +332,19 @@ def test_giveback_requeues_unstarted_tasks_under_a_new_attempt():
     assert results(sim.msg(b"a", "done", [b"r"], items=[[2, 0, "ok", 1, {}]])) == []
 
 
-def test_two_socket_peers():
-    """A worker receives tasks on one socket and talks on another; a client sends from one."""
+def test_a_worker_receives_tasks_on_a_second_socket():
     sim = Sim()
-    sim.msg(b"rx", "hello", role="client", host="h", pid=2, tx_identity=b"tx")
-    wid = sim.worker(b"task", ctl=b"ctl", credit=0)
-    sim.msg(b"ctl", "ready", n=1)
-    out = sim.msg(b"tx", "submit", [b"f"], tasks=[[1, 1, [], None, 0]])
+    sim.client()
+    sim.worker(b"task", ctl=b"ctl", credit=0)
+    sim.msg(b"task", "ready", n=2)
+    out = sim.submit(1)
     assert runs(out) == [(b"task", 1, 0)]
     out = sim.msg(b"task", "done", [b"r"], items=[[1, 0, "ok", 1, {}]])
-    assert results(out) == [(b"rx", 1, "ok")]
-    out = sim.msg(b"tx", "submit", [b"f"], tasks=[[2, 1, [], None, 0]])
-    out = sim.msg(b"tx", "cancel", ids=[2])
-    assert [s.identity for s in out] == [b"rx"]
-    sim.msg(b"ctl", "ready", n=1)
-    sim.msg(b"tx", "submit", [b"f"], tasks=[[3, 1, [], None, 0]])
-    out = sim.msg(b"tx", "cancel", ids=[3])
-    assert sorted(s.identity for s in out) == [b"ctl", b"rx"]
-    hb = sim.tick(1000, alive=[b"rx", b"ctl"])
-    assert sorted(s.identity for s in hb if s.header["t"] == "hb") == [b"ctl", b"rx"]
-    sim.msg(b"tx", "bye")
-    assert not sim.state.clients and not sim.state.client_alias
-    assert wid
+    assert results(out) == [(b"c", 1, "ok")]
+    sim.submit(2)
+    out = sim.msg(b"c", "cancel", ids=[2])
+    assert sorted(s.identity for s in out) == [b"c", b"ctl"]     # cancel goes to the control
+    hb = sim.tick(1000, alive=[b"c", b"ctl"])
+    assert sorted(s.identity for s in hb if s.header["t"] == "hb") == [b"c", b"ctl"]
+    sim.msg(b"ctl", "bye")
+    assert not sim.state.workers and not sim.state.worker_by_identity
