@@ -49,6 +49,7 @@ class Task:
     cid: int
     labels: frozenset
     target: str | None
+    host: str | None         # only a worker on this host may run it (its data is in shm)
     payload: list
     mac: Any
     retries: int
@@ -223,11 +224,12 @@ class BrokerState:
         specs = _field(h, "tasks", list)
         pos, out = 0, []
         for spec in specs:
-            if not isinstance(spec, list) or len(spec) != 5:
-                raise ProtocolError("a task spec is [cid, nframes, labels, target, retries]")
-            cid, nframes, labels, target, retries = spec
+            if not isinstance(spec, list) or len(spec) not in (5, 6):
+                raise ProtocolError("a task spec is [cid, nframes, labels, target, retries, host]")
+            cid, nframes, labels, target, retries, host = spec if len(spec) == 6 else [*spec, None]
             if not (isinstance(cid, int) and isinstance(nframes, int) and 0 <= nframes
-                    and isinstance(retries, int) and (target is None or isinstance(target, str))):
+                    and isinstance(retries, int) and (target is None or isinstance(target, str))
+                    and (host is None or isinstance(host, str))):
                 raise ProtocolError("bad task spec")
             if pos + nframes > len(payload):
                 raise ProtocolError("task specs name more frames than the message has")
@@ -236,7 +238,7 @@ class BrokerState:
             if cid in c.tasks:
                 continue  # a resubmission of a task we hold: keep the one we have
             t = Task(gid=next(self._gids), client=c.identity, cid=cid, labels=_labels(labels),
-                     target=target, payload=frames, mac=mac if nframes == len(payload) else None,
+                     target=target, host=host, payload=frames, mac=mac if nframes == len(payload) else None,
                      retries=max(0, retries), size=sum(memoryview(f).nbytes for f in frames))
             if target is not None and target not in self.workers:
                 out.append(Send(c.identity, {"t": "results", "items": [
@@ -351,15 +353,17 @@ class BrokerState:
 
     # ---- queues and dispatch ----------------------------------------------------------------
     def _enqueue(self, t: Task, front: bool = False) -> None:
-        q = self.pinned[t.target] if t.target is not None else self.queues.setdefault(t.labels, deque())
+        q = self.pinned[t.target] if t.target is not None else \
+            self.queues.setdefault((t.labels, t.host), deque())
         q.appendleft(t.gid) if front else q.append(t.gid)
 
     def _pop_for(self, w: Worker) -> Task | None:
         """The next task for w: one targeting it, else the oldest whose labels it has."""
         best = self._skip_stale(self.pinned[w.id])
         if not best:
-            for labels, q in self.queues.items():
-                if labels <= w.labels and self._skip_stale(q) and (not best or q[0] < best[0]):
+            for (labels, host), q in self.queues.items():
+                if labels <= w.labels and host in (None, w.host) and self._skip_stale(q) \
+                        and (not best or q[0] < best[0]):
                     best = q
         return self.tasks[best.popleft()] if best else None
 
@@ -398,26 +402,29 @@ class BrokerState:
                 hungry.remove(w)
         return [s for wid, tasks in taken.items() for s in self._run_messages(self.workers[wid], tasks)]
 
+    def _local(self, t: Task, w: Worker) -> bool:
+        """Is the task's client on the worker's host (so results may go through shm)?"""
+        client = self.clients.get(t.client)
+        return client is not None and bool(client.host) and client.host == w.host
+
     def _assign(self, t: Task, w: Worker) -> None:
         w.credit -= 1
         t.worker = w.id
         w.tasks.add(t.gid)
 
-    @staticmethod
-    def _run_messages(w: Worker, tasks: list[Task]) -> list[Send]:
+    def _run_messages(self, w: Worker, tasks: list[Task]) -> list[Send]:
         """Small tasks go together in one message; a large one alone, re-signed without
         reading its payload again."""
         out, small = [], []
         for t in tasks:
             if t.size >= BATCH_BYTES:
-                out.append(Send(w.identity, {"t": "run", "w": w.id,
-                                             "tasks": [[t.gid, t.attempt, len(t.payload)]]},
-                                t.payload, t.mac))
+                out.append(Send(w.identity, {"t": "run", "w": w.id, "tasks": [
+                    [t.gid, t.attempt, len(t.payload), self._local(t, w)]]}, t.payload, t.mac))
             else:
                 small.append(t)
         if small:
-            out.append(Send(w.identity, {"t": "run", "w": w.id,
-                                         "tasks": [[t.gid, t.attempt, len(t.payload)] for t in small]},
+            out.append(Send(w.identity, {"t": "run", "w": w.id, "tasks": [
+                [t.gid, t.attempt, len(t.payload), self._local(t, w)] for t in small]},
                             [f for t in small for f in t.payload]))
         return out
 
@@ -439,8 +446,9 @@ class BrokerState:
         queued = [t for t in self.tasks.values() if t.worker is None]
         waiting: dict[str, int] = {}
         for t in queued:
-            if t.target is None and not any(t.labels <= w.labels for w in self.workers.values()):
-                key = ",".join(sorted(t.labels))
+            if t.target is None and not any(t.labels <= w.labels and t.host in (None, w.host)
+                                            for w in self.workers.values()):
+                key = ",".join(sorted(t.labels) + ([f"host={t.host}"] if t.host else []))
                 waiting[key] = waiting.get(key, 0) + 1
         return {"workers": workers, "queued": len(queued), "running": len(self.tasks) - len(queued),
                 "clients": len(self.clients), "waiting_for_labels": waiting}

@@ -32,6 +32,7 @@ from .errors import (AuthenticationError, NBClusterError, PicklingError, Protoco
                      RemoteErrorGroup,
                      TaskCancelled, WorkerLost)
 from .futures import TaskFuture
+from .shm import SharedMemory, available as shm_available
 
 __all__ = ["Client", "connect"]
 
@@ -73,6 +74,10 @@ class Client:
         self._callbacks = None
         self._closed = False
         self.n_workers = 0
+        self.host = socket.gethostname()
+        self.local = False                      # is the broker on this host? (from its welcome)
+        self._shm = SharedMemory(key) if shm_available() else None
+        self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
         self.heartbeat_s, self.expiry_s = 1.0, 3.0
         self._welcome: concurrent.futures.Future = concurrent.futures.Future()
@@ -102,7 +107,7 @@ class Client:
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
-        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm)
         fut = self._submit_frames([fn_frame, *arg_frames], labels, None, retries)
         if callback is not None:
             self._add_callback(fut, callback)
@@ -113,8 +118,13 @@ class Client:
             raise RuntimeError("this client is closed")
         key = next(self._keys)
         fut = TaskFuture(self, key)
-        spec = [key, len(frames), sorted(labels or ()), target, int(retries)]
+        shm_files = serialize.shm_names(frames[1:])
+        # A task whose data is in this host's shared memory must run on this host.
+        spec = [key, len(frames), sorted(labels or ()), target, int(retries),
+                self.host if shm_files else None]
         with self._lock:
+            if shm_files:
+                self._shm_files[key] = shm_files
             self._futures[key] = fut
             self._pending[key] = (spec, frames)
             self._outbox.append(("task", spec, frames))
@@ -148,7 +158,7 @@ class Client:
         for start in range(0, len(items), chunksize):
             chunk = items[start:start + chunksize]
             try:
-                chunks.append(serialize.dumps(((chunk, start), {})))
+                chunks.append(serialize.dumps(((chunk, start), {}), self._local_shm))
             except Exception as e:
                 culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
                 raise PicklingError(f"cannot pickle element {culprit} "
@@ -182,6 +192,7 @@ class Client:
             for k in keys:
                 self._pending.pop(k, None)
                 self._futures.pop(k, None)
+                self._release_shm(k)
             self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, []))
         os.write(self._wake_w, b"x")
 
@@ -325,6 +336,7 @@ class Client:
         elif kind == "welcome":
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
+            self.local = self._shm is not None and header.get("broker", {}).get("host") == self.host
             if not self._welcome.done():
                 self._welcome.set_result(header)
         elif kind == "reconnect":   # the broker restarted and does not know us: start over
@@ -338,6 +350,7 @@ class Client:
         with self._lock:
             fut = self._futures.pop(key, None)
             self._pending.pop(key, None)
+            self._release_shm(key)
         self.stats["results"] += 1
         if fut is None:
             if status != "cancelled":   # the broker confirms cancels of futures we dropped
@@ -346,7 +359,7 @@ class Client:
         fut.worker, fut.duration = info.get("worker"), info.get("s")
         try:
             if status == "ok":
-                fut._settle(serialize.loads(frames))
+                fut._settle(serialize.loads(frames, self._shm, remove=True))
             elif status == "err":
                 fut._settle(error=tracebacks.rebuild(serialize.loads(frames)))
             elif status == "lost":
@@ -358,6 +371,16 @@ class Client:
                 fut._settle(error=TaskCancelled(f"task {key} was cancelled"))
         except Exception as e:  # e.g. the result needs a module this process cannot import
             fut._settle(error=NBClusterError(f"cannot unpickle the result of task {key}: {e!r}"))
+
+    def _release_shm(self, key: int) -> None:
+        """Remove the shared-memory files of a task's arguments (it is over)."""
+        for name in self._shm_files.pop(key, ()):
+            self._shm.remove(name)
+
+    @property
+    def _local_shm(self) -> SharedMemory | None:
+        """Shared memory for arguments, when the broker (hence local workers) is on this host."""
+        return self._shm if self.local else None
 
     # ---- closing ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -371,6 +394,8 @@ class Client:
             fut._cancel_locally()
         self._futures.clear()
         self._pending.clear()
+        for key in list(self._shm_files):
+            self._release_shm(key)
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=False)
         os.close(self._wake_r)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from . import protocol
+from . import protocol, shm
 from .client import Client
 from .connection import KEY_ENV, ConnectionInfo
 from .errors import NBClusterError
@@ -153,6 +153,8 @@ class LocalCluster:
                 p.wait()
         if self.broker.stdout:
             self.broker.stdout.close()
+        if shm.available():
+            shm.SharedMemory(self.key).remove_all_of_cluster()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def pids(self) -> dict[str, list[int]]:

@@ -18,29 +18,40 @@ from typing import Any
 import cloudpickle
 
 from .errors import PicklingError
+from .shm import REF_PREFIX, SHM_MIN_BYTES, SharedMemory
 
 __all__ = ["dumps", "loads", "FunctionCache", "describe"]
 
 OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
 
 
-def dumps(obj: Any) -> list:
-    """Frames for obj: the pickle, then one frame per large out-of-band buffer."""
+def dumps(obj: Any, shm: SharedMemory | None = None) -> list:
+    """Frames for obj: the pickle, then one frame per large out-of-band buffer. With shm
+    (the receiver is on this host), buffers of SHM_MIN_BYTES or more go to shared memory and
+    their frame is a short reference."""
     buffers: list = []
 
     def oob(buf: pickle.PickleBuffer) -> bool:
         raw = buf.raw()
         if raw.nbytes < OOB_MIN_BYTES:
             return True  # true means: serialize in-band
-        buffers.append(raw)
+        buffers.append(shm.put(raw) if shm is not None and raw.nbytes >= SHM_MIN_BYTES else raw)
         return False
 
     return [cloudpickle.dumps(obj, protocol=5, buffer_callback=oob), *buffers]
 
 
-def loads(frames: list) -> Any:
-    """Inverse of dumps; frames may be bytes, memoryviews or zmq.Frames."""
-    return pickle.loads(frames[0], buffers=frames[1:])
+def loads(frames: list, shm: SharedMemory | None = None, remove: bool = False) -> Any:
+    """Inverse of dumps; frames may be bytes, memoryviews or zmq.Frames. Shared-memory
+    references are mapped through shm (and their files removed, with remove)."""
+    buffers = [shm.get(f, remove) if shm is not None and SharedMemory.is_ref(f) else f
+               for f in frames[1:]]
+    return pickle.loads(frames[0], buffers=buffers)
+
+
+def shm_names(frames: list) -> list[str]:
+    """Names of the shared-memory files that frames refer to."""
+    return [bytes(f)[len(REF_PREFIX):].decode() for f in frames[1:] if SharedMemory.is_ref(f)]
 
 
 def describe(obj: Any, limit: int = 80) -> str:
@@ -52,14 +63,14 @@ def describe(obj: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def dumps_call(fn, args: tuple, kwargs: dict) -> tuple[bytes, list]:
+def dumps_call(fn, args: tuple, kwargs: dict, shm: SharedMemory | None = None) -> tuple[bytes, list]:
     """(function frame, argument frames) for a task, or a PicklingError naming the culprit."""
     try:
         fn_frame = dumps_function(fn)
     except Exception as e:
         raise PicklingError(f"cannot pickle the function {describe(fn)}: {e}") from e
     try:
-        return fn_frame, dumps((args, kwargs))
+        return fn_frame, dumps((args, kwargs), shm)
     except Exception as e:
         culprit = _find_unpicklable(args, kwargs)
         raise PicklingError(f"cannot pickle {culprit} of {describe(fn)}: {e}") from e

@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 
 from . import protocol, serialize, tracebacks
+from .shm import SharedMemory, available as shm_available
 from .errors import ProtocolError
 
 __all__ = ["Worker", "main"]
@@ -112,6 +113,7 @@ class Worker:
         self.info = {"host": socket.gethostname(), "pid": os.getpid()}
         self.output = _Output()
         self.functions = serialize.FunctionCache()
+        self.shm = SharedMemory(key) if shm_available() else None
         self.lock = threading.Lock()          # guards the state below, shared by both threads
         self.registered = False
         self.granted = self.done = 0          # credit given to the broker / tasks finished
@@ -182,8 +184,8 @@ class Worker:
         RESULT_BATCH_S worth of work, and at the end."""
         pos, items, frames, finished = 0, [], [], 0
         last_sent = time.monotonic()
-        for i, (gid, attempt, nframes) in enumerate(tasks):
-            result = self._run_one(gid, attempt, payload[pos:pos + nframes])
+        for i, (gid, attempt, nframes, local) in enumerate(tasks):
+            result = self._run_one(gid, attempt, payload[pos:pos + nframes], local)
             pos += nframes
             finished += 1
             if result is not None:
@@ -195,7 +197,8 @@ class Worker:
                 items, frames, finished = [], [], 0
                 last_sent = time.monotonic()
 
-    def _run_one(self, gid: int, attempt: int, frames: list) -> tuple | None:
+    def _run_one(self, gid: int, attempt: int, frames: list, local: bool) -> tuple | None:
+        """Run one task; its result goes through shared memory if its client is `local`."""
         with self.lock:
             if (gid, attempt) in self.cancelled:
                 self.cancelled.discard((gid, attempt))
@@ -207,13 +210,13 @@ class Worker:
         try:
             try:
                 fn = self.functions.load(frames[0])
-                args, kwargs = serialize.loads(frames[1:])
+                args, kwargs = serialize.loads(frames[1:], self.shm)
                 result = fn(*args, **kwargs)
             finally:
                 with self.lock:
                     self.current_tag = None
             try:
-                payload = serialize.dumps(result)
+                payload = serialize.dumps(result, self.shm if local else None)
             except Exception as e:
                 raise TypeError(f"the result ({serialize.describe(result)}) cannot be pickled: "
                                 f"{e}") from e
@@ -226,6 +229,8 @@ class Worker:
         return [gid, attempt, status, len(payload), {"s": elapsed}], payload
 
     def _send_done(self, items: list, frames: list, finished: int) -> None:
+        if self.shm is not None and self.shm.created:
+            self.shm.remove_orphans()
         output = self.output.take()      # a task's output goes before its result
         if output:
             self._send(self.task_sock, {"t": "output", "items": output})

@@ -54,7 +54,7 @@ class Sim:
 
 def runs(out, identity=None):
     return [(s.identity, g, a) for s in out if s.header["t"] == "run"
-            for g, a, _ in s.header["tasks"] if identity in (None, s.identity)]
+            for g, a, *_ in s.header["tasks"] if identity in (None, s.identity)]
 
 
 def results(out):

@@ -273,3 +273,23 @@ def test_workers_import_what_the_client_can_import(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("my_helpers", None)
+
+
+def test_large_buffers_use_shared_memory_and_leave_no_file(cluster, client):
+    import os
+    from nbcluster import shm
+    prefix = shm.cluster_prefix(cluster.key)
+    a = np.arange(2_000_000, dtype=np.float64)
+    fut = client.submit(lambda x: (x.sum(), x * 3), a)
+    total, tripled = fut.result(30)
+    assert total == a.sum() and np.array_equal(tripled, a * 3)
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+    client.local = False                      # as if the broker were on another host
+    assert np.array_equal(client.submit(lambda x: x + 1, a).result(30), a + 1)
+    futs = [client.submit(lambda x: (__import__("time").sleep(5), x)[1], a) for _ in range(3)]
+    client.local = True
+    futs += [client.submit(lambda x: (__import__("time").sleep(5), x)[1], a) for _ in range(3)]
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(prefix)]
+    client.cancel(futs)                       # cancelled tasks' files go too
+    wait_for(lambda: not [f for f in os.listdir("/dev/shm") if f.startswith(prefix)],
+             what="shared-memory files removed")

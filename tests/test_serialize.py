@@ -68,3 +68,22 @@ def test_large_buffers_travel_out_of_band():
 def test_unpicklable_argument_is_named():
     with pytest.raises(PicklingError, match=r"keyword argument lock="):
         serialize.dumps_call(print, (1,), {"lock": threading.Lock()})
+
+
+def test_shared_memory_round_trip_and_refusals():
+    from nbcluster.shm import REF_PREFIX, SharedMemory
+    shm = SharedMemory(b"k" * 32)
+    a = np.arange(300_000, dtype=np.float64)        # 2.4 MB: goes to shared memory
+    frames = serialize.dumps(a, shm)
+    assert SharedMemory.is_ref(frames[1]) and len(frames[1]) < 100
+    [name] = serialize.shm_names(frames)
+    back = serialize.loads(frames, shm, remove=True)
+    back[0] = 42.0                                   # a private, writable mapping
+    assert np.array_equal(back[1:], a[1:]) and not serialize.shm_names([b""]) 
+    import os
+    assert not os.path.exists(f"/dev/shm/{name}")
+    other = SharedMemory(b"x" * 32)                  # another cluster's key
+    for ref in (REF_PREFIX + name.encode(), REF_PREFIX + b"../../etc/passwd",
+                REF_PREFIX + shm.prefix.encode() + b"-" + b"0" * 23 + b"/"):
+        with pytest.raises(ValueError, match="not a shared-memory reference"):
+            other.get(ref)
