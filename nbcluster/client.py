@@ -118,7 +118,7 @@ class Client:
             raise RuntimeError("this client is closed")
         key = next(self._keys)
         fut = TaskFuture(self, key)
-        shm_files = serialize.shm_names(frames[1:])
+        shm_files = serialize.shm_names(frames[1:])   # frames[1:]: what dumps() made of the args
         # A task whose data is in this host's shared memory must run on this host.
         spec = [key, len(frames), sorted(labels or ()), target, int(retries),
                 self.host if shm_files else None]
@@ -148,7 +148,7 @@ class Client:
         """Submit a map in chunks; returns (chunk futures, number of elements)."""
         items = list(zip(*iterables))
         if chunksize is None:
-            chunksize = auto_chunksize(len(items), self.n_workers or self._count_workers())
+            chunksize = auto_chunksize(len(items), self.n_workers or len(self.workers()))
         try:
             runner = serialize.dumps(ChunkRunner(fn))[0]
         except Exception as e:
@@ -160,6 +160,8 @@ class Client:
             try:
                 chunks.append(serialize.dumps(((chunk, start), {}), self._local_shm))
             except Exception as e:
+                for name in (n for frames in chunks for n in serialize.shm_names(frames)):
+                    self._shm.remove(name)
                 culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
                 raise PicklingError(f"cannot pickle element {culprit} "
                                     f"({serialize.describe(items[culprit])}): {e}") from e
@@ -212,9 +214,6 @@ class Client:
     def workers(self) -> list[dict]:
         """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""
         return self.status()["workers"]
-
-    def _count_workers(self) -> int:
-        return len(self.workers())
 
     def executor(self) -> "concurrent.futures.Executor":
         """A concurrent.futures.Executor running on this cluster."""
