@@ -27,6 +27,7 @@ import zmq
 from . import protocol
 from .broker_state import BrokerState
 from .errors import ProtocolError
+from .transport import pending_messages
 
 __all__ = ["Broker", "main"]
 
@@ -78,7 +79,8 @@ class Broker:
         try:
             while not self._stopping:
                 now = _now_ms()
-                self._send(self.state.tick(now))
+                if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
+                    self._send(self.state.tick(now))
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
                 if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):
@@ -90,11 +92,7 @@ class Broker:
             self.close()
 
     def _drain(self) -> None:
-        for _ in range(1000):  # bounded, so ticks still happen under a flood
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in pending_messages(self.router, limit=1000):  # bounded: ticks still happen
             identity, body = frames[0].bytes, frames[1:]
             try:
                 header, payload, mac = protocol.decode(self.signer, body, self.max_message_bytes,

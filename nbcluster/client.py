@@ -33,6 +33,7 @@ from .errors import (AuthenticationError, NBClusterError, PicklingError, Protoco
                      TaskCancelled, WorkerLost)
 from .futures import TaskFuture
 from .shm import SharedMemory, available as shm_available
+from .transport import dealer, pending_messages
 
 __all__ = ["Client", "connect"]
 
@@ -60,10 +61,7 @@ class Client:
         self.endpoint = endpoint
         self.signer = protocol.Signer(key)
         self._ctx = zmq.Context(io_threads=1)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
-            self._sock.setsockopt(opt, value)
-        self._sock.connect(endpoint)
+        self._sock = dealer(self._ctx, endpoint)
         self._keys = itertools.count(1)
         self._futures: dict[int, TaskFuture] = {}
         self._pending: dict[int, tuple[list, list]] = {}   # key -> (task spec, frames)
@@ -296,11 +294,7 @@ class Client:
         return bool(items)
 
     def _drain(self) -> None:
-        while True:
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        for frames in pending_messages(self._sock):
             if [bytes(f) for f in frames[:3]] == protocol.DENIED:
                 self._welcome.set_exception(AuthenticationError(
                     f"the broker at {self.endpoint} rejected our signature: the cluster key is "

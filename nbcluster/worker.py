@@ -31,6 +31,7 @@ import zmq
 
 from . import protocol, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
+from .transport import dealer, pending_messages
 from .errors import ProtocolError
 
 __all__ = ["Worker", "main"]
@@ -128,15 +129,7 @@ class Worker:
         self._registered_r, self._registered_w = os.pipe()  # to the main thread
         self.ctx = zmq.Context(io_threads=1)
         self.task_identity = os.urandom(12).hex().encode()
-        self.task_sock = self._socket(self.task_identity)
-
-    def _socket(self, identity: bytes) -> zmq.Socket:
-        sock = self.ctx.socket(zmq.DEALER)
-        for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0),
-                           (zmq.IDENTITY, identity)):
-            sock.setsockopt(opt, value)
-        sock.connect(self.endpoint)
-        return sock
+        self.task_sock = dealer(self.ctx, endpoint, self.task_identity)
 
     # ---- main thread ----------------------------------------------------------------------
     def run(self) -> None:
@@ -157,11 +150,7 @@ class Worker:
                     n = self._top_up()
                     if n:
                         self._send(self.task_sock, {"t": "ready", "n": n})
-                while True:
-                    try:
-                        frames = self.task_sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+                for frames in pending_messages(self.task_sock):
                     self._on_task_message(frames)
             except KeyboardInterrupt:
                 if not self.interrupting:  # a real Ctrl-C, not a cancel that arrived late
@@ -277,7 +266,7 @@ class Worker:
             os._exit(0)
 
     def _io(self) -> None:
-        self.ctl = self._socket(self.task_identity + b"/ctl")
+        self.ctl = dealer(self.ctx, self.endpoint, self.task_identity + b"/ctl")
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -305,11 +294,7 @@ class Worker:
                     os._exit(0)
                 if self.reconnecting:
                     self._hello()
-            while self.ctl in events:
-                try:
-                    frames = self.ctl.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
+            for frames in pending_messages(self.ctl) if self.ctl in events else ():
                 last_heard = now
                 self._on_control_message(frames)
             if self.current_tag is not None and self.output.items:

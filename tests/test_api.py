@@ -39,7 +39,8 @@ def test_lower_layers_never_import_upward():
         return found
     assert imports("protocol") <= {"errors"}
     assert imports("broker_state") <= {"errors"}
-    assert imports("broker") <= {"protocol", "broker_state", "errors", "connection"}
+    assert imports("broker") <= {"protocol", "broker_state", "errors", "connection", "transport"}
+    assert imports("transport") == set()
     for module in ("broker", "broker_state", "protocol", "worker", "client"):
         text = (PACKAGE / f"{module}.py").read_text()
         assert "ipywidgets" not in text and "IPython" not in text

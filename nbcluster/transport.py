@@ -1,0 +1,30 @@
+"""ZeroMQ sockets as nbcluster's peers use them (clients and workers; the broker has its own)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import zmq
+
+__all__ = ["dealer", "pending_messages"]
+
+
+def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
+    """A DEALER connected to the broker: unbounded queues (a result is never dropped by a
+    high-water mark), no lingering on close."""
+    sock = ctx.socket(zmq.DEALER)
+    for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+        sock.setsockopt(opt, value)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    sock.connect(endpoint)
+    return sock
+
+
+def pending_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[list]:
+    """The messages waiting on sock (zero-copy frames), without blocking and without the
+    cost of an exception at the end."""
+    for _ in range(limit):
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            return
+        yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
