@@ -60,16 +60,17 @@ def start(n_workers: int | None, labels: str, connection_file: str) -> int:
     """A local cluster in the foreground until Ctrl-C."""
     import nbcluster
 
-    with nbcluster.LocalCluster(n_workers, [x for x in labels.split(",") if x],
-                                connection_file=connection_file) as cluster:
-        print(f"nbcluster: broker at {' '.join(cluster.endpoints)}, {cluster.n_workers} workers")
-        print(f"connection file: {cluster.connection_file}")
-        print("connect with nbcluster.connect(...); Ctrl-C stops everything")
-        try:
+    try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
+        with nbcluster.LocalCluster(n_workers, [x for x in labels.split(",") if x],
+                                    connection_file=connection_file) as cluster:
+            print(f"nbcluster: broker at {' '.join(cluster.endpoints)}, "
+                  f"{cluster.n_workers} workers", flush=True)
+            print(f"connection file: {cluster.connection_file}", flush=True)
+            print("connect with nbcluster.connect(...); Ctrl-C stops everything", flush=True)
             while True:
                 time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping")
+    except KeyboardInterrupt:
+        print("stopped")
     return 0
 
 
