@@ -56,7 +56,8 @@ class Task:
     size: int
     attempt: int = 0
     worker: str | None = None
-    lost_on: list = field(default_factory=list)
+    lost_on: list = field(default_factory=list)     # ids of the workers it was lost on
+    lost_pids: list = field(default_factory=list)   # and their process ids
 
 
 @dataclass
@@ -197,14 +198,15 @@ class BrokerState:
             t.worker = None
             if lost:
                 t.lost_on.append(w.id)
+                t.lost_pids.append(w.pid)
             if t.target is not None or len(t.lost_on) > self.max_lost:
-                out += self._finish(t, "lost", {"lost_on": t.lost_on})
+                out += self._finish(t, "lost", {"lost_on": t.lost_on, "pids": t.lost_pids})
             else:
                 t.attempt += 1
                 self._enqueue(t, front=True)
         for gid in self.pinned.pop(w.id):
             if gid in self.tasks:
-                out += self._finish(self.tasks[gid], "lost", {"lost_on": [w.id]})
+                out += self._finish(self.tasks[gid], "lost", {"lost_on": [w.id], "pids": [w.pid]})
         return out + self._dispatch_all()
 
     def _drop_client(self, c: Client) -> list[Send]:

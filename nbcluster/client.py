@@ -77,6 +77,8 @@ class Client:
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
+        # Set by whoever started the workers (LocalCluster): pid -> how it ended, or None.
+        self.exit_reason: Callable[[int], str | None] | None = None
         self.heartbeat_s, self.expiry_s = 1.0, 3.0
         self._welcome: concurrent.futures.Future = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._io_loop, name="nbcluster-client", daemon=True)
@@ -357,9 +359,11 @@ class Client:
                 fut._settle(error=tracebacks.rebuild(serialize.loads(frames)))
             elif status == "lost":
                 lost_on = [str(w) for w in info.get("lost_on", [])]
+                pids = info.get("pids") or [None] * len(lost_on)
                 why = info.get("why") or f"its worker was lost {len(lost_on)} time(s)"
-                fut._settle(error=WorkerLost(f"task {key} failed: {why} (on {', '.join(lost_on)})",
-                                             lost_on))
+                where = "; ".join(f"{w}: {self.exit_reason(pid) or 'stopped answering'}"
+                                  if self.exit_reason else w for w, pid in zip(lost_on, pids))
+                fut._settle(error=WorkerLost(f"task {key} failed: {why} ({where})", lost_on))
             else:
                 fut._settle(error=TaskCancelled(f"task {key} was cancelled"))
         except Exception as e:  # e.g. the result needs a module this process cannot import

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ class LocalCluster:
         self.respawn = respawn
         self._closed = False
         self._clients: list[Client] = []
+        self._exits: dict[int, int] = {}     # pid -> exit code of workers that ended
         self._lock = threading.Lock()
         # Workers see the modules we see, as multiprocessing's spawn does: our sys.path first.
         path = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
@@ -106,8 +108,21 @@ class LocalCluster:
     def client(self) -> Client:
         """A new Client connected to this cluster (closed with the cluster)."""
         client = Client(self.endpoint, self.key)
+        client.exit_reason = self.exit_reason
         self._clients.append(client)
         return client
+
+    def exit_reason(self, pid: int | None) -> str | None:
+        """How one of our workers ended ("killed by SIGKILL", "exited with status 3"), if it did."""
+        code = self._exits.get(pid)
+        if code is None:
+            return None
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with status {code}"
 
     def add_workers(self, n: int = 1, labels: Iterable[str] | None = None) -> list[subprocess.Popen]:
         """Start n more workers (with their own labels if given); returns their processes."""
@@ -126,9 +141,10 @@ class LocalCluster:
             time.sleep(0.1)
             with self._lock:
                 for i, p in enumerate(self.workers):
-                    if p.poll() is not None and not self._closed and self.respawn \
-                            and p.returncode != 0:
-                        self.workers[i] = self._start_worker()
+                    if p.poll() is not None and p.pid not in self._exits:
+                        self._exits[p.pid] = p.returncode
+                        if not self._closed and self.respawn and p.returncode != 0:
+                            self.workers[i] = self._start_worker()
 
     def close(self) -> None:
         """Stop every process this cluster started and wait until they are gone."""

@@ -75,8 +75,10 @@ def test_frozen_worker_is_declared_dead_and_its_late_result_dropped(tmp_path):
         assert client.submit(lambda: "alive").result(10) == "alive"
 
 
-@pytest.mark.parametrize("how", ["sigkill", "abort", "exit"])
-def test_poison_task_fails_after_the_retry_limit_and_spares_the_rest(how):
+@pytest.mark.parametrize("how, reason", [("sigkill", "killed by SIGKILL"),
+                                         ("abort", "killed by SIGABRT"),
+                                         ("exit", "exited with status 3")])
+def test_poison_task_fails_after_the_retry_limit_and_spares_the_rest(how, reason):
     def poison():
         if how == "sigkill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -92,6 +94,7 @@ def test_poison_task_fails_after_the_retry_limit_and_spares_the_rest(how):
             bad.result(60)
         assert len(info.value.lost_on) == 3 and len(set(info.value.lost_on)) == 3
         assert all(w in str(info.value) for w in info.value.lost_on)
+        assert str(info.value).count(reason) == 3, str(info.value)
         assert [f.result(60) for f in good] == list(range(30))
         wait_for(lambda: len(client.workers()) == 2, what="workers respawned")
 
