@@ -50,10 +50,10 @@ class Broker:
 
     def __init__(self, endpoints: list[str], key: bytes, *, max_message_bytes: int =
                  protocol.DEFAULT_MAX_MESSAGE_BYTES, heartbeat_ms: int = 1000, liveness: int = 3,
-                 max_lost: int = 3):
+                 max_lost: int = 3, client_expiry_ms: int = 30_000):
         self.signer = protocol.Signer(key)
         self.max_message_bytes = max_message_bytes
-        self.state = BrokerState(heartbeat_ms, liveness, max_lost,
+        self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
                                  info={"host": socket.gethostname(), "pid": os.getpid(),
                                        "version": protocol.VERSION})
         self.ctx = zmq.Context(io_threads=1)
@@ -162,13 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heartbeat-ms", type=int, default=1000)
     p.add_argument("--liveness", type=int, default=3)
     p.add_argument("--max-lost", type=int, default=3)
+    p.add_argument("--client-expiry-ms", type=int, default=30_000,
+                   help="forget a client silent this long (its tasks are dropped)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
     key = key_from_env()
     broker = Broker(args.bind, key, max_message_bytes=args.max_message_bytes,
-                    heartbeat_ms=args.heartbeat_ms, liveness=args.liveness, max_lost=args.max_lost)
+                    heartbeat_ms=args.heartbeat_ms, liveness=args.liveness, max_lost=args.max_lost,
+                    client_expiry_ms=args.client_expiry_ms)
     if args.connection_file:
         ConnectionInfo(endpoints=broker.endpoints, key=key).write(args.connection_file)
     print("ready", " ".join(broker.endpoints), flush=True)

@@ -28,7 +28,8 @@ from .errors import ProtocolError
 __all__ = ["BrokerState", "Send"]
 
 HEARTBEAT_MS = 1000      # peers and broker send a heartbeat this often
-LIVENESS = 3             # a peer silent for this many heartbeats is dead
+LIVENESS = 3             # a worker silent for this many heartbeats is dead
+CLIENT_EXPIRY_MS = 30_000  # a client may be silent longer: a notebook kernel can hold the GIL
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
 BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several per message
 
@@ -103,9 +104,11 @@ class BrokerState:
     """Queues, in-flight tasks, credits and liveness of every peer."""
 
     def __init__(self, heartbeat_ms: int = HEARTBEAT_MS, liveness: int = LIVENESS,
-                 max_lost: int = MAX_LOST, info: dict | None = None):
+                 max_lost: int = MAX_LOST, info: dict | None = None,
+                 client_expiry_ms: int = CLIENT_EXPIRY_MS):
         self.heartbeat_ms = heartbeat_ms
         self.expiry_ms = heartbeat_ms * liveness
+        self.client_expiry_ms = max(self.expiry_ms, client_expiry_ms)
         self.max_lost = max_lost
         self.info = info or {}
         self.workers: dict[str, Worker] = {}
@@ -138,7 +141,8 @@ class BrokerState:
         limit = now - self.expiry_ms
         for w in [w for w in self.workers.values() if w.last_seen < limit]:
             out += self._drop_worker(w, lost=True, now=now)
-        for c in [c for c in self.clients.values() if c.last_seen < limit]:
+        for c in [c for c in self.clients.values()
+                  if c.last_seen < now - self.client_expiry_ms]:
             out += self._drop_client(c)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_ms

@@ -71,6 +71,7 @@ class Client:
         self._wake_r, self._wake_w = os.pipe()
         self._callbacks = None
         self._closed = False
+        self._reconnecting = False
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)
@@ -334,12 +335,19 @@ class Client:
             self.local = self._shm is not None and header.get("broker", {}).get("host") == self.host
             if not self._welcome.done():
                 self._welcome.set_result(header)
-        elif kind == "reconnect":   # the broker restarted and does not know us: start over
+            if self._reconnecting:
+                self._reconnecting = False
+                with self._lock:   # pending tasks still in the outbox would go twice
+                    self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
+                    self._outbox.extend(("task", spec, frames)
+                                        for spec, frames in self._pending.values())
+                os.write(self._wake_w, b"x")
+        elif kind == "reconnect" and not self._reconnecting:
+            # The broker forgot us (it restarted, or we were silent too long): register again,
+            # and once welcomed, submit every task we have no result for, once.
+            self._reconnecting = True
             self._send({"t": "hello", "role": "client", "host": socket.gethostname(),
                         "pid": os.getpid()})
-            with self._lock:
-                self._outbox.extend(("task", spec, frames) for spec, frames in self._pending.values())
-            os.write(self._wake_w, b"x")
 
     def _on_result(self, key: int, status: str, frames: list, info: dict) -> None:
         with self._lock:

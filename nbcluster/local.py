@@ -35,14 +35,15 @@ class LocalCluster:
         n_workers: number of workers (default: one per core).
         labels: labels every worker carries.
         connection_file: where to write the connection file (default: in a private temp dir).
-        heartbeat_ms, liveness, max_lost: broker tunables (see `broker_state`).
+        heartbeat_ms, liveness, max_lost, client_expiry_ms: broker tunables (see `broker_state`).
         respawn: start a new worker when one dies.
         max_message_bytes: the broker refuses larger messages.
     """
 
     def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
                  connection_file: str | os.PathLike | None = None, heartbeat_ms: int = 1000,
-                 liveness: int = 3, max_lost: int = 3, respawn: bool = True,
+                 liveness: int = 3, max_lost: int = 3, client_expiry_ms: int = 30_000,
+                 respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  tcp: bool = True):
         self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
@@ -66,7 +67,8 @@ class LocalCluster:
         self.broker = self._spawn(
             ["-m", "nbcluster.broker", "--watch-stdin", "--connection-file",
              str(self.connection_file), "--heartbeat-ms", str(heartbeat_ms), "--liveness",
-             str(liveness), "--max-lost", str(max_lost), "--max-message-bytes",
+             str(liveness), "--max-lost", str(max_lost), "--client-expiry-ms",
+             str(client_expiry_ms), "--max-message-bytes",
              str(max_message_bytes), *sum((["--bind", b] for b in binds), [])],
             stdout=subprocess.PIPE)
         self.endpoint = ipc

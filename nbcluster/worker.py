@@ -292,8 +292,9 @@ class Worker:
                 if self.stopping:
                     self._send(self.ctl, {"t": "bye"})
                     os._exit(0)
-                if self.reconnecting:
+                if self.reconnecting and self.registered:
                     self._hello()
+                self.reconnecting = False
             for frames in pending_messages(self.ctl) if self.ctl in events else ():
                 last_heard = now
                 self._on_control_message(frames)
@@ -349,7 +350,7 @@ class Worker:
             with self.lock:
                 self.registered = True
             os.write(self._registered_w, b"x")   # the main thread asks for work
-        elif kind == "reconnect":
+        elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
 
     def _maybe_give_back(self, now: float) -> None:

@@ -193,12 +193,15 @@ def test_client_disconnect_drops_queued_and_cancels_running():
     assert out == []                            # nothing left to run, nobody to tell
 
 
-def test_silent_client_expires():
-    sim = Sim()
+def test_silent_client_expires_after_the_client_timeout():
+    sim = Sim(client_expiry_ms=10_000)
     sim.client()
     sim.worker(b"w", credit=0)
     sim.submit(1)
-    for _ in range(4):
+    for _ in range(9):                        # a busy notebook kernel: silent, not gone
+        sim.tick(1000, alive=[b"w"])
+    assert sim.state.clients and sim.state.tasks
+    for _ in range(2):
         sim.tick(1000, alive=[b"w"])
     assert not sim.state.clients and not sim.state.tasks
 

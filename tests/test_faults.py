@@ -190,3 +190,34 @@ def test_a_long_task_does_not_hold_back_the_short_ones_behind_it():
         long_pid, short_pids = out[0], set(out[1:])
         assert short_pids == set(cluster.pids()["workers"]) - {long_pid}   # all given back
         assert elapsed < 2.3
+
+
+def test_a_client_forgotten_by_the_broker_gets_each_result_once(tmp_path):
+    """A client process frozen past the broker's client timeout is forgotten (its tasks
+    dropped); when it resumes it registers again and resubmits: every result, exactly once."""
+    import subprocess
+    import sys
+    with throwaway_cluster(2, client_expiry_ms=600) as cluster:
+        script = tmp_path / "client.py"
+        script.write_text(
+            "import json, sys, time, nbcluster\n"
+            f"c = nbcluster.connect({str(cluster.connection_file)!r})\n"
+            "futs = [c.submit(lambda i: (time.sleep(0.05), i)[1], i) for i in range(60)]\n"
+            "print('submitted', flush=True)\n"
+            "out = [f.result(60) for f in futs]\n"
+            "time.sleep(1)\n"
+            "print(json.dumps({'ok': out == list(range(60)), **c.stats}), flush=True)\n")
+        proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "submitted"
+            os.kill(proc.pid, signal.SIGSTOP)
+            watcher = cluster.client()
+            wait_for(lambda: watcher.status()["clients"] == 1, what="the frozen client forgotten")
+            os.kill(proc.pid, signal.SIGCONT)
+            import json
+            report = json.loads(proc.stdout.readline())
+            assert report == {"ok": True, "results": 60, "unexpected_results": 0}
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait()
