@@ -71,7 +71,7 @@ class Client:
         self._wake_r, self._wake_w = os.pipe()
         self._callbacks = None
         self._closed = False
-        self._reconnecting = False
+        self._reconnecting = 0.0          # when we last registered again, while not welcomed
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)
@@ -336,16 +336,18 @@ class Client:
             if not self._welcome.done():
                 self._welcome.set_result(header)
             if self._reconnecting:
-                self._reconnecting = False
+                self._reconnecting = 0.0
                 with self._lock:   # pending tasks still in the outbox would go twice
                     self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
                     self._outbox.extend(("task", spec, frames)
                                         for spec, frames in self._pending.values())
                 os.write(self._wake_w, b"x")
-        elif kind == "reconnect" and not self._reconnecting:
-            # The broker forgot us (it restarted, or we were silent too long): register again,
-            # and once welcomed, submit every task we have no result for, once.
-            self._reconnecting = True
+        elif kind == "reconnect" and (not self._reconnecting or
+                                      time.monotonic() - self._reconnecting > self.expiry_s):
+            # The broker forgot us (it restarted, or we were silent too long): register again
+            # (once, unless that hello went unanswered), and once welcomed, submit every task
+            # we have no result for.
+            self._reconnecting = time.monotonic()
             self._send({"t": "hello", "role": "client", "host": socket.gethostname(),
                         "pid": os.getpid()})
 
