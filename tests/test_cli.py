@@ -56,3 +56,22 @@ def test_start_runs_until_ctrl_c_and_stops_everything(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_worker_started_by_hand_joins_with_the_connection_file(cluster, client):
+    proc = subprocess.Popen([sys.executable, "-m", "nbcluster.cli", "worker", "--connect",
+                             str(cluster.connection_file), "--labels", "gpu,big"],
+                            stdin=subprocess.DEVNULL)
+    try:
+        fut = client.submit(lambda: os.getpid(), labels={"gpu"})
+        assert fut.result(20) == proc.pid
+        [w] = [w for w in client.workers() if w["pid"] == proc.pid]
+        assert w["labels"] == ["big", "gpu"]
+        proc.terminate()                       # SIGTERM: leaves gracefully
+        assert proc.wait(10) == 0
+        wait_for(lambda: proc.pid not in [w["pid"] for w in client.workers()],
+                 what="the worker gone from the list")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
