@@ -242,8 +242,7 @@ class Client:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        self._send({"t": "hello", "role": "client", "host": socket.gethostname(),
-                    "pid": os.getpid()})
+        self._hello()
         last_heard = last_sent = time.monotonic()
         while not self._closed:
             timeout = max(0.0, last_sent + self.heartbeat_s - time.monotonic())
@@ -274,6 +273,9 @@ class Client:
     def _send(self, header: dict, payload: list = ()) -> None:
         self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
 
+    def _hello(self) -> None:
+        self._send({"t": "hello", "role": "client", "host": self.host, "pid": os.getpid()})
+
     def _flush_outbox(self) -> bool:
         with self._lock:
             items, self._outbox = self._outbox, collections.deque()
@@ -298,7 +300,7 @@ class Client:
 
     def _drain(self) -> None:
         for frames in pending_messages(self._sock):
-            if [bytes(f) for f in frames[:3]] == protocol.DENIED:
+            if protocol.is_denied(frames):
                 self._welcome.set_exception(AuthenticationError(
                     f"the broker at {self.endpoint} rejected our signature: the cluster key is "
                     "wrong (use the key from the cluster's connection file)"))
@@ -348,8 +350,7 @@ class Client:
             # (once, unless that hello went unanswered), and once welcomed, submit every task
             # we have no result for.
             self._reconnecting = time.monotonic()
-            self._send({"t": "hello", "role": "client", "host": socket.gethostname(),
-                        "pid": os.getpid()})
+            self._hello()
 
     def _on_result(self, key: int, status: str, frames: list, info: dict) -> None:
         with self._lock:

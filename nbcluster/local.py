@@ -55,6 +55,7 @@ class LocalCluster:
         self._closed = False
         self._clients: list[Client] = []
         self._exits: dict[int, int] = {}     # pid -> exit code of workers that ended
+        self._labels_of: dict[int, list[str]] = {}   # pid -> labels of the workers we started
         self._lock = threading.Lock()
         # Workers see the modules we see, as multiprocessing's spawn does: our sys.path first.
         path = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
@@ -72,7 +73,8 @@ class LocalCluster:
              str(max_message_bytes), *sum((["--bind", b] for b in binds), [])],
             stdout=subprocess.PIPE)
         self.endpoint = ipc
-        self.workers: list[subprocess.Popen] = [self._start_worker() for _ in range(self.n_workers)]
+        self.workers: list[subprocess.Popen] = [self._start_worker(self.labels)
+                                                for _ in range(self.n_workers)]
         try:
             self._wait_ready()
         except BaseException:
@@ -86,10 +88,12 @@ class LocalCluster:
         return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, env=self._env,
                                 close_fds=True, start_new_session=True, **kw)
 
-    def _start_worker(self) -> subprocess.Popen:
-        labels = ["--labels", ",".join(self.labels)] if self.labels else []
-        return self._spawn(["-m", "nbcluster.worker", "--watch-stdin", "--connect",
-                            self.endpoint, *labels])
+    def _start_worker(self, labels: list[str]) -> subprocess.Popen:
+        args = ["--labels", ",".join(labels)] if labels else []
+        proc = self._spawn(["-m", "nbcluster.worker", "--watch-stdin", "--connect",
+                            self.endpoint, *args])
+        self._labels_of[proc.pid] = labels   # a respawned worker gets the same labels
+        return proc
 
     def _wait_ready(self) -> None:
         line = self.broker.stdout.readline().decode()
@@ -128,12 +132,9 @@ class LocalCluster:
 
     def add_workers(self, n: int = 1, labels: Iterable[str] | None = None) -> list[subprocess.Popen]:
         """Start n more workers (with their own labels if given); returns their processes."""
-        saved, self.labels = self.labels, sorted(labels) if labels is not None else self.labels
-        try:
-            new = [self._start_worker() for _ in range(n)]
-        finally:
-            self.labels = saved
+        labels = sorted(labels) if labels is not None else self.labels
         with self._lock:
+            new = [self._start_worker(labels) for _ in range(n)]
             self.workers += new
         return new
 
@@ -146,7 +147,7 @@ class LocalCluster:
                     if p.poll() is not None and p.pid not in self._exits:
                         self._exits[p.pid] = p.returncode
                         if not self._closed and self.respawn and p.returncode != 0:
-                            self.workers[i] = self._start_worker()
+                            self.workers[i] = self._start_worker(self._labels_of.pop(p.pid))
 
     def close(self) -> None:
         """Stop every process this cluster started and wait until they are gone."""

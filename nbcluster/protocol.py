@@ -27,7 +27,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["VERSION", "MAGIC", "DENIED", "Signer", "encode", "decode", "new_key"]
+__all__ = ["VERSION", "MAGIC", "DENIED", "is_denied", "Signer", "encode", "decode", "new_key"]
 
 VERSION = 1
 MAGIC = b"NBC" + bytes([VERSION])
@@ -41,6 +41,11 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
 DENIED = [MAGIC, b"", b"denied"]
 
 _LEN = struct.Struct(">Q")
+
+
+def is_denied(frames) -> bool:
+    """Is this the broker's DENIED reply? (Checked before decoding: it is unsigned.)"""
+    return len(frames) == 3 and [bytes(f) for f in frames] == DENIED
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
 

@@ -320,7 +320,7 @@ class Worker:
                               "slots": self.slots, "task_identity": self.task_identity, **self.info})
 
     def _on_control_message(self, frames) -> None:
-        if [bytes(f) for f in frames[:3]] == protocol.DENIED and not self.registered:
+        if protocol.is_denied(frames) and not self.registered:
             log.error("the broker at %s rejected our key: check the cluster key", self.endpoint)
             os._exit(2)
         try:
@@ -394,7 +394,6 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="nbcluster worker")
     p.add_argument("--connect", required=True, help="broker endpoint or connection file")
     p.add_argument("--labels", default="", help="comma-separated labels, e.g. gpu,bigmem")
-    p.add_argument("--slots", type=int, default=1)
     p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
@@ -404,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         info = ConnectionInfo.read(args.connect)
         endpoint, key = info.best_endpoint(), info.key
-    worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x], args.slots,
+    worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x],
                     watch_stdin=args.watch_stdin)
     signal.signal(signal.SIGTERM, lambda *_: worker.leave())
     signal.signal(signal.SIGINT, signal.default_int_handler)  # cancelling a task needs it

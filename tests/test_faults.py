@@ -221,3 +221,15 @@ def test_a_client_forgotten_by_the_broker_gets_each_result_once(tmp_path):
             os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
             proc.wait()
+
+
+def test_a_respawned_worker_keeps_its_own_labels():
+    with throwaway_cluster(1) as cluster:
+        client = cluster.client()
+        [gpu] = cluster.add_workers(1, labels=["gpu"])
+        wait_for(lambda: len(client.workers()) == 2, what="the gpu worker joined")
+        os.kill(gpu.pid, signal.SIGKILL)
+        wait_for(lambda: sorted(w["labels"] for w in client.workers()) == [[], ["gpu"]]
+                 and gpu.pid not in [w["pid"] for w in client.workers()],
+                 what="the gpu worker respawned with its label")
+        assert client.submit(lambda: "on gpu", labels={"gpu"}).result(20) == "on gpu"

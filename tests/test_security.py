@@ -11,7 +11,7 @@ import zmq
 
 from nbcluster import AuthenticationError, protocol
 from nbcluster.client import Client
-from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.testing import throwaway_cluster
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,4 +117,3 @@ def test_signatures_cover_every_frame():
 def test_connection_file_is_owner_only(small_cluster):
     mode = os.stat(small_cluster.connection_file).st_mode & 0o777
     assert mode == 0o600
-    wait_for(lambda: small_cluster.connection_file.exists())
