@@ -3,9 +3,12 @@
     with nbcluster.LocalCluster(n_workers=4) as cluster:
         client = cluster.client()
         client.map(lambda x: x * 10, range(100_000))
+        nbcluster.parallel(words).map(str.lower).reject(is_stopword).group_by(len)
 """
 
 from .client import Client, connect
+from .collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pgroup_by, pmap,
+                          pmap_indexed, pnone, preject)
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
                      RemoteError, RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
 from .executor import Executor
@@ -18,6 +21,8 @@ __all__ = [
     "Client", "connect", "LocalCluster", "Executor", "TaskFuture",
     "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
     "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+    "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
+    "pgroup_by", "pany", "pall", "pnone",
 ]
 
 

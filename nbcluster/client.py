@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Callable, Iterable
 
 import zmq
@@ -29,8 +30,7 @@ from . import protocol, serialize, tracebacks
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
 from .connection import ConnectionInfo
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
-                     RemoteErrorGroup,
-                     TaskCancelled, WorkerLost)
+                     RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures)
 from .futures import TaskFuture
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
@@ -51,14 +51,17 @@ class Client:
         endpoint: the broker's ZeroMQ endpoint, e.g. ``tcp://127.0.0.1:5555``.
         key: the cluster key.
         timeout: seconds to wait for the broker to accept us.
+        labels: labels every task of this client asks for (on top of each task's own).
 
     Raises:
         AuthenticationError: the broker rejected our key.
         NBClusterError: no broker answered within `timeout`.
     """
 
-    def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S):
+    def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
+                 labels: Iterable[str] = (), remember: bool = True):
         self.endpoint = endpoint
+        self.labels = sorted(labels)   # every task of this client asks for these too
         self.signer = protocol.Signer(key)
         self._ctx = zmq.Context(io_threads=1)
         self._sock = dealer(self._ctx, endpoint)
@@ -93,6 +96,12 @@ class Client:
         except AuthenticationError:
             self.close()
             raise
+        if remember:
+            remember_latest(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # ---- submitting -------------------------------------------------------------------------
     def submit(self, fn: Callable, *args, labels: Iterable[str] | None = None,
@@ -101,6 +110,7 @@ class Client:
         """Run fn(*args, **kwargs) on a worker that has all `labels`.
 
         Args:
+            fn: the function, or `prepare(fn)` when submitting the same function many times.
             labels: the task waits for a worker holding every one of these labels.
             callback: called on the client with the result when the task succeeds.
             retries: how many times to run the task again if it raises.
@@ -109,16 +119,28 @@ class Client:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
         fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm)
-        fut = self._submit_frames([fn_frame, *arg_frames], labels, None, retries)
+        fut = self._submit_frames([fn_frame, *arg_frames], self._labels(labels), None, retries)
         if callback is not None:
             self._add_callback(fut, callback)
         return fut
+
+    def prepare(self, fn: Callable) -> "serialize.Prepared":
+        """fn pickled once, to pass to `submit` in place of fn when submitting it many times.
+
+        Raises:
+            PicklingError: fn cannot be pickled.
+        """
+        return serialize.prepare(fn)
+
+    def _labels(self, labels: Iterable[str] | None) -> list[str]:
+        return sorted({*self.labels, *(labels or ())})
 
     def _submit_frames(self, frames: list, labels, target: str | None, retries: int) -> TaskFuture:
         if self._closed:
             raise RuntimeError("this client is closed")
         key = next(self._keys)
         fut = TaskFuture(self, key)
+        fut.input_bytes = sum(memoryview(f).nbytes for f in frames)
         shm_files = serialize.shm_names(frames[1:])   # frames[1:]: what dumps() made of the args
         # A task whose data is in this host's shared memory must run on this host.
         spec = [key, len(frames), sorted(labels or ()), target, int(retries),
@@ -166,6 +188,7 @@ class Client:
                 culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
                 raise PicklingError(f"cannot pickle element {culprit} "
                                     f"({serialize.describe(items[culprit])}): {e}") from e
+        labels = self._labels(labels)
         futures = [self._submit_frames([runner, *frames], labels, None, retries) for frames in chunks]
         return futures, len(items)
 
@@ -175,14 +198,19 @@ class Client:
         Raises:
             RemoteErrorGroup: it failed on some workers (one error per worker).
         """
-        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
-        futures = {w["id"]: self._submit_frames([fn_frame, *arg_frames], None, w["id"], 0)
-                   for w in self.workers()}
+        futures = self.broadcast_futures(fn, *args, **kwargs)
         concurrent.futures.wait(futures.values())
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:
-            raise RemoteErrorGroup(_summary(errors, len(futures), "workers"), errors)
+            raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
         return {wid: f.result() for wid, f in futures.items()}
+
+    def broadcast_futures(self, fn: Callable, *args, **kwargs) -> dict[str, TaskFuture]:
+        """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
+        that has this client's labels."""
+        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        return {w["id"]: self._submit_frames([fn_frame, *arg_frames], None, w["id"], 0)
+                for w in self.workers() if set(self.labels) <= set(w.get("labels", ()))}
 
     def cancel(self, futures: TaskFuture | Iterable[TaskFuture]) -> int:
         """Cancel tasks (queued ones are dropped, running ones interrupted); returns how many."""
@@ -419,6 +447,20 @@ class Client:
         return f"<nbcluster.Client {self.endpoint} {self.n_workers} workers>"
 
 
+_latest: list[weakref.ref] = []
+
+
+def remember_latest(obj: Any) -> None:
+    """Record the client (or cluster) made last: operations given no client use it."""
+    _latest[:] = [weakref.ref(obj)]
+
+
+def latest() -> Any:
+    """The client or cluster made last that is still open, or None."""
+    obj = _latest[0]() if _latest else None
+    return obj if obj is not None and not obj.closed else None
+
+
 def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
     """The results of map chunk futures in input order, or one RemoteErrorGroup of all failures."""
     results: list = []
@@ -437,7 +479,7 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
             out = out.results
         results.extend(out)
     if errors:
-        raise RemoteErrorGroup(_summary(errors, n_items, "elements"), errors)
+        raise RemoteErrorGroup(summarize_failures(errors, n_items, "elements"), errors)
     return results
 
 
@@ -447,19 +489,6 @@ def _picklable(obj) -> bool:
         return True
     except Exception:
         return False
-
-
-def _summary(errors: list, total: int, what: str) -> str:
-    kinds = collections.Counter(getattr(e, "short_type", type(e).__name__) for e in errors)
-    workers: dict[str, None] = {}
-    for e in errors:
-        w = getattr(e, "worker", None)
-        if isinstance(w, dict) and w.get("id"):
-            workers[str(w["id"])] = None
-        workers.update((x, None) for x in getattr(e, "lost_on", []))
-    kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
-    return (f"{len(errors)} of {total} {what} failed ({kinds_text}) "
-            f"on workers {', '.join(workers) or '?'}")
 
 
 def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | None = None,

@@ -15,6 +15,7 @@ only ever about what a *remote peer* sent, so a decoder of untrusted bytes raise
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 from dataclasses import dataclass, field
 
@@ -156,3 +157,18 @@ class ProtocolError(NBClusterError):
 
 class PicklingError(NBClusterError, TypeError):
     """A function, argument or result could not be pickled; the message names which."""
+
+
+def summarize_failures(errors: list[BaseException], total: int, what: str) -> str:
+    """One line naming how many of `total` `what` failed, how, and on which workers, e.g.
+    "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2"."""
+    kinds = collections.Counter(getattr(e, "short_type", type(e).__name__) for e in errors)
+    workers: dict[str, None] = {}
+    for e in errors:
+        w = getattr(e, "worker", None)
+        if isinstance(w, dict) and w.get("id"):
+            workers[str(w["id"])] = None
+        workers.update((x, None) for x in getattr(e, "lost_on", []))
+    kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
+    return (f"{len(errors)} of {total} {what} failed ({kinds_text}) "
+            f"on workers {', '.join(workers) or '?'}")

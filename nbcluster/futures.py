@@ -20,6 +20,8 @@ class TaskFuture(concurrent.futures.Future):
         key: the task's id within its client.
         output: ``(stream, text, worker_id)`` items the task printed, in order.
         worker: id of the worker that produced the result, once done.
+        duration: seconds the task took on its worker, once done.
+        input_bytes: size of the pickled function and arguments sent.
         on_output: optional callable(stream, text, worker_id) run as output arrives.
     """
 
@@ -30,6 +32,7 @@ class TaskFuture(concurrent.futures.Future):
         self.output: list[tuple[str, str, str]] = []
         self.worker: str | None = None
         self.duration: float | None = None
+        self.input_bytes = 0
         self.on_output: Callable[[str, str, str], Any] | None = None
 
     @property

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import protocol, shm
-from .client import Client
+from .client import Client, remember_latest
 from .connection import KEY_ENV, ConnectionInfo
 from .errors import NBClusterError
 
@@ -82,6 +82,18 @@ class LocalCluster:
             raise
         self._watcher = threading.Thread(target=self._watch, name="nbcluster-respawn", daemon=True)
         self._watcher.start()
+        self._default_client: Client | None = None
+        remember_latest(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def default_client(self) -> Client:
+        """The client that operations given no client use while this is the latest cluster."""
+        if self._default_client is None or self._default_client.closed:
+            self._default_client = self.client()
+        return self._default_client
 
     def _spawn(self, args: list[str], **kw) -> subprocess.Popen:
         # A session of their own: Ctrl-C in the caller's terminal is the caller's, not theirs.
@@ -101,7 +113,7 @@ class LocalCluster:
             raise NBClusterError(f"the broker did not start (exit code {self.broker.poll()})")
         self.endpoints = line.split()[1:]
         self.info = ConnectionInfo(self.endpoints, self.key)
-        with Client(self.endpoint, self.key) as client:
+        with Client(self.endpoint, self.key, remember=False) as client:
             deadline = time.monotonic() + START_TIMEOUT_S
             while client.n_workers < self.n_workers:
                 if time.monotonic() > deadline:
@@ -113,7 +125,8 @@ class LocalCluster:
 
     def client(self) -> Client:
         """A new Client connected to this cluster (closed with the cluster)."""
-        client = Client(self.endpoint, self.key)
+        client = Client(self.endpoint, self.key, remember=False)
+        remember_latest(client)
         client.exit_reason = self.exit_reason
         self._clients.append(client)
         return client

@@ -8,6 +8,7 @@ received zero-copy and arriving writable.
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import types
@@ -20,15 +21,100 @@ import cloudpickle
 from .errors import PicklingError
 from .shm import REF_PREFIX, SHM_MIN_BYTES, SharedMemory
 
-__all__ = ["dumps", "loads", "FunctionCache", "describe"]
+__all__ = ["dumps", "loads", "FunctionCache", "describe", "Prepared", "prepare", "MainRefs"]
 
 OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
 
 
-def dumps(obj: Any, shm: SharedMemory | None = None) -> list:
+class MainRefs:
+    """The globals of __main__ as they were when mirror workers were forked from this process.
+
+    Pickling with these, an object that is still bound to the same __main__ name as at the
+    fork travels as that name: the forked workers have their own copy of it already.
+    """
+
+    def __init__(self) -> None:
+        main = sys.modules["__main__"].__dict__
+        self._names: dict[int, tuple[str, Any]] = {}
+        for name, value in main.items():
+            if name.startswith("__") or isinstance(value, (types.ModuleType, int, float, str,
+                                                           type(None), bool)):
+                continue   # modules go by reference anyway; small values are cheaper inline
+            try:   # a weak reference, where possible, guards against a recycled id()
+                guard: Any = weakref.ref(value)
+            except TypeError:
+                guard = type(value)
+            self._names[id(value)] = (name, guard)
+
+    def name_of(self, obj: Any) -> str | None:
+        entry = self._names.get(id(obj))
+        if entry is None:
+            return None
+        name, guard = entry
+        if sys.modules["__main__"].__dict__.get(name) is not obj:
+            return None          # rebound since the fork: the workers' copy is stale
+        if isinstance(guard, weakref.ref) and guard() is not obj:
+            return None
+        if isinstance(guard, type) and type(obj) is not guard:
+            return None
+        return name
+
+
+class _Pickler(cloudpickle.Pickler):
+    def __init__(self, file, refs: MainRefs, **kw):
+        super().__init__(file, protocol=5, **kw)
+        self._refs = refs
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return self._refs.name_of(obj)
+
+
+def _cloudpickle(obj: Any, refs: MainRefs | None = None, buffer_callback=None) -> bytes:
+    if refs is None:
+        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
+    out = io.BytesIO()
+    _Pickler(out, refs, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, name: str) -> Any:
+        main = sys.modules["__main__"].__dict__
+        if name not in main:
+            raise pickle.UnpicklingError(
+                f"this task refers to {name!r} of the process that forked the mirror workers, "
+                "and this worker is not one of them (run it with the Mirror's client)")
+        return main[name]
+
+
+def _unpickle(data, buffers=()) -> Any:
+    return _Unpickler(io.BytesIO(data), buffers=buffers).load()
+
+
+class Prepared:
+    """A function pickled once, to submit many times (see `Client.prepare`)."""
+
+    def __init__(self, fn: Any, refs: MainRefs | None = None):
+        try:
+            self.data = _cloudpickle(fn, refs)
+        except Exception as e:
+            raise PicklingError(f"cannot pickle the function {describe(fn)}: {e}") from e
+        self.name = describe(fn)
+
+    def __repr__(self) -> str:
+        return f"<Prepared {self.name} ({len(self.data)} bytes)>"
+
+
+def prepare(fn: Any, refs: MainRefs | None = None) -> Prepared:
+    """fn pickled once (with `refs`, names of __main__ objects the receivers already have)."""
+    return fn if isinstance(fn, Prepared) else Prepared(fn, refs)
+
+
+def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = None) -> list:
     """Frames for obj: the pickle, then one frame per large out-of-band buffer. With shm
     (the receiver is on this host), buffers of SHM_MIN_BYTES or more go to shared memory and
-    their frame is a short reference."""
+    their frame is a short reference. With refs, objects the receiver has already travel as
+    their __main__ name."""
     buffers: list = []
 
     def oob(buf: pickle.PickleBuffer) -> bool:
@@ -38,7 +124,7 @@ def dumps(obj: Any, shm: SharedMemory | None = None) -> list:
         buffers.append(shm.put(raw) if shm is not None and raw.nbytes >= SHM_MIN_BYTES else raw)
         return False
 
-    return [cloudpickle.dumps(obj, protocol=5, buffer_callback=oob), *buffers]
+    return [_cloudpickle(obj, refs, oob), *buffers]
 
 
 def loads(frames: list, shm: SharedMemory | None = None, remove: bool = False) -> Any:
@@ -46,7 +132,7 @@ def loads(frames: list, shm: SharedMemory | None = None, remove: bool = False) -
     references are mapped through shm (and their files removed, with remove)."""
     buffers = [shm.get(f, remove) if shm is not None and SharedMemory.is_ref(f) else f
                for f in frames[1:]]
-    return pickle.loads(frames[0], buffers=buffers)
+    return _unpickle(frames[0], buffers)
 
 
 def shm_names(frames: list) -> list[str]:
@@ -63,14 +149,16 @@ def describe(obj: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def dumps_call(fn, args: tuple, kwargs: dict, shm: SharedMemory | None = None) -> tuple[bytes, list]:
-    """(function frame, argument frames) for a task, or a PicklingError naming the culprit."""
+def dumps_call(fn, args: tuple, kwargs: dict, shm: SharedMemory | None = None,
+               refs: MainRefs | None = None) -> tuple[bytes, list]:
+    """(function frame, argument frames) for a task, or a PicklingError naming the culprit.
+    fn may be a `Prepared` function."""
     try:
-        fn_frame = dumps_function(fn)
+        fn_frame = fn.data if isinstance(fn, Prepared) else dumps_function(fn, refs)
     except Exception as e:
         raise PicklingError(f"cannot pickle the function {describe(fn)}: {e}") from e
     try:
-        return fn_frame, dumps((args, kwargs), shm)
+        return fn_frame, dumps((args, kwargs), shm, refs)
     except Exception as e:
         culprit = _find_unpicklable(args, kwargs)
         raise PicklingError(f"cannot pickle {culprit} of {describe(fn)}: {e}") from e
@@ -81,7 +169,7 @@ _SAFE_TYPES = (type(None), bool, int, float, complex, str, bytes, types.ModuleTy
 _function_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def dumps_function(fn) -> bytes:
+def dumps_function(fn, refs: MainRefs | None = None) -> bytes:
     """cloudpickle.dumps(fn), reusing the bytes of the last call while nothing it captured
     can have changed.
 
@@ -91,6 +179,8 @@ def dumps_function(fn) -> bytes:
     a string, a module, a class or function importable by reference); otherwise it is pickled
     anew, so a changed global is always seen.
     """
+    if refs is not None:
+        return _cloudpickle(fn, refs)
     key = _captured_values(fn)
     if key is not None:
         hit = _function_cache.get(fn)
@@ -167,10 +257,10 @@ class FunctionCache:
     def load(self, frame) -> Any:
         data = bytes(frame)
         if len(data) > self.max_bytes:
-            return pickle.loads(data)
+            return _unpickle(data)
         fn = self._cache.get(data)
         if fn is None:
-            fn = self._cache[data] = pickle.loads(data)
+            fn = self._cache[data] = _unpickle(data)
             if len(self._cache) > self.size:
                 self._cache.popitem(last=False)
         else:

@@ -10,6 +10,7 @@ import traceback
 from typing import Any
 
 from .errors import RemoteError, RemoteFrame
+from .runtime import WORKER
 
 __all__ = ["capture", "rebuild"]
 
@@ -28,7 +29,6 @@ def _safe_repr(value: Any) -> str:
         return f"<unrepresentable {type(value).__name__}: {type(e).__name__}>"
 
 
-WORKER: dict = {}   # id, host and pid of this process once it is a worker
 
 
 def capture(exc: BaseException, skip: int = 0) -> dict:

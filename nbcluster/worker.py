@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from . import protocol, serialize, tracebacks
+from . import protocol, runtime, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
 from .errors import ProtocolError
@@ -109,6 +109,7 @@ class Worker:
                  slots: int = 1, watch_stdin: bool = False):
         self.endpoint, self.labels, self.slots = endpoint, sorted(labels or []), slots
         self.signer = protocol.Signer(key)
+        runtime.set_worker(key, endpoint)
         self.watch_stdin = watch_stdin
         self.id = "?"
         self.info = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -344,7 +345,7 @@ class Worker:
                 self.granted -= header.get("dropped", 0)
         elif kind == "welcome":
             self.id = header.get("id", self.id)
-            tracebacks.WORKER.update(id=self.id, **self.info)
+            runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
             with self.lock:

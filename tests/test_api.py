@@ -14,7 +14,9 @@ def test_exported_names():
     assert sorted(nbcluster.__all__) == sorted([
         "Client", "connect", "LocalCluster", "Executor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
-        "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError"])
+        "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+        "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
+        "pgroup_by", "pany", "pall", "pnone"])
     for name in nbcluster.__all__:
         assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
 
@@ -45,3 +47,6 @@ def test_lower_layers_never_import_upward():
         text = (PACKAGE / f"{module}.py").read_text()
         assert "ipywidgets" not in text and "IPython" not in text
     assert not {"client", "local", "executor"} & imports("worker")
+    # what runs inside tasks on workers stays below the client
+    assert imports("pipeline") <= {"serialize", "tracebacks"}
+    assert imports("runtime") == set()

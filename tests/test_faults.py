@@ -36,6 +36,7 @@ def test_kill_9_mid_task_reruns_elsewhere_and_delivers_once(tmp_path):
         client = cluster.client()
         fut = client.submit(slow, 21)
         [victim] = running_on(client)
+        wait_for(lambda: starts_in(log), what="the task started")   # not just dispatched
         t0 = time.monotonic()
         killed_pid = kill_worker(cluster, victim, client=client)
         value, pid = fut.result(30)

@@ -1,0 +1,152 @@
+"""The worker side of parallel collections: a chain of steps run over one chunk, fused.
+
+A chunk is a contiguous slice of the input, so an element's index is `start + position`.
+An element that raises is reported with its index and value while the rest carry on.
+
+Chains of map/filter/reject ending in a list or groups run step by step over the whole
+chunk with the C-level `map` (a Python loop per element would cost several times more than
+small functions themselves); others (flat_map, any/all/none, which stop early) send each
+element through every step before the next element starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+from . import serialize, tracebacks
+
+__all__ = ["Pipeline", "ChunkOutcome", "MAP", "MAP_INDEXED", "FILTER", "REJECT", "FLAT_MAP",
+           "COLLECT", "GROUP", "ANY", "ALL", "NONE"]
+
+MAP, MAP_INDEXED, FILTER, REJECT, FLAT_MAP = "map", "map_indexed", "filter", "reject", "flat_map"
+COLLECT, GROUP, ANY, ALL, NONE = "collect", "group", "any", "all", "none"
+
+
+class ChunkOutcome:
+    """What a chunk produced: its output values (for GROUP, (key, value) pairs; for ANY/ALL/
+    NONE, [True] if the chunk decided the answer), the number of input elements, and errors
+    as (index, repr of the element, captured traceback)."""
+
+    __slots__ = ("values", "n", "errors")
+
+    def __init__(self, values: list, n: int, errors: list[tuple[int, str, dict]]):
+        self.values, self.n, self.errors = values, n, errors
+
+    def __reduce__(self):
+        return ChunkOutcome, (self.values, self.n, self.errors)
+
+
+class _Decided(Exception):
+    """Raised inside a chunk once an any/all/none answer is known."""
+
+
+class Pipeline:
+    """Steps [(kind, fn)] and a terminal (kind, fn) run over chunks of (start, items)."""
+
+    def __init__(self, steps: tuple[tuple[str, Callable], ...], terminal: tuple[str, Any]):
+        self.steps, self.terminal = steps, terminal
+
+    def __call__(self, start: int, items: list) -> ChunkOutcome:
+        if self.terminal[0] in (COLLECT, GROUP) and all(k != FLAT_MAP for k, _ in self.steps):
+            return self._by_step(start, items)
+        return self._by_element(start, items)
+
+    def _by_step(self, start: int, items: list) -> ChunkOutcome:
+        values, index = items, range(start, start + len(items))
+        errors: list = []
+        for kind, fn in self.steps:
+            args = (values, index) if kind == MAP_INDEXED else (values,)
+            out, failed = _map_each(fn, args, errors, items, start, index)
+            if failed:   # drop the failed elements from the rest of the chain
+                keep = [i not in failed for i in range(len(values))]
+                values = list(itertools.compress(values, keep))
+                index = list(itertools.compress(index, keep))
+            if kind == FILTER:
+                values, index = _select(values, index, out, True)
+            elif kind == REJECT:
+                values, index = _select(values, index, out, False)
+            else:
+                values = out
+        kind, fn = self.terminal
+        if kind == GROUP:
+            keys, failed = _map_each(fn, (values,), errors, items, start, index)
+            if failed:
+                keep = [i not in failed for i in range(len(values))]
+                values = list(itertools.compress(values, keep))
+            values = list(zip(keys, values))
+        errors.sort(key=lambda e: e[0])
+        return ChunkOutcome(values if isinstance(values, list) else list(values), len(items), errors)
+
+    def _by_element(self, start: int, items: list) -> ChunkOutcome:
+        kind, fn = self.terminal
+        out: list = []
+        sink = out.append
+        if kind == GROUP:
+            sink = lambda v: out.append((fn(v), v))   # noqa: E731 - the key is part of the step
+        elif kind in (ANY, ALL, NONE):
+            trigger = kind != ALL                     # any/none: a true element decides
+            pred = fn or bool
+
+            def sink(v):
+                if bool(pred(v)) is trigger:
+                    raise _Decided
+        errors: list = []
+        feed = self._feed
+        for pos, item in enumerate(items):
+            mark = len(out)
+            try:
+                feed(item, start + pos, 0, sink)
+            except _Decided:
+                return ChunkOutcome([True], pos + 1, errors)
+            except Exception as e:   # this element fails alone; its partial output goes
+                del out[mark:]
+                errors.append((start + pos, serialize.describe(item), tracebacks.capture(e, skip=2)))
+        return ChunkOutcome([] if kind in (ANY, ALL, NONE) else out, len(items), errors)
+
+    def _feed(self, value: Any, index: int, first: int, sink: Callable) -> None:
+        steps = self.steps
+        for j in range(first, len(steps)):
+            kind, fn = steps[j]
+            if kind == MAP:
+                value = fn(value)
+            elif kind == FILTER:
+                if not fn(value):
+                    return
+            elif kind == REJECT:
+                if fn(value):
+                    return
+            elif kind == MAP_INDEXED:
+                value = fn(value, index)
+            else:   # FLAT_MAP: the rest of the chain runs on each value it yields
+                for sub in fn(value):
+                    self._feed(sub, index, j + 1, sink)
+                return
+        sink(value)
+
+
+def _map_each(fn: Callable, args: tuple, errors: list, items: list, start: int,
+              index) -> tuple[list, set[int]]:
+    """list(map(fn, *args)) at C speed, except that an element that raises is recorded in
+    errors (with its input index and repr) and left out; returns (results, failed positions)."""
+    out: list = []
+    failed: set[int] = set()
+    pos = 0
+    n = len(args[0])
+    while pos < n:
+        mark = len(out)
+        try:
+            out.extend(map(fn, *(itertools.islice(a, pos, None) for a in args)))
+            break
+        except Exception as e:
+            bad = pos + len(out) - mark
+            i = index[bad]
+            errors.append((i, serialize.describe(items[i - start]), tracebacks.capture(e, skip=1)))
+            failed.add(bad)
+            pos = bad + 1
+    return out, failed
+
+
+def _select(values: list, index, verdicts: list, keep_if: bool) -> tuple[list, Any]:
+    keep = [bool(v) is keep_if for v in verdicts]
+    return list(itertools.compress(values, keep)), list(itertools.compress(index, keep))

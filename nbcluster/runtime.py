@@ -1,0 +1,37 @@
+"""What a running task can know about the worker process it runs in.
+
+The worker fills this in; code that runs inside tasks (the MapReduce shuffle, a user's
+function) reads it. It imports nothing from nbcluster, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["WORKER", "worker_key", "broker_endpoint", "in_worker"]
+
+WORKER: dict = {}   # id, host and pid of this process once it is a worker
+_KEY: list[bytes] = []
+_BROKER: list[str] = []
+
+
+def set_worker(key: bytes, endpoint: str) -> None:
+    """Called by the worker when it starts."""
+    _KEY[:], _BROKER[:] = [key], [endpoint]
+
+
+def in_worker() -> bool:
+    """Is this process an nbcluster worker?"""
+    return bool(_KEY)
+
+
+def worker_key() -> bytes:
+    """The cluster key of this worker (for peer-to-peer messages between workers)."""
+    if not _KEY:
+        raise RuntimeError("this code must run inside an nbcluster task")
+    return _KEY[0]
+
+
+def broker_endpoint() -> str:
+    """The endpoint this worker reached its broker at."""
+    if not _BROKER:
+        raise RuntimeError("this code must run inside an nbcluster task")
+    return _BROKER[0]
