@@ -14,6 +14,7 @@ from .errors import (AuthenticationError, NBClusterError, PicklingError, Protoco
 from .executor import Executor
 from .futures import TaskFuture
 from .local import LocalCluster
+from .mapreduce import MapReduce, map_reduce
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,7 @@ __all__ = [
     "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
     "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
-    "pgroup_by", "pany", "pall", "pnone",
+    "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
 ]
 
 

@@ -16,7 +16,7 @@ def test_exported_names():
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
         "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
-        "pgroup_by", "pany", "pall", "pnone"])
+        "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce"])
     for name in nbcluster.__all__:
         assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
 
@@ -50,3 +50,4 @@ def test_lower_layers_never_import_upward():
     # what runs inside tasks on workers stays below the client
     assert imports("pipeline") <= {"serialize", "tracebacks"}
     assert imports("runtime") == set()
+    assert imports("shuffle") <= {"protocol", "runtime", "serialize", "tracebacks", "errors"}

@@ -1,0 +1,286 @@
+"""MapReduce on the cluster, in two shapes.
+
+Teamtalk's: split the input into n pieces, map each on a worker, reduce the n results.
+
+    job = MapReduce(split=..., map=count_words, reduce=merge_counts)
+    job.run(paths, tasks=8, callback=print)          # a Future; the callback gets the result
+
+Keyed, with the shuffle between workers:
+
+    map_reduce(paths, mapper=words_of_file, reducer=sum, combiner=sum)   # {word: count}
+
+    client ──records──► map tasks ──(key, value) pairs, combined, kept where they were made
+    client ◄──where each map output is (sizes only)
+    client ──"reduce partition p; its pieces are at ..."──► reduce tasks ──fetch──► map workers
+    client ◄──final {key: value} of each partition (streamed)
+
+The client never holds the intermediate data. A map output whose worker is gone (found
+before the reduce phase starts, or when a reduce task fails to fetch it) is computed again
+from its records, which the client keeps; reduce tasks lost with their worker are re-run by
+the broker.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from . import shuffle, tracebacks
+from .chunks import auto_chunksize
+from .client import Client
+from .errors import NBClusterError, RemoteErrorGroup, summarize_failures
+from .futures import TaskFuture
+from .progress import progress_bar
+from .session import current_client
+
+__all__ = ["MapReduce", "map_reduce"]
+
+MAX_RECOMPUTES = 3      # times a map output may be lost and computed again
+
+
+class MapReduce:
+    """Teamtalk's MapReduce: `split(data, n)` into pieces on the client, `map(piece)` on the
+    workers, `reduce(results)` on the client.
+
+    Args:
+        map: called on each piece, on a worker.
+        reduce: called on the client with the list of map results, in piece order.
+        split: (data, n) -> n pieces; by default a sequence is cut into n contiguous slices.
+    """
+
+    def __init__(self, *, map: Callable[[Any], Any], reduce: Callable[[list], Any],
+                 split: Callable[[Any, int], Iterable] | None = None):
+        self.split, self.map, self.reduce = split or split_evenly, map, reduce
+
+    def run(self, data: Any, tasks: int | None = None, callback: Callable[[Any], Any] | None = None,
+            *, client: Client | None = None, labels: Iterable[str] | None = None
+            ) -> concurrent.futures.Future:
+        """Start the job; returns a Future of the reduced result (wait on it, or await it).
+
+        Args:
+            tasks: number of pieces (default: one per worker).
+            callback: called with the result on the client when the job succeeds.
+
+        The Future fails with a RemoteErrorGroup naming every piece that failed; cancelling
+        it cancels the map tasks still queued or running.
+        """
+        client = current_client(client)
+        tasks = tasks or client.n_workers or len(client.workers()) or 1
+        pieces = list(self.split(data, tasks))
+        fn = client.prepare(self.map)
+        futures = [client.submit(fn, piece, labels=labels) for piece in pieces]
+        job = _JobFuture(futures)
+        threading.Thread(target=self._finish, args=(job, futures, callback),
+                         name="nbcluster-mapreduce", daemon=True).start()
+        return job
+
+    def _finish(self, job: "_JobFuture", futures: list[TaskFuture], callback) -> None:
+        concurrent.futures.wait(futures)
+        if job.cancelled():
+            return
+        errors = []
+        for i, f in enumerate(futures):
+            e = None if f.cancelled() else f.exception()
+            if e is not None:
+                e.index = i
+                errors.append(e)
+        try:
+            if errors:
+                raise RemoteErrorGroup(summarize_failures(errors, len(futures), "map tasks"),
+                                       errors)
+            result = self.reduce([f.result() for f in futures])
+        except BaseException as e:   # noqa: BLE001 - the job's failure, for whoever waits
+            if job.set_running_or_notify_cancel():
+                job.set_exception(e)
+            return
+        if job.set_running_or_notify_cancel():
+            job.set_result(result)
+            if callback is not None:
+                callback(result)
+
+
+class _JobFuture(concurrent.futures.Future):
+    def __init__(self, tasks: list[TaskFuture]):
+        super().__init__()
+        self._tasks = tasks
+
+    def cancel(self) -> bool:
+        for t in self._tasks:
+            t.cancel()
+        return super().cancel()
+
+    def __await__(self):
+        import asyncio
+        return asyncio.wrap_future(self).__await__()
+
+
+def split_evenly(data: Sequence, n: int) -> list:
+    """data cut into n contiguous slices of nearly equal length (fewer if data is shorter)."""
+    data = data if hasattr(data, "__getitem__") and hasattr(data, "__len__") else list(data)
+    n = max(1, min(n, len(data)))
+    bounds = [len(data) * i // n for i in range(n + 1)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def map_reduce(records: Iterable, mapper: Callable[[Any], Any], reducer: Callable[[list], Any],
+               combiner: Callable[[list], Any] | None = None, partitions: int | None = None, *,
+               client: Client | None = None, chunksize: int | None = None,
+               labels: Iterable[str] | None = None, progress: bool = True,
+               stream: bool = False) -> dict | Iterator[tuple[Any, Any]]:
+    """Keyed MapReduce with the shuffle between workers (see the module doc).
+
+    Args:
+        mapper: record -> iterable of (key, value) pairs, or a mapping {key: value}.
+        reducer: list of one key's values -> that key's result.
+        combiner: list of values -> one value, applied on the map side to cut what is
+            shuffled; like Hadoop's, it may run zero or more times on any subset of a key's
+            values, so `reducer` must accept its outputs among the values.
+        partitions: number of reduce tasks (default: one per worker).
+        chunksize: records per map task (default: a few tasks per worker).
+        stream: yield (key, result) pairs as each partition finishes instead of a dict.
+
+    Returns:
+        {key: reducer(values)}; keys of one partition in first-seen order.
+
+    Raises:
+        RemoteErrorGroup: a mapper raised on some records (then no reduce runs) or the
+            reducer raised on some keys; each error names its record or key and worker.
+    """
+    job = _KeyedJob(list(records), mapper, reducer, combiner, partitions, current_client(client),
+                    chunksize, labels, progress)
+    return job.results() if stream else dict(job.results())
+
+
+class _KeyedJob:
+    def __init__(self, records: list, mapper, reducer, combiner, partitions: int | None,
+                 client: Client, chunksize: int | None, labels, progress: bool):
+        self.client, self.labels, self.progress = client, sorted(labels or ()), progress
+        n_workers = client.n_workers or len(client.workers()) or 1
+        self.partitions = partitions or n_workers
+        size = chunksize or auto_chunksize(len(records), n_workers)
+        self.chunks = [(start, records[start:start + size]) for start in range(0, len(records), size)]
+        self.n_records = len(records)
+        self.sid = os.urandom(8).hex()
+        self.map_fn = client.prepare(shuffle.MapTask(self.sid, mapper, combiner, self.partitions))
+        self.reduce_fn = client.prepare(shuffle.ReduceTask(self.sid, reducer))
+        self.where: dict[int, shuffle.MapOutcome] = {}   # map index -> where its output is
+        self.recomputes = 0
+
+    def results(self) -> Iterator[tuple[Any, Any]]:
+        live: dict[TaskFuture, tuple[str, int]] = {}
+        try:
+            self._map_phase(live)
+            yield from self._reduce_phase(live)
+        finally:
+            if live:
+                self.client.cancel(list(live))
+            try:   # free the map outputs on every worker; nobody waits for it
+                self.client.broadcast_futures(shuffle.drop, self.sid)
+            except Exception:   # noqa: BLE001 - the client may be closing
+                pass
+
+    def _submit_map(self, m: int, live: dict) -> None:
+        start, items = self.chunks[m]
+        live[self.client.submit(self.map_fn, m, start, items, labels=self.labels)] = ("map", m)
+
+    def _map_phase(self, live: dict) -> None:
+        bar = progress_bar(self.n_records, "map_reduce: map", self.progress)
+        errors: list = []
+        try:
+            for m in range(len(self.chunks)):
+                self._submit_map(m, live)
+            for fut in concurrent.futures.as_completed(list(live)):
+                _, m = live.pop(fut)
+                n = len(self.chunks[m][1])
+                try:
+                    outcome: shuffle.MapOutcome = fut.result()
+                except Exception as e:   # noqa: BLE001 - the whole map task failed
+                    errors.append(e)
+                    bar.update(failed=n)
+                    continue
+                self.where[m] = outcome
+                for index, item, data in outcome.errors:
+                    err = tracebacks.rebuild(data)
+                    err.index, err.item = index, item
+                    errors.append(err)
+                bar.update(done=n - len(outcome.errors), failed=len(outcome.errors))
+        finally:
+            bar.close()
+        if errors:
+            errors.sort(key=lambda e: getattr(e, "index", None) or 0)
+            raise RemoteErrorGroup(summarize_failures(errors, self.n_records, "records"), errors)
+
+    def _sources(self, p: int) -> list[tuple[str, int]]:
+        return [(o.endpoint, m) for m, o in sorted(self.where.items()) if o.sizes[p]]
+
+    def _reduce_phase(self, live: dict) -> Iterator[tuple[Any, Any]]:
+        # Map outputs on workers that left since are computed again before anyone fetches them.
+        present = {w["id"] for w in self.client.workers()}
+        lost = [m for m, o in self.where.items() if o.worker not in present]
+        waiting: dict[int, set[int]] = {}   # reduce partition -> map outputs it waits for
+        for m in lost:
+            self._recompute(m, live)
+        bar = progress_bar(self.partitions, "map_reduce: reduce", self.progress)
+        errors: list = []
+        try:
+            for p in range(self.partitions):
+                if lost:
+                    waiting[p] = set(lost)
+                else:
+                    self._submit_reduce(p, live)
+            while live:
+                done, _ = concurrent.futures.wait(list(live),
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in done:
+                    kind, n = live.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except Exception as e:   # noqa: BLE001
+                        if kind == "map":
+                            raise NBClusterError(f"map task {n} failed when computed again: "
+                                                 f"{e}") from e
+                        errors.append(e)
+                        bar.update(failed=1)
+                        continue
+                    if kind == "map":
+                        self.where[n] = outcome
+                        for p, needs in list(waiting.items()):
+                            needs.discard(n)
+                            if not needs:
+                                del waiting[p]
+                                self._submit_reduce(p, live)
+                    elif isinstance(outcome, shuffle.Missing):
+                        for m, endpoint in outcome.where.items():
+                            known = self.where.get(m)
+                            if known is not None and known.endpoint == endpoint:
+                                self._recompute(m, live)   # else: already being recomputed
+                        waiting[n] = set(outcome.where) - set(self.where)
+                        if not waiting[n]:
+                            del waiting[n]
+                            self._submit_reduce(n, live)
+                    else:
+                        for key, item, data in outcome.errors:
+                            err = tracebacks.rebuild(data)
+                            err.index, err.item = key, item
+                            errors.append(err)
+                        bar.update(done=1)
+                        yield from outcome.results.items()
+        finally:
+            bar.close()
+        if errors:
+            raise RemoteErrorGroup(summarize_failures(errors, self.partitions,
+                                                      "reduce keys or partitions"), errors)
+
+    def _submit_reduce(self, p: int, live: dict) -> None:
+        live[self.client.submit(self.reduce_fn, p, self._sources(p), labels=self.labels)] = \
+            ("reduce", p)
+
+    def _recompute(self, m: int, live: dict) -> None:
+        self.recomputes += 1
+        if self.recomputes > MAX_RECOMPUTES * max(1, len(self.chunks)):
+            raise NBClusterError("map outputs keep getting lost (workers keep leaving); "
+                                 "giving up")
+        self.where.pop(m, None)
+        self._submit_map(m, live)
