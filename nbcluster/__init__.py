@@ -15,6 +15,7 @@ from .executor import Executor
 from .futures import TaskFuture
 from .local import LocalCluster
 from .mapreduce import MapReduce, map_reduce
+from .mirror import Mirror, mirror
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
     "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
+    "Mirror", "mirror",
 ]
 
 

@@ -63,6 +63,7 @@ class Client:
         self.endpoint = endpoint
         self.labels = sorted(labels)   # every task of this client asks for these too
         self.signer = protocol.Signer(key)
+        self._key = key
         self._ctx = zmq.Context(io_threads=1)
         self._sock = dealer(self._ctx, endpoint)
         self._keys = itertools.count(1)

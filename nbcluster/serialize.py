@@ -37,9 +37,12 @@ class MainRefs:
         main = sys.modules["__main__"].__dict__
         self._names: dict[int, tuple[str, Any]] = {}
         for name, value in main.items():
-            if name.startswith("__") or isinstance(value, (types.ModuleType, int, float, str,
-                                                           type(None), bool)):
-                continue   # modules go by reference anyway; small values are cheaper inline
+            if name.startswith("__") or isinstance(value, (types.ModuleType, types.FunctionType,
+                                                           type, int, float, str, type(None))):
+                # Modules go by reference anyway and small values are cheaper inline.
+                # Functions and classes go by value, so the globals they use are looked up
+                # here: each one still bound as at the fork then goes by name.
+                continue
             try:   # a weak reference, where possible, guards against a recycled id()
                 guard: Any = weakref.ref(value)
             except TypeError:

@@ -16,7 +16,8 @@ def test_exported_names():
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
         "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
-        "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce"])
+        "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
+        "Mirror", "mirror"])
     for name in nbcluster.__all__:
         assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
 
