@@ -1,0 +1,41 @@
+"""The tutorials in notebooks/ run end to end in a real kernel (nbclient), and each cell
+with an "expect" list in its metadata printed every one of those strings."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def cell_text(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+        elif out.output_type == "error":
+            parts.append("\n".join(out.traceback))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_tutorial_runs_and_shows_what_it_says(path):
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=240, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    checked = 0
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        text = cell_text(cell)
+        assert not any(o.output_type == "error" for o in cell.outputs), f"cell {i}:\n{text}"
+        for expected in cell.metadata.get("expect", []):
+            assert expected in text, f"cell {i} of {path.name} lacks {expected!r}:\n{text}"
+            checked += 1
+    assert checked >= 3
