@@ -241,10 +241,13 @@ class ReduceTask:
         blobs, missing = _fetch(self.sid, partition, sources)
         if missing:
             return Missing({m: e for e, m in sources if m in missing})
+        parts = [pickle.loads(blob) for blob in blobs]
+        if self.reducer is sum and all(combined for combined, _ in parts):
+            # sum of one key's combined values, folded dict by dict (see _fold_mappings)
+            return ReduceOutcome(_fold_mappings([part for _, part in parts], sum), [])
         groups: dict[Any, list] = {}
         get = groups.get
-        for blob in blobs:
-            combined, part = pickle.loads(blob)
+        for combined, part in parts:
             for k, v in part.items():
                 have = get(k)
                 if have is None:
