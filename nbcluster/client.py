@@ -64,6 +64,7 @@ class Client:
         self.labels = sorted(labels)   # every task of this client asks for these too
         self.signer = protocol.Signer(key)
         self._key = key
+        self._refs: serialize.MainRefs | None = None   # set by Mirror: objects its workers have
         self._ctx = zmq.Context(io_threads=1)
         self._sock = dealer(self._ctx, endpoint)
         self._keys = itertools.count(1)
@@ -119,7 +120,7 @@ class Client:
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
-        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm)
+        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
         fut = self._submit_frames([fn_frame, *arg_frames], self._labels(labels), None, retries)
         if callback is not None:
             self._add_callback(fut, callback)
@@ -131,7 +132,7 @@ class Client:
         Raises:
             PicklingError: fn cannot be pickled.
         """
-        return serialize.prepare(fn)
+        return serialize.prepare(fn, self._refs)
 
     def _labels(self, labels: Iterable[str] | None) -> list[str]:
         return sorted({*self.labels, *(labels or ())})

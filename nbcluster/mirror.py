@@ -65,17 +65,6 @@ class Mirror(Client):
     def _label(self) -> str:
         return f"mirror-{self.generation}"
 
-    # ---- pickling: objects the forked workers have go by name ----------------------------
-    def submit(self, fn, *args, labels=None, callback=None, retries: int = 0, **kwargs):
-        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
-        fut = self._submit_frames([fn_frame, *arg_frames], self._labels(labels), None, retries)
-        if callback is not None:
-            self._add_callback(fut, callback)
-        return fut
-
-    def prepare(self, fn) -> serialize.Prepared:
-        return serialize.prepare(fn, self._refs)
-
     def map(self, fn, *iterables, chunksize: int | None = None, labels=None, retries: int = 0):
         """[fn(*args) for args in zip(*iterables)] on the mirror workers, in order."""
         from .collections import parallel
