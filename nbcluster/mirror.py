@@ -27,6 +27,7 @@ from typing import Iterable
 
 from . import serialize
 from .client import Client
+from .collections import parallel
 from .errors import NBClusterError
 from .session import current_client
 
@@ -67,7 +68,6 @@ class Mirror(Client):
 
     def map(self, fn, *iterables, chunksize: int | None = None, labels=None, retries: int = 0):
         """[fn(*args) for args in zip(*iterables)] on the mirror workers, in order."""
-        from .collections import parallel
         return parallel(zip(*iterables), self, chunksize=chunksize, labels=labels,
                         retries=retries, progress=False).map(_Star(fn)).to_list()
 

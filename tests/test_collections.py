@@ -2,6 +2,8 @@
 adaptive chunks, failures."""
 
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -138,6 +140,13 @@ def test_the_default_client_is_the_latest_one(cluster):
     client = cluster.client()
     assert pmap(abs, [-1, -2], progress=False) == [1, 2]
     assert nbcluster.session.current_client() is client
+
+
+def test_with_no_client_a_local_cluster_is_started_and_announced():
+    code = "import nbcluster; print(nbcluster.pmap(abs, [-1, -2], progress=False))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 2]" and "started a local cluster" in out.stderr
 
 
 def test_pipeline_on_its_own_reports_elements_that_fail():
