@@ -9,9 +9,9 @@ Keyed, with the shuffle between workers:
 
     map_reduce(paths, mapper=words_of_file, reducer=sum, combiner=sum)   # {word: count}
 
-    client ──records──► map tasks ──(key, value) pairs, combined, kept where they were made
-    client ◄──where each map output is (sizes only)
-    client ──"reduce partition p; its pieces are at ..."──► reduce tasks ──fetch──► map workers
+    client ──records──► map tasks ──(key, value) pairs, combined into one bucket per worker
+    client ◄──where each map output is
+    client ──"reduce partition p; the buckets are at ..."──► reduce tasks ──fetch──► map workers
     client ◄──final {key: value} of each partition (streamed)
 
 The client never holds the intermediate data. A map output whose worker is gone (found
@@ -142,7 +142,8 @@ def map_reduce(records: Iterable, mapper: Callable[[Any], Any], reducer: Callabl
         stream: yield (key, result) pairs as each partition finishes instead of a dict.
 
     Returns:
-        {key: reducer(values)}; keys of one partition in first-seen order.
+        {key: reducer(values)}, partition by partition; values reach the reducer in no
+        particular order.
 
     Raises:
         RemoteErrorGroup: a mapper raised on some records (then no reduce runs) or the
@@ -150,7 +151,12 @@ def map_reduce(records: Iterable, mapper: Callable[[Any], Any], reducer: Callabl
     """
     job = _KeyedJob(list(records), mapper, reducer, combiner, partitions, current_client(client),
                     chunksize, labels, progress)
-    return job.results() if stream else dict(job.results())
+    if stream:
+        return (pair for part in job.results() for pair in part.items())
+    results: dict = {}
+    for part in job.results():
+        results.update(part)
+    return results
 
 
 class _KeyedJob:
@@ -166,9 +172,10 @@ class _KeyedJob:
         self.map_fn = client.prepare(shuffle.MapTask(self.sid, mapper, combiner, self.partitions))
         self.reduce_fn = client.prepare(shuffle.ReduceTask(self.sid, reducer))
         self.where: dict[int, shuffle.MapOutcome] = {}   # map index -> where its output is
-        self.recomputes = 0
+        self.recomputes = 0   # map outputs computed again; each goes to a bucket of its own
 
-    def results(self) -> Iterator[tuple[Any, Any]]:
+    def results(self) -> Iterator[dict]:
+        """The final {key: result} of each partition, as each finishes."""
         live: dict[TaskFuture, tuple[str, int]] = {}
         try:
             self._map_phase(live)
@@ -181,9 +188,10 @@ class _KeyedJob:
             except Exception:   # noqa: BLE001 - the client may be closing
                 pass
 
-    def _submit_map(self, m: int, live: dict) -> None:
+    def _submit_map(self, m: int, live: dict, bucket: int = 0) -> None:
         start, items = self.chunks[m]
-        live[self.client.submit(self.map_fn, m, start, items, labels=self.labels)] = ("map", m)
+        live[self.client.submit(self.map_fn, m, bucket, start, items, labels=self.labels)] = \
+            ("map", m)
 
     def _map_phase(self, live: dict) -> None:
         bar = progress_bar(self.n_records, "map_reduce: map", self.progress)
@@ -212,10 +220,14 @@ class _KeyedJob:
             errors.sort(key=lambda e: getattr(e, "index", None) or 0)
             raise RemoteErrorGroup(summarize_failures(errors, self.n_records, "records"), errors)
 
-    def _sources(self, p: int) -> list[tuple[str, int]]:
-        return [(o.endpoint, m) for m, o in sorted(self.where.items()) if o.sizes[p]]
+    def _sources(self) -> list[tuple[str, int, list[int]]]:
+        """(endpoint, bucket, map indices in it) of every bucket holding map outputs."""
+        buckets: dict[tuple[str, int], list[int]] = {}
+        for m, o in sorted(self.where.items()):
+            buckets.setdefault((o.endpoint, o.bucket), []).append(m)
+        return [(endpoint, b, maps) for (endpoint, b), maps in buckets.items()]
 
-    def _reduce_phase(self, live: dict) -> Iterator[tuple[Any, Any]]:
+    def _reduce_phase(self, live: dict) -> Iterator[dict]:
         # Map outputs on workers that left since are computed again before anyone fetches them.
         present = {w["id"] for w in self.client.workers()}
         lost = [m for m, o in self.where.items() if o.worker not in present]
@@ -252,9 +264,9 @@ class _KeyedJob:
                                 del waiting[p]
                                 self._submit_reduce(p, live)
                     elif isinstance(outcome, shuffle.Missing):
-                        for m, endpoint in outcome.where.items():
+                        for m, place in outcome.where.items():
                             known = self.where.get(m)
-                            if known is not None and known.endpoint == endpoint:
+                            if known is not None and (known.endpoint, known.bucket) == place:
                                 self._recompute(m, live)   # else: already being recomputed
                         waiting[n] = set(outcome.where) - set(self.where)
                         if not waiting[n]:
@@ -266,7 +278,7 @@ class _KeyedJob:
                             err.index, err.item = key, item
                             errors.append(err)
                         bar.update(done=1)
-                        yield from outcome.results.items()
+                        yield outcome.results
         finally:
             bar.close()
         if errors:
@@ -274,7 +286,7 @@ class _KeyedJob:
                                                       "reduce keys or partitions"), errors)
 
     def _submit_reduce(self, p: int, live: dict) -> None:
-        live[self.client.submit(self.reduce_fn, p, self._sources(p), labels=self.labels)] = \
+        live[self.client.submit(self.reduce_fn, p, self._sources(), labels=self.labels)] = \
             ("reduce", p)
 
     def _recompute(self, m: int, live: dict) -> None:
@@ -283,4 +295,4 @@ class _KeyedJob:
             raise NBClusterError("map outputs keep getting lost (workers keep leaving); "
                                  "giving up")
         self.where.pop(m, None)
-        self._submit_map(m, live)
+        self._submit_map(m, live, bucket=self.recomputes)

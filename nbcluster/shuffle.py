@@ -1,25 +1,27 @@
 """The worker side of keyed MapReduce: map outputs stay on the worker that made them.
 
-    map task on worker A ──put──► A's store (partitions by key hash, pickled once)
-    reduce task p on worker B ──fetch(p)──► the stores of A, C, ... (direct, signed messages)
-                              ◄──partition p────────┘
+    map tasks on worker A ──fold──► A's bucket of the shuffle (one dict, combined as it grows)
+    reduce task p on worker B ──fetch(p)──► the buckets of A, C, ... (direct, signed messages)
+                              ◄──partition p─────┘  (A partitions and pickles its bucket once)
 
 Each worker process starts a small data server (a ROUTER socket on a thread of its own, bound
-next to where it reaches the broker) the first time it stores a map output. Fetches go
+next to where it reaches the broker) the first time it keeps a map output. Fetches go
 straight from worker to worker, signed with the cluster key; the client only sees where each
-map output lives. A fetch from a worker that is gone fails fast (ZeroMQ reports the refused
-connection) and names the map outputs to compute again.
+map output lives. A fetch names the map outputs it expects in the bucket, so a bucket that
+holds others (a task that ran twice) is refused rather than counted twice. A fetch from a
+worker that is gone fails fast (ZeroMQ reports the refused connection) and names the map
+outputs to compute again.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import socket
 import threading
 import time
 import zlib
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Callable
 from urllib.parse import urlparse
 
@@ -30,7 +32,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol, runtime, serialize, tracebacks
-from .errors import ProtocolError
+from .errors import NBClusterError, ProtocolError
 
 __all__ = ["MapTask", "ReduceTask", "MapOutcome", "ReduceOutcome", "Missing", "stable_hash",
            "drop"]
@@ -59,33 +61,57 @@ def stable_hash(key: Any) -> int:
     return zlib.crc32(repr(key).encode())
 
 
+class _Bucket:
+    """One worker's map output of one shuffle: every map task sent to this bucket folds its
+    pairs into the same dict, so the worker partitions and pickles once, not once per task."""
+
+    def __init__(self, partitions: int, combined: bool):
+        self.partitions, self.combined = partitions, combined
+        self.lock = threading.Lock()   # held while a map task folds in, and while sealing
+        self.groups: dict = {}
+        self.maps: set[int] = set()    # the map indices folded in
+        self.parts: list[dict] | None = None   # once sealed: groups split by partition
+        self.touched = time.monotonic()
+
+    def part(self, partition: int, maps: set[int]) -> dict | None:
+        """Partition p (not to be changed) if this bucket holds exactly the map outputs
+        `maps`; the first call seals the bucket."""
+        with self.lock:
+            if self.parts is None:
+                self.parts, self.groups = _partition(self.groups, self.partitions), {}
+            self.touched = time.monotonic()
+            return self.parts[partition] if self.maps == maps else None
+
+
 class _Store:
     """This process's map outputs and the server that hands them to reduce tasks."""
 
     def __init__(self) -> None:
-        self.data: dict[tuple[str, int], tuple[float, list[bytes]]] = {}
+        self.buckets: dict[tuple[str, int], _Bucket] = {}
         self.lock = threading.Lock()
         self.endpoint: str | None = None
 
-    def put(self, sid: str, map_index: int, parts: list[bytes]) -> str:
+    def bucket(self, sid: str, number: int, partitions: int, combined: bool) -> _Bucket:
         now = time.monotonic()
         with self.lock:
-            for k in [k for k, (t, _) in self.data.items() if now - t > STORE_TTL_S]:
-                del self.data[k]
-            self.data[(sid, map_index)] = (now, parts)
+            for k in [k for k, b in self.buckets.items() if now - b.touched > STORE_TTL_S]:
+                del self.buckets[k]
             if self.endpoint is None:
                 self._start_server()
-        return self.endpoint
+            return self.buckets.setdefault((sid, number), _Bucket(partitions, combined))
 
-    def get(self, sid: str, map_index: int, partition: int) -> bytes | None:
-        entry = self.data.get((sid, map_index))
-        return entry[1][partition] if entry is not None else None
+    def part(self, sid: str, number: int, partition: int, maps: set[int]
+             ) -> tuple[bool, dict] | None:
+        """(combined, partition p of a bucket), or None if it does not hold exactly `maps`."""
+        bucket = self.buckets.get((sid, number))
+        part = bucket.part(partition, maps) if bucket is not None else None
+        return None if part is None else (bucket.combined, part)
 
     def drop(self, sid: str) -> int:
         with self.lock:
-            keys = [k for k in self.data if k[0] == sid]
+            keys = [k for k in self.buckets if k[0] == sid]
             for k in keys:
-                del self.data[k]
+                del self.buckets[k]
         return len(keys)
 
     def _start_server(self) -> None:
@@ -103,14 +129,14 @@ class _Store:
             peer, *frames = sock.recv_multipart(copy=False)
             try:
                 header, _ = protocol.decode(signer, frames)
-                sid, m, p = str(header["s"]), int(header["m"]), int(header["p"])
-            except (ProtocolError, KeyError, TypeError, ValueError):
+                sid, b, p = str(header["s"]), int(header["b"]), int(header["p"])
+                maps = {int(m) for m in header["m"]}
+                found = self.part(sid, b, p, maps)
+            except (ProtocolError, KeyError, TypeError, ValueError, IndexError):
                 continue   # unsigned or malformed: no answer
-            data = self.get(sid, m, p)
-            reply = {"t": "part", "s": sid, "m": m, "p": p, "ok": data is not None}
-            sock.send_multipart([peer, *protocol.encode(signer, reply,
-                                                        [data] if data is not None else [])],
-                                copy=False)
+            payload = [cloudpickle.dumps(found, protocol=5)] if found is not None else []
+            reply = {"t": "part", "s": sid, "b": b, "p": p, "ok": found is not None}
+            sock.send_multipart([peer, *protocol.encode(signer, reply, payload)], copy=False)
 
 
 _store = _Store()
@@ -135,11 +161,11 @@ def drop(sid: str) -> int:
 
 
 class MapOutcome:
-    """Where a map task left its output: endpoint, worker id, bytes per partition; and the
-    records that failed as (index, repr, captured traceback)."""
+    """Where a map task left its output: the data server's endpoint, the worker's id, the
+    bucket it folded into; and the records that failed as (index, repr, captured traceback)."""
 
-    def __init__(self, endpoint: str, worker: str, sizes: list[int], errors: list):
-        self.endpoint, self.worker, self.sizes, self.errors = endpoint, worker, sizes, errors
+    def __init__(self, endpoint: str, worker: str, bucket: int, errors: list):
+        self.endpoint, self.worker, self.bucket, self.errors = endpoint, worker, bucket, errors
 
 
 class ReduceOutcome:
@@ -150,68 +176,53 @@ class ReduceOutcome:
 
 
 class Missing:
-    """A reduce task could not fetch these map outputs: {map index: endpoint it tried}."""
+    """A reduce task could not fetch these map outputs: {map index: (endpoint, bucket)}."""
 
-    def __init__(self, where: dict[int, str]):
+    def __init__(self, where: dict[int, tuple[str, int]]):
         self.where = where
 
 
 class MapTask:
-    """Runs the mapper over a chunk of records, combines, partitions and keeps the output."""
+    """Runs the mapper over a chunk of records and folds the pairs (combined, when there is a
+    combiner) into this worker's bucket of the shuffle."""
 
     def __init__(self, sid: str, mapper: Callable, combiner: Callable | None, partitions: int):
         self.sid, self.mapper, self.combiner, self.partitions = sid, mapper, combiner, partitions
 
-    def __call__(self, map_index: int, start: int, records: list) -> MapOutcome:
-        outputs, errors = [], []
-        for pos, record in enumerate(records):
-            try:
-                out = self.mapper(record)
-                outputs.append(out if isinstance(out, Mapping) else list(out))
-            except Exception as e:
-                errors.append((start + pos, serialize.describe(record), tracebacks.capture(e)))
-        if self.combiner is not None and all(isinstance(o, Mapping) for o in outputs):
-            groups, combined = _fold_mappings(outputs, self.combiner), True
-        else:
-            groups, combined = _group_pairs(outputs, self.combiner), False
-        frames = [cloudpickle.dumps((combined, part), protocol=5) if part else b""
-                  for part in _partition(groups, self.partitions)]
-        endpoint = _store.put(self.sid, map_index, frames)
-        return MapOutcome(endpoint, runtime.WORKER.get("id", "?"), [len(f) for f in frames],
-                          errors)
+    def __call__(self, map_index: int, bucket: int, start: int, records: list) -> MapOutcome:
+        into = _store.bucket(self.sid, bucket, self.partitions, self.combiner is not None)
+        errors = []
+        with into.lock:
+            if into.parts is not None:
+                raise NBClusterError(f"map output {map_index} came after its bucket was sent")
+            for pos, record in enumerate(records):
+                try:
+                    _fold(into.groups, self.mapper(record), self.combiner)
+                except Exception as e:
+                    errors.append((start + pos, serialize.describe(record), tracebacks.capture(e)))
+            into.maps.add(map_index)
+        return MapOutcome(_store.endpoint, runtime.WORKER.get("id", "?"), bucket, errors)
 
 
-def _group_pairs(outputs: list, combine: Callable | None) -> dict[Any, list]:
-    """{key: [values]} of all (key, value) pairs (or mappings) in outputs, combined."""
-    groups: dict[Any, list] = {}
+def _fold(groups: dict, output: Any, combine: Callable | None) -> None:
+    """Folds a mapper's output ((key, value) pairs or a mapping) into groups: {key: combined
+    value} with a combiner, else {key: [values]}. A plain loop with a bound dict.get beats
+    set and comprehension tricks here (0.25 us a key against 0.6)."""
+    items = output.items() if isinstance(output, Mapping) else output
     get = groups.get
-    for out in outputs:
-        for k, v in (out.items() if isinstance(out, Mapping) else out):
+    if combine is sum:   # the common case, without a call per key
+        for k, v in items:
+            groups[k] = get(k, 0) + v
+    elif combine is not None:
+        for k, v in items:
+            groups[k] = combine([groups[k], v]) if k in groups else v
+    else:
+        for k, v in items:
             values = get(k)
             if values is None:
                 groups[k] = [v]
             else:
                 values.append(v)
-    if combine is not None:
-        for k, values in groups.items():
-            if len(values) > 1:
-                groups[k] = [combine(values)]
-    return groups
-
-
-def _fold_mappings(outputs: list[Mapping], combine: Callable) -> dict:
-    """{key: combined value} of mappings: C-level dict updates do most of the merging, which
-    is several times faster than grouping pair by pair."""
-    acc: dict = {}
-    for out in outputs:
-        common = acc.keys() & out.keys()
-        if combine is sum:   # the common case, without a call per key
-            merged = {k: acc[k] + out[k] for k in common}
-        else:
-            merged = {k: combine([acc[k], out[k]]) for k in common}
-        acc.update(out)
-        acc.update(merged)
-    return acc
 
 
 def _partition(groups: dict, n: int) -> list[dict]:
@@ -223,35 +234,40 @@ def _partition(groups: dict, n: int) -> list[dict]:
         hashes = list(map(zlib.crc32, map(str.encode, keys)))
     except (TypeError, UnicodeEncodeError):
         hashes = list(map(stable_hash, keys))
-    slots = [h % n for h in hashes]
-    parts = []
-    for p in range(n):   # all at C speed: no Python code runs per key
-        mine = list(itertools.compress(keys, map(p.__eq__, slots)))
-        parts.append(dict(zip(mine, map(groups.__getitem__, mine))))
+    parts: list[dict] = [{} for _ in range(n)]
+    for k, v, h in zip(keys, groups.values(), hashes):   # a plain loop: 3x faster than
+        parts[h % n][k] = v                               # itertools.compress per part
     return parts
 
 
 class ReduceTask:
-    """Fetches one partition from every map output that has some of it, and reduces it."""
+    """Fetches one partition from every bucket that holds map outputs, and reduces it."""
 
     def __init__(self, sid: str, reducer: Callable):
         self.sid, self.reducer = sid, reducer
 
-    def __call__(self, partition: int, sources: list[tuple[str, int]]) -> ReduceOutcome | Missing:
-        blobs, missing = _fetch(self.sid, partition, sources)
+    def __call__(self, partition: int, sources: list[tuple[str, int, list[int]]]
+                 ) -> ReduceOutcome | Missing:
+        """sources: (endpoint, bucket, the map indices it holds) for every bucket."""
+        parts, missing = _fetch(self.sid, partition, sources)
         if missing:
-            return Missing({m: e for e, m in sources if m in missing})
-        parts = [pickle.loads(blob) for blob in blobs]
+            return Missing({m: (sources[i][0], sources[i][1]) for i in missing
+                            for m in sources[i][2]})
         if self.reducer is sum and all(combined for combined, _ in parts):
-            # sum of one key's combined values, folded dict by dict (see _fold_mappings)
-            return ReduceOutcome(_fold_mappings([part for _, part in parts], sum), [])
+            # fold into a part fetched from another worker (a private copy), else into a copy
+            private = [i for i, (_, part) in enumerate(parts) if isinstance(part, dict)]
+            results: dict = (parts.pop(private[0])[1] if private
+                             else dict(parts.pop(0)[1]) if parts else {})
+            for _, part in parts:
+                _fold(results, part, sum)
+            return ReduceOutcome(results, [])
         groups: dict[Any, list] = {}
         get = groups.get
         for combined, part in parts:
             for k, v in part.items():
                 have = get(k)
                 if have is None:
-                    groups[k] = [v] if combined else v
+                    groups[k] = [v] if combined else list(v)
                 elif combined:
                     have.append(v)
                 else:
@@ -266,35 +282,37 @@ class ReduceTask:
         return ReduceOutcome(results, errors)
 
 
-def _fetch(sid: str, partition: int, sources: list[tuple[str, int]]) -> tuple[list, list[int]]:
-    """The pickled partition from each (endpoint, map_index), and the map indices that could
-    not be fetched."""
-    blobs: list = []
-    wanted: dict[str, set[int]] = {}
-    for endpoint, m in sources:
+def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
+           ) -> tuple[list[tuple[bool, dict]], list[int]]:
+    """(combined, partition) from each source (this process's own as a read-only view), and
+    the positions in sources of those that could not be fetched."""
+    parts: list = []
+    wanted: dict[str, dict[int, int]] = {}   # endpoint -> {bucket: position in sources}
+    for i, (endpoint, bucket, maps) in enumerate(sources):
         if endpoint == _store.endpoint:
-            data = _store.get(sid, m, partition)
-            if data is None:
-                return [], [m]
-            blobs.append(data)
+            found = _store.part(sid, bucket, partition, set(maps))
+            if found is None:
+                return [], [i]
+            parts.append((found[0], MappingProxyType(found[1])))   # read-only: not a copy
         else:
-            wanted.setdefault(endpoint, set()).add(m)
+            wanted.setdefault(endpoint, {})[bucket] = i
     if not wanted:
-        return blobs, []
+        return parts, []
     signer = protocol.Signer(runtime.worker_key())
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
-    peers: dict[Any, tuple[str, Any]] = {}   # socket -> (endpoint, its monitor)
+    peers: dict[Any, tuple[str, Any]] = {}   # socket -> (endpoint, its DEALER socket)
     missing: list[int] = []
     try:
-        for endpoint, maps in wanted.items():
+        for endpoint, buckets in wanted.items():
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
             monitor = sock.get_monitor_socket(_FAILED)
             sock.connect(endpoint)
-            for m in maps:
-                sock.send_multipart(protocol.encode(
-                    signer, {"t": "fetch", "s": sid, "m": m, "p": partition}))
+            for bucket, i in buckets.items():
+                sock.send_multipart(protocol.encode(signer, {
+                    "t": "fetch", "s": sid, "b": bucket, "p": partition,
+                    "m": list(sources[i][2])}))
             poller.register(sock, zmq.POLLIN)
             poller.register(monitor, zmq.POLLIN)
             peers[sock] = peers[monitor] = (endpoint, sock)
@@ -308,24 +326,24 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int]]) -> tuple[li
                 endpoint, sock = peers[s]
                 if s is not sock:   # the monitor: the peer refused or dropped us
                     recv_monitor_message(s)
-                    missing += wanted.pop(endpoint, ())
-                    wanted[endpoint] = set()
+                    missing += wanted.pop(endpoint, {}).values()
+                    wanted[endpoint] = {}
                     continue
                 frames = sock.recv_multipart(copy=False)
                 try:
                     header, payload = protocol.decode(signer, frames, max_bytes=MAX_PART_BYTES)
                 except ProtocolError:
                     continue
-                m = header.get("m")
-                if m in wanted.get(endpoint, ()):
-                    wanted[endpoint].discard(m)
-                    if header.get("ok") and payload:
-                        blobs.append(payload[0].buffer)
-                    else:
-                        missing.append(m)
-        for maps in wanted.values():
-            missing += maps
+                i = wanted.get(endpoint, {}).pop(header.get("b"), None)
+                if i is None:
+                    continue
+                if header.get("ok") and payload:
+                    parts.append(pickle.loads(payload[0].buffer))
+                else:
+                    missing.append(i)
+        for buckets in wanted.values():
+            missing += buckets.values()
     finally:
         for s in peers:
             s.close(linger=0)
-    return blobs, sorted(set(missing))
+    return parts, sorted(set(missing))

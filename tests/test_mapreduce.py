@@ -129,7 +129,10 @@ def test_map_outputs_lost_with_their_worker_are_computed_again():
         kill_worker(cluster, victim, client=client)
         wait_for(lambda: victim not in {w["id"] for w in client.workers()},
                  what="the broker noticed the dead worker")
-        assert dict(job._reduce_phase(live)) == serial_count(FILES[:60])
+        results = {}
+        for part in job._reduce_phase(live):
+            results.update(part)
+        assert results == serial_count(FILES[:60])
         assert job.recomputes == holders[victim]
 
 
@@ -139,11 +142,29 @@ def test_a_fetch_from_a_dead_worker_fails_fast_and_names_the_output(client):
     pid = [w["pid"] for w in client.workers() if w["id"] == outcome.worker][0]
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
-    missing = client.submit(ReduceTask("sid1", sum), 0, [(outcome.endpoint, 7)]).result(30)
-    assert isinstance(missing, Missing) and missing.where == {7: outcome.endpoint}
+    missing = client.submit(ReduceTask("sid1", sum), 0,
+                            [(outcome.endpoint, outcome.bucket, [7])]).result(30)
+    assert isinstance(missing, Missing) and missing.where == {7: (outcome.endpoint, 0)}
     assert time.monotonic() - t0 < 10
 
 
 def _store_something(sid):
     from nbcluster.shuffle import MapTask
-    return MapTask(sid, lambda x: {x: 1}, None, 1)(7, 0, ["a", "b"])
+    return MapTask(sid, lambda x: {x: 1}, None, 1)(7, 0, 0, ["a", "b"])
+
+
+def test_a_bucket_holding_other_map_outputs_than_expected_is_refused(client):
+    # as when a map task ran twice: its output must not be counted twice
+    got = client.submit(_store_two_and_reduce, "sid2").result(30)
+    assert isinstance(got["one"], Missing) and got["one"].where == {7: (got["endpoint"], 0)}
+    assert got["both"].results == {"a": 2, "b": 1}
+
+
+def _store_two_and_reduce(sid):
+    from nbcluster.shuffle import MapTask
+    task = MapTask(sid, lambda x: {x: 1}, sum, 1)
+    where = task(7, 0, 0, ["a", "b"])
+    task(8, 0, 2, ["a"])
+    reduce = ReduceTask(sid, sum)
+    return {"endpoint": where.endpoint, "one": reduce(0, [(where.endpoint, 0, [7])]),
+            "both": reduce(0, [(where.endpoint, 0, [7, 8])])}
