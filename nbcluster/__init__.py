@@ -13,6 +13,7 @@ from .errors import (AuthenticationError, NBClusterError, PicklingError, Protoco
                      RemoteError, RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
 from .executor import Executor
 from .futures import TaskFuture
+from .bars import progress
 from .local import LocalCluster
 from .mapreduce import MapReduce, map_reduce
 from .mirror import Mirror, mirror
@@ -25,10 +26,22 @@ __all__ = [
     "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
     "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
-    "Mirror", "mirror",
+    "Mirror", "mirror", "progress", "panel",
 ]
 
 
-def load_ipython_extension(ipython):  # pragma: no cover - the notebook layer comes later
-    """`%load_ext nbcluster` (the notebook layer is not built yet)."""
-    raise ImportError("nbcluster's notebook integration is not available yet")
+def load_ipython_extension(ipython):
+    """`%load_ext nbcluster`: the magics %cluster, %%cluster and %pmap (see nbcluster.notebook)."""
+    from .notebook import load_ipython_extension as load
+    load(ipython)
+
+
+def unload_ipython_extension(ipython):
+    from .notebook import unload_ipython_extension as unload
+    unload(ipython)
+
+
+def panel(client=None):
+    """A live panel of the cluster's workers (in a notebook)."""
+    from .notebook import panel as make_panel
+    return make_panel(client)

@@ -210,9 +210,20 @@ class Client:
     def broadcast_futures(self, fn: Callable, *args, **kwargs) -> dict[str, TaskFuture]:
         """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
         that has this client's labels."""
+        return self.submit_to([w["id"] for w in self.workers()
+                               if set(self.labels) <= set(w.get("labels", ()))], fn, *args, **kwargs)
+
+    def submit_to(self, worker_ids: Iterable[str], fn: Callable, *args, **kwargs
+                  ) -> dict[str, TaskFuture]:
+        """Run fn(*args, **kwargs) once on each of these workers: {worker_id: future}. A task
+        whose worker is gone fails with WorkerLost (it does not move to another worker).
+
+        Raises:
+            PicklingError: fn or an argument cannot be pickled (nothing was sent).
+        """
         fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
-        return {w["id"]: self._submit_frames([fn_frame, *arg_frames], None, w["id"], 0)
-                for w in self.workers() if set(self.labels) <= set(w.get("labels", ()))}
+        return {wid: self._submit_frames([fn_frame, *arg_frames], None, wid, 0)
+                for wid in worker_ids}
 
     def cancel(self, futures: TaskFuture | Iterable[TaskFuture]) -> int:
         """Cancel tasks (queued ones are dropped, running ones interrupted); returns how many."""

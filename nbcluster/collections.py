@@ -25,7 +25,7 @@ from . import tracebacks
 from .client import Client
 from .errors import RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures
 from .futures import TaskFuture
-from .progress import progress_bar
+from .bars import progress_bar
 from .session import current_client
 
 __all__ = ["Parallel", "parallel", "RunStats", "pmap", "pmap_indexed", "pfilter", "preject",
@@ -120,20 +120,28 @@ class _Run:
         self.sizer = _ChunkSizer(source.chunksize, n_workers, self.total)
         self.window = CHUNKS_IN_FLIGHT * n_workers
         self.labels, self.retries = source.labels, source.retries
-        self.bar = progress_bar(self.total, desc, source.progress)
+        self.bar = progress_bar(self.total, desc, source.progress, cancel=self.cancel)
         self.errors: list[BaseException] = []
+        self.inflight: dict[TaskFuture, tuple[int, int]] = {}   # future -> (chunk number, size)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the run (from another thread, e.g. a progress bar's button): the chunks in
+        flight are cancelled and the terminal step raises TaskCancelled."""
+        self.cancelled = True
+        self.client.cancel(list(self.inflight))
 
     def outcomes(self, stop_early: bool = False) -> Iterator[pl.ChunkOutcome]:
         """Outcomes of all chunks in input order; with stop_early, ends at the first chunk
         that decided an any/all/none (in completion order) and cancels the rest."""
-        inflight: dict[TaskFuture, tuple[int, int]] = {}   # future -> (chunk number, size)
+        inflight = self.inflight
         done: dict[int, pl.ChunkOutcome] = {}
         sent = next_chunk = next_out = 0
         exhausted = False
         started = time.perf_counter()
         try:
             while True:
-                while not exhausted and len(inflight) < self.window:
+                while not exhausted and not self.cancelled and len(inflight) < self.window:
                     size = self.sizer.next_size(sent)
                     chunk = list(itertools.islice(self.items, size))
                     if not chunk:
@@ -151,6 +159,10 @@ class _Run:
                     break
                 finished, _ = concurrent.futures.wait(
                     list(inflight), return_when=concurrent.futures.FIRST_COMPLETED)
+                if self.cancelled:
+                    raise TaskCancelled(f"cancelled after {self.stats.elements} of "
+                                        f"{self.total if self.total is not None else '?'} "
+                                        "elements")
                 now = time.perf_counter()
                 for fut in finished:
                     number, n = inflight.pop(fut)
@@ -190,7 +202,10 @@ class _Run:
             err = tracebacks.rebuild(data)
             err.index, err.item = index, item
             self.errors.append(err)
-        self.bar.update(done=outcome.n - len(outcome.errors), failed=len(outcome.errors))
+        cost = self.sizer.task_cost_s
+        self.bar.update(done=outcome.n - len(outcome.errors), failed=len(outcome.errors),
+                        running=sum(size for _, size in self.inflight.values()),
+                        overhead=cost / (cost + (fut.duration or 0.0)))
         return outcome
 
     def raise_errors(self) -> None:

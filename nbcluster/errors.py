@@ -91,6 +91,11 @@ class RemoteError(NBClusterError):
         text = f"{head}\n\nRemote traceback ({self.where()}):\n{self.traceback}"
         return text.rstrip("\n")
 
+    def explore(self) -> None:
+        """Show this failure: its frames and their locals (a widget in a notebook)."""
+        from .report import explore
+        explore(self)
+
     def __reduce__(self):
         return (_rebuild_remote_error, (self.type_name, self.message, self.traceback,
                                         self.frames, self.worker, self.index, self.item))
@@ -110,6 +115,12 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup):
 
     def __new__(cls, message: str, exceptions):
         return super().__new__(cls, message, exceptions)
+
+    def explore(self) -> None:
+        """Show the failures grouped by signature, each with its frames and their locals
+        (a widget in a notebook)."""
+        from .report import explore
+        explore(self)
 
     def derive(self, excs):
         return RemoteErrorGroup(self.message, excs)

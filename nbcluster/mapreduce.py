@@ -32,7 +32,7 @@ from .chunks import auto_chunksize
 from .client import Client
 from .errors import NBClusterError, RemoteErrorGroup, summarize_failures
 from .futures import TaskFuture
-from .progress import progress_bar
+from .bars import progress_bar
 from .session import current_client
 
 __all__ = ["MapReduce", "map_reduce"]

@@ -6,16 +6,29 @@ function) reads it. It imports nothing from nbcluster, so any layer may use it.
 
 from __future__ import annotations
 
-__all__ = ["WORKER", "worker_key", "broker_endpoint", "in_worker"]
+__all__ = ["WORKER", "worker_key", "broker_endpoint", "in_worker", "emit"]
 
 WORKER: dict = {}   # id, host and pid of this process once it is a worker
 _KEY: list[bytes] = []
 _BROKER: list[str] = []
+_EMIT: list = []    # the worker's callable(stream, text) that sends output of the running task
 
 
 def set_worker(key: bytes, endpoint: str) -> None:
     """Called by the worker when it starts."""
     _KEY[:], _BROKER[:] = [key], [endpoint]
+
+
+def set_emitter(emit) -> None:
+    """Called by the worker: emit(stream, text) sends output tagged with the running task."""
+    _EMIT[:] = [emit]
+
+
+def emit(stream: str, text: str) -> None:
+    """Send output of the running task to its client as `stream` (e.g. "display", with a
+    JSON mimebundle as text); outside a worker it goes nowhere."""
+    if _EMIT:
+        _EMIT[0](stream, text)
 
 
 def in_worker() -> bool:

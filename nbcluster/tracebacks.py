@@ -7,6 +7,7 @@ import pickle
 import reprlib
 import sys
 import traceback
+import types
 from typing import Any
 
 from .errors import RemoteError, RemoteFrame
@@ -31,16 +32,28 @@ def _safe_repr(value: Any) -> str:
 
 
 
+_SHELL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}   # IPython's own
+HIDDEN_FILES: set[str] = set()   # plumbing whose outer frames a user need not see
+
+
 def capture(exc: BaseException, skip: int = 0) -> dict:
-    """Plain, picklable data describing exc and its traceback (skipping `skip` outer frames)."""
+    """Plain, picklable data describing exc and its traceback (skipping `skip` outer frames,
+    then outer frames of HIDDEN_FILES)."""
     tb = exc.__traceback__
     for _ in range(skip):
         if tb is not None and tb.tb_next is not None:
             tb = tb.tb_next
+    while tb is not None and tb.tb_next is not None and \
+            tb.tb_frame.f_code.co_filename in HIDDEN_FILES:
+        tb = tb.tb_next
     frames = []
     for frame, lineno in list(traceback.walk_tb(tb))[-MAX_FRAMES:]:
         code = frame.f_code
-        local_items = list(frame.f_locals.items())[:MAX_LOCALS]
+        local_items = list(frame.f_locals.items())
+        if code.co_name == "<module>":   # a module's or a cell's globals: only the user's names
+            local_items = [(k, v) for k, v in local_items if not k.startswith("_")
+                           and k not in _SHELL_NAMES and not isinstance(v, types.ModuleType)]
+        local_items = local_items[:MAX_LOCALS]
         frames.append(RemoteFrame(code.co_filename, lineno, code.co_name,
                                   _source_line(code.co_filename, lineno, frame.f_globals),
                                   {k: _safe_repr(v) for k, v in local_items}))

@@ -48,6 +48,9 @@ RESULT_BATCH_S = 0.002      # results of tiny tasks are sent together at least t
 _MAX_ATTEMPTS = 16          # a cancelled task is skipped whatever attempt it arrives as
 
 
+_TEXT_STREAMS = ("stdout", "stderr")   # consecutive text of one stream is sent as one item
+
+
 class _Output:
     """Captured task output waiting to be sent: [gid, attempt, stream, text] items."""
 
@@ -62,7 +65,7 @@ class _Output:
             if self.size > OUTPUT_CHUNK_MAX:
                 self.dropped += len(text)
                 return
-            if self.items and self.items[-1][:3] == [*tag, stream]:
+            if self.items and self.items[-1][:3] == [*tag, stream] and stream in _TEXT_STREAMS:
                 self.items[-1][3] += text
             else:
                 self.items.append([*tag, stream, text])
@@ -137,6 +140,7 @@ class Worker:
         """Start the I/O thread and run tasks until stopped."""
         sys.stdout = _TaskStream(self, "stdout", sys.__stdout__)
         sys.stderr = _TaskStream(self, "stderr", sys.__stderr__)
+        runtime.set_emitter(self._emit)
         threading.Thread(target=self._io_loop, name="nbcluster-io", daemon=True).start()
         poller = zmq.Poller()
         poller.register(self.task_sock, zmq.POLLIN)
@@ -157,6 +161,11 @@ class Worker:
                 if not self.interrupting:  # a real Ctrl-C, not a cancel that arrived late
                     raise
             self.interrupting = False
+
+    def _emit(self, stream: str, text: str) -> None:
+        tag = self.current_tag
+        if tag is not None:
+            self.output.add(tag, stream, text)
 
     def _on_task_message(self, frames) -> None:
         try:

@@ -17,7 +17,7 @@ def test_exported_names():
         "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
-        "Mirror", "mirror"])
+        "Mirror", "mirror", "progress", "panel"])
     for name in nbcluster.__all__:
         assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
 
@@ -52,3 +52,9 @@ def test_lower_layers_never_import_upward():
     assert imports("pipeline") <= {"serialize", "tracebacks"}
     assert imports("runtime") == set()
     assert imports("shuffle") <= {"protocol", "runtime", "serialize", "tracebacks", "errors"}
+    assert imports("cells") <= {"runtime", "tracebacks"}
+    # only the notebook layer imports IPython's display machinery or ipywidgets
+    for path in PACKAGE.glob("*.py"):
+        text = path.read_text()
+        assert "ipywidgets" not in text and "IPython.display" not in text, path.name
+        assert "from .notebook" not in text or path.name == "__init__.py", path.name

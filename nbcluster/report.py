@@ -1,0 +1,116 @@
+"""Remote failures, grouped and told: what the error explorer shows, as data and as text.
+
+    group_failures(err)   [FailureGroup("KeyError at line 12 of f", errors, workers), ...]
+    text_report(err)      the same as text, with each group's traceback once and its locals
+    explore(err)          shows it: the notebook layer installs a widget, elsewhere text
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["FailureGroup", "failures", "group_failures", "text_report", "explore",
+           "set_viewer"]
+
+
+@dataclass
+class FailureGroup:
+    """Failures that share a signature: exception type and the innermost frame."""
+
+    signature: str
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def workers(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for e in self.errors:
+            wid = (getattr(e, "worker", None) or {}).get("id")
+            seen.update((w, None) for w in ([wid] if wid else getattr(e, "lost_on", [])))
+        return list(seen)
+
+    @property
+    def title(self) -> str:
+        n, w = len(self.errors), len(self.workers)
+        return f"{n} x {self.signature}, on {w} worker{'s' if w != 1 else ''}"
+
+
+def failures(error: BaseException) -> list[BaseException]:
+    """The single failures inside error (itself, or the leaves of an exception group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in failures(e)]
+    return [error]
+
+
+def signature(error: BaseException) -> str:
+    kind = getattr(error, "short_type", type(error).__name__)
+    frames = getattr(error, "frames", None)
+    if frames:
+        f = frames[-1]
+        return f"{kind} at line {f.lineno} of {f.name} ({_short(f.filename)})"
+    return kind
+
+
+def group_failures(error: BaseException) -> list[FailureGroup]:
+    """Failures grouped by signature, the biggest group first."""
+    groups: dict[str, FailureGroup] = {}
+    for e in failures(error):
+        sig = signature(e)
+        groups.setdefault(sig, FailureGroup(sig)).errors.append(e)
+    return sorted(groups.values(), key=lambda g: -len(g.errors))
+
+
+def failure_title(error: BaseException) -> str:
+    """One line naming one failure: its element or key, and its worker."""
+    parts = []
+    if getattr(error, "index", None) is not None:
+        parts.append(f"element {error.index}: {getattr(error, 'item', '')}")
+    w = getattr(error, "worker", None) or {}
+    if w:
+        parts.append(f"on {w.get('id', '?')} ({w.get('host', '?')}, pid {w.get('pid', '?')})")
+    elif getattr(error, "lost_on", None):
+        parts.append(f"lost on {', '.join(error.lost_on)}")
+    return " ".join(parts) or str(error).splitlines()[0]
+
+
+def text_report(error: BaseException, max_failures: int = 5) -> str:
+    """The groups, each group's remote traceback once, and the innermost frame's locals."""
+    lines = [str(error).splitlines()[0] if isinstance(error, BaseExceptionGroup)
+             else f"{getattr(error, 'short_type', type(error).__name__)}: "
+                  f"{getattr(error, 'message', error)}"]
+    for group in group_failures(error):
+        lines += ["", f"== {group.title}"]
+        lines += [f"   {failure_title(e)}" for e in group.errors[:max_failures]]
+        if len(group.errors) > max_failures:
+            lines.append(f"   ... and {len(group.errors) - max_failures} more")
+        first = group.errors[0]
+        tb = getattr(first, "traceback", "")
+        if tb:
+            lines += ["", *("   " + line for line in tb.rstrip("\n").splitlines())]
+        frames = getattr(first, "frames", None)
+        if frames and frames[-1].locals:
+            lines.append(f"   locals of {frames[-1].name}:")
+            lines += [f"     {k} = {v}" for k, v in frames[-1].locals.items()]
+    return "\n".join(lines)
+
+
+def _short(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _print_report(error: BaseException) -> None:
+    print(text_report(error))
+
+
+_viewer: list[Callable[[BaseException], None]] = [_print_report]
+
+
+def set_viewer(viewer: Callable[[BaseException], None]) -> None:
+    """Make `explore` show errors with viewer(error) (the notebook layer's widget)."""
+    _viewer[0] = viewer
+
+
+def explore(error: BaseException) -> None:
+    """Show a remote failure (or a group of them): a widget in a notebook, else text."""
+    _viewer[0](error)
