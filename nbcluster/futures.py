@@ -52,8 +52,9 @@ class TaskFuture(concurrent.futures.Future):
         return True
 
     def _cancel_locally(self) -> bool:
-        """Cancel and notify waiters at once (`wait`/`as_completed` see it as done)."""
-        if not super().cancel():
+        """Cancel and notify waiters at once (`wait`/`as_completed` see it as done); False if
+        it was done or cancelled already."""
+        if self.cancelled() or not super().cancel():
             return False
         self.set_running_or_notify_cancel()
         return True

@@ -1,0 +1,169 @@
+"""The magics in a real kernel (nbclient), and in terminal IPython: values, live output,
+errors. Every notebook here starts its own cluster with %cluster start and stops it."""
+
+import json
+import subprocess
+import sys
+import time
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class TimedClient(NotebookClient):
+    """Records (arrival time, cell index, message) of every iopub message."""
+
+    def __init__(self, nb, **kw):
+        super().__init__(nb, **kw)
+        self.messages: list[tuple[float, int, dict]] = []
+        self.cell_done: dict[int, float] = {}
+
+    def process_message(self, msg, cell, cell_index):
+        self.messages.append((time.monotonic(), cell_index, msg))
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            self.cell_done[cell_index] = time.monotonic()
+        return super().process_message(msg, cell, cell_index)
+
+
+def run(cells: list[str]) -> tuple[nbformat.NotebookNode, TimedClient]:
+    sources = ["%load_ext nbcluster\n%cluster start -n 2", *cells, "%cluster stop"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources])
+    client = TimedClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
+    client.execute()
+    assert "stopped" in text(nb.cells[-1])
+    return nb, client
+
+
+def text(cell) -> str:
+    parts = []
+    for out in cell.outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+        elif out.output_type == "error":
+            parts.append("\n".join(out.traceback))
+    return "".join(parts)
+
+
+def html(cell) -> str:
+    return "".join(o.data.get("text/html", "") for o in cell.outputs
+                   if o.output_type in ("display_data", "execute_result"))
+
+
+def test_cluster_cell_push_pull_and_pmap_values():
+    nb, _ = run([
+        "%%cluster\nimport os\nprint('pid', os.getpid())\nanswer = 6 * 7\nanswer",
+        "factor = 3\n%cluster push factor",
+        "pulled = %cluster pull answer factor\nprint(sorted(pulled.items()))",
+        "r = %pmap lambda v: v * factor  range(8)\nprint(r)",
+        "%%cluster --targets 1\nprint('only me')",
+        "%%cluster --targets w1,w2 --labels nosuchlabel\nprint('nobody')",
+    ])
+    c = nb.cells
+    assert "started a local cluster of 2 workers" in text(c[0])
+    out = text(c[1])
+    assert "[w1]" in out and "[w2]" in out and out.count("42") == 2 and out.count("pid") == 2
+    assert "<details" in html(c[1]) and "Out[1]" in html(c[1])
+    assert "pushed factor to 2 worker(s)" in text(c[2])
+    pulled = text(c[3])
+    for w in ("w1", "w2"):
+        assert f"('{w}', {{'answer': 42, 'factor': 3}})" in pulled
+    assert "[0, 3, 6, 9, 12, 15, 18, 21]" in text(c[4])
+    assert text(c[5]).count("only me") == 1
+    assert [o.ename for o in c[6].outputs if o.output_type == "error"] == ["ValueError"]
+
+
+def test_output_arrives_while_the_cell_runs():
+    nb, client = run(["%%cluster\nimport time\nprint('first line')\ntime.sleep(3)\n"
+                      "print('second line')"])
+    arrivals = [t for t, i, m in client.messages if i == 1 and "first line" in json.dumps(
+        m["content"])]
+    assert arrivals, "the first line never arrived"
+    assert client.cell_done[1] - arrivals[0] > 2.0, "the first line came only at the end"
+    assert "second line" in text(nb.cells[1])
+
+
+def test_rich_display_from_workers():
+    nb, _ = run(["%%cluster\nfrom IPython.display import display, HTML\n"
+                 "display(HTML('<b class=\"from-worker\">bold</b>'))\nprint('after')"])
+    assert html(nb.cells[1]).count('<b class="from-worker">bold</b>') == 2
+
+
+def test_a_failing_cell_shows_each_failure_once_and_the_explorer():
+    nb, _ = run(["%%cluster\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)",
+                 "%cluster debug"])
+    cell = nb.cells[1]
+    [error] = [o for o in cell.outputs if o.output_type == "error"]
+    report = "\n".join(error.traceback)
+    assert error.ename == "RemoteErrorGroup"
+    assert "2 x ZeroDivisionError at line 3 of f" in report and "on 2 workers" in report
+    assert report.count("return b / 0") == 1          # one traceback for the group
+    assert "b = 42" in report                          # the innermost frame's locals
+    widgets = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" in o.get(
+        "data", {})]
+    assert any("ErrorExplorer" in o.data["text/plain"] for o in widgets)
+    assert "ErrorExplorer" in text(nb.cells[2])
+
+
+def test_terminal_ipython_prints_worker_lines(tmp_path):
+    script = tmp_path / "session.ipy"
+    script.write_text("%load_ext nbcluster\n%cluster start -n 2\n"
+                      "get_ipython().run_cell_magic('cluster', '', 'print(\"hello from\", 6 * 7)')\n"
+                      "r = %pmap abs  [-1, -2]\nprint('pmap', r)\n%cluster status\n%cluster stop\n")
+    out = subprocess.run([sys.executable, "-m", "IPython", "--no-banner", "--quick",
+                          "--colors=NoColor", str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "[w1] hello from 42" in out.stdout and "[w2] hello from 42" in out.stdout
+    assert "pmap [1, 2]" in out.stdout and "2 workers, 0 queued" in out.stdout
+
+
+def widget_states(nb) -> list[dict]:
+    states = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    return [m["state"] | {"_model": m["model_name"]} for m in states.values()]
+
+
+def test_progress_widget_reaches_the_total_without_flooding():
+    nb, client = run(["import time\ndef slow(v):\n    time.sleep(0.02)\n    return v\n"
+                      "t0 = time.monotonic()\nr = %pmap slow  range(150)\n"
+                      "print(len(r), 'in', round(time.monotonic() - t0, 1), 's')"])
+    assert "150 in" in text(nb.cells[1])
+    bars = [s for s in widget_states(nb) if s["_model"] == "IntProgressModel"]
+    assert [(b["value"], b["max"], b["bar_style"]) for b in bars] == [(150, 150, "success")]
+    labels = [s["value"] for s in widget_states(nb) if s["_model"] == "HTMLModel"]
+    assert any("150/150" in v and "150 done" in v for v in labels)
+    seconds = float(text(nb.cells[1]).split(" in ")[1].split()[0])
+    updates = [m for _, i, m in client.messages if i == 1 and m["msg_type"] == "comm_msg"]
+    assert len(updates) <= 12 * max(seconds, 1) + 10    # throttled to ~10 a second
+
+
+def test_cancel_from_the_bar_stops_the_remaining_tasks():
+    import threading
+
+    import nbcluster
+    from nbcluster import bars
+    from nbcluster.testing import throwaway_cluster, wait_for
+
+    cancels = []
+
+    class Recording(bars._NoBar):
+        def __init__(self, total, desc, cancel=None):
+            cancels.append(cancel)
+
+    bars.set_progress_factory(Recording)
+    try:
+        with throwaway_cluster(2) as cluster:
+            client = cluster.client()
+            threading.Timer(1.0, lambda: cancels[0]()).start()
+            t0 = time.monotonic()
+            with pytest.raises(nbcluster.TaskCancelled):
+                nbcluster.pmap(time.sleep, [0.2] * 200, client=client, chunksize=1)
+            assert time.monotonic() - t0 < 5          # not the 20 s the whole map takes
+            wait_for(lambda: client.status()["running"] == 0 and client.status()["queued"] == 0,
+                     what="the cancelled tasks to leave the cluster")
+    finally:
+        bars.set_progress_factory(bars._Tqdm)
