@@ -1,0 +1,177 @@
+"""What a person sees in JupyterLab, in headless Chromium driven by Playwright: the progress
+bar reaching 100 %, the worker panel following a killed worker, the error explorer showing a
+frame's locals after a click. Screenshots go to test-artifacts/."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+TOKEN = "nbcluster-browser-test"
+
+if not os.path.exists(CHROMIUM) and not os.environ.get("NBCLUSTER_REQUIRE_BROWSER"):
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)",
+                allow_module_level=True)
+from playwright import sync_api as playwright_api  # noqa: E402 - only with a browser
+
+CELLS = [
+    "%load_ext nbcluster\n%cluster start -n 2",
+    "import time\ndef slow(v):\n    time.sleep(0.02)\n    return v\n"
+    "r = %pmap slow  range(200)\nprint('mapped', len(r))",
+    "import nbcluster\nnbcluster.panel()",
+    "from nbcluster.testing import kill_worker\ncluster = get_ipython().magics_manager"
+    ".registry['ClusterMagics'].cluster\nkill_worker(cluster, 'w1', client=cluster.default_client())"
+    "\nprint('killed w1')",
+    "%%cluster --targets 0\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)",
+    "%cluster stop",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, tmp_path / "magics.ipynb")
+    port = free_port()
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
+         "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
+         f"--ServerApp.root_dir={tmp_path}", "--ServerApp.open_browser=False",
+         "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+         "--LabApp.extension_manager=readonly",
+         *(["--allow-root"] if os.geteuid() == 0 else [])],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("JupyterLab did not start:\n"
+                                       + (tmp_path / "lab.log").read_text()[-3000:])
+                time.sleep(0.3)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGINT)   # the server shuts its kernels down, then exits
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_cell(page, index: int, timeout_s: float = 90) -> None:
+    """Select cell `index`, run it with Shift+Enter, wait until its prompt shows a number."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    prompt = cell.locator(".jp-InputArea-prompt")
+    start = time.monotonic()
+    deadline, pressed = start + timeout_s, 0.0
+    while time.monotonic() < deadline:
+        text = prompt.inner_text().strip()
+        if text not in ("", "[ ]:", "[*]:"):
+            return
+        if text in ("", "[ ]:") and time.monotonic() - pressed > 3:
+            # not queued yet (a keypress before the notebook took focus is lost): press
+            cell.locator(".jp-InputArea-editor").click()
+            page.keyboard.press("Shift+Enter")
+            pressed = time.monotonic()
+        time.sleep(0.2)
+    raise TimeoutError(f"cell {index} did not finish: prompt {prompt.inner_text()!r}")
+
+
+def test_progress_panel_and_explorer_in_jupyterlab(lab, request):
+    ARTIFACTS.mkdir(exist_ok=True)
+    shots = ARTIFACTS / request.node.name
+    shutil.rmtree(shots, ignore_errors=True)
+    shots.mkdir()
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{lab}/lab/tree/magics.ipynb?token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
+                                   timeout=60_000)
+            run_cell(page, 0)
+            assert "started a local cluster of 2 workers" in page.locator(
+                ".jp-Cell").nth(0).inner_text()
+
+            run_cell(page, 1)   # the bar appears after 0.5 s and ends full
+            bar = page.locator(".nbcluster-progress").first
+            bar.wait_for(timeout=30_000)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.nbcluster-progress')].some("
+                "b => b.innerText.includes('200/200'))", timeout=30_000)
+            fill = bar.locator(".progress-bar").first
+            width = page.evaluate("e => e.style.width || getComputedStyle(e).width", fill.element_handle())
+            assert width in ("100%", "100.0%") or width.endswith("px"), width
+            if width.endswith("px"):   # computed: compare with the track
+                track = bar.locator(".progress").first.bounding_box()["width"]
+                assert abs(float(width[:-2]) - track) < 2
+            assert "mapped 200" in page.locator(".jp-Cell").nth(1).inner_text()
+            page.screenshot(path=str(shots / "1-progress.png"))
+
+            run_cell(page, 2)
+            panel = page.locator(".nbcluster-panel").first
+            panel.wait_for(timeout=30_000)
+            page.wait_for_function("() => document.querySelector('.nbcluster-panel')"
+                                   ".innerText.includes('2 workers')", timeout=30_000)
+            assert panel.locator("tr[data-worker='w1']").count() == 1
+            page.screenshot(path=str(shots / "2-panel.png"))
+
+            run_cell(page, 3)   # kill w1: its row goes, a replacement joins
+            page.wait_for_function(
+                "() => !document.querySelector(\".nbcluster-panel tr[data-worker='w1']\")",
+                timeout=30_000)
+            page.screenshot(path=str(shots / "3-panel-after-kill.png"))
+
+            run_cell(page, 4)   # a failing cell: report and explorer
+            failing = page.locator(".jp-Cell").nth(4)
+            assert "ZeroDivisionError at line 3 of f" in failing.inner_text()
+            explorer = failing.locator(".nbcluster-explorer")
+            explorer.wait_for(timeout=30_000)
+            frames = explorer.locator("select").nth(2)
+            labels = [o.inner_text() for o in frames.locator("option").all()]
+            outer = next(t for t in labels if t.split()[0] == "<module>")
+            frames.select_option(label=outer)   # click the cell's frame: its locals
+            page.wait_for_function("() => document.querySelector('.nbcluster-frame')"
+                                   ".innerText.includes('f(41)')", timeout=10_000)
+            inner = [t for t in labels if t.split()[0] == "f"]
+            assert inner, labels
+            inner = inner[0]
+            frames.select_option(label=inner)   # then f's frame: a = 41, b = 42
+            page.wait_for_function(
+                "() => { const t = document.querySelector('.nbcluster-frame').innerText;"
+                " return t.includes('return b / 0') && /b\\s+42/.test(t); }", timeout=10_000)
+            page.screenshot(path=str(shots / "4-explorer.png"), full_page=True)
+
+            run_cell(page, 5)
+            assert "stopped" in page.locator(".jp-Cell").nth(5).inner_text()
+        finally:
+            browser.close()
