@@ -2,7 +2,8 @@
 ETA, overhead and a Cancel button.
 
 Updates reach the front end at most every UPDATE_S (a 100k-task map sends ~10 messages a
-second, not 100k), and the bar appears only once an operation has run SHOW_AFTER_S.
+second, not 100k), and the widgets are made only once an operation has run SHOW_AFTER_S, so
+quick operations pay for one empty display and nothing else.
 """
 
 from __future__ import annotations
@@ -32,30 +33,35 @@ class WidgetBar:
         self.started = time.monotonic()
         self._pushed_at = 0.0
         self._lock = threading.Lock()
-        self.bar = widgets.IntProgress(value=0, min=0, max=max(1, total or 1),
+        self.box: widgets.HBox | None = None   # made only once the operation turns out long
+        self.closed = False
+        # A placeholder displayed now, from the cell's own thread: the widget that replaces
+        # it later (from a timer thread) lands under this cell whatever runs meanwhile.
+        self._handle = display({"text/plain": ""}, raw=True, display_id=True)
+        self._timer = threading.Timer(SHOW_AFTER_S, self._show)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _build(self) -> widgets.HBox:
+        self.bar = widgets.IntProgress(value=0, min=0, max=max(1, self.total or 1),
                                        layout=widgets.Layout(width="40%"))
         self.label = widgets.HTML()
         self.button = widgets.Button(description="Cancel", button_style="warning",
                                      layout=widgets.Layout(width="auto"),
                                      tooltip="cancel the tasks not done yet")
         self.button.on_click(self._on_cancel)
-        self.button.layout.display = None if cancel is not None else "none"
-        self.box = widgets.HBox([widgets.HTML(f"<b>{_escape(desc)}</b>&nbsp;"), self.bar,
-                                 self.label, self.button],
-                                layout=widgets.Layout(display="none"))
-        self.box.add_class("nbcluster-progress")
-        # hidden until the operation turns out long; displayed from the cell's own thread
-        self._handle = display(self.box, display_id=True)
-        self._timer = threading.Timer(SHOW_AFTER_S, self._show)
-        self._timer.daemon = True
-        self._timer.start()
-        self.closed = False
+        self.button.layout.display = None if self._cancel is not None else "none"
+        box = widgets.HBox([widgets.HTML(f"<b>{_escape(self.desc)}</b>&nbsp;"), self.bar,
+                            self.label, self.button])
+        box.add_class("nbcluster-progress")
+        return box
 
     def _show(self) -> None:
         with self._lock:
             if not self.closed:
+                self.box = self._build()
                 self._push()
-                self.box.layout.display = "flex"
+                self._handle.update(self.box)
 
     def _on_cancel(self, _button=None) -> None:
         self.button.disabled = True
@@ -72,7 +78,7 @@ class WidgetBar:
                 self.running = running
             if overhead is not None:
                 self.overhead = overhead
-            if time.monotonic() - self._pushed_at >= UPDATE_S and self.box.layout.display != "none":
+            if self.box is not None and time.monotonic() - self._pushed_at >= UPDATE_S:
                 self._push()
 
     def set_description(self, text: str) -> None:
@@ -107,9 +113,7 @@ class WidgetBar:
                 return
             self.closed = True
             self._timer.cancel()
-            if self.box.layout.display == "none":   # quick: never shown, leave nothing
-                self._handle.update({"text/plain": ""}, raw=True)
-                self.box.close()
+            if self.box is None:   # quick: never shown, nothing to finish
                 return
             self._push()
             self.bar.bar_style = "danger" if self.failed else "success"
