@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from . import shuffle, tracebacks
 from .chunks import auto_chunksize
 from .client import Client
-from .errors import NBClusterError, RemoteErrorGroup, summarize_failures
+from .errors import NBClusterError, RemoteErrorGroup, TaskCancelled, summarize_failures
 from .futures import TaskFuture
 from .bars import progress_bar
 from .session import current_client
@@ -173,10 +173,22 @@ class _KeyedJob:
         self.reduce_fn = client.prepare(shuffle.ReduceTask(self.sid, reducer))
         self.where: dict[int, shuffle.MapOutcome] = {}   # map index -> where its output is
         self.recomputes = 0   # map outputs computed again; each goes to a bucket of its own
+        self.live: dict[TaskFuture, tuple[str, int]] = {}   # tasks in flight -> (kind, index)
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the job (from another thread, e.g. a progress bar's button): the tasks in
+        flight are cancelled and the job raises TaskCancelled."""
+        self.cancelled = True
+        self.client.cancel(list(self.live))
+
+    def _check_cancelled(self) -> None:
+        if self.cancelled:
+            raise TaskCancelled("map_reduce was cancelled")
 
     def results(self) -> Iterator[dict]:
         """The final {key: result} of each partition, as each finishes."""
-        live: dict[TaskFuture, tuple[str, int]] = {}
+        live = self.live
         try:
             self._map_phase(live)
             yield from self._reduce_phase(live)
@@ -194,7 +206,7 @@ class _KeyedJob:
             ("map", m)
 
     def _map_phase(self, live: dict) -> None:
-        bar = progress_bar(self.n_records, "map_reduce: map", self.progress)
+        bar = progress_bar(self.n_records, "map_reduce: map", self.progress, cancel=self.cancel)
         errors: list = []
         try:
             for m in range(len(self.chunks)):
@@ -218,6 +230,7 @@ class _KeyedJob:
             bar.close()
         if errors:
             errors.sort(key=lambda e: getattr(e, "index", None) or 0)
+            self._check_cancelled()
             raise RemoteErrorGroup(summarize_failures(errors, self.n_records, "records"), errors)
 
     def _sources(self) -> list[tuple[str, int, list[int]]]:
@@ -234,7 +247,8 @@ class _KeyedJob:
         waiting: dict[int, set[int]] = {}   # reduce partition -> map outputs it waits for
         for m in lost:
             self._recompute(m, live)
-        bar = progress_bar(self.partitions, "map_reduce: reduce", self.progress)
+        bar = progress_bar(self.partitions, "map_reduce: reduce", self.progress,
+                           cancel=self.cancel)
         errors: list = []
         try:
             for p in range(self.partitions):
@@ -245,6 +259,7 @@ class _KeyedJob:
             while live:
                 done, _ = concurrent.futures.wait(list(live),
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
+                self._check_cancelled()
                 for fut in done:
                     kind, n = live.pop(fut)
                     try:

@@ -168,3 +168,31 @@ def _store_two_and_reduce(sid):
     reduce = ReduceTask(sid, sum)
     return {"endpoint": where.endpoint, "one": reduce(0, [(where.endpoint, 0, [7])]),
             "both": reduce(0, [(where.endpoint, 0, [7, 8])])}
+
+
+def test_cancel_from_the_bar_stops_a_map_reduce(client):
+    import threading
+
+    from nbcluster import TaskCancelled, bars
+
+    cancels = []
+
+    class Recording(bars._NoBar):
+        def __init__(self, total, desc, cancel=None):
+            cancels.append(cancel)
+
+    def slow(x):
+        time.sleep(0.2)
+        return {x % 3: 1}
+
+    bars.set_progress_factory(Recording)
+    try:
+        threading.Timer(1.0, lambda: cancels[0]()).start()
+        t0 = time.monotonic()
+        with pytest.raises(TaskCancelled):
+            map_reduce(range(100), slow, sum, client=client, chunksize=1)
+        assert time.monotonic() - t0 < 5                  # not the 10 s the whole job takes
+        wait_for(lambda: client.status()["running"] == 0 and client.status()["queued"] == 0,
+                 what="the cancelled map tasks to leave the cluster")
+    finally:
+        bars.set_progress_factory(bars._Tqdm)

@@ -31,9 +31,15 @@ def load_ipython_extension(shell) -> None:
     magics = ClusterMagics(shell, rich)
     shell.register_magics(magics)
     if rich:
+        from ..client import Client
+        from ..local import LocalCluster
         from .bars import WidgetBar
         bars.set_progress_factory(WidgetBar)
         report.set_viewer(_show_explorer)
+        # a cluster or client as a cell's value shows the live worker panel
+        formatter = shell.display_formatter.ipython_display_formatter
+        formatter.for_type(LocalCluster, _show_panel)
+        formatter.for_type(Client, _show_panel)
 
     def on_error(shell, etype, value, tb, tb_offset=None):
         # The remote story (each failure's traceback once, grouped) instead of a local
@@ -57,6 +63,13 @@ def _show_explorer(error: BaseException) -> None:
     from IPython.display import display
     from .explorer import ErrorExplorer
     display(ErrorExplorer(error))
+
+
+def _show_panel(obj) -> bool:
+    from IPython.display import display
+    from .panel import WorkerPanel
+    display(WorkerPanel(obj if hasattr(obj, "status") else obj.default_client()))
+    return True
 
 
 def panel(client=None):
