@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from . import protocol, serialize, tracebacks
+from .bars import progress
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
 from .connection import ConnectionInfo
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
@@ -201,7 +202,7 @@ class Client:
             RemoteErrorGroup: it failed on some workers (one error per worker).
         """
         futures = self.broadcast_futures(fn, *args, **kwargs)
-        concurrent.futures.wait(futures.values())
+        progress(futures.values(), desc="broadcast", wait=True)
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:
             raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)

@@ -52,7 +52,9 @@ _TEXT_STREAMS = ("stdout", "stderr")   # consecutive text of one stream is sent 
 
 
 class _Output:
-    """Captured task output waiting to be sent: [gid, attempt, stream, text] items."""
+    """Captured task output waiting to be sent: [gid, attempt, stream, text] items. At most
+    OUTPUT_CHUNK_MAX characters wait: past that the oldest items go (a task printing in a
+    tight loop shows its latest output, and a note of how much was dropped)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -62,9 +64,9 @@ class _Output:
 
     def add(self, tag: tuple, stream: str, text: str) -> None:
         with self.lock:
-            if self.size > OUTPUT_CHUNK_MAX:
-                self.dropped += len(text)
-                return
+            while self.items and self.size + len(text) > OUTPUT_CHUNK_MAX:
+                self.dropped += len(self.items.pop(0)[3])
+                self.size = sum(len(item[3]) for item in self.items)
             if self.items and self.items[-1][:3] == [*tag, stream] and stream in _TEXT_STREAMS:
                 self.items[-1][3] += text
             else:
@@ -75,7 +77,8 @@ class _Output:
         with self.lock:
             items, self.items, self.size = self.items, [], 0
             if self.dropped and items:
-                items[-1][3] += f"\n[nbcluster: {self.dropped} characters of output dropped]\n"
+                note = f"[nbcluster: {self.dropped} characters of earlier output dropped]\n"
+                items.insert(0, [*items[0][:2], "stderr", note])
                 self.dropped = 0
             return items
 

@@ -181,3 +181,14 @@ def test_the_cluster_as_a_cell_value_shows_the_panel_with_waiting_tasks():
     assert panels and "2 workers" in panels[0]
     assert "1 task waiting for labels no worker has" in panels[0] and "gpu" in panels[0]
     assert "data-worker='w1'" in panels[0] and "data-worker='w2'" in panels[0]
+
+
+def test_a_worker_printing_in_a_tight_loop_is_rate_limited():
+    nb, client = run(["%%cluster\nfor i in range(300_000):\n    print('line', i)"])
+    seconds = client.cell_done[1] - min(t for t, i, _ in client.messages if i == 1)
+    updates = [m for _, i, m in client.messages if i == 1 and m["msg_type"] ==
+               "update_display_data"]
+    assert len(updates) <= 2 * (seconds / 0.2 + 3)      # one per worker every FLUSH_S at most
+    shown = html(nb.cells[1])
+    assert "line 299999" in shown and "earlier characters or outputs not shown" in shown
+    assert len(shown) < 1_000_000                        # the most recent 200k characters each
