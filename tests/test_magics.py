@@ -192,3 +192,15 @@ def test_a_worker_printing_in_a_tight_loop_is_rate_limited():
     shown = html(nb.cells[1])
     assert "line 299999" in shown and "earlier characters or outputs not shown" in shown
     assert len(shown) < 1_000_000                        # the most recent 200k characters each
+
+
+def test_noblock_returns_at_once_and_output_lands_under_its_own_cell():
+    nb, client = run(["%%cluster --noblock\nimport time\ntime.sleep(1.5)\nprint('late line')",
+                      "run = _\nprint('next cell ran')\nrun.wait()\n"
+                      "print(sorted(f.result() is None for f in run.futures.values()))"])
+    started = min(t for t, i, _ in client.messages if i == 1)
+    assert client.cell_done[1] - started < 1.0           # the cell did not wait for the workers
+    assert "CellRun on 2 workers" in text(nb.cells[1])
+    assert text(nb.cells[1]).count("late line") == 2     # under the cell that ran it...
+    assert "late line" not in text(nb.cells[2])          # ...not under the one running then
+    assert "[True, True]" in text(nb.cells[2])
