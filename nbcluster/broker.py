@@ -26,7 +26,8 @@ import zmq
 
 from . import protocol
 from .broker_state import BrokerState
-from .errors import ProtocolError
+from .curve import CurveKeys, is_loopback, serve
+from .errors import NBClusterError, ProtocolError
 from .transport import pending_messages
 
 __all__ = ["Broker", "main"]
@@ -46,11 +47,28 @@ class Broker:
         endpoints: ZeroMQ endpoints to bind, e.g. ``["ipc:///tmp/x/broker", "tcp://127.0.0.1:0"]``.
         key: the cluster key; every message must be signed with it.
         max_message_bytes: larger messages are refused (by libzmq per frame, and here in total).
+        curve: (the cluster's CurveKeys, the server's secret key): serve CURVE only, and
+            admit only the cluster's client key.
+        insecure: allow endpoints beyond loopback without curve (a warning is logged).
+
+    Raises:
+        NBClusterError: an endpoint beyond loopback without curve and not insecure.
     """
 
     def __init__(self, endpoints: list[str], key: bytes, *, max_message_bytes: int =
                  protocol.DEFAULT_MAX_MESSAGE_BYTES, heartbeat_ms: int = 1000, liveness: int = 3,
-                 max_lost: int = 3, client_expiry_ms: int = 30_000):
+                 max_lost: int = 3, client_expiry_ms: int = 30_000,
+                 curve: "tuple[CurveKeys, bytes] | None" = None, insecure: bool = False):
+        exposed = [ep for ep in endpoints if not is_loopback(ep)]
+        if exposed and curve is None:
+            if not insecure:
+                raise NBClusterError(
+                    f"refusing to listen on {', '.join(exposed)} without encryption: anyone "
+                    "who can reach it could watch the traffic (the cluster key stops them "
+                    "running code, not reading it); give the broker Curve keys (nbcluster "
+                    "start/broker do when --ip is not loopback), or pass --insecure")
+            log.warning("listening on %s WITHOUT encryption (--insecure): messages are signed "
+                        "but readable by anyone on the network", ", ".join(exposed))
         self.signer = protocol.Signer(key)
         self.max_message_bytes = max_message_bytes
         self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
@@ -62,6 +80,11 @@ class Broker:
         self.router.setsockopt(zmq.SNDHWM, 0)   # never silently drop a result to a slow client
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.auth = None
+        if curve is not None:
+            keys, server_secret = curve
+            self.auth = serve(self.ctx, self.router, keys.server_public, server_secret,
+                              keys.client_public)
         self.endpoints = []
         for ep in endpoints:
             self.router.bind(ep)
@@ -138,6 +161,8 @@ class Broker:
 
     def close(self) -> None:
         self.router.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
 
 
@@ -153,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     """`python -m nbcluster.broker`: used by LocalCluster and `nbcluster broker`."""
     import argparse
 
-    from .connection import ConnectionInfo, key_from_env
+    from .connection import ConnectionInfo, advertised, key_from_env
 
     p = argparse.ArgumentParser(prog="nbcluster broker")
     p.add_argument("--bind", action="append", required=True, help="endpoint to bind (repeat)")
@@ -165,15 +190,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--client-expiry-ms", type=int, default=30_000,
                    help="forget a client silent this long (its tasks are dropped)")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without encryption (not recommended)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
     key = key_from_env()
-    broker = Broker(args.bind, key, max_message_bytes=args.max_message_bytes,
-                    heartbeat_ms=args.heartbeat_ms, liveness=args.liveness, max_lost=args.max_lost,
-                    client_expiry_ms=args.client_expiry_ms)
+    curve = None
+    if not args.insecure and not all(is_loopback(ep) for ep in args.bind):
+        curve = CurveKeys.generate()   # the server's secret key stays in this process
+    try:
+        broker = Broker(args.bind, key, max_message_bytes=args.max_message_bytes,
+                        heartbeat_ms=args.heartbeat_ms, liveness=args.liveness,
+                        max_lost=args.max_lost, client_expiry_ms=args.client_expiry_ms,
+                        curve=curve, insecure=args.insecure)
+    except (NBClusterError, zmq.ZMQError) as e:
+        print(f"nbcluster broker: {e}", file=sys.stderr)
+        sys.exit(2)
     if args.connection_file:
-        ConnectionInfo(endpoints=broker.endpoints, key=key).write(args.connection_file)
+        ConnectionInfo(endpoints=advertised(broker.endpoints), key=key,
+                       curve=curve[0] if curve else None).write(args.connection_file)
     print("ready", " ".join(broker.endpoints), flush=True)
     broker.serve(watch_fd=0 if args.watch_stdin else None)
 

@@ -30,6 +30,7 @@ from . import protocol, serialize, tracebacks
 from .bars import progress
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
 from .connection import ConnectionInfo
+from .curve import CurveKeys
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
                      RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures)
 from .futures import TaskFuture
@@ -60,14 +61,16 @@ class Client:
     """
 
     def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
-                 labels: Iterable[str] = (), remember: bool = True):
+                 labels: Iterable[str] = (), remember: bool = True,
+                 curve: "CurveKeys | None" = None):
         self.endpoint = endpoint
         self.labels = sorted(labels)   # every task of this client asks for these too
         self.signer = protocol.Signer(key)
         self._key = key
+        self._curve = curve
         self._refs: serialize.MainRefs | None = None   # set by Mirror: objects its workers have
         self._ctx = zmq.Context(io_threads=1)
-        self._sock = dealer(self._ctx, endpoint)
+        self._sock = dealer(self._ctx, endpoint, curve=curve)
         self._keys = itertools.count(1)
         self._futures: dict[int, TaskFuture] = {}
         self._pending: dict[int, tuple[list, list]] = {}   # key -> (task spec, frames)
@@ -513,6 +516,7 @@ def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | N
         path_or_url: a connection file, or the broker's endpoint (then `key` is required).
         key: the cluster key (bytes or hex); overrides the connection file's.
     """
+    curve = None
     if "://" in path_or_url:
         if key is None:
             raise ValueError("connecting to a URL needs the cluster key: connect(url, key=...)")
@@ -520,6 +524,7 @@ def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | N
     else:
         info = ConnectionInfo.read(path_or_url)
         endpoint, key = info.best_endpoint(), key if key is not None else info.key
+        curve = info.curve
     if isinstance(key, str):
         key = bytes.fromhex(key)
-    return Client(endpoint, key, timeout=timeout)
+    return Client(endpoint, key, timeout=timeout, curve=curve)

@@ -21,6 +21,7 @@ from typing import Iterable
 from . import protocol, shm
 from .client import Client, remember_latest
 from .connection import KEY_ENV, ConnectionInfo
+from .curve import is_loopback
 from .errors import NBClusterError
 
 __all__ = ["LocalCluster"]
@@ -38,6 +39,10 @@ class LocalCluster:
         heartbeat_ms, liveness, max_lost, client_expiry_ms: broker tunables (see `broker_state`).
         respawn: start a new worker when one dies.
         max_message_bytes: the broker refuses larger messages.
+        ip: also listen on this address (e.g. "0.0.0.0") so workers on other hosts can join;
+            beyond loopback the cluster runs with CurveZMQ (keys in the connection file).
+        port: the TCP port (default: one the system picks).
+        insecure: beyond loopback without encryption (not recommended).
     """
 
     def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
@@ -45,7 +50,8 @@ class LocalCluster:
                  liveness: int = 3, max_lost: int = 3, client_expiry_ms: int = 30_000,
                  respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
-                 tcp: bool = True):
+                 tcp: bool = True, ip: str | None = None, port: int = 0,
+                 insecure: bool = False):
         self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
         self.labels = sorted(labels or ())
         self.key = protocol.new_key()
@@ -64,18 +70,23 @@ class LocalCluster:
         env.pop("PYTHONSTARTUP", None)
         self._env = env
         ipc = f"ipc://{self._dir}/broker"
-        binds = [ipc] + (["tcp://127.0.0.1:0"] if tcp else [])
+        binds = [ipc] + ([f"tcp://{ip or '127.0.0.1'}:{port}"] if tcp or ip else [])
+        self.exposed = not all(is_loopback(b) for b in binds)
         self.broker = self._spawn(
             ["-m", "nbcluster.broker", "--watch-stdin", "--connection-file",
              str(self.connection_file), "--heartbeat-ms", str(heartbeat_ms), "--liveness",
              str(liveness), "--max-lost", str(max_lost), "--client-expiry-ms",
              str(client_expiry_ms), "--max-message-bytes",
-             str(max_message_bytes), *sum((["--bind", b] for b in binds), [])],
+             str(max_message_bytes), *(["--insecure"] if insecure else []),
+             *sum((["--bind", b] for b in binds), [])],
             stdout=subprocess.PIPE)
         self.endpoint = ipc
-        self.workers: list[subprocess.Popen] = [self._start_worker(self.labels)
-                                                for _ in range(self.n_workers)]
+        self.info = ConnectionInfo([ipc], self.key)
+        self.workers: list[subprocess.Popen] = []
         try:
+            if self.exposed:   # workers need the Curve keys of the connection file: wait for it
+                self._read_ready_line()
+            self.workers += [self._start_worker(self.labels) for _ in range(self.n_workers)]
             self._wait_ready()
         except BaseException:
             self.close()
@@ -102,18 +113,24 @@ class LocalCluster:
 
     def _start_worker(self, labels: list[str]) -> subprocess.Popen:
         args = ["--labels", ",".join(labels)] if labels else []
-        proc = self._spawn(["-m", "nbcluster.worker", "--watch-stdin", "--connect",
-                            self.endpoint, *args])
+        target = str(self.connection_file) if self.info.curve else self.endpoint
+        proc = self._spawn(["-m", "nbcluster.worker", "--watch-stdin", "--connect", target,
+                            *args])
         self._labels_of[proc.pid] = labels   # a respawned worker gets the same labels
         return proc
 
-    def _wait_ready(self) -> None:
+    def _read_ready_line(self) -> None:
+        if getattr(self, "endpoints", None):
+            return
         line = self.broker.stdout.readline().decode()
         if not line.startswith("ready"):
-            raise NBClusterError(f"the broker did not start (exit code {self.broker.poll()})")
+            raise NBClusterError(f"the broker did not start (exit code {self.broker.wait(5)})")
         self.endpoints = line.split()[1:]
-        self.info = ConnectionInfo(self.endpoints, self.key)
-        with Client(self.endpoint, self.key, remember=False) as client:
+        self.info = ConnectionInfo.read(self.connection_file)
+
+    def _wait_ready(self) -> None:
+        self._read_ready_line()
+        with Client(self.endpoint, self.key, remember=False, curve=self.info.curve) as client:
             deadline = time.monotonic() + START_TIMEOUT_S
             while client.n_workers < self.n_workers:
                 if time.monotonic() > deadline:
@@ -125,7 +142,7 @@ class LocalCluster:
 
     def client(self) -> Client:
         """A new Client connected to this cluster (closed with the cluster)."""
-        client = Client(self.endpoint, self.key, remember=False)
+        client = Client(self.endpoint, self.key, remember=False, curve=self.info.curve)
         remember_latest(client)
         client.exit_reason = self.exit_reason
         self._clients.append(client)

@@ -52,13 +52,14 @@ class Mirror(Client):
             raise NBClusterError("mirror workers need os.fork, which this platform lacks "
                                  "(Windows): use LocalCluster workers instead")
         base = current_client(client)
-        self._base_endpoint, self._key = base.endpoint, base._key
+        self._base_endpoint, self._key, self._curve = base.endpoint, base._key, base._curve
         self._extra_labels = sorted(labels)
         self.n_target = n_workers or os.cpu_count() or 1
         self.pids: list[int] = []
         self._pipes: list[int] = []
         self.generation = os.urandom(4).hex()
-        super().__init__(self._base_endpoint, self._key, labels=[self._label], remember=False)
+        super().__init__(self._base_endpoint, self._key, labels=[self._label], remember=False,
+                         curve=self._curve)
         self.exit_reason = base.exit_reason
         self._fork_all()
 
@@ -102,7 +103,7 @@ class Mirror(Client):
                     os.close(fd)
                 os.dup2(read_end, 0)
                 os.close(read_end)
-                code = _serve(self._base_endpoint, self._key, labels)
+                code = _serve(self._base_endpoint, self._key, labels, self._curve)
             except BaseException:   # noqa: BLE001
                 import traceback
                 traceback.print_exc(file=sys.__stderr__)
@@ -158,12 +159,12 @@ class _Star:
         return self.fn(*args)
 
 
-def _serve(endpoint: str, key: bytes, labels: list[str]) -> int:
+def _serve(endpoint: str, key: bytes, labels: list[str], curve=None) -> int:
     """The forked child's life: a worker with its own context, on the real stdout/stderr."""
     from .worker import Worker
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    worker = Worker(endpoint, key, labels, watch_stdin=True)
+    worker = Worker(endpoint, key, labels, watch_stdin=True, curve=curve)
     signal.signal(signal.SIGTERM, lambda *_: worker.leave())
     try:
         worker.run()

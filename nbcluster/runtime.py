@@ -11,12 +11,18 @@ __all__ = ["WORKER", "worker_key", "broker_endpoint", "in_worker", "emit"]
 WORKER: dict = {}   # id, host and pid of this process once it is a worker
 _KEY: list[bytes] = []
 _BROKER: list[str] = []
+_CURVE: list = []   # the cluster's CurveKeys, or None
 _EMIT: list = []    # the worker's callable(stream, text) that sends output of the running task
 
 
-def set_worker(key: bytes, endpoint: str) -> None:
-    """Called by the worker when it starts."""
-    _KEY[:], _BROKER[:] = [key], [endpoint]
+def set_worker(key: bytes, endpoint: str, curve=None) -> None:
+    """Called by the worker when it starts (curve: the cluster's CurveKeys, if any)."""
+    _KEY[:], _BROKER[:], _CURVE[:] = [key], [endpoint], [curve]
+
+
+def curve_keys():
+    """The cluster's CurveKeys when it runs with Curve, else None."""
+    return _CURVE[0] if _CURVE else None
 
 
 def set_emitter(emit) -> None:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import zmq
+
+if TYPE_CHECKING:
+    from .curve import CurveKeys
 
 __all__ = ["dealer", "pending_messages"]
 
 
-def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None) -> zmq.Socket:
-    """A DEALER connected to the broker: unbounded queues (a result is never dropped by a
-    high-water mark), no lingering on close."""
+def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
+           curve: "CurveKeys | None" = None) -> zmq.Socket:
+    """A DEALER connected to the broker (as a CURVE client when the cluster has keys):
+    unbounded queues (a result is never dropped by a high-water mark), no lingering."""
     sock = ctx.socket(zmq.DEALER)
     for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
         sock.setsockopt(opt, value)
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
+    if curve is not None:
+        curve.connect_as_client(sock)
     sock.connect(endpoint)
     return sock
 

@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -33,6 +33,9 @@ from . import protocol, runtime, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
 from .errors import ProtocolError
+
+if TYPE_CHECKING:
+    from .curve import CurveKeys
 
 __all__ = ["Worker", "main"]
 
@@ -112,10 +115,11 @@ class Worker:
     """A worker connected to the broker at `endpoint` with cluster `key`."""
 
     def __init__(self, endpoint: str, key: bytes, labels: list[str] | None = None,
-                 slots: int = 1, watch_stdin: bool = False):
+                 slots: int = 1, watch_stdin: bool = False, curve: "CurveKeys | None" = None):
         self.endpoint, self.labels, self.slots = endpoint, sorted(labels or []), slots
         self.signer = protocol.Signer(key)
-        runtime.set_worker(key, endpoint)
+        runtime.set_worker(key, endpoint, curve)
+        self.curve = curve
         self.watch_stdin = watch_stdin
         self.id = "?"
         self.info = {"host": socket.gethostname(), "pid": os.getpid()}
@@ -136,7 +140,7 @@ class Worker:
         self._registered_r, self._registered_w = os.pipe()  # to the main thread
         self.ctx = zmq.Context(io_threads=1)
         self.task_identity = os.urandom(12).hex().encode()
-        self.task_sock = dealer(self.ctx, endpoint, self.task_identity)
+        self.task_sock = dealer(self.ctx, endpoint, self.task_identity, curve)
 
     # ---- main thread ----------------------------------------------------------------------
     def run(self) -> None:
@@ -279,7 +283,7 @@ class Worker:
             os._exit(0)
 
     def _io(self) -> None:
-        self.ctl = dealer(self.ctx, self.endpoint, self.task_identity + b"/ctl")
+        self.ctl = dealer(self.ctx, self.endpoint, self.task_identity + b"/ctl", self.curve)
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -406,18 +410,20 @@ def main(argv: list[str] | None = None) -> None:
 
     p = argparse.ArgumentParser(prog="nbcluster worker")
     p.add_argument("--connect", required=True, help="broker endpoint or connection file")
+    p.add_argument("--endpoint", help="reach the broker here rather than where the "
+                   "connection file says, e.g. tcp://head-node:5555")
     p.add_argument("--labels", default="", help="comma-separated labels, e.g. gpu,bigmem")
     p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
                         format="nbcluster worker %(asctime)s %(levelname)s %(message)s")
     if "://" in args.connect:
-        endpoint, key = args.connect, key_from_env()
+        endpoint, key, curve = args.connect, key_from_env(), None
     else:
         info = ConnectionInfo.read(args.connect)
-        endpoint, key = info.best_endpoint(), info.key
+        endpoint, key, curve = args.endpoint or info.best_endpoint(), info.key, info.curve
     worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x],
-                    watch_stdin=args.watch_stdin)
+                    watch_stdin=args.watch_stdin, curve=curve)
     signal.signal(signal.SIGTERM, lambda *_: worker.leave())
     signal.signal(signal.SIGINT, signal.default_int_handler)  # cancelling a task needs it
     try:
