@@ -1,0 +1,124 @@
+"""Across machines, for real: the broker in one network namespace, workers in two others,
+the client in the root namespace; Curve on (the broker listens beyond loopback)."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nbcluster import Client, protocol
+from nbcluster.connection import KEY_ENV, ConnectionInfo
+
+from .netns import Hosts, skip_reason
+
+pytestmark = [pytest.mark.timeout(120)]
+
+if skip_reason() and not os.environ.get("NBCLUSTER_REQUIRE_NETNS"):
+    pytest.skip(skip_reason(), allow_module_level=True)
+
+PORT = 5555
+HEARTBEAT = ["--heartbeat-ms", "200", "--liveness", "3"]
+
+
+class Cluster:
+    """A broker in hosts' broker namespace and one worker in each host namespace."""
+
+    def __init__(self, hosts: Hosts, tmp_path, insecure: bool = False):
+        self.hosts, self.key = hosts, protocol.new_key()
+        self.file = tmp_path / "cluster.json"
+        env = {**os.environ, KEY_ENV: self.key.hex()}
+        self.broker = hosts.spawn("broker", [
+            sys.executable, "-m", "nbcluster.broker", "--bind", f"tcp://0.0.0.0:{PORT}",
+            "--connection-file", str(self.file), *HEARTBEAT, *(["--insecure"] if insecure else [])],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.broker.stdout.readline().startswith(b"ready")
+        self.info = ConnectionInfo.read(self.file)
+        self.workers = {h: self.start_worker(h) for h in ("host1", "host2")}
+
+    def start_worker(self, host: str) -> subprocess.Popen:
+        endpoint = f"tcp://{self.hosts.broker_address_for(host)}:{PORT}"
+        return self.hosts.spawn(host, [
+            sys.executable, "-m", "nbcluster.worker", "--connect", str(self.file),
+            "--endpoint", endpoint, "--labels", host], env={**os.environ},
+            stderr=subprocess.DEVNULL)
+
+    def client(self, **kw) -> Client:
+        return Client(f"tcp://{self.hosts.address('broker')}:{PORT}", self.key,
+                      curve=self.info.curve, **kw)
+
+
+@pytest.fixture
+def hosts():
+    h = Hosts()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def wait_workers(client: Client, n: int, timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = client.workers()
+        if len(workers) == n:
+            return workers
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(workers)} workers, wanted {n}")
+        time.sleep(0.05)
+
+
+def where_am_i(_=None) -> str:
+    """The address of this process's network namespace beyond loopback."""
+    from nbcluster.connection import host_addresses
+    return host_addresses()[0]
+
+
+def slow_square(x):
+    time.sleep(0.3)
+    return x * x
+
+
+def test_tasks_run_on_both_remote_hosts_with_curve(hosts, tmp_path):
+    cluster = Cluster(hosts, tmp_path)
+    assert cluster.info.curve is not None                # beyond loopback: Curve is on
+    assert all(ep.startswith("tcp://") for ep in cluster.info.endpoints)
+    with cluster.client() as client:
+        wait_workers(client, 2)
+        seen = {client.submit(where_am_i, labels={h}).result(20) for h in ("host1", "host2")}
+        assert seen == {hosts.address("host1"), hosts.address("host2")}
+        assert client.map(lambda x: x + 1, range(1000)) == list(range(1, 1001))
+
+
+def test_a_host_killed_mid_run_its_tasks_finish_elsewhere(hosts, tmp_path):
+    cluster = Cluster(hosts, tmp_path)
+    with cluster.client() as client:
+        wait_workers(client, 2)
+        futures = [client.submit(slow_square, i) for i in range(12)]
+        time.sleep(0.8)                                   # both hosts are busy
+        assert hosts.kill_host("host1")
+        assert [f.result(60) for f in futures] == [i * i for i in range(12)]
+        assert client.stats["unexpected_results"] == 0
+
+
+def test_a_cut_link_heals_nothing_lost_or_doubled(hosts, tmp_path):
+    cluster = Cluster(hosts, tmp_path)
+    with cluster.client() as client:
+        wait_workers(client, 2)
+        futures = [client.submit(slow_square, i) for i in range(16)]
+        time.sleep(0.5)
+        hosts.set_link("host1", up=False)                 # host1 is declared dead meanwhile
+        time.sleep(2.0)
+        hosts.set_link("host1", up=True)
+        assert [f.result(60) for f in futures] == [i * i for i in range(16)]
+        assert client.stats["unexpected_results"] == 0    # late results were dropped
+        # host1's worker comes back and serves again
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if client.submit(where_am_i, labels={"host1"}).result(5) == hosts.address("host1"):
+                    break
+            except Exception:   # noqa: BLE001 - not back yet
+                pass
+            assert time.monotonic() < deadline, "host1's worker did not come back"
