@@ -18,7 +18,7 @@ from .local import LocalCluster
 from .mapreduce import MapReduce, map_reduce
 from .mirror import Mirror, mirror
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Client", "connect", "LocalCluster", "Executor", "TaskFuture",

@@ -34,6 +34,7 @@ __all__ = ["Broker", "main"]
 
 log = logging.getLogger("nbcluster.broker")
 MAX_LOG_LINES_PER_S = 20
+SHUTDOWN_GRACE_MS = 30_000   # asked to stop, the broker waits this long for workers to leave
 
 
 def _now_ms() -> int:
@@ -100,8 +101,14 @@ class Broker:
         if watch_fd is not None:
             poller.register(watch_fd, zmq.POLLIN)
         try:
+            shutdown_deadline = None
             while not self._stopping:
                 now = _now_ms()
+                if self.state.shutdown_requested:   # once the workers are gone (or 30 s)
+                    shutdown_deadline = shutdown_deadline or now + SHUTDOWN_GRACE_MS
+                    if not self.state.workers or now > shutdown_deadline:
+                        log.info("stopping: asked to by a client")
+                        return
                 if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
                     self._send(self.state.tick(now))
                 timeout = max(0, self.state.next_deadline() - now)
@@ -180,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from .connection import ConnectionInfo, advertised, key_from_env
 
-    p = argparse.ArgumentParser(prog="nbcluster broker")
+    p = argparse.ArgumentParser(
+        prog="nbcluster broker", epilog="example: NBCLUSTER_KEY=<64 hex digits> nbcluster broker "
+        "--bind tcp://0.0.0.0:5555 --connection-file cluster.json  (CurveZMQ on: not loopback)")
     p.add_argument("--bind", action="append", required=True, help="endpoint to bind (repeat)")
     p.add_argument("--connection-file", help="write the connection file here once bound")
     p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")

@@ -76,6 +76,7 @@ class Worker:
     tasks: set = field(default_factory=set)
     done: int = 0
     info: dict = field(default_factory=dict)
+    stopping: bool = False   # asked to leave: finishes its task, gets no new ones
 
 
 @dataclass
@@ -120,6 +121,7 @@ class BrokerState:
         self._gids = itertools.count(1)
         self._wids = itertools.count(1)
         self.next_heartbeat = 0
+        self.shutdown_requested = False   # a client asked the whole cluster to stop
 
     # ---- entry points -------------------------------------------------------------------
     def handle(self, identity: bytes, header: dict, payload: list, mac, now: int) -> list[Send]:
@@ -275,6 +277,22 @@ class BrokerState:
     def _query(self, c: Client, h: dict, payload, mac, now: int) -> list[Send]:
         return [Send(c.identity, {"t": "reply", "rid": h.get("rid"), "data": self.status(now)})]
 
+    def _stop(self, c: Client, h: dict, payload, mac, now: int) -> list[Send]:
+        """Ask workers (given ids, else all; with "broker": the whole cluster) to leave once
+        their running task is done; they get no new tasks meanwhile."""
+        ids = h.get("workers")
+        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+            raise ProtocolError("stop: workers must be a list of worker ids")
+        chosen = [w for w in self.workers.values() if ids is None or w.id in ids]
+        for w in chosen:
+            w.stopping = True
+        if h.get("broker"):
+            self.shutdown_requested = True
+        reply = {"t": "reply", "rid": h.get("rid"),
+                 "data": {"stopping": [w.id for w in chosen],
+                          "unknown": sorted(set(ids or ()) - {w.id for w in chosen})}}
+        return [Send(c.identity, reply)] + [Send(w.ctl, {"t": "stop"}) for w in chosen]
+
     def _client_bye(self, c: Client, h, payload, mac, now: int) -> list[Send]:
         return self._drop_client(c)
 
@@ -394,7 +412,7 @@ class BrokerState:
     def _dispatch_all(self) -> list[Send]:
         """Hand queued tasks out one at a time, each to the least loaded worker that can take
         it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
-        hungry = [w for w in self.workers.values() if w.credit > 0]
+        hungry = [w for w in self.workers.values() if w.credit > 0 and not w.stopping]
         taken: dict[str, list[Task]] = {}
         while hungry:
             w = min(hungry, key=lambda w: len(w.tasks))
@@ -457,7 +475,14 @@ class BrokerState:
                 key = ",".join(sorted(t.labels) + ([f"host={t.host}"] if t.host else []))
                 waiting[key] = waiting.get(key, 0) + 1
         return {"workers": workers, "queued": len(queued), "running": len(self.tasks) - len(queued),
-                "clients": len(self.clients), "waiting_for_labels": waiting}
+                "clients": len(self.clients), "waiting_for_labels": waiting,
+                "client_tasks": [{"host": c.host, "pid": c.pid,
+                                  "queued": sum(1 for g in c.tasks.values()
+                                                if self.tasks[g].worker is None),
+                                  "running": sum(1 for g in c.tasks.values()
+                                                 if self.tasks[g].worker is not None)}
+                                 for c in self.clients.values()],
+                "broker": self.info}
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is inconsistent (used by the tests)."""
@@ -491,6 +516,7 @@ _HANDLERS = {
     ("Client", "submit"): BrokerState._submit,
     ("Client", "cancel"): BrokerState._cancel,
     ("Client", "query"): BrokerState._query,
+    ("Client", "stop"): BrokerState._stop,
     ("Client", "bye"): BrokerState._client_bye,
     ("Client", "hb"): BrokerState._heartbeat,
     ("Worker", "ready"): BrokerState._ready,

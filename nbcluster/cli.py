@@ -1,14 +1,21 @@
 """The `nbcluster` command.
 
-    nbcluster demo [-n N]            estimate pi on a local cluster, with a progress bar
-    nbcluster start [-n N]           a broker and N local workers, until Ctrl-C
-    nbcluster broker --bind EP       a broker alone (key in $NBCLUSTER_KEY)
-    nbcluster worker --connect FILE  a worker alone
+    nbcluster demo [-n N]                 estimate pi on a local cluster, with a progress bar
+    nbcluster start [-n N] [--ip IP]      a broker and N local workers [--daemon]
+    nbcluster worker --connect FILE -n N  N workers joining a cluster (from any host)
+    nbcluster broker --bind EP            a broker alone (key in $NBCLUSTER_KEY)
+    nbcluster list | status | stop [--worker ID] | doctor     looking after a cluster
+
+Exit codes: 0 done, 1 something to report (an unknown worker, doctor's findings),
+2 no cluster reached or it could not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
 import sys
 import time
 
@@ -56,50 +63,165 @@ def demo(n_workers: int | None, tasks: int, samples: int) -> int:
     return 0
 
 
-def start(n_workers: int | None, labels: str, connection_file: str) -> int:
-    """A local cluster in the foreground until Ctrl-C."""
+def start(args) -> int:
+    """A broker and local workers: in the foreground until Ctrl-C (or `nbcluster stop`), or
+    with --daemon in the background once ready."""
+    if args.daemon:
+        return _daemonize(args)
     import nbcluster
 
+    labels = [x for x in args.labels.split(",") if x]
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
-        with nbcluster.LocalCluster(n_workers, [x for x in labels.split(",") if x],
-                                    connection_file=connection_file) as cluster:
+        with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
+                                    ip=args.ip, port=args.port,
+                                    insecure=args.insecure) as cluster:
             print(f"nbcluster: broker at {' '.join(cluster.endpoints)}, "
-                  f"{cluster.n_workers} workers", flush=True)
+                  f"{cluster.n_workers} workers"
+                  + (" (CurveZMQ on)" if cluster.info.curve else ""), flush=True)
             print(f"connection file: {cluster.connection_file}", flush=True)
-            print("connect with nbcluster.connect(...); Ctrl-C stops everything", flush=True)
-            while True:
-                time.sleep(3600)
+            print("ready", flush=True)
+            if args.log_file:   # a daemon: our launcher has stopped reading
+                fd = os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+            while cluster.broker.poll() is None:   # `nbcluster stop` ends the broker
+                time.sleep(0.5)
+            print("the broker stopped: stopping the workers", flush=True)
     except KeyboardInterrupt:
         print("stopped")
+    except nbcluster.NBClusterError as e:
+        print(f"nbcluster: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _daemonize(args) -> int:
+    """Run `nbcluster start` detached; return once it is ready (0) or failed (2)."""
+    log_file = os.path.expanduser(args.log_file or "~/.nbcluster/cluster.log")
+    os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
+    argv = [sys.executable, "-m", "nbcluster.cli", "start", "--connection-file",
+            args.connection_file, "--labels", args.labels, "--port", str(args.port),
+            "--log-file", log_file, *(["-n", str(args.workers)] if args.workers else []),
+            *(["--ip", args.ip] if args.ip else []), *(["--insecure"] if args.insecure else [])]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            print("".join(lines), end="")
+            print(f"running in the background (pid {proc.pid}); log: {log_file}; "
+                  "stop it with `nbcluster stop`")
+            return 0
+        lines.append(line)
+    proc.wait()
+    print("".join(lines), end="", file=sys.stderr)
+    return 2
+
+
+def worker(argv: list[str]) -> int:
+    """`nbcluster worker ... [-n N]`: N worker processes; SIGTERM/Ctrl-C stops them all."""
+    n = 1
+    if "-n" in argv:
+        i = argv.index("-n")
+        n, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
+    if n == 1:
+        from .worker import main as worker_main
+        worker_main(argv)
+        return 0
+    procs = [subprocess.Popen([sys.executable, "-m", "nbcluster.worker", *argv])
+             for _ in range(n)]
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [p.wait() for p in procs]
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+EXAMPLES = {
+    "demo": "example: nbcluster demo -n 4 --tasks 64",
+    "start": "examples:\n  nbcluster start -n 4 --labels gpu\n"
+             "  nbcluster start -n 8 --ip 0.0.0.0 --port 5555 --daemon   # others may join "
+             "(CurveZMQ on)",
+    "worker": "examples:\n  nbcluster worker --connect ~/.nbcluster/cluster.json -n 4\n"
+              "  nbcluster worker --connect cluster.json --endpoint tcp://head:5555 --labels gpu",
+    "broker": "example: NBCLUSTER_KEY=$(python -c 'import os;print(os.urandom(32).hex())') "
+              "nbcluster broker --bind tcp://0.0.0.0:5555 --connection-file cluster.json",
+    "list": "examples:\n  nbcluster list\n  nbcluster list --json | jq '.workers[].id'",
+    "status": "example: nbcluster status --json",
+    "stop": "examples:\n  nbcluster stop                  # the whole cluster\n"
+            "  nbcluster stop --worker w3      # one worker, after its running task",
+    "doctor": "example: nbcluster doctor --connection-file cluster.json",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nbcluster", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="estimate pi on a local cluster",
-                       epilog="example: nbcluster demo -n 4 --tasks 64")
+
+    def command(name: str, help: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def connection(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--connection-file", default=DEFAULT_CONNECTION_FILE,
+                       help=f"the cluster's connection file (default {DEFAULT_CONNECTION_FILE})")
+
+    p = command("demo", "estimate pi on a local cluster")
     p.add_argument("-n", "--workers", type=int, default=None, help="default: one per core")
     p.add_argument("--tasks", type=int, default=32)
     p.add_argument("--samples", type=int, default=1_000_000)
-    p = sub.add_parser("start", help="a broker and local workers until Ctrl-C",
-                       epilog="example: nbcluster start -n 4 --labels gpu")
-    p.add_argument("-n", "--workers", type=int, default=None)
-    p.add_argument("--labels", default="")
-    p.add_argument("--connection-file", default=DEFAULT_CONNECTION_FILE)
-    sub.add_parser("broker", help="a broker alone (see nbcluster broker --help)", add_help=False)
-    sub.add_parser("worker", help="a worker alone (see nbcluster worker --help)", add_help=False)
+    p = command("start", "a broker and local workers (Ctrl-C or `nbcluster stop` ends them)")
+    p.add_argument("-n", "--workers", type=int, default=None, help="default: one per core")
+    p.add_argument("--labels", default="", help="comma-separated labels of the workers")
+    p.add_argument("--ip", default=None, help="also listen here, e.g. 0.0.0.0 (Curve on)")
+    p.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
+    p.add_argument("--daemon", action="store_true", help="return once ready, keep running")
+    p.add_argument("--insecure", action="store_true",
+                   help="beyond loopback without encryption (not recommended)")
+    p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
+    connection(p)
+    command("broker", "a broker alone (nbcluster broker --help)", add_help=False)
+    command("worker", "workers that join a cluster (nbcluster worker --help; -n N for N)",
+            add_help=False)
+    p = command("list", "workers and each client's tasks")
+    p.add_argument("--json", action="store_true")
+    connection(p)
+    p = command("status", "a one-line summary of the cluster")
+    p.add_argument("--json", action="store_true")
+    connection(p)
+    p = command("stop", "stop the cluster, or some of its workers")
+    p.add_argument("--worker", action="append", default=[], metavar="ID",
+                   help="stop only this worker (repeat for more)")
+    connection(p)
+    p = command("doctor", "check the setup; each finding comes with its fix")
+    p.add_argument("--json", action="store_true")
+    connection(p)
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("broker", "worker"):
-        from importlib import import_module
-        import_module(f"nbcluster.{argv[0]}").main(argv[1:])
+    if argv and argv[0] == "broker":
+        from .broker import main as broker_main
+        broker_main(argv[1:])
         return 0
+    if argv and argv[0] == "worker":
+        return worker(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.workers, args.tasks, args.samples)
-    return start(args.workers, args.labels, args.connection_file)
+    if args.command == "start":
+        return start(args)
+    from . import cli_admin
+    if args.command == "list":
+        return cli_admin.list_workers(args.connection_file, args.json)
+    if args.command == "status":
+        return cli_admin.status(args.connection_file, args.json)
+    if args.command == "stop":
+        return cli_admin.stop(args.connection_file, args.worker)
+    return cli_admin.doctor(args.connection_file, args.json)
 
 
 if __name__ == "__main__":

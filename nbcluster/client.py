@@ -247,15 +247,37 @@ class Client:
     # ---- inspecting -------------------------------------------------------------------------
     def status(self, timeout: float = 10.0) -> dict:
         """The broker's view: workers, queued and running counts, tasks waiting for labels."""
+        data = self._request({"t": "query"}, timeout)
+        self.n_workers = len(data["workers"])
+        return data
+
+    def stop_workers(self, worker_ids: Iterable[str] | None = None,
+                     timeout: float = 10.0) -> list[str]:
+        """Ask workers (default: all) to leave once their running task is done; the tasks
+        they had not started go to others. Returns the ids asked.
+
+        Raises:
+            LookupError: no worker has one of these ids.
+        """
+        ids = None if worker_ids is None else list(worker_ids)
+        data = self._request({"t": "stop", "workers": ids}, timeout)
+        if data["unknown"]:
+            raise LookupError(f"no worker {', '.join(data['unknown'])} in this cluster")
+        return data["stopping"]
+
+    def shutdown_cluster(self, timeout: float = 10.0) -> list[str]:
+        """Stop the whole cluster: every worker (once its running task is done), then the
+        broker. Returns the ids of the workers asked to stop."""
+        return self._request({"t": "stop", "workers": None, "broker": True}, timeout)["stopping"]
+
+    def _request(self, header: dict, timeout: float) -> Any:
         reply: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             rid = next(self._keys)
             self._replies[rid] = reply
-            self._outbox.append(("msg", {"t": "query", "rid": rid}, []))
+            self._outbox.append(("msg", {**header, "rid": rid}, []))
         os.write(self._wake_w, b"x")
-        data = reply.result(timeout)
-        self.n_workers = len(data["workers"])
-        return data
+        return reply.result(timeout)
 
     def workers(self) -> list[dict]:
         """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""

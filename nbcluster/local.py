@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import protocol, shm
+from .bars import progress_bar
 from .client import Client, remember_latest
 from .connection import KEY_ENV, ConnectionInfo
 from .curve import is_loopback
@@ -130,15 +131,20 @@ class LocalCluster:
 
     def _wait_ready(self) -> None:
         self._read_ready_line()
+        bar = progress_bar(self.n_workers, "workers joining")   # shows after 0.5 s only
         with Client(self.endpoint, self.key, remember=False, curve=self.info.curve) as client:
             deadline = time.monotonic() + START_TIMEOUT_S
             while client.n_workers < self.n_workers:
                 if time.monotonic() > deadline:
+                    bar.close()
                     raise NBClusterError(f"only {client.n_workers} of {self.n_workers} workers "
                                          f"registered within {START_TIMEOUT_S} s")
+                before = client.n_workers
                 client.status()
+                bar.update(done=max(0, min(client.n_workers, self.n_workers) - before))
                 if client.n_workers < self.n_workers:
                     time.sleep(0.005)
+        bar.close()
 
     def client(self) -> Client:
         """A new Client connected to this cluster (closed with the cluster)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import select
 import signal
 import socket
@@ -33,6 +34,7 @@ from . import protocol, runtime, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
 from .errors import ProtocolError
+from .version import __version__
 
 if TYPE_CHECKING:
     from .curve import CurveKeys
@@ -136,6 +138,7 @@ class Worker:
         self.task_time: float | None = None   # moving average of task durations (s)
         self.interrupting = False             # the I/O thread interrupted a task to cancel it
         self.stopping = self.reconnecting = False
+        self.draining = False                 # asked to leave: finish the running task, then go
         self._wake_r, self._wake_w = os.pipe()              # to the I/O thread
         self._registered_r, self._registered_w = os.pipe()  # to the main thread
         self.ctx = zmq.Context(io_threads=1)
@@ -159,6 +162,8 @@ class Worker:
                     # Credit is always granted from this socket: the broker can only route
                     # tasks to it once a message from it has arrived.
                     os.read(self._registered_r, 4096)
+                    if self.draining:
+                        self._leave_now()
                     n = self._top_up()
                     if n:
                         self._send(self.task_sock, {"t": "ready", "n": n})
@@ -191,6 +196,9 @@ class Worker:
         pos, items, frames, finished = 0, [], [], 0
         last_sent = time.monotonic()
         for i, (gid, attempt, nframes, local) in enumerate(tasks):
+            if self.draining:   # leaving: the tasks not started go back to the broker
+                self._send_done(items, frames, finished)
+                self._leave_now()
             result = self._run_one(gid, attempt, payload[pos:pos + nframes], local)
             pos += nframes
             finished += 1
@@ -233,6 +241,13 @@ class Worker:
         t = self.task_time
         self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
         return [gid, attempt, status, len(payload), {"s": elapsed}], payload
+
+    def _leave_now(self) -> None:
+        """Say bye on the task socket, after the results sent on it (so they arrive first);
+        the broker queues our unstarted tasks again."""
+        self._send(self.task_sock, {"t": "bye"})
+        time.sleep(0.2)   # let ZeroMQ's I/O thread put it on the wire
+        os._exit(0)
 
     def _send_done(self, items: list, frames: list, finished: int) -> None:
         if self.shm is not None and self.shm.created:
@@ -355,6 +370,10 @@ class Worker:
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     else:
                         self.cancelled.update((gid, a) for a in range(_MAX_ATTEMPTS))
+        elif kind == "stop":
+            with self.lock:
+                self.draining = True
+            os.write(self._registered_w, b"x")   # wakes the main thread if it is idle
         elif kind == "given":
             with self.lock:
                 self.cancelled.update(tuple(x) for x in header["ids"])
@@ -392,7 +411,8 @@ def _stdin_open() -> bool:
 
 def _load_info() -> dict[str, Any]:
     """Memory (RSS bytes) and CPU seconds of this process, for the worker list."""
-    info: dict[str, Any] = {"cpu_s": round(sum(os.times()[:2]), 3)}
+    info: dict[str, Any] = {"cpu_s": round(sum(os.times()[:2]), 3), "time": time.time(),
+                            "python": platform.python_version(), "version": __version__}
     try:
         with open("/proc/self/statm") as f:
             info["rss"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -408,7 +428,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from .connection import ConnectionInfo, key_from_env
 
-    p = argparse.ArgumentParser(prog="nbcluster worker")
+    p = argparse.ArgumentParser(
+        prog="nbcluster worker", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  nbcluster worker --connect ~/.nbcluster/cluster.json -n 4\n"
+               "  nbcluster worker --connect cluster.json --endpoint tcp://head:5555 "
+               "--labels gpu")
+    p.add_argument("-n", type=int, default=1, help="start this many worker processes "
+                   "(`nbcluster worker` only)")
     p.add_argument("--connect", required=True, help="broker endpoint or connection file")
     p.add_argument("--endpoint", help="reach the broker here rather than where the "
                    "connection file says, e.g. tcp://head-node:5555")

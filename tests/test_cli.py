@@ -75,3 +75,85 @@ def test_a_worker_started_by_hand_joins_with_the_connection_file(cluster, client
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "nbcluster.cli", *args], capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        return True
+
+
+def test_daemon_list_status_stop_and_doctor(tmp_path):
+    import json
+    conn = str(tmp_path / "cluster.json")
+    out = cli("start", "-n", "2", "--daemon", "--ip", "0.0.0.0", "--connection-file", conn,
+              "--log-file", str(tmp_path / "log"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "CurveZMQ on" in out.stdout and "running in the background" in out.stdout
+    listed = json.loads(cli("list", "--json", "--connection-file", conn).stdout)
+    daemon = int(out.stdout.split("(pid ")[1].split(")")[0])
+    pids = [w["pid"] for w in listed["workers"]] + [daemon]
+    try:
+        assert sorted(w["id"] for w in listed["workers"]) == ["w1", "w2"]
+        status = json.loads(cli("status", "--json", "--connection-file", conn).stdout)
+        assert status["workers"] == 2 and status["queued"] == 0
+        pids.append(status["broker"]["pid"])
+        assert "w1" in cli("list", "--connection-file", conn).stdout
+        doc = cli("doctor", "--json", "--connection-file", conn)
+        assert doc.returncode == 0 and json.loads(doc.stdout)["ok"], doc.stdout
+        os.chmod(conn, 0o644)
+        doc = cli("doctor", "--connection-file", conn)
+        assert doc.returncode == 1 and f"chmod 600 {conn}" in doc.stdout
+        os.chmod(conn, 0o600)
+        assert cli("stop", "--worker", "w9", "--connection-file", conn).returncode == 1
+        assert cli("stop", "--worker", "w1", "--connection-file", conn).returncode == 0
+        w1 = next(w["pid"] for w in listed["workers"] if w["id"] == "w1")
+        wait_for(lambda: gone(w1), what="w1 stopped")
+        assert cli("stop", "--connection-file", conn).returncode == 0
+        wait_for(lambda: all(gone(p) for p in pids), timeout=20, what="the whole cluster gone")
+        assert cli("status", "--connection-file", conn).returncode == 2
+    finally:
+        for pid in pids:
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_command_starts_n_workers_and_sigterm_stops_them(cluster, client):
+    proc = subprocess.Popen([sys.executable, "-m", "nbcluster.cli", "worker", "-n", "2",
+                             "--connect", str(cluster.connection_file), "--labels", "extra"],
+                            stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: len([w for w in client.workers() if "extra" in w["labels"]]) == 2,
+                 what="2 more workers")
+        proc.terminate()
+        assert proc.wait(15) == 0
+        wait_for(lambda: not [w for w in client.workers() if "extra" in w["labels"]],
+                 what="they left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_broker_refuses_to_listen_beyond_loopback_without_encryption():
+    from nbcluster.broker import Broker
+    from nbcluster.protocol import new_key
+    with pytest.raises(nbcluster.NBClusterError, match="without encryption"):
+        Broker(["tcp://0.0.0.0:0"], new_key())
+    env = {**os.environ, "NBCLUSTER_KEY": new_key().hex()}
+    proc = subprocess.Popen([sys.executable, "-m", "nbcluster.broker", "--bind",
+                             "tcp://0.0.0.0:0", "--insecure"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("ready")
+        assert "WITHOUT encryption" in proc.stderr.readline()
+    finally:
+        proc.kill()
+        proc.wait()

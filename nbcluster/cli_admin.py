@@ -1,0 +1,172 @@
+"""`nbcluster list | status | stop | doctor`: looking after a running cluster.
+
+Each takes the cluster's connection file (default ~/.nbcluster/cluster.json); `--json` prints
+what a script would parse. Exit codes: 0 fine, 1 something to report (an unknown worker,
+findings of doctor), 2 no cluster reached.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+__all__ = ["list_workers", "status", "stop", "doctor"]
+
+CLOCK_SKEW_S = 2.0     # doctor reports worker clocks further off than this (plus a heartbeat)
+
+
+def _connect(path: str):
+    from .client import connect
+    try:
+        return connect(path, timeout=5)
+    except FileNotFoundError:
+        print(f"nbcluster: no connection file at {path} (start a cluster with "
+              "`nbcluster start`, or pass --connection-file)", file=sys.stderr)
+    except Exception as e:   # noqa: BLE001 - say it, exit 2
+        print(f"nbcluster: cannot reach the cluster of {path}: {e}", file=sys.stderr)
+    return None
+
+
+def list_workers(path: str, as_json: bool) -> int:
+    """Workers (host, pid, labels, state, load) and each client's queued and running tasks."""
+    client = _connect(path)
+    if client is None:
+        return 2
+    with client:
+        data = client.status()
+    if as_json:
+        print(json.dumps({"workers": data["workers"], "clients": data["client_tasks"]}))
+        return 0
+    print(f"{'WORKER':8} {'HOST':16} {'PID':>7} {'STATE':6} {'RUN':>3} {'DONE':>8} "
+          f"{'CPU s':>8} {'MEM MiB':>8}  LABELS")
+    for w in data["workers"]:
+        info = w.get("info", {})
+        print(f"{w['id']:8} {w['host'][:16]:16} {w['pid']:>7} {w['state']:6} {w['running']:>3} "
+              f"{w['done']:>8} {info.get('cpu_s', 0):>8.1f} {info.get('rss', 0) / 2**20:>8.0f}  "
+              f"{','.join(w['labels']) or '-'}")
+    for c in data["client_tasks"]:
+        print(f"client {c['host']}:{c['pid']}: {c['queued']} queued, {c['running']} running")
+    for labels, n in data.get("waiting_for_labels", {}).items():
+        print(f"{n} task(s) wait for labels no worker has: {labels}")
+    return 0
+
+
+def status(path: str, as_json: bool) -> int:
+    """One line: workers, queued, running, clients."""
+    client = _connect(path)
+    if client is None:
+        return 2
+    with client:
+        data = client.status()
+    summary = {"workers": len(data["workers"]), "queued": data["queued"],
+               "running": data["running"], "clients": data["clients"],
+               "broker": data.get("broker", {})}
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        b = summary["broker"]
+        print(f"broker {b.get('host', '?')}:{b.get('pid', '?')}: {summary['workers']} workers, "
+              f"{summary['queued']} queued, {summary['running']} running, "
+              f"{summary['clients']} clients")
+    return 0
+
+
+def stop(path: str, worker_ids: list[str]) -> int:
+    """Stop some workers gracefully, or (none named) the whole cluster."""
+    client = _connect(path)
+    if client is None:
+        return 2
+    with client:
+        try:
+            if worker_ids:
+                asked = client.stop_workers(worker_ids)
+                print(f"stopping {', '.join(asked)} (each after its running task)")
+            else:
+                asked = client.shutdown_cluster()
+                print(f"stopping the cluster: {len(asked)} workers, then the broker")
+        except LookupError as e:
+            print(f"nbcluster: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def doctor(path: str, as_json: bool) -> int:
+    """What users get wrong, each finding with its fix."""
+    findings: list[dict] = []
+
+    def find(problem: str, fix: str) -> None:
+        findings.append({"problem": problem, "fix": fix})
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        find(f"no connection file at {file}", "start a cluster (nbcluster start) or pass "
+             "--connection-file")
+        return _report(findings, as_json)
+    mode = stat.S_IMODE(file.stat().st_mode)
+    if mode & 0o077:
+        find(f"{file} is readable by others (mode {oct(mode)}): it holds the cluster key",
+             f"chmod 600 {file}")
+    from .connection import ConnectionInfo
+    from .curve import is_loopback
+    info = ConnectionInfo.read(file)
+    exposed = [ep for ep in info.endpoints if not is_loopback(ep)]
+    if exposed and info.curve is None:
+        find(f"the broker listens on {', '.join(exposed)} without encryption (--insecure)",
+             "restart it without --insecure: beyond loopback it then runs with CurveZMQ")
+    for ep in info.endpoints:
+        url = urlparse(ep)
+        if url.scheme == "tcp" and not _port_open(url.hostname, url.port):
+            find(f"nothing answers at {url.hostname}:{url.port} (stopped, or a firewall)",
+                 f"check the broker runs; open TCP port {url.port} in the firewall between "
+                 "the workers' hosts and the broker's")
+    client = _connect(str(file))
+    if client is None:
+        find("the broker did not answer", "start the cluster, or fix the findings above")
+        return _report(findings, as_json)
+    with client:
+        data = client.status()
+    from .version import __version__
+    now = time.time()
+    for w in data["workers"]:
+        info_w = w.get("info", {})
+        if info_w.get("version") and info_w["version"] != __version__:
+            find(f"worker {w['id']} on {w['host']} runs nbcluster {info_w['version']}, this "
+                 f"host {__version__}", "install the same nbcluster version everywhere")
+        if info_w.get("python") and info_w["python"].rsplit(".", 1)[0] != \
+                ".".join(map(str, sys.version_info[:2])):
+            find(f"worker {w['id']} on {w['host']} runs Python {info_w['python']}, this host "
+                 f"{sys.version.split()[0]} (functions pickled by value may not load)",
+                 "use the same Python minor version everywhere")
+        if "time" in info_w and abs(info_w["time"] - now) > CLOCK_SKEW_S + 1.0:
+            find(f"worker {w['id']} on {w['host']}'s clock is {info_w['time'] - now:+.1f} s off",
+                 "run NTP (e.g. chrony or systemd-timesyncd) on every host")
+    if not data["workers"]:
+        find("no workers are connected", "start some: nbcluster worker --connect "
+             f"{file} -n 4 (on each host)")
+    return _report(findings, as_json)
+
+
+def _port_open(host: str | None, port: int | None) -> bool:
+    if host in (None, "0.0.0.0", "*") or not port:
+        return True
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _report(findings: list[dict], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": not findings, "findings": findings}))
+    elif not findings:
+        print("nbcluster doctor: no problems found")
+    else:
+        for f in findings:
+            print(f"problem: {f['problem']}\n    fix: {f['fix']}")
+    return 1 if findings else 0
