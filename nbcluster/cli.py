@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 __all__ = ["main"]
@@ -118,18 +119,37 @@ def _daemonize(args) -> int:
     return 2
 
 
+def _end_on_eof(procs: list[subprocess.Popen]) -> None:
+    while os.read(0, 4096):
+        pass
+    for p in procs:
+        if p.poll() is None:
+            p.stdin.close()   # each watches its stdin: it leaves
+
+
 def worker(argv: list[str]) -> int:
     """`nbcluster worker ... [-n N]`: N worker processes; SIGTERM/Ctrl-C stops them all."""
     n = 1
     if "-n" in argv:
         i = argv.index("-n")
         n, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
+    from .worker import read_line
     if n == 1:
         from .worker import main as worker_main
         worker_main(argv)
         return 0
-    procs = [subprocess.Popen([sys.executable, "-m", "nbcluster.worker", *argv])
+    # --connect -: the connection comes on stdin; hand it on to each worker the same way
+    from_stdin = "--connect" in argv and argv[argv.index("--connect") + 1:][:1] == ["-"]
+    line = read_line(0).encode() if from_stdin else b""
+    procs = [subprocess.Popen([sys.executable, "-m", "nbcluster.worker", *argv],
+                              stdin=subprocess.PIPE if from_stdin else None)
              for _ in range(n)]
+    for p in procs:
+        if from_stdin:
+            p.stdin.write(line)
+            p.stdin.flush()
+    if from_stdin and "--watch-stdin" in argv:   # our stdin closing (ssh gone) ends them all
+        threading.Thread(target=_end_on_eof, args=(procs,), daemon=True).start()
 
     def forward(signum, _frame):
         for p in procs:
@@ -139,6 +159,60 @@ def worker(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [p.wait() for p in procs]
     return 0 if all(c == 0 for c in codes) else 1
+
+
+def ssh(args) -> int:
+    """Workers on other hosts over SSH, until Ctrl-C, `nbcluster stop`, or they all end."""
+    from .connection import ConnectionInfo
+    from .errors import NBClusterError
+    from .launchers import SSHWorkers
+    info = ConnectionInfo.read(args.connection_file)
+    try:
+        workers = SSHWorkers(args.hosts, info, args.workers, labels=_split(args.labels),
+                             python=args.python, endpoint=args.endpoint,
+                             ssh_options=args.ssh_option)
+    except NBClusterError as e:
+        print(f"nbcluster ssh: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.workers} workers on each of {', '.join(args.hosts)}; Ctrl-C stops them",
+          flush=True)
+    try:
+        while any(p.poll() is None for p in workers.procs.values()):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        workers.close()
+    return 0
+
+
+def slurm(args) -> int:
+    """Workers as a Slurm job; Ctrl-C (or the job ending) cancels it."""
+    from .connection import ConnectionInfo
+    from .errors import NBClusterError
+    from .launchers import SlurmWorkers
+    info = ConnectionInfo.read(args.connection_file)
+    try:
+        job = SlurmWorkers(info, args.nodes, args.workers, labels=_split(args.labels),
+                           python=args.python, partition=args.partition,
+                           time_limit=args.time, endpoint=args.endpoint)
+    except NBClusterError as e:
+        print(f"nbcluster slurm: {e}", file=sys.stderr)
+        return 2
+    print(f"submitted Slurm job {job.job_id}: {args.nodes} node(s) x {args.workers} workers; "
+          "Ctrl-C cancels it", flush=True)
+    try:
+        while job.state() not in ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            time.sleep(2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        job.close()
+    return 0
+
+
+def _split(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
 
 
 EXAMPLES = {
@@ -155,6 +229,10 @@ EXAMPLES = {
     "stop": "examples:\n  nbcluster stop                  # the whole cluster\n"
             "  nbcluster stop --worker w3      # one worker, after its running task",
     "doctor": "example: nbcluster doctor --connection-file cluster.json",
+    "ssh": "examples:\n  nbcluster start --ip 0.0.0.0 --daemon\n"
+           "  nbcluster ssh alice@node1 alice@node2 -n 8 --ssh-option=-i --ssh-option=~/.ssh/lab",
+    "slurm": "examples:\n  nbcluster start --ip 0.0.0.0 --daemon\n"
+             "  nbcluster slurm --nodes 4 -n 32 --partition compute --time 2:00:00",
 }
 
 
@@ -198,6 +276,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--worker", action="append", default=[], metavar="ID",
                    help="stop only this worker (repeat for more)")
     connection(p)
+    p = command("ssh", "workers on other hosts over SSH (until Ctrl-C)")
+    p.add_argument("hosts", nargs="+", metavar="[USER@]HOST")
+    p.add_argument("-n", "--workers", type=int, default=1, help="workers per host")
+    p.add_argument("--labels", default="")
+    p.add_argument("--python", default="python3", help="the Python on the hosts")
+    p.add_argument("--endpoint", default=None, help="where the hosts reach the broker")
+    p.add_argument("--ssh-option", action="append", default=[], help="passed to ssh")
+    connection(p)
+    p = command("slurm", "workers as a Slurm batch job (until Ctrl-C)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("-n", "--workers", type=int, default=1, help="workers per node")
+    p.add_argument("--labels", default="")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--time", default=None, help="time limit, e.g. 2:00:00")
+    p.add_argument("--python", default=sys.executable, help="the Python on the nodes")
+    p.add_argument("--endpoint", default=None, help="where the nodes reach the broker")
+    connection(p)
     p = command("doctor", "check the setup; each finding comes with its fix")
     p.add_argument("--json", action="store_true")
     connection(p)
@@ -214,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args.workers, args.tasks, args.samples)
     if args.command == "start":
         return start(args)
+    if args.command in ("ssh", "slurm"):
+        return (ssh if args.command == "ssh" else slurm)(args)
     from . import cli_admin
     if args.command == "list":
         return cli_admin.list_workers(args.connection_file, args.json)

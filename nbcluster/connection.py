@@ -42,18 +42,26 @@ class ConnectionInfo:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            data = {"version": 1, "endpoints": self.endpoints, "key": self.key.hex(),
-                    "host": self.host, "created": time.time()}
-            if self.curve is not None:
-                data["curve"] = self.curve.to_json()
-            json.dump(data, f)
+            f.write(self.to_json())
         os.replace(tmp, path)
         return path
+
+    def to_json(self) -> str:
+        """The connection file's content, on one line."""
+        data = {"version": 1, "endpoints": self.endpoints, "key": self.key.hex(),
+                "host": self.host, "created": time.time()}
+        if self.curve is not None:
+            data["curve"] = self.curve.to_json()
+        return json.dumps(data)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "ConnectionInfo":
         with open(Path(path).expanduser()) as f:
-            data = json.load(f)
+            return cls.from_json(f.read())
+
+    @classmethod
+    def from_json(cls, text: str) -> "ConnectionInfo":
+        data = json.loads(text)
         return cls(endpoints=list(data["endpoints"]), key=bytes.fromhex(data["key"]),
                    host=data.get("host", ""),
                    curve=CurveKeys.from_json(data["curve"]) if data.get("curve") else None)

@@ -402,6 +402,17 @@ class Worker:
             self._send(self.ctl, {"t": "giveback", "keep": tag[0]})
 
 
+def read_line(fd: int) -> str:
+    """One line from fd, read byte by byte so nothing after it is buffered away."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()
+
+
 def _stdin_open() -> bool:
     try:
         return bool(os.read(0, 4096)) if select.select([0], [], [], 0)[0] else True
@@ -435,7 +446,9 @@ def main(argv: list[str] | None = None) -> None:
                "--labels gpu")
     p.add_argument("-n", type=int, default=1, help="start this many worker processes "
                    "(`nbcluster worker` only)")
-    p.add_argument("--connect", required=True, help="broker endpoint or connection file")
+    p.add_argument("--connect", required=True, help="broker endpoint or connection file, or "
+                   "- to read the connection file's JSON as the first line of stdin (what "
+                   "launchers do: the key never shows in a file or a command line)")
     p.add_argument("--endpoint", help="reach the broker here rather than where the "
                    "connection file says, e.g. tcp://head-node:5555")
     p.add_argument("--labels", default="", help="comma-separated labels, e.g. gpu,bigmem")
@@ -446,7 +459,8 @@ def main(argv: list[str] | None = None) -> None:
     if "://" in args.connect:
         endpoint, key, curve = args.connect, key_from_env(), None
     else:
-        info = ConnectionInfo.read(args.connect)
+        info = ConnectionInfo.from_json(read_line(0)) if args.connect == "-" else \
+            ConnectionInfo.read(args.connect)
         endpoint, key, curve = args.endpoint or info.best_endpoint(), info.key, info.curve
     worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x],
                     watch_stdin=args.watch_stdin, curve=curve)

@@ -4,6 +4,8 @@
                                                    10.N.1.1 ═ 10.N.1.2 ── "host1"
                                                    10.N.2.1 ═ 10.N.2.2 ── "host2"
 
+The broker namespace forwards between its links, so the root namespace reaches the hosts.
+
 Traffic stays on these links and loopback. Needs root and `ip`; `skip_reason()` says why not.
 Every process started here is stopped by its pid, and the namespaces are deleted, on close.
 """
@@ -62,6 +64,9 @@ class Hosts:
                            self.ns[host], f"10.{self.net}.{i}.2")
                 sh("ip", "route", "add", "default", "via", f"10.{self.net}.{i}.1",
                    ns=self.ns[host])
+                # the root namespace reaches the hosts through the broker's (SSH, tests)
+                sh("ip", "route", "add", f"10.{self.net}.{i}.0/24", "via", f"10.{self.net}.0.2")
+            sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=b)
         except BaseException:
             self.close()
             raise
