@@ -31,7 +31,7 @@ import cloudpickle
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import protocol, runtime, serialize, tracebacks
+from . import curve, protocol, runtime, serialize, tracebacks
 from .errors import NBClusterError, ProtocolError
 
 __all__ = ["MapTask", "ReduceTask", "MapOutcome", "ReduceOutcome", "Missing", "stable_hash",
@@ -118,6 +118,10 @@ class _Store:
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
+        keys = runtime.curve_keys()
+        if keys is not None:   # a Curve cluster: the data server too (the members' key pair)
+            self.auth = curve.serve(ctx, sock, keys.client_public, keys.client_secret,
+                                    keys.client_public)
         sock.bind(_bind_address(runtime.broker_endpoint()))
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         signer = protocol.Signer(runtime.worker_key())
@@ -299,6 +303,7 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
     if not wanted:
         return parts, []
     signer = protocol.Signer(runtime.worker_key())
+    keys = runtime.curve_keys()
     ctx = zmq.Context.instance()
     poller = zmq.Poller()
     peers: dict[Any, tuple[str, Any]] = {}   # socket -> (endpoint, its DEALER socket)
@@ -307,6 +312,8 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
         for endpoint, buckets in wanted.items():
             sock = ctx.socket(zmq.DEALER)
             sock.linger = 0
+            if keys is not None:
+                keys.connect_as_client(sock, server_public=keys.client_public)
             monitor = sock.get_monitor_socket(_FAILED)
             sock.connect(endpoint)
             for bucket, i in buckets.items():

@@ -122,3 +122,18 @@ def test_a_cut_link_heals_nothing_lost_or_doubled(hosts, tmp_path):
             except Exception:   # noqa: BLE001 - not back yet
                 pass
             assert time.monotonic() < deadline, "host1's worker did not come back"
+
+
+def test_map_reduce_shuffles_between_hosts_over_curve(hosts, tmp_path):
+    from nbcluster import map_reduce
+    cluster = Cluster(hosts, tmp_path)
+    with cluster.client() as client:
+        wait_workers(client, 2)
+        words = [f"w{i % 7} w{i % 3}" for i in range(300)]
+        counts = map_reduce(words, lambda line: [(w, 1) for w in line.split()], sum,
+                            combiner=sum, client=client, chunksize=10, progress=False)
+        expected = {}
+        for line in words:
+            for w in line.split():
+                expected[w] = expected.get(w, 0) + 1
+        assert counts == expected
