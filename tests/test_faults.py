@@ -60,6 +60,7 @@ def test_frozen_worker_is_declared_dead_and_its_late_result_dropped(tmp_path):
     with throwaway_cluster(2, respawn=False) as cluster:
         client = cluster.client()
         fut = client.submit(slow)
+        wait_for(lambda: starts_in(log), what="the task started")   # not just assigned
         [frozen] = running_on(client)
         frozen_pid = next(w["pid"] for w in client.workers() if w["id"] == frozen)
         kill_worker(cluster, frozen, signal.SIGSTOP, client=client)
