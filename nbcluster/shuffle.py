@@ -90,6 +90,7 @@ class _Store:
         self.buckets: dict[tuple[str, int], _Bucket] = {}
         self.lock = threading.Lock()
         self.endpoint: str | None = None
+        self.auth = None   # the ZAP authenticator of a Curve cluster's data server
 
     def bucket(self, sid: str, number: int, partitions: int, combined: bool) -> _Bucket:
         now = time.monotonic()

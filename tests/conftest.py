@@ -12,3 +12,14 @@ def cluster():
 @pytest.fixture
 def client(cluster):
     return cluster.client()
+
+
+@pytest.fixture
+def hosts():
+    """A broker namespace and two host namespaces (tests/netns.py); deleted afterwards."""
+    from .netns import Hosts
+    h = Hosts()
+    try:
+        yield h
+    finally:
+        h.close()

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 
 def skip_reason() -> str | None:
@@ -43,12 +42,26 @@ def sh(*args: str, ns: str | None = None) -> str:
     return done.stdout
 
 
+def _claim_net() -> tuple[int, int]:
+    """A 10.N.0.0/16 block no other test (in any process) is using: N and its lock's fd.
+    The lock is an flock, so a killed test run leaves nothing claimed."""
+    import fcntl
+    for net in random.sample(range(200, 250), 50):
+        fd = os.open(f"/tmp/nbcluster-netns-{net}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return net, fd
+        except OSError:
+            os.close(fd)
+    raise RuntimeError("all 50 address blocks for test namespaces are in use")
+
+
 class Hosts:
     """A broker namespace and two worker namespaces, linked to it (see the module doc)."""
 
     def __init__(self) -> None:
         tag = f"{os.getpid() % 10000:04d}{random.randrange(100):02d}"
-        self.net = random.randrange(200, 250)
+        self.net, self._net_lock = _claim_net()
         self.ns = {name: f"nbc{tag}{name[0]}{name[-1]}" for name in ("broker", "host1", "host2")}
         self.procs: list[subprocess.Popen] = []
         self.links = {"root": f"nbc{tag}r", "host1": f"nbc{tag}b1", "host2": f"nbc{tag}b2"}
@@ -125,4 +138,4 @@ class Hosts:
         for ns in self.ns.values():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.links["root"]], capture_output=True)
-        time.sleep(0.05)
+        os.close(self._net_lock)   # the 10.N.0.0/16 block is free again

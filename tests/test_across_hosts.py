@@ -49,15 +49,6 @@ class Cluster:
                       curve=self.info.curve, **kw)
 
 
-@pytest.fixture
-def hosts():
-    h = Hosts()
-    try:
-        yield h
-    finally:
-        h.close()
-
-
 def wait_workers(client: Client, n: int, timeout: float = 20) -> list[dict]:
     deadline = time.monotonic() + timeout
     while True:

@@ -1,6 +1,5 @@
 """The broker's bookkeeping, driven message by message with a fake clock (milliseconds)."""
 
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st

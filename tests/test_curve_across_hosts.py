@@ -18,7 +18,7 @@ from nbcluster import Client, NBClusterError
 from nbcluster.curve import CurveKeys
 
 from .netns import skip_reason
-from .test_across_hosts import PORT, Cluster, hosts, wait_workers  # noqa: F401 - fixture
+from .test_across_hosts import PORT, Cluster, wait_workers
 
 pytestmark = [pytest.mark.timeout(120)]
 

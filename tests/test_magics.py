@@ -10,6 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from .test_notebooks import cell_text as text
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -35,18 +37,6 @@ def run(cells: list[str]) -> tuple[nbformat.NotebookNode, TimedClient]:
     client.execute()
     assert "stopped" in text(nb.cells[-1])
     return nb, client
-
-
-def text(cell) -> str:
-    parts = []
-    for out in cell.outputs:
-        if out.output_type == "stream":
-            parts.append(out.text)
-        elif out.output_type in ("execute_result", "display_data"):
-            parts.append(out.data.get("text/plain", ""))
-        elif out.output_type == "error":
-            parts.append("\n".join(out.traceback))
-    return "".join(parts)
 
 
 def html(cell) -> str:

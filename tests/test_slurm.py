@@ -57,7 +57,7 @@ def slurm(tmp_path):
     os.chmod(key, 0o400)
     conf = d / "slurm.conf"
     conf.write_text("\n".join([
-        f"ClusterName=nbc", f"SlurmctldHost={node}", "SlurmUser=root", "SlurmdUser=root",
+        "ClusterName=nbc", f"SlurmctldHost={node}", "SlurmUser=root", "SlurmdUser=root",
         f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
         f"StateSaveLocation={d / 'state'}", f"SlurmdSpoolDir={d / 'spool'}",
         f"SlurmctldPidFile={pids['slurmctld']}", f"SlurmdPidFile={pids['slurmd']}",
