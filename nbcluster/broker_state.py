@@ -466,7 +466,11 @@ class BrokerState:
         workers = [{"id": w.id, "host": w.host, "pid": w.pid, "labels": sorted(w.labels),
                     "slots": w.slots, "running": len(w.tasks), "done": w.done,
                     "state": "busy" if w.tasks else "idle", "info": w.info,
-                    "age_s": (now - w.joined) / 1000} for w in self.workers.values()]
+                    "age_s": (now - w.joined) / 1000,
+                    # its tasks as [client pid, the client's task id], oldest first
+                    "tasks": [[self.clients[t.client].pid if t.client in self.clients else 0,
+                               t.cid] for t in (self.tasks[g] for g in sorted(w.tasks))]}
+                   for w in self.workers.values()]
         queued = [t for t in self.tasks.values() if t.worker is None]
         waiting: dict[str, int] = {}
         for t in queued:

@@ -165,13 +165,14 @@ def test_the_cluster_as_a_cell_value_shows_the_panel_with_waiting_tasks():
     nb, _ = run(["cluster = get_ipython().magics_manager.registry['ClusterMagics'].cluster\n"
                  "client = cluster.default_client()\n"
                  "waiting = client.submit(abs, -1, labels={'gpu'})\n"
-                 "import time; time.sleep(0.2)\ncluster",
-                 "waiting.cancel()"])
+                 "import time; busy = client.submit(time.sleep, 3); time.sleep(0.5)\ncluster",
+                 "waiting.cancel()"])   # busy runs on until the cluster stops
     panels = [s["value"] for s in widget_states(nb) if s["_model"] == "HTMLModel"
               and "nbcluster-panel" in s.get("_dom_classes", ())]
     assert panels and "2 workers" in panels[0]
     assert "1 task waiting for labels no worker has" in panels[0] and "gpu" in panels[0]
     assert "data-worker='w1'" in panels[0] and "data-worker='w2'" in panels[0]
+    assert "<td>task 2</td>" in panels[0]            # the running task, as this client numbers it
 
 
 def test_a_worker_printing_in_a_tight_loop_is_rate_limited():

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import html
+import os
 import threading
 import time
 
@@ -60,8 +61,7 @@ class WorkerPanel(widgets.VBox):
             mem = f"{info['rss'] / 2**20:,.0f} MiB" if "rss" in info else ""
             state = "busy" if w.get("running") else w.get("state", "")
             rows.append([w["id"], w.get("host", ""), str(w.get("pid", "")),
-                         ", ".join(w.get("labels", [])), state,
-                         f"{w['running']} running" if w.get("running") else "",
+                         ", ".join(w.get("labels", [])), state, _current(w.get("tasks", [])),
                          f"{w.get('done', 0):,}", cpu, mem])
         head = ["worker", "host", "pid", "labels", "state", "task", "done", "CPU", "memory"]
         body = "".join("<tr data-worker='{}'>{}</tr>".format(
@@ -74,6 +74,15 @@ class WorkerPanel(widgets.VBox):
             f"<div><b>{len(rows)} worker{'s' if len(rows) != 1 else ''}</b> · "
             f"{status.get('queued', 0)} queued · {status.get('running', 0)} running</div>"
             f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{waiting}")
+
+
+def _current(tasks: list) -> str:
+    """The running task (as the client numbered it; "of pid N" for other clients' tasks)."""
+    if not tasks:
+        return ""
+    pid, cid = tasks[0]
+    text = f"task {cid}" + ("" if pid == os.getpid() else f" of pid {pid}")
+    return text + (f" (+{len(tasks) - 1} queued)" if len(tasks) > 1 else "")
 
 
 def _natural(worker_id: str) -> tuple:
