@@ -46,7 +46,7 @@ def html(cell) -> str:
 
 def test_cluster_cell_push_pull_and_pmap_values():
     nb, _ = run([
-        "%%cluster\nimport os\nprint('pid', os.getpid())\nanswer = 6 * 7\nanswer",
+        "%%cluster\nimport os\nprint('pid', os.getpid())\nanswer = 6 * 7\nf'answer={answer}'",
         "factor = 3\n%cluster push factor",
         "pulled = %cluster pull answer factor\nprint(sorted(pulled.items()))",
         "r = %pmap lambda v: v * factor  range(8)\nprint(r)",
@@ -56,7 +56,8 @@ def test_cluster_cell_push_pull_and_pmap_values():
     c = nb.cells
     assert "started a local cluster of 2 workers" in text(c[0])
     out = text(c[1])
-    assert "[w1]" in out and "[w2]" in out and out.count("42") == 2 and out.count("pid") == 2
+    assert "[w1]" in out and "[w2]" in out and out.count("answer=42") == 2
+    assert out.count("pid") == 2
     assert "<details" in html(c[1]) and "Out[1]" in html(c[1])
     assert "pushed factor to 2 worker(s)" in text(c[2])
     pulled = text(c[3])
