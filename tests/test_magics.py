@@ -197,3 +197,18 @@ def test_noblock_returns_at_once_and_output_lands_under_its_own_cell():
     assert text(nb.cells[1]).count("late line") == 2     # under the cell that ran it...
     assert "late line" not in text(nb.cells[2])          # ...not under the one running then
     assert "[True, True]" in text(nb.cells[2])
+
+
+def test_first_use_connects_to_the_cluster_of_the_connection_file(tmp_path, monkeypatch):
+    from nbcluster import LocalCluster
+    conn = tmp_path / "cluster.json"
+    with LocalCluster(2, connection_file=conn) as cluster:
+        monkeypatch.setenv("NBCLUSTER_CONNECTION", str(conn))   # the kernel inherits it
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in [
+            "%load_ext nbcluster", "%%cluster\nimport os\nprint('worker pid', os.getpid())"]])
+        NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+        said = text(nb.cells[1])
+        assert f"connected to the cluster of {conn} (2 workers)" in said
+        assert "started a local cluster" not in said
+        for pid in cluster.pids()["workers"]:
+            assert f"worker pid {pid}" in said
