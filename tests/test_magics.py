@@ -80,8 +80,10 @@ def test_output_arrives_while_the_cell_runs():
 
 def test_rich_display_from_workers():
     nb, _ = run(["%%cluster\nfrom IPython.display import display, HTML\n"
-                 "display(HTML('<b class=\"from-worker\">bold</b>'))\nprint('after')"])
+                 "display(HTML('<b class=\"from-worker\">bold</b>'))\nprint('after')",
+                 "%%cluster --targets 0\nimport matplotlib.pyplot as plt\nplt.plot([1, 3, 2])"])
     assert html(nb.cells[1]).count('<b class="from-worker">bold</b>') == 2
+    assert html(nb.cells[2]).count("<img src='data:image/png;base64,iVBOR") == 1   # inline
 
 
 def test_a_failing_cell_shows_each_failure_once_and_the_explorer():
