@@ -32,13 +32,20 @@ def _connect(path: str):
     return None
 
 
-def list_workers(path: str, as_json: bool) -> int:
-    """Workers (host, pid, labels, state, load) and each client's queued and running tasks."""
+def _status(path: str) -> dict | None:
+    """The broker's status of the cluster of path, or None (said on stderr)."""
     client = _connect(path)
     if client is None:
-        return 2
+        return None
     with client:
-        data = client.status()
+        return client.status()
+
+
+def list_workers(path: str, as_json: bool) -> int:
+    """Workers (host, pid, labels, state, load) and each client's queued and running tasks."""
+    data = _status(path)
+    if data is None:
+        return 2
     if as_json:
         print(json.dumps({"workers": data["workers"], "clients": data["client_tasks"]}))
         return 0
@@ -58,11 +65,9 @@ def list_workers(path: str, as_json: bool) -> int:
 
 def status(path: str, as_json: bool) -> int:
     """One line: workers, queued, running, clients."""
-    client = _connect(path)
-    if client is None:
+    data = _status(path)
+    if data is None:
         return 2
-    with client:
-        data = client.status()
     summary = {"workers": len(data["workers"]), "queued": data["queued"],
                "running": data["running"], "clients": data["clients"],
                "broker": data.get("broker", {})}
@@ -124,12 +129,10 @@ def doctor(path: str, as_json: bool) -> int:
             find(f"nothing answers at {url.hostname}:{url.port} (stopped, or a firewall)",
                  f"check the broker runs; open TCP port {url.port} in the firewall between "
                  "the workers' hosts and the broker's")
-    client = _connect(str(file))
-    if client is None:
+    data = _status(str(file))
+    if data is None:
         find("the broker did not answer", "start the cluster, or fix the findings above")
         return _report(findings, as_json)
-    with client:
-        data = client.status()
     from .version import __version__
     now = time.time()
     for w in data["workers"]:

@@ -72,7 +72,7 @@ class LocalCluster:
         self._env = env
         ipc = f"ipc://{self._dir}/broker"
         binds = [ipc] + ([f"tcp://{ip or '127.0.0.1'}:{port}"] if tcp or ip else [])
-        self.exposed = not all(is_loopback(b) for b in binds)
+        exposed = not all(is_loopback(b) for b in binds)
         self.broker = self._spawn(
             ["-m", "nbcluster.broker", "--watch-stdin", "--connection-file",
              str(self.connection_file), "--heartbeat-ms", str(heartbeat_ms), "--liveness",
@@ -85,7 +85,7 @@ class LocalCluster:
         self.info = ConnectionInfo([ipc], self.key)
         self.workers: list[subprocess.Popen] = []
         try:
-            if self.exposed:   # workers need the Curve keys of the connection file: wait for it
+            if exposed:   # workers need the Curve keys of the connection file: wait for it
                 self._read_ready_line()
             self.workers += [self._start_worker(self.labels) for _ in range(self.n_workers)]
             self._wait_ready()

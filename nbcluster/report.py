@@ -47,7 +47,7 @@ def signature(error: BaseException) -> str:
     frames = getattr(error, "frames", None)
     if frames:
         f = frames[-1]
-        return f"{kind} at line {f.lineno} of {f.name} ({_short(f.filename)})"
+        return f"{kind} at line {f.lineno} of {f.name} ({short_path(f.filename)})"
     return kind
 
 
@@ -94,7 +94,8 @@ def text_report(error: BaseException, max_failures: int = 5) -> str:
     return "\n".join(lines)
 
 
-def _short(path: str) -> str:
+def short_path(path: str) -> str:
+    """The file name of a path, for one-line labels."""
     return path.rsplit("/", 1)[-1]
 
 

@@ -66,9 +66,11 @@ def _show_explorer(error: BaseException) -> None:
 
 
 def _show_panel(obj) -> bool:
+    """The worker panel for a cell's value that is a Client or LocalCluster."""
     from IPython.display import display
+    from ..client import Client
     from .panel import WorkerPanel
-    display(WorkerPanel(obj if hasattr(obj, "status") else obj.default_client()))
+    display(WorkerPanel(obj if isinstance(obj, Client) else obj.default_client()))
     return True
 
 

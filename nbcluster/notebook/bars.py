@@ -8,6 +8,7 @@ quick operations pay for one empty display and nothing else.
 
 from __future__ import annotations
 
+import html
 import threading
 import time
 from typing import Callable
@@ -51,7 +52,7 @@ class WidgetBar:
                                      tooltip="cancel the tasks not done yet")
         self.button.on_click(self._on_cancel)
         self.button.layout.display = None if self._cancel is not None else "none"
-        box = widgets.HBox([widgets.HTML(f"<b>{_escape(self.desc)}</b>&nbsp;"), self.bar,
+        box = widgets.HBox([widgets.HTML(f"<b>{html.escape(self.desc)}</b>&nbsp;"), self.bar,
                             self.label, self.button])
         box.add_class("nbcluster-progress")
         return box
@@ -126,7 +127,3 @@ def _duration(seconds: float) -> str:
     minutes, s = divmod(int(seconds), 60)
     return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
-
-def _escape(text: str) -> str:
-    import html
-    return html.escape(text)

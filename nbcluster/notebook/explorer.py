@@ -57,7 +57,7 @@ class ErrorExplorer(widgets.VBox):
             return
         error = self._failure()
         frames = getattr(error, "frames", None) or []
-        self.frame_list.options = [(f"{f.name} — {report._short(f.filename)}:{f.lineno}", i)
+        self.frame_list.options = [(f"{f.name} — {report.short_path(f.filename)}:{f.lineno}", i)
                                    for i, f in enumerate(frames)]
         if frames:
             self.frame_list.value = None
