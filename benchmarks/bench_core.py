@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-FLOOR = HERE.parent.parent / "shared" / "bench" / "zmq_floor.py"
+FLOOR = HERE / "zmq_floor.py"
 N_WORKERS = 2
 
 
@@ -256,7 +256,7 @@ def startup(name: str) -> tuple[float, float]:
 
 
 def floor() -> dict:
-    """The figures of shared/bench/zmq_floor.py. It can hang at exit after printing them, so
+    """The figures of benchmarks/zmq_floor.py. It can hang at exit after printing them, so
     it runs in a session of its own, which is killed (by its id) once the figures are in."""
     if not FLOOR.exists():
         print(f"(no {FLOOR}: floor not measured)")

@@ -22,13 +22,13 @@ def test_exported_names():
         assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
 
 
-def test_import_is_fast_and_light():
-    code = ("import time, sys; t = time.perf_counter(); import nbcluster; "
-            "print(time.perf_counter() - t, 'IPython' in sys.modules, 'ipywidgets' in sys.modules)")
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           check=True).stdout.split() for _ in range(3)]
-    assert min(float(r[0]) for r in runs) < 0.15
-    assert all(r[1:] == ["False", "False"] for r in runs)
+def test_import_is_light():
+    """`import nbcluster` pulls in none of the heavy layers (its time is measured in
+    benchmarks/bench_import.py: a time bound here would flake on a loaded machine)."""
+    heavy = ["IPython", "ipywidgets", "ipykernel", "joblib", "numpy", "tqdm", "nbcluster.notebook"]
+    code = f"import sys, nbcluster; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_lower_layers_never_import_upward():
