@@ -214,3 +214,40 @@ def test_first_use_connects_to_the_cluster_of_the_connection_file(tmp_path, monk
         assert "started a local cluster" not in said
         for pid in cluster.pids()["workers"]:
             assert f"worker pid {pid}" in said
+
+
+def test_magic_lines_may_end_in_a_comment_as_in_the_readme():
+    nb, _ = run([
+        "data = [1, 2, 3]\ncount = 3\n"
+        "squares = %pmap lambda x: x * x  range(10_000)  # a parallel map with a progress bar\n"
+        "%cluster push data                             # this notebook's `data` on every worker\n"
+        "%cluster push count  # {worker: count}\n"
+        "counts = %cluster pull count                   # {worker id: count}\n"
+        "hashes = %pmap str.upper  ['a#b', 'c']  # a # in a string is no comment\n"
+        "print(squares[:4], len(squares), sorted(counts.items()), hashes)",
+        "%%cluster --targets 0  # only the first worker\nprint('data on', len(data))",
+    ])
+    out = text(nb.cells[1])
+    assert "[0, 1, 4, 9] 10000 [('w1', 3), ('w2', 3)] ['A#B', 'C']" in out, out
+    assert "pushed data to 2 worker(s)" in out
+    assert text(nb.cells[2]).count("data on 3") == 1, text(nb.cells[2])
+
+
+def test_failures_group_by_place_whatever_each_workers_cell_counter():
+    # A cell on one worker only: w1's cell counter is then ahead of w2's, so the failing
+    # cell's file is <ipython-input-3-...> on one and <ipython-input-2-...> on the other.
+    nb, _ = run(["%%cluster --targets 0\nx = 1",
+                 "%%cluster\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)"])
+    [error] = [o for o in nb.cells[2].outputs if o.output_type == "error"]
+    report = "\n".join(error.traceback)
+    assert "2 x ZeroDivisionError at line 3 of f" in report, report
+    assert report.count("== ") == 1, report          # one group, not one per counter
+
+
+def test_matplotlib_inline_inside_a_cluster_cell():
+    nb, _ = run(["%%cluster --targets 0\n%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+                 "plt.plot([1, 3, 2])\nprint('plotted')"])
+    cell = nb.cells[1]
+    assert [o.ename for o in cell.outputs if o.output_type == "error"] == [], text(cell)
+    assert "plotted" in text(cell)
+    assert html(cell).count("<img src='data:image/png;base64,iVBOR") == 1

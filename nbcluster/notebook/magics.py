@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import io
 import os
 import shlex
 import sys
+import tokenize
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -72,7 +74,7 @@ class ClusterMagics(Magics):
     @line_magic("cluster")
     def cluster_line(self, line: str) -> Any:
         """%cluster start [-n N] [--labels a,b] | status | stop | push NAMES | pull NAMES | debug"""
-        words = shlex.split(line)
+        words = shlex.split(_without_comment(line))
         if not words:
             print(self.cluster_line.__doc__)
             return None
@@ -152,7 +154,8 @@ class ClusterMagics(Magics):
     def cluster_cell(self, line: str, cell: str) -> Any:
         """%%cluster [--targets all|N|I:J|ids] [--labels a,b] [--noblock]: run the cell on
         workers, in their own namespaces, with their output shown live under the cell."""
-        opts = _options(shlex.split(line), {"--targets": str, "--labels": str, "--noblock": bool})
+        opts = _options(shlex.split(_without_comment(line)),
+                        {"--targets": str, "--labels": str, "--noblock": bool})
         client = self.client()
         workers = client.workers()
         ids = _targets(workers, opts.get("--targets", "all"), _split(opts.get("--labels")))
@@ -179,7 +182,7 @@ class ClusterMagics(Magics):
     def pmap(self, line: str) -> list:
         """%pmap FUNCTION ITERABLE: [FUNCTION(x) for x in ITERABLE] on the cluster, in order,
         with a progress bar. Both are Python expressions, e.g. `%pmap lambda x: x * 2 data`."""
-        fn_text, it_text = _split_two_expressions(line)
+        fn_text, it_text = _split_two_expressions(_without_comment(line))
         ns = self.shell.user_ns
         fn, iterable = eval(fn_text, ns), eval(it_text, ns)   # noqa: S307 - the user's own line
         return parallel(iterable, client=self.client()).map(fn).to_list()
@@ -207,6 +210,19 @@ class CellRun:
     def __repr__(self) -> str:
         done = sum(f.done() for f in self.futures.values())
         return f"<CellRun on {len(self.futures)} workers, {done} done>"
+
+
+def _without_comment(line: str) -> str:
+    """line without a trailing `# comment` (a # inside a Python string does not start one),
+    as in a Python line: `%cluster push data  # this notebook's data`."""
+    line = line.strip()
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(line).readline):
+            if token.type == tokenize.COMMENT:
+                return line[:token.start[1]].rstrip()
+    except (tokenize.TokenError, SyntaxError):   # e.g. an unclosed bracket after the comment
+        pass
+    return line
 
 
 def _options(words: list[str], known: dict[str, type]) -> dict:
