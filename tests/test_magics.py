@@ -251,3 +251,36 @@ def test_matplotlib_inline_inside_a_cluster_cell():
     assert [o.ename for o in cell.outputs if o.output_type == "error"] == [], text(cell)
     assert "plotted" in text(cell)
     assert html(cell).count("<img src='data:image/png;base64,iVBOR") == 1
+
+
+def test_the_bar_counts_as_running_only_what_the_workers_can_hold():
+    """Running means started on a worker: never more than the workers' slots (2 here), however
+    many tasks are in flight. (A count above 0 needs futures that know they started, which
+    the RUNNING state of futures brings; before it, this bar shows 0 running.)"""
+    import nbcluster
+    from nbcluster import bars
+    from nbcluster.testing import throwaway_cluster
+
+    shown: list[int] = []
+
+    class Recording(bars._NoBar):
+        def __init__(self, total, desc, cancel=None):
+            pass
+
+        def update(self, done=0, failed=0, running=None, overhead=None):
+            if running is not None:
+                shown.append(running)
+
+    bars.set_progress_factory(Recording)
+    try:
+        with throwaway_cluster(2) as cluster:
+            client = cluster.client()
+            slots = sum(w["slots"] for w in client.workers())
+            assert nbcluster.pmap(time.sleep, [0.05] * 40, client=client, chunksize=1) \
+                == [None] * 40
+            futures = [client.submit(time.sleep, 0.05) for _ in range(20)]
+            bars.progress(futures, wait=True)
+    finally:
+        bars.set_progress_factory(bars._Tqdm)
+    assert shown, "the map reported no running count"
+    assert max(shown) <= slots, shown
