@@ -24,6 +24,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from .. import cells, client as client_module, report
 from ..client import Client, connect
 from ..collections import parallel
+from ..english import counted
 from ..errors import RemoteErrorGroup, summarize_failures
 from ..local import LocalCluster
 from .live import WorkerOutputs
@@ -55,7 +56,7 @@ class ClusterMagics(Magics):
             try:
                 client = connect(path, timeout=5)
                 print(f"nbcluster: connected to the cluster of {path} "
-                      f"({len(client.workers())} workers)")
+                      f"({counted(len(client.workers()), 'worker')})")
                 return client
             except Exception as e:   # noqa: BLE001 - a stale file: say so, start our own
                 print(f"nbcluster: no cluster answered at {path} ({e}); starting a local one",
@@ -66,7 +67,7 @@ class ClusterMagics(Magics):
         if self.cluster is not None and not self.cluster.closed:
             self.cluster.close()
         self.cluster = LocalCluster(n, labels=labels)
-        print(f"nbcluster: started a local cluster of {self.cluster.n_workers} workers "
+        print(f"nbcluster: started a local cluster of {counted(self.cluster.n_workers, 'worker')} "
               "(%cluster stop stops it)")
         return self.cluster.default_client()
 
@@ -96,7 +97,7 @@ class ClusterMagics(Magics):
             if command == "push":
                 values = {n: self.shell.user_ns[n] for n in names}
                 self._gather(client.submit_to(ids, cells.push, values), "push")
-                print(f"pushed {', '.join(names)} to {len(ids)} worker(s)")
+                print(f"pushed {', '.join(names)} to {counted(len(ids), 'worker')}")
                 return None
             pulled = self._gather(client.submit_to(ids, cells.pull, names), "pull")
             return {w: v[names[0]] if len(names) == 1 else v for w, v in pulled.items()}
@@ -119,13 +120,13 @@ class ClusterMagics(Magics):
             display(WorkerPanel(client))
             return None
         status = client.status()
-        print(f"{len(status['workers'])} workers, {status['queued']} queued, "
+        print(f"{counted(len(status['workers']), 'worker')}, {status['queued']} queued, "
               f"{status['running']} running")
         for w in status["workers"]:
             print(f"  {w['id']:6} {w['host']}:{w['pid']}  {w['state']:5} done {w['done']:,}"
                   f"  labels {','.join(w['labels']) or '-'}")
         for labels, n in status.get("waiting_for_labels", {}).items():
-            print(f"  {n} task(s) waiting for labels no worker has: {labels}")
+            print(f"  {counted(n, 'task')} waiting for labels no worker has: {labels}")
         return None
 
     def _stop(self) -> None:
@@ -209,7 +210,7 @@ class CellRun:
 
     def __repr__(self) -> str:
         done = sum(f.done() for f in self.futures.values())
-        return f"<CellRun on {len(self.futures)} workers, {done} done>"
+        return f"<CellRun on {counted(len(self.futures), 'worker')}, {done} done>"
 
 
 def _without_comment(line: str) -> str:
@@ -264,7 +265,7 @@ def _targets(workers: list[dict], spec: str, labels: list[str]) -> list[str]:
             chosen += ordered[int(a) if a else None:int(b) if b else None]
         elif part.isdigit():
             if int(part) >= len(ordered):
-                raise ValueError(f"--targets {part}: there are {len(ordered)} workers")
+                raise ValueError(f"--targets {part}: there are {counted(len(ordered), 'worker')}")
             chosen.append(ordered[int(part)])
         elif part in ordered:
             chosen.append(part)
