@@ -254,3 +254,26 @@ def test_a_worker_whose_broker_never_answers_says_so_and_backs_off():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_wildcard_connection_file_outlives_a_vanished_interface(tmp_path):
+    """A network interface that comes and goes (here a test namespace's veth, as when tests
+    run in parallel) must not leave the connection file naming a dead address."""
+    from .netns import Hosts, skip_reason
+    if skip_reason():
+        pytest.skip(skip_reason())
+    conn = str(tmp_path / "cluster.json")
+    hosts = Hosts()   # its veth, with an address, appears in this namespace
+    try:
+        out = cli("start", "-n", "1", "--daemon", "--ip", "0.0.0.0", "--connection-file", conn,
+                  "--log-file", str(tmp_path / "log"))
+        assert out.returncode == 0, out.stdout + out.stderr
+    finally:
+        hosts.close()   # ...and goes away
+    try:
+        doc = cli("doctor", "--json", "--connection-file", conn)
+        assert doc.returncode == 0 and json.loads(doc.stdout)["ok"], doc.stdout
+        with nbcluster.connect(conn) as client:
+            assert client.submit(abs, -3).result(30) == 3
+    finally:
+        assert cli("stop", "--connection-file", conn).returncode == 0

@@ -59,7 +59,7 @@ def test_cluster_cell_push_pull_and_pmap_values():
     assert "[w1]" in out and "[w2]" in out and out.count("answer=42") == 2
     assert out.count("pid") == 2
     assert "<details" in html(c[1]) and "Out[1]" in html(c[1])
-    assert "pushed factor to 2 worker(s)" in text(c[2])
+    assert "pushed factor to 2 workers" in text(c[2])
     pulled = text(c[3])
     for w in ("w1", "w2"):
         assert f"('{w}', {{'answer': 42, 'factor': 3}})" in pulled
@@ -229,7 +229,7 @@ def test_magic_lines_may_end_in_a_comment_as_in_the_readme():
     ])
     out = text(nb.cells[1])
     assert "[0, 1, 4, 9] 10000 [('w1', 3), ('w2', 3)] ['A#B', 'C']" in out, out
-    assert "pushed data to 2 worker(s)" in out
+    assert "pushed data to 2 workers" in out
     assert text(nb.cells[2]).count("data on 3") == 1, text(nb.cells[2])
 
 
