@@ -78,11 +78,9 @@ def start(args) -> int:
     if args.daemon:
         return _daemonize(args)
     import nbcluster
-    from .cli_admin import remove_connection_file
     from .english import counted
 
     labels = [x for x in args.labels.split(",") if x]
-    cluster = None
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
         with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
                                     ip=args.ip, port=args.port,
@@ -105,9 +103,20 @@ def start(args) -> int:
         print(f"nbcluster: {e}", file=sys.stderr)
         return 2
     finally:   # the file of a cluster that is gone would only mislead
-        if cluster is not None:
-            remove_connection_file(args.connection_file, cluster.key)
+        _remove_if_gone(args.connection_file)
     return 0
+
+
+def _remove_if_gone(path: str) -> None:
+    """Remove the connection file at path if its cluster is gone (ours, once it stopped, even
+    if Ctrl-C came while it was starting); the file of a newer cluster stays."""
+    from .connection import ConnectionInfo
+    from .errors import NBClusterError
+    try:
+        if ConnectionInfo.read(path).gone_reason() is not None:
+            os.unlink(os.path.expanduser(path))
+    except (OSError, NBClusterError):
+        pass
 
 
 def _running_cluster(path: str) -> str | None:

@@ -162,7 +162,11 @@ def doctor(path: str, as_json: bool) -> int:
         url = urlparse(ep)
         if url.scheme != "tcp" or _port_open(url.hostname, url.port):
             continue
-        if is_loopback(ep):   # no firewall between a machine and itself
+        if not _resolves(url.hostname):
+            find(f"the broker's host name {url.hostname} does not resolve here",
+                 f"give its address: nbcluster worker --endpoint tcp://ADDRESS:{url.port} "
+                 "(or add the name to /etc/hosts)")
+        elif is_loopback(ep):   # no firewall between a machine and itself
             find(f"nothing answers at {url.hostname}:{url.port}",
                  "the broker is not running on this machine: start it (nbcluster start)")
         else:
@@ -192,6 +196,14 @@ def doctor(path: str, as_json: bool) -> int:
         find("no workers are connected", "start some: nbcluster worker --connect "
              f"{file} -n 4 (on each host)")
     return _report(findings, as_json)
+
+
+def _resolves(host: str | None) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except (OSError, UnicodeError):
+        return False
 
 
 def _port_open(host: str | None, port: int | None) -> bool:

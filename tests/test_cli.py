@@ -138,6 +138,8 @@ def test_daemon_list_status_stop_and_doctor(tmp_path):
             out = cli(command, "--connection-file", stale)
             assert out.returncode == 2 and "is not running" in out.stderr, out.stderr
             assert "has exited" in out.stderr             # (its broker's pid), not a timeout
+        out = cli("worker", "--connect", stale)
+        assert out.returncode == 2 and "is not running" in out.stderr, out.stderr
         with pytest.raises(nbcluster.NBClusterError, match="is not running"):
             nbcluster.connect(stale)
         doc = cli("doctor", "--connection-file", stale)
@@ -277,3 +279,14 @@ def test_a_wildcard_connection_file_outlives_a_vanished_interface(tmp_path):
             assert client.submit(abs, -3).result(30) == 3
     finally:
         assert cli("stop", "--connection-file", conn).returncode == 0
+
+
+def test_readers_resolve_a_wildcard_endpoint_where_they_are():
+    from nbcluster.connection import ConnectionInfo
+    from nbcluster.protocol import new_key
+    here = ConnectionInfo(["ipc:///nonexistent/broker", "tcp://0.0.0.0:5555"], new_key(),
+                          host=socket.gethostname())
+    assert here.best_endpoint() == "tcp://127.0.0.1:5555"        # loopback always works here
+    there = ConnectionInfo(here.endpoints, here.key, host="head-node")
+    assert there.best_endpoint() == "tcp://head-node:5555"       # the broker's host, by name
+    assert ConnectionInfo.from_json(there.to_json()).endpoints == here.endpoints
