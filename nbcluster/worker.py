@@ -340,10 +340,11 @@ class Worker:
             if now >= next_try:   # silent broker: try again, less and less often
                 tries += 1
                 wait = min(self.expiry_s * 2 ** tries, MAX_RETRY_S)
-                log.warning("%s for %.0f s: registering again (next try in %.0f s)",
-                            f"no broker has answered at {self.endpoint} (is the cluster running, "
-                            "and is this its address?)" if self.id == "?" else
-                            f"no word from the broker at {self.endpoint}", now - last_heard, wait)
+                never = self.id == "?"   # never welcomed: maybe nothing runs there at all
+                log.warning("%s at %s for %.0f s%s: registering again (next try in %.0f s)",
+                            "no broker has answered" if never else "no word from the broker",
+                            self.endpoint, now - last_heard, " (is the cluster running, and is "
+                            "this its address?)" if never else "", wait)
                 self._hello()
                 next_try = now + wait
             if now - last_sent >= self.heartbeat_s:
