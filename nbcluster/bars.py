@@ -10,16 +10,19 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
+import time
 from typing import Callable, Iterable, Protocol
 
 __all__ = ["ProgressBar", "progress_bar", "set_progress_factory", "progress"]
 
 SHOW_AFTER_S = 0.5      # operations quicker than this show no bar at all
+RUNNING_COUNT_S = 0.1   # progress() counts its running futures at most this often
 
 
 class ProgressBar(Protocol):
-    """What an operation reports to. `running` (items in flight) and `overhead` (the share of
-    time spent scheduling rather than working, 0-1) are optional news, not counts."""
+    """What an operation reports to. `running` (tasks started on a worker and not done: never
+    more than the workers' slots) and `overhead` (the share of time spent scheduling rather
+    than working, 0-1) are optional news, not counts."""
 
     def update(self, done: int = 0, failed: int = 0, running: int | None = None,
                overhead: float | None = None) -> None: ...
@@ -91,11 +94,15 @@ def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
     """
     futures = list(futures)
     bar = progress_bar(len(futures), desc, cancel=lambda: [f.cancel() for f in futures])
-    lock, left = threading.Lock(), [len(futures)]
+    lock, left, counted_at = threading.Lock(), [len(futures)], [0.0]
 
     def one_done(fut: concurrent.futures.Future) -> None:
         failed = fut.cancelled() or fut.exception() is not None
-        bar.update(done=0 if failed else 1, failed=1 if failed else 0)
+        running = None
+        if time.monotonic() - counted_at[0] >= RUNNING_COUNT_S:   # a count costs len(futures)
+            counted_at[0] = time.monotonic()
+            running = sum(f.running() for f in futures)   # started on a worker, not done
+        bar.update(done=0 if failed else 1, failed=1 if failed else 0, running=running)
         with lock:
             left[0] -= 1
             last = left[0] == 0

@@ -49,9 +49,16 @@ def _make_shell():
         def finish_displayhook(self) -> None:
             pass
 
+    class WorkerShell(InteractiveShell):
+        def enable_gui(self, gui=None) -> None:
+            # `%matplotlib inline` (gui None) needs no event loop; a worker has no screen.
+            if gui not in (None, "inline"):
+                raise RuntimeError(f"a worker cannot open {gui} windows: use "
+                                   "%matplotlib inline (figures come back under the cell)")
+
     # Figures show as inline PNGs (shown at the end of the cell, as in a notebook).
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    shell = InteractiveShell.instance(displayhook_class=ResultHook, display_pub_class=Publisher,
+    shell = WorkerShell.instance(displayhook_class=ResultHook, display_pub_class=Publisher,
                                       colors="NoColor", autocall=0)
     shell.showtraceback = lambda *args, **kwargs: None     # the error goes back as the result
     shell.showsyntaxerror = lambda *args, **kwargs: None

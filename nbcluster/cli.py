@@ -38,6 +38,7 @@ def demo(n_workers: int | None, tasks: int, samples: int) -> int:
     from tqdm import tqdm
 
     import nbcluster
+    from .english import counted
 
     one_chunk_s = float("inf")
     for seed in (-1, -2, -3):   # fastest of three: the first pays for warming up
@@ -46,7 +47,8 @@ def demo(n_workers: int | None, tasks: int, samples: int) -> int:
         one_chunk_s = min(one_chunk_s, time.perf_counter() - t0)
     with nbcluster.LocalCluster(n_workers) as cluster:
         client = cluster.client()
-        print(f"local cluster: {cluster.n_workers} workers; {tasks} tasks of {samples:,} samples")
+        print(f"local cluster: {counted(cluster.n_workers, 'worker')}; "
+              f"{counted(tasks, 'task')} of {samples:,} samples")
         t0 = time.perf_counter()
         futures = [client.submit(_pi_chunk, samples, seed) for seed in range(tasks)]
         inside = 0
@@ -60,16 +62,23 @@ def demo(n_workers: int | None, tasks: int, samples: int) -> int:
     serial = one_chunk_s * tasks
     print(f"pi ~ {pi:.6f} (error {abs(pi - 3.141592653589793):.1e}) in {elapsed:.2f} s")
     print(f"one core would take ~{serial:.2f} s (one task timed here, x {tasks}): "
-          f"speed-up {serial / elapsed:.2f}x on {cluster.n_workers} workers")
+          f"speed-up {serial / elapsed:.2f}x on {counted(cluster.n_workers, 'worker')}")
     return 0
 
 
 def start(args) -> int:
     """A broker and local workers: in the foreground until Ctrl-C (or `nbcluster stop`), or
     with --daemon in the background once ready."""
+    running = _running_cluster(args.connection_file)
+    if running:   # overwriting its file would leave it running out of everyone's reach
+        print(f"nbcluster: {running}: stop it with `nbcluster stop --connection-file "
+              f"{args.connection_file}`, or start another one beside it with a file of its "
+              "own: nbcluster start --connection-file ~/.nbcluster/other.json", file=sys.stderr)
+        return 2
     if args.daemon:
         return _daemonize(args)
     import nbcluster
+    from .english import counted
 
     labels = [x for x in args.labels.split(",") if x]
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
@@ -77,7 +86,7 @@ def start(args) -> int:
                                     ip=args.ip, port=args.port,
                                     insecure=args.insecure) as cluster:
             print(f"nbcluster: broker at {' '.join(cluster.endpoints)}, "
-                  f"{cluster.n_workers} workers"
+                  f"{counted(cluster.n_workers, 'worker')}"
                   + (" (CurveZMQ on)" if cluster.info.curve else ""), flush=True)
             print(f"connection file: {cluster.connection_file}", flush=True)
             print("ready", flush=True)
@@ -93,7 +102,36 @@ def start(args) -> int:
     except nbcluster.NBClusterError as e:
         print(f"nbcluster: {e}", file=sys.stderr)
         return 2
+    finally:   # the file of a cluster that is gone would only mislead
+        _remove_if_gone(args.connection_file)
     return 0
+
+
+def _remove_if_gone(path: str) -> None:
+    """Remove the connection file at path if its cluster is gone (ours, once it stopped, even
+    if Ctrl-C came while it was starting); the file of a newer cluster stays."""
+    from .connection import ConnectionInfo
+    from .errors import NBClusterError
+    try:
+        if ConnectionInfo.read(path).gone_reason() is not None:
+            os.unlink(os.path.expanduser(path))
+    except (OSError, NBClusterError):
+        pass
+
+
+def _running_cluster(path: str) -> str | None:
+    """What runs already with the connection file at path ("a cluster is running ..."), or
+    None if nothing does (no file, not a connection file, or its cluster is gone)."""
+    from .connection import ConnectionInfo
+    from .errors import NBClusterError
+    try:
+        info = ConnectionInfo.read(path)
+    except (OSError, NBClusterError):
+        return None
+    if info.gone_reason() is not None:
+        return None
+    where = f"pid {info.pid}" if info.pid and info.on_this_machine else f"on {info.host}"
+    return f"a cluster is already running with the connection file {path} (its broker: {where})"
 
 
 def _daemonize(args) -> int:
@@ -102,7 +140,8 @@ def _daemonize(args) -> int:
     os.makedirs(os.path.dirname(log_file), mode=0o700, exist_ok=True)
     argv = [sys.executable, "-m", "nbcluster.cli", "start", "--connection-file",
             args.connection_file, "--labels", args.labels, "--port", str(args.port),
-            "--log-file", log_file, *(["-n", str(args.workers)] if args.workers else []),
+            "--log-file", log_file, *(["-n", str(args.workers)] if args.workers is not None
+                                      else []),
             *(["--ip", args.ip] if args.ip else []), *(["--insecure"] if args.insecure else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -132,8 +171,18 @@ def worker(argv: list[str]) -> int:
     n = 1
     if "-n" in argv:
         i = argv.index("-n")
-        n, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
+        try:
+            n = _count(argv[i + 1] if i + 1 < len(argv) else "")
+        except argparse.ArgumentTypeError as e:
+            print(f"nbcluster worker: -n: {e}", file=sys.stderr)
+            return 2
+        argv = argv[:i] + argv[i + 2:]
     from .worker import read_line
+    connect = argv[argv.index("--connect") + 1:][:1] if "--connect" in argv else []
+    if n > 1 and connect and connect != ["-"] and "://" not in connect[0]:
+        from .connection import read_or_exit   # a bad file: said once, not by each worker
+        endpoint = argv[argv.index("--endpoint") + 1:][:1] if "--endpoint" in argv else [None]
+        read_or_exit(connect[0], "nbcluster worker", endpoint[0])
     if n == 1:
         from .worker import main as worker_main
         worker_main(argv)
@@ -163,10 +212,11 @@ def worker(argv: list[str]) -> int:
 
 def ssh(args) -> int:
     """Workers on other hosts over SSH, until Ctrl-C, `nbcluster stop`, or they all end."""
-    from .connection import ConnectionInfo
+    from .connection import read_or_exit
+    from .english import counted
     from .errors import NBClusterError
     from .launchers import SSHWorkers
-    info = ConnectionInfo.read(args.connection_file)
+    info = read_or_exit(args.connection_file, "nbcluster ssh")
     try:
         workers = SSHWorkers(args.hosts, info, args.workers, labels=_split(args.labels),
                              python=args.python, endpoint=args.endpoint,
@@ -174,7 +224,8 @@ def ssh(args) -> int:
     except NBClusterError as e:
         print(f"nbcluster ssh: {e}", file=sys.stderr)
         return 2
-    print(f"{args.workers} workers on each of {', '.join(args.hosts)}; Ctrl-C stops them",
+    print(f"{counted(args.workers, 'worker')} on each of {', '.join(args.hosts)}; "
+          "Ctrl-C stops them",
           flush=True)
     try:
         while any(p.poll() is None for p in workers.procs.values()):
@@ -188,10 +239,11 @@ def ssh(args) -> int:
 
 def slurm(args) -> int:
     """Workers as a Slurm job; Ctrl-C (or the job ending) cancels it."""
-    from .connection import ConnectionInfo
+    from .connection import read_or_exit
+    from .english import counted
     from .errors import NBClusterError
     from .launchers import SlurmWorkers
-    info = ConnectionInfo.read(args.connection_file)
+    info = read_or_exit(args.connection_file, "nbcluster slurm")
     try:
         job = SlurmWorkers(info, args.nodes, args.workers, labels=_split(args.labels),
                            python=args.python, partition=args.partition,
@@ -199,8 +251,8 @@ def slurm(args) -> int:
     except NBClusterError as e:
         print(f"nbcluster slurm: {e}", file=sys.stderr)
         return 2
-    print(f"submitted Slurm job {job.job_id}: {args.nodes} node(s) x {args.workers} workers; "
-          "Ctrl-C cancels it", flush=True)
+    print(f"submitted Slurm job {job.job_id}: {counted(args.nodes, 'node')} x "
+          f"{counted(args.workers, 'worker')}; Ctrl-C cancels it", flush=True)
     try:
         while job.state() not in ("", "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
             time.sleep(2)
@@ -213,6 +265,18 @@ def slurm(args) -> int:
 
 def _split(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
+
+
+def _count(text: str) -> int:
+    """A number of workers or nodes: a whole number, at least 1 (argparse type)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of workers is a whole number, not "
+                                         f"{text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"needs at least 1, not {n}")
+    return n
 
 
 EXAMPLES = {
@@ -250,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                        help=f"the cluster's connection file (default {DEFAULT_CONNECTION_FILE})")
 
     p = command("demo", "estimate pi on a local cluster")
-    p.add_argument("-n", "--workers", type=int, default=None, help="default: one per core")
-    p.add_argument("--tasks", type=int, default=32)
-    p.add_argument("--samples", type=int, default=1_000_000)
+    p.add_argument("-n", "--workers", type=_count, default=None, help="default: one per core")
+    p.add_argument("--tasks", type=_count, default=32)
+    p.add_argument("--samples", type=_count, default=1_000_000)
     p = command("start", "a broker and local workers (Ctrl-C or `nbcluster stop` ends them)")
-    p.add_argument("-n", "--workers", type=int, default=None, help="default: one per core")
+    p.add_argument("-n", "--workers", type=_count, default=None, help="default: one per core")
     p.add_argument("--labels", default="", help="comma-separated labels of the workers")
     p.add_argument("--ip", default=None, help="also listen here, e.g. 0.0.0.0 (Curve on)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
@@ -278,15 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     connection(p)
     p = command("ssh", "workers on other hosts over SSH (until Ctrl-C)")
     p.add_argument("hosts", nargs="+", metavar="[USER@]HOST")
-    p.add_argument("-n", "--workers", type=int, default=1, help="workers per host")
+    p.add_argument("-n", "--workers", type=_count, default=1, help="workers per host")
     p.add_argument("--labels", default="")
     p.add_argument("--python", default="python3", help="the Python on the hosts")
     p.add_argument("--endpoint", default=None, help="where the hosts reach the broker")
     p.add_argument("--ssh-option", action="append", default=[], help="passed to ssh")
     connection(p)
     p = command("slurm", "workers as a Slurm batch job (until Ctrl-C)")
-    p.add_argument("--nodes", type=int, default=1)
-    p.add_argument("-n", "--workers", type=int, default=1, help="workers per node")
+    p.add_argument("--nodes", type=_count, default=1)
+    p.add_argument("-n", "--workers", type=_count, default=1, help="workers per node")
     p.add_argument("--labels", default="")
     p.add_argument("--partition", default=None)
     p.add_argument("--time", default=None, help="time limit, e.g. 2:00:00")

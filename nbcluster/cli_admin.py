@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .english import counted
+
 __all__ = ["list_workers", "status", "stop", "doctor"]
 
 CLOCK_SKEW_S = 2.0     # doctor reports worker clocks further off than this (plus a heartbeat)
@@ -22,11 +24,14 @@ CLOCK_SKEW_S = 2.0     # doctor reports worker clocks further off than this (plu
 
 def _connect(path: str):
     from .client import connect
+    from .errors import NBClusterError
     try:
         return connect(path, timeout=5)
     except FileNotFoundError:
         print(f"nbcluster: no connection file at {path} (start a cluster with "
               "`nbcluster start`, or pass --connection-file)", file=sys.stderr)
+    except NBClusterError as e:   # gone, not a connection file, or no answer: it says which
+        print(f"nbcluster: {e}", file=sys.stderr)
     except Exception as e:   # noqa: BLE001 - say it, exit 2
         print(f"nbcluster: cannot reach the cluster of {path}: {e}", file=sys.stderr)
     return None
@@ -59,7 +64,8 @@ def list_workers(path: str, as_json: bool) -> int:
     for c in data["client_tasks"]:
         print(f"client {c['host']}:{c['pid']}: {c['queued']} queued, {c['running']} running")
     for labels, n in data.get("waiting_for_labels", {}).items():
-        print(f"{n} task(s) wait for labels no worker has: {labels}")
+        print(f"{counted(n, 'task')} {'waits' if n == 1 else 'wait'} for labels no worker "
+              f"has: {labels}")
     return 0
 
 
@@ -75,29 +81,47 @@ def status(path: str, as_json: bool) -> int:
         print(json.dumps(summary))
     else:
         b = summary["broker"]
-        print(f"broker {b.get('host', '?')}:{b.get('pid', '?')}: {summary['workers']} workers, "
-              f"{summary['queued']} queued, {summary['running']} running, "
-              f"{summary['clients']} clients")
+        print(f"broker {b.get('host', '?')}:{b.get('pid', '?')}: "
+              f"{counted(summary['workers'], 'worker')}, {summary['queued']} queued, "
+              f"{summary['running']} running, {counted(summary['clients'], 'client')}")
     return 0
 
 
 def stop(path: str, worker_ids: list[str]) -> int:
-    """Stop some workers gracefully, or (none named) the whole cluster."""
+    """Stop some workers gracefully, or (none named) the whole cluster and its connection
+    file."""
     client = _connect(path)
     if client is None:
         return 2
+    from .connection import ConnectionInfo
+    key = ConnectionInfo.read(path).key   # the file of the cluster we reached
     with client:
         try:
             if worker_ids:
                 asked = client.stop_workers(worker_ids)
                 print(f"stopping {', '.join(asked)} (each after its running task)")
-            else:
-                asked = client.shutdown_cluster()
-                print(f"stopping the cluster: {len(asked)} workers, then the broker")
+                return 0
+            asked = client.shutdown_cluster()
+            print(f"stopping the cluster: {counted(len(asked), 'worker')}, then the broker")
         except LookupError as e:
             print(f"nbcluster: {e}", file=sys.stderr)
             return 1
+    remove_connection_file(path, key)
     return 0
+
+
+def remove_connection_file(path: str | Path, key: bytes) -> bool:
+    """Remove the connection file at path if it is still the one of the cluster of `key`
+    (a newer cluster's file stays); True if removed."""
+    from .connection import ConnectionInfo
+    from .errors import NBClusterError
+    try:
+        if ConnectionInfo.read(path).key != key:
+            return False
+    except (OSError, NBClusterError):
+        return False
+    Path(path).expanduser().unlink(missing_ok=True)
+    return True
 
 
 def doctor(path: str, as_json: bool) -> int:
@@ -118,14 +142,34 @@ def doctor(path: str, as_json: bool) -> int:
              f"chmod 600 {file}")
     from .connection import ConnectionInfo
     from .curve import is_loopback
-    info = ConnectionInfo.read(file)
+    from .errors import NBClusterError
+    try:
+        info = ConnectionInfo.read(file)
+    except NBClusterError as e:
+        find(str(e), "start the cluster again (nbcluster start), or pass the right "
+             "--connection-file")
+        return _report(findings, as_json)
     exposed = [ep for ep in info.endpoints if not is_loopback(ep)]
     if exposed and info.curve is None:
         find(f"the broker listens on {', '.join(exposed)} without encryption (--insecure)",
              "restart it without --insecure: beyond loopback it then runs with CurveZMQ")
-    for ep in info.endpoints:
+    gone = info.gone_reason()
+    if gone is not None:
+        find(f"the cluster of {file} is not running: {gone}",
+             "start it again: nbcluster start (a new cluster replaces this stale file)")
+        return _report(findings, as_json)
+    for ep in info.reachable_endpoints():
         url = urlparse(ep)
-        if url.scheme == "tcp" and not _port_open(url.hostname, url.port):
+        if url.scheme != "tcp" or _port_open(url.hostname, url.port):
+            continue
+        if not _resolves(url.hostname):
+            find(f"the broker's host name {url.hostname} does not resolve here",
+                 f"give its address: nbcluster worker --endpoint tcp://ADDRESS:{url.port} "
+                 "(or add the name to /etc/hosts)")
+        elif is_loopback(ep):   # no firewall between a machine and itself
+            find(f"nothing answers at {url.hostname}:{url.port}",
+                 "the broker is not running on this machine: start it (nbcluster start)")
+        else:
             find(f"nothing answers at {url.hostname}:{url.port} (stopped, or a firewall)",
                  f"check the broker runs; open TCP port {url.port} in the firewall between "
                  "the workers' hosts and the broker's")
@@ -152,6 +196,14 @@ def doctor(path: str, as_json: bool) -> int:
         find("no workers are connected", "start some: nbcluster worker --connect "
              f"{file} -n 4 (on each host)")
     return _report(findings, as_json)
+
+
+def _resolves(host: str | None) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except (OSError, UnicodeError):
+        return False
 
 
 def _port_open(host: str | None, port: int | None) -> bool:

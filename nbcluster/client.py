@@ -537,6 +537,11 @@ def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | N
     Args:
         path_or_url: a connection file, or the broker's endpoint (then `key` is required).
         key: the cluster key (bytes or hex); overrides the connection file's.
+
+    Raises:
+        FileNotFoundError: no connection file there.
+        NBClusterError: the file is not a connection file, its cluster is gone (said at
+            once), or no broker answered within `timeout`.
     """
     curve = None
     if "://" in path_or_url:
@@ -545,6 +550,7 @@ def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | N
         endpoint = path_or_url
     else:
         info = ConnectionInfo.read(path_or_url)
+        info.check_running(path_or_url)   # a cluster that is gone: say so now, not after timeout
         endpoint, key = info.best_endpoint(), key if key is not None else info.key
         curve = info.curve
     if isinstance(key, str):

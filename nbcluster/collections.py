@@ -204,7 +204,7 @@ class _Run:
             self.errors.append(err)
         cost = self.sizer.task_cost_s
         self.bar.update(done=outcome.n - len(outcome.errors), failed=len(outcome.errors),
-                        running=sum(size for _, size in self.inflight.values()),
+                        running=sum(f.running() for f in self.inflight),   # started, not sent
                         overhead=cost / (cost + (fut.duration or 0.0)))
         return outcome
 

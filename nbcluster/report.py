@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -47,7 +48,10 @@ def signature(error: BaseException) -> str:
     frames = getattr(error, "frames", None)
     if frames:
         f = frames[-1]
-        return f"{kind} at line {f.lineno} of {f.name} ({short_path(f.filename)})"
+        # A cell's file names the worker's own cell counter, which differs between workers
+        # (after a --targets cell): the same cell's failures must still share a signature.
+        place = re.sub(r"^<ipython-input-\d+-", "<ipython-input-", short_path(f.filename))
+        return f"{kind} at line {f.lineno} of {f.name} ({place})"
     return kind
 
 

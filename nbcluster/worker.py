@@ -51,6 +51,7 @@ OUTPUT_CHUNK_MAX = 256 * 1024
 BIG_RESULT_BYTES = 64 * 1024
 RESULT_BATCH_S = 0.002      # results of tiny tasks are sent together at least this often
 _MAX_ATTEMPTS = 16          # a cancelled task is skipped whatever attempt it arrives as
+MAX_RETRY_S = 60.0          # a silent broker is asked again after 2x, 4x... the expiry, up to this
 
 
 _TEXT_STREAMS = ("stdout", "stderr")   # consecutive text of one stream is sent as one item
@@ -307,9 +308,10 @@ class Worker:
         self.heartbeat_s, self.expiry_s = 1.0, 3.0
         self._hello()
         last_heard = last_sent = time.monotonic()
+        tries, next_try = 0, last_heard + self.expiry_s   # registering again while unheard
         while True:
             now = time.monotonic()
-            deadlines = [last_sent + self.heartbeat_s, last_heard + self.expiry_s]
+            deadlines = [last_sent + self.heartbeat_s, next_try]
             if self.current_tag is not None:
                 if self.output.items:
                     deadlines.append(now + OUTPUT_FLUSH_S)
@@ -328,17 +330,23 @@ class Worker:
                     self._hello()
                 self.reconnecting = False
             for frames in pending_messages(self.ctl) if self.ctl in events else ():
-                last_heard = now
+                last_heard, tries, next_try = now, 0, now + self.expiry_s
                 self._on_control_message(frames)
             if self.current_tag is not None and self.output.items:
                 items = self.output.take()
                 if items:
                     self._send(self.ctl, {"t": "output", "items": items})
             self._maybe_give_back(now)
-            if now - last_heard > self.expiry_s:
-                log.warning("no word from the broker for %.1f s: registering again", self.expiry_s)
+            if now >= next_try:   # silent broker: try again, less and less often
+                tries += 1
+                wait = min(self.expiry_s * 2 ** tries, MAX_RETRY_S)
+                never = self.id == "?"   # never welcomed: maybe nothing runs there at all
+                log.warning("%s at %s for %.0f s%s: registering again (next try in %.0f s)",
+                            "no broker has answered" if never else "no word from the broker",
+                            self.endpoint, now - last_heard, " (is the cluster running, and is "
+                            "this its address?)" if never else "", wait)
                 self._hello()
-                last_heard = now
+                next_try = now + wait
             if now - last_sent >= self.heartbeat_s:
                 self._send(self.ctl, {"t": "hb", "info": _load_info()})
                 last_sent = now
@@ -437,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     or the connection file."""
     import argparse
 
-    from .connection import ConnectionInfo, key_from_env
+    from .connection import ConnectionInfo, key_from_env, read_or_exit
 
     p = argparse.ArgumentParser(
         prog="nbcluster worker", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -458,9 +466,9 @@ def main(argv: list[str] | None = None) -> None:
                         format="nbcluster worker %(asctime)s %(levelname)s %(message)s")
     if "://" in args.connect:
         endpoint, key, curve = args.connect, key_from_env(), None
-    else:
+    else:   # a file that is missing, garbage or of a cluster gone: one line, exit 2
         info = ConnectionInfo.from_json(read_line(0)) if args.connect == "-" else \
-            ConnectionInfo.read(args.connect)
+            read_or_exit(args.connect, "nbcluster worker", args.endpoint)
         endpoint, key, curve = args.endpoint or info.best_endpoint(), info.key, info.curve
     worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x],
                     watch_stdin=args.watch_stdin, curve=curve)

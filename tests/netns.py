@@ -60,11 +60,14 @@ class Hosts:
     """A broker namespace and two worker namespaces, linked to it (see the module doc)."""
 
     def __init__(self) -> None:
-        tag = f"{os.getpid() % 10000:04d}{random.randrange(100):02d}"
         self.net, self._net_lock = _claim_net()
+        # Names from the claimed block: no other test can hold the same ones meanwhile, and
+        # what a killed run left under them is ours to remove (its lock died with it).
+        tag = f"t{self.net}"
         self.ns = {name: f"nbc{tag}{name[0]}{name[-1]}" for name in ("broker", "host1", "host2")}
         self.procs: list[subprocess.Popen] = []
         self.links = {"root": f"nbc{tag}r", "host1": f"nbc{tag}b1", "host2": f"nbc{tag}b2"}
+        self._remove_leftovers()
         try:
             for ns in self.ns.values():
                 sh("ip", "netns", "add", ns)
@@ -123,6 +126,14 @@ class Hosts:
         """Cut (or restore) the link between the broker and host."""
         sh("ip", "link", "set", self.links[host], "up" if up else "down", ns=self.ns["broker"])
 
+    def _remove_leftovers(self) -> None:
+        """Namespaces and the root link of a killed run that held this block."""
+        for ns in self.ns.values():
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.links["root"]], capture_output=True)
+        for i in (1, 2):
+            subprocess.run(["ip", "route", "del", f"10.{self.net}.{i}.0/24"], capture_output=True)
+
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
@@ -135,7 +146,5 @@ class Hosts:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 pass
-        for ns in self.ns.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.links["root"]], capture_output=True)
+        self._remove_leftovers()
         os.close(self._net_lock)   # the 10.N.0.0/16 block is free again

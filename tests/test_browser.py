@@ -2,6 +2,7 @@
 bar reaching 100 %, the worker panel following a killed worker, the error explorer showing a
 frame's locals after a click. Screenshots go to test-artifacts/."""
 
+import json
 import os
 import shutil
 import signal
@@ -51,6 +52,13 @@ def lab(tmp_path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}
     nbformat.write(nb, tmp_path / "magics.ipynb")
+    # JupyterLab 4.6 asks "Would you like to get notified about official Jupyter news?" in a
+    # pop-up over the notebook unless fetchNews is set: "false" in the app settings' overrides.
+    settings = tmp_path / "lab-settings"
+    settings.mkdir()
+    (settings / "overrides.json").write_text(json.dumps(
+        {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false",
+                                                          "checkForUpdates": False}}))
     port = free_port()
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
@@ -59,7 +67,7 @@ def lab(tmp_path):
          "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={TOKEN}",
          f"--ServerApp.root_dir={tmp_path}", "--ServerApp.open_browser=False",
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-         "--LabApp.extension_manager=readonly",
+         "--LabApp.extension_manager=readonly", f"--LabApp.app_settings_dir={settings}",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
     base = f"http://127.0.0.1:{port}"
@@ -135,7 +143,8 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, request):
                 track = bar.locator(".progress").first.bounding_box()["width"]
                 assert abs(float(width[:-2]) - track) < 2
             assert "mapped 200" in page.locator(".jp-Cell").nth(1).inner_text()
-            page.screenshot(path=str(shots / "1-progress.png"))
+            # element shots: a full-page shot cannot scroll JupyterLab's notebook panel
+            page.locator(".jp-Cell").nth(1).screenshot(path=str(shots / "1-progress.png"))
 
             run_cell(page, 2)
             panel = page.locator(".nbcluster-panel").first
@@ -143,13 +152,13 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, request):
             page.wait_for_function("() => document.querySelector('.nbcluster-panel')"
                                    ".innerText.includes('2 workers')", timeout=30_000)
             assert panel.locator("tr[data-worker='w1']").count() == 1
-            page.screenshot(path=str(shots / "2-panel.png"))
+            panel.screenshot(path=str(shots / "2-panel.png"))
 
             run_cell(page, 3)   # kill w1: its row goes, a replacement joins
             page.wait_for_function(
                 "() => !document.querySelector(\".nbcluster-panel tr[data-worker='w1']\")",
                 timeout=30_000)
-            page.screenshot(path=str(shots / "3-panel-after-kill.png"))
+            panel.screenshot(path=str(shots / "3-panel-after-kill.png"))
 
             run_cell(page, 4)   # a failing cell: report and explorer
             failing = page.locator(".jp-Cell").nth(4)
@@ -169,7 +178,11 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, request):
             page.wait_for_function(
                 "() => { const t = document.querySelector('.nbcluster-frame').innerText;"
                 " return t.includes('return b / 0') && /b\\s+42/.test(t); }", timeout=10_000)
-            page.screenshot(path=str(shots / "4-explorer.png"), full_page=True)
+            explorer.screenshot(path=str(shots / "4-explorer.png"))
+            failing.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']"
+                            ).first.screenshot(path=str(shots / "5-error-report.png"))
+            # the news pop-up never showed (it would cover the notebook)
+            assert page.get_by_text("official Jupyter news").count() == 0
 
             run_cell(page, 5)
             assert "stopped" in page.locator(".jp-Cell").nth(5).inner_text()

@@ -59,7 +59,7 @@ def test_cluster_cell_push_pull_and_pmap_values():
     assert "[w1]" in out and "[w2]" in out and out.count("answer=42") == 2
     assert out.count("pid") == 2
     assert "<details" in html(c[1]) and "Out[1]" in html(c[1])
-    assert "pushed factor to 2 worker(s)" in text(c[2])
+    assert "pushed factor to 2 workers" in text(c[2])
     pulled = text(c[3])
     for w in ("w1", "w2"):
         assert f"('{w}', {{'answer': 42, 'factor': 3}})" in pulled
@@ -214,3 +214,73 @@ def test_first_use_connects_to_the_cluster_of_the_connection_file(tmp_path, monk
         assert "started a local cluster" not in said
         for pid in cluster.pids()["workers"]:
             assert f"worker pid {pid}" in said
+
+
+def test_magic_lines_may_end_in_a_comment_as_in_the_readme():
+    nb, _ = run([
+        "data = [1, 2, 3]\ncount = 3\n"
+        "squares = %pmap lambda x: x * x  range(10_000)  # a parallel map with a progress bar\n"
+        "%cluster push data                             # this notebook's `data` on every worker\n"
+        "%cluster push count  # {worker: count}\n"
+        "counts = %cluster pull count                   # {worker id: count}\n"
+        "hashes = %pmap str.upper  ['a#b', 'c']  # a # in a string is no comment\n"
+        "print(squares[:4], len(squares), sorted(counts.items()), hashes)",
+        "%%cluster --targets 0  # only the first worker\nprint('data on', len(data))",
+    ])
+    out = text(nb.cells[1])
+    assert "[0, 1, 4, 9] 10000 [('w1', 3), ('w2', 3)] ['A#B', 'C']" in out, out
+    assert "pushed data to 2 workers" in out
+    assert text(nb.cells[2]).count("data on 3") == 1, text(nb.cells[2])
+
+
+def test_failures_group_by_place_whatever_each_workers_cell_counter():
+    # A cell on one worker only: w1's cell counter is then ahead of w2's, so the failing
+    # cell's file is <ipython-input-3-...> on one and <ipython-input-2-...> on the other.
+    nb, _ = run(["%%cluster --targets 0\nx = 1",
+                 "%%cluster\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)"])
+    [error] = [o for o in nb.cells[2].outputs if o.output_type == "error"]
+    report = "\n".join(error.traceback)
+    assert "2 x ZeroDivisionError at line 3 of f" in report, report
+    assert report.count("== ") == 1, report          # one group, not one per counter
+
+
+def test_matplotlib_inline_inside_a_cluster_cell():
+    nb, _ = run(["%%cluster --targets 0\n%matplotlib inline\nimport matplotlib.pyplot as plt\n"
+                 "plt.plot([1, 3, 2])\nprint('plotted')"])
+    cell = nb.cells[1]
+    assert [o.ename for o in cell.outputs if o.output_type == "error"] == [], text(cell)
+    assert "plotted" in text(cell)
+    assert html(cell).count("<img src='data:image/png;base64,iVBOR") == 1
+
+
+def test_the_bar_counts_as_running_only_what_the_workers_can_hold():
+    """Running means started on a worker: never more than the workers' slots (2 here), however
+    many tasks are in flight. (A count above 0 needs futures that know they started, which
+    the RUNNING state of futures brings; before it, this bar shows 0 running.)"""
+    import nbcluster
+    from nbcluster import bars
+    from nbcluster.testing import throwaway_cluster
+
+    shown: list[int] = []
+
+    class Recording(bars._NoBar):
+        def __init__(self, total, desc, cancel=None):
+            pass
+
+        def update(self, done=0, failed=0, running=None, overhead=None):
+            if running is not None:
+                shown.append(running)
+
+    bars.set_progress_factory(Recording)
+    try:
+        with throwaway_cluster(2) as cluster:
+            client = cluster.client()
+            slots = sum(w["slots"] for w in client.workers())
+            assert nbcluster.pmap(time.sleep, [0.05] * 40, client=client, chunksize=1) \
+                == [None] * 40
+            futures = [client.submit(time.sleep, 0.05) for _ in range(20)]
+            bars.progress(futures, wait=True)
+    finally:
+        bars.set_progress_factory(bars._Tqdm)
+    assert shown, "the map reported no running count"
+    assert max(shown) <= slots, shown

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures
+import io
 import os
 import shlex
 import sys
+import tokenize
 from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -22,6 +24,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from .. import cells, client as client_module, report
 from ..client import Client, connect
 from ..collections import parallel
+from ..english import counted
 from ..errors import RemoteErrorGroup, summarize_failures
 from ..local import LocalCluster
 from .live import WorkerOutputs
@@ -53,7 +56,7 @@ class ClusterMagics(Magics):
             try:
                 client = connect(path, timeout=5)
                 print(f"nbcluster: connected to the cluster of {path} "
-                      f"({len(client.workers())} workers)")
+                      f"({counted(len(client.workers()), 'worker')})")
                 return client
             except Exception as e:   # noqa: BLE001 - a stale file: say so, start our own
                 print(f"nbcluster: no cluster answered at {path} ({e}); starting a local one",
@@ -64,7 +67,7 @@ class ClusterMagics(Magics):
         if self.cluster is not None and not self.cluster.closed:
             self.cluster.close()
         self.cluster = LocalCluster(n, labels=labels)
-        print(f"nbcluster: started a local cluster of {self.cluster.n_workers} workers "
+        print(f"nbcluster: started a local cluster of {counted(self.cluster.n_workers, 'worker')} "
               "(%cluster stop stops it)")
         return self.cluster.default_client()
 
@@ -72,7 +75,7 @@ class ClusterMagics(Magics):
     @line_magic("cluster")
     def cluster_line(self, line: str) -> Any:
         """%cluster start [-n N] [--labels a,b] | status | stop | push NAMES | pull NAMES | debug"""
-        words = shlex.split(line)
+        words = shlex.split(_without_comment(line))
         if not words:
             print(self.cluster_line.__doc__)
             return None
@@ -94,7 +97,7 @@ class ClusterMagics(Magics):
             if command == "push":
                 values = {n: self.shell.user_ns[n] for n in names}
                 self._gather(client.submit_to(ids, cells.push, values), "push")
-                print(f"pushed {', '.join(names)} to {len(ids)} worker(s)")
+                print(f"pushed {', '.join(names)} to {counted(len(ids), 'worker')}")
                 return None
             pulled = self._gather(client.submit_to(ids, cells.pull, names), "pull")
             return {w: v[names[0]] if len(names) == 1 else v for w, v in pulled.items()}
@@ -117,13 +120,13 @@ class ClusterMagics(Magics):
             display(WorkerPanel(client))
             return None
         status = client.status()
-        print(f"{len(status['workers'])} workers, {status['queued']} queued, "
+        print(f"{counted(len(status['workers']), 'worker')}, {status['queued']} queued, "
               f"{status['running']} running")
         for w in status["workers"]:
             print(f"  {w['id']:6} {w['host']}:{w['pid']}  {w['state']:5} done {w['done']:,}"
                   f"  labels {','.join(w['labels']) or '-'}")
         for labels, n in status.get("waiting_for_labels", {}).items():
-            print(f"  {n} task(s) waiting for labels no worker has: {labels}")
+            print(f"  {counted(n, 'task')} waiting for labels no worker has: {labels}")
         return None
 
     def _stop(self) -> None:
@@ -152,7 +155,8 @@ class ClusterMagics(Magics):
     def cluster_cell(self, line: str, cell: str) -> Any:
         """%%cluster [--targets all|N|I:J|ids] [--labels a,b] [--noblock]: run the cell on
         workers, in their own namespaces, with their output shown live under the cell."""
-        opts = _options(shlex.split(line), {"--targets": str, "--labels": str, "--noblock": bool})
+        opts = _options(shlex.split(_without_comment(line)),
+                        {"--targets": str, "--labels": str, "--noblock": bool})
         client = self.client()
         workers = client.workers()
         ids = _targets(workers, opts.get("--targets", "all"), _split(opts.get("--labels")))
@@ -179,7 +183,7 @@ class ClusterMagics(Magics):
     def pmap(self, line: str) -> list:
         """%pmap FUNCTION ITERABLE: [FUNCTION(x) for x in ITERABLE] on the cluster, in order,
         with a progress bar. Both are Python expressions, e.g. `%pmap lambda x: x * 2 data`."""
-        fn_text, it_text = _split_two_expressions(line)
+        fn_text, it_text = _split_two_expressions(_without_comment(line))
         ns = self.shell.user_ns
         fn, iterable = eval(fn_text, ns), eval(it_text, ns)   # noqa: S307 - the user's own line
         return parallel(iterable, client=self.client()).map(fn).to_list()
@@ -206,7 +210,20 @@ class CellRun:
 
     def __repr__(self) -> str:
         done = sum(f.done() for f in self.futures.values())
-        return f"<CellRun on {len(self.futures)} workers, {done} done>"
+        return f"<CellRun on {counted(len(self.futures), 'worker')}, {done} done>"
+
+
+def _without_comment(line: str) -> str:
+    """line without a trailing `# comment` (a # inside a Python string does not start one),
+    as in a Python line: `%cluster push data  # this notebook's data`."""
+    line = line.strip()
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(line).readline):
+            if token.type == tokenize.COMMENT:
+                return line[:token.start[1]].rstrip()
+    except (tokenize.TokenError, SyntaxError):   # e.g. an unclosed bracket after the comment
+        pass
+    return line
 
 
 def _options(words: list[str], known: dict[str, type]) -> dict:
@@ -248,7 +265,7 @@ def _targets(workers: list[dict], spec: str, labels: list[str]) -> list[str]:
             chosen += ordered[int(a) if a else None:int(b) if b else None]
         elif part.isdigit():
             if int(part) >= len(ordered):
-                raise ValueError(f"--targets {part}: there are {len(ordered)} workers")
+                raise ValueError(f"--targets {part}: there are {counted(len(ordered), 'worker')}")
             chosen.append(ordered[int(part)])
         elif part in ordered:
             chosen.append(part)

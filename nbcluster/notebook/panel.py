@@ -13,6 +13,7 @@ import time
 import ipywidgets as widgets
 
 from ..client import Client
+from ..english import counted
 
 __all__ = ["WorkerPanel"]
 
@@ -67,11 +68,11 @@ class WorkerPanel(widgets.VBox):
         body = "".join("<tr data-worker='{}'>{}</tr>".format(
             html.escape(r[0]), "".join(f"<td>{html.escape(c)}</td>" for c in r)) for r in rows)
         waiting = "".join(
-            f"<div class='nbcluster-waiting'>⚠ {n} task{'s' if n != 1 else ''} waiting for "
+            f"<div class='nbcluster-waiting'>⚠ {counted(n, 'task')} waiting for "
             f"labels no worker has: <code>{html.escape(labels or '(none)')}</code></div>"
             for labels, n in status.get("waiting_for_labels", {}).items())
         self.table.value = (
-            f"<div><b>{len(rows)} worker{'s' if len(rows) != 1 else ''}</b> · "
+            f"<div><b>{counted(len(rows), 'worker')}</b> · "
             f"{status.get('queued', 0)} queued · {status.get('running', 0)} running</div>"
             f"<table><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr>{body}</table>{waiting}")
 
