@@ -37,7 +37,8 @@ class FailureGroup:
 
 def failures(error: BaseException) -> list[BaseException]:
     """The single failures inside error (itself, or the leaves of an exception group)."""
-    if isinstance(error, BaseExceptionGroup):
+    if isinstance(error, BaseExceptionGroup) and not hasattr(error, "_nbcluster"):
+        # (a task that raised an ExceptionGroup is one failure, with one remote traceback)
         return [leaf for e in error.exceptions for leaf in failures(e)]
     return [error]
 
@@ -91,6 +92,9 @@ def text_report(error: BaseException, max_failures: int = 5) -> str:
         if frames and frames[-1].locals:
             lines.append(f"   locals of {frames[-1].name}:")
             lines += [f"     {k} = {v}" for k, v in frames[-1].locals.items()]
+    more = getattr(error, "failed", 0) - len(failures(error))
+    if more > 0:
+        lines += ["", f"== and {more} more failures like these, counted but not kept in full"]
     return "\n".join(lines)
 
 
