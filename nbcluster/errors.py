@@ -191,16 +191,13 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup):
     def derive(self, excs):
         return RemoteErrorGroup(self.message, excs)
 
+    _workers: list[str] | None = None
+
     @property
     def workers(self) -> list[str]:
-        """Ids of the workers on which an element failed, in first-seen order."""
-        seen: dict[str, None] = {}
-        for e in self.exceptions:
-            if isinstance(e, RemoteError):
-                seen[str(e._nbcluster.worker.get("id"))] = None
-            elif isinstance(e, WorkerLost):
-                seen.update((w, None) for w in e.lost_on)
-        return list(seen)
+        """Ids of the workers on which an element failed, in first-seen order (all of them,
+        also those of failures only counted)."""
+        return failed_workers(self.exceptions) if self._workers is None else self._workers
 
 
 class WorkerLost(NBClusterError):
@@ -237,20 +234,16 @@ class PicklingError(NBClusterError, TypeError):
 
 
 def summarize_failures(errors: list[BaseException], total: int, what: str,
-                       counted: dict | None = None, not_run: int = 0) -> str:
+                       counted: dict | None = None, not_run: int = 0,
+                       workers: list[str] | None = None) -> str:
     """One line naming how many of `total` `what` failed, how, and on which workers, e.g.
     "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2". `counted`:
-    {(type name, file, line): n} of failures counted but not kept in full."""
+    {(type name, file, line): n} of failures counted but not kept in full; `workers`: every
+    worker involved, if errors do not name them all."""
     kinds = collections.Counter(_short_type(e) for e in errors)
     for (type_name, _, _), n in (counted or {}).items():
         kinds[type_name.rsplit(".", 1)[-1]] += n
-    workers: dict[str, None] = {}
-    for e in errors:
-        info = getattr(e, "_nbcluster", None)
-        w = info.worker if info is not None else None
-        if isinstance(w, dict) and w.get("id"):
-            workers[str(w["id"])] = None
-        workers.update((x, None) for x in getattr(e, "lost_on", []))
+    workers = list(workers or failed_workers(errors))
     kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
     text = (f"{sum(kinds.values())} of {total} {what} failed ({kinds_text}) "
             f"on workers {', '.join(workers) or '?'}")
@@ -259,6 +252,18 @@ def summarize_failures(errors: list[BaseException], total: int, what: str,
     if not_run:
         text += f"; stopped at a repeated failure, {not_run} not run"
     return text
+
+
+def failed_workers(errors: list[BaseException]) -> list[str]:
+    """Ids of the workers the errors happened on (or were lost on), in first-seen order."""
+    seen: dict[str, None] = {}
+    for e in errors:
+        info = getattr(e, "_nbcluster", None)
+        w = info.worker if info is not None else None
+        if isinstance(w, dict) and w.get("id"):
+            seen[str(w["id"])] = None
+        seen.update((x, None) for x in getattr(e, "lost_on", []))
+    return list(seen)
 
 
 def _short_type(error: BaseException) -> str:

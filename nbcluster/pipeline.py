@@ -153,7 +153,14 @@ def _map_each(fn: Callable, args: tuple, errors: tracebacks.ElementFailures, ite
         mark = len(out)
         try:
             out.extend(map(fn, *(itertools.islice(a, pos, None) for a in args)))
-            break
+            bad = pos + len(out) - mark
+            if bad == n:
+                break
+            # map() took a StopIteration from fn for the end of its input: call fn on that
+            # element again, to raise it here rather than drop the rest silently
+            out.append(fn(*(a[bad] for a in args)))
+            pos = bad + 1
+            continue
         except Exception as e:
             bad = pos + len(out) - mark
             i = index[bad]

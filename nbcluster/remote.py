@@ -19,7 +19,7 @@ from typing import Any
 
 from . import serialize
 from .errors import (RemoteError, RemoteErrorGroup, RemoteFrame, RemoteTraceback,
-                     summarize_failures)
+                     failed_workers, summarize_failures)
 from .tracebacks import DETAILED_PER_SIGNATURE
 
 __all__ = ["rebuild", "FailureTally"]
@@ -133,12 +133,14 @@ class FailureTally:
         self.errors: list[BaseException] = []
         self.counted: collections.Counter = collections.Counter()
         self._seen: collections.Counter = collections.Counter()
+        self._workers: dict[str, None] = {}
         self.stopped = False
 
     def __bool__(self) -> bool:
         return bool(self.errors)
 
     def add(self, error: BaseException) -> None:
+        self._workers.update((w, None) for w in failed_workers([error]))
         sig = _signature(error)
         self._seen[sig] += 1
         if self._seen[sig] <= DETAILED_PER_SIGNATURE:
@@ -149,6 +151,8 @@ class FailureTally:
     def add_task(self, detailed: list, counted: dict | None = None, stopped: bool = False) -> None:
         """A task's element failures: [(index, item, captured)], {signature: count}."""
         for index, item, data in detailed:
+            if data["worker"].get("id"):
+                self._workers[str(data["worker"]["id"])] = None
             sig = _data_signature(data)
             if self._seen[sig] < DETAILED_PER_SIGNATURE:
                 self.add(rebuild(data, index, item))
@@ -172,10 +176,9 @@ class FailureTally:
     def group(self, total: int, what: str, not_run: int = 0) -> RemoteErrorGroup:
         self.errors.sort(key=_index_key)   # input order
         group = RemoteErrorGroup(
-            summarize_failures(self.errors, total, what, dict(self.counted), not_run),
-            self.errors)
-        group._failed = self.count
-        group.not_run = not_run
+            summarize_failures(self.errors, total, what, dict(self.counted), not_run,
+                               list(self._workers)), self.errors)
+        group._failed, group.not_run, group._workers = self.count, not_run, list(self._workers)
         return group
 
 

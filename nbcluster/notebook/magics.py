@@ -22,7 +22,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from .. import cells, client as client_module, report
 from ..client import Client, connect
 from ..collections import parallel
-from ..errors import RemoteErrorGroup, summarize_failures
+from ..errors import RemoteErrorGroup
+from ..remote import FailureTally
 from ..local import LocalCluster
 from .live import WorkerOutputs
 
@@ -143,8 +144,7 @@ class ClusterMagics(Magics):
         concurrent.futures.wait(futures.values())
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:
-            raise RemoteErrorGroup(summarize_failures(errors, len(futures), f"{what} targets"),
-                                   errors)
+            raise _group(errors, len(futures), f"{what} targets")
         return {w: f.result() for w, f in futures.items()}
 
     # ---- %%cluster -----------------------------------------------------------------------
@@ -201,12 +201,20 @@ class CellRun:
         errors = [f.exception() for f in self.futures.values()
                   if not f.cancelled() and f.exception() is not None]
         if errors:
-            raise RemoteErrorGroup(summarize_failures(errors, len(self.futures), "workers"),
-                                   errors)
+            raise _group(errors, len(self.futures), "workers")
 
     def __repr__(self) -> str:
         done = sum(f.done() for f in self.futures.values())
         return f"<CellRun on {len(self.futures)} workers, {done} done>"
+
+
+def _group(errors: list[BaseException], total: int, what: str) -> RemoteErrorGroup:
+    """One group of the failures, the first few of each kind in full (many workers failing
+    alike are counted, not each shown)."""
+    tally = FailureTally()
+    for e in errors:
+        tally.add(e)
+    return tally.group(total, what)
 
 
 def _options(words: list[str], known: dict[str, type]) -> dict:
