@@ -233,24 +233,28 @@ class PicklingError(NBClusterError, TypeError):
     """A function, argument or result could not be pickled; the message names which."""
 
 
-def summarize_failures(errors: list[BaseException], total: int, what: str,
+def summarize_failures(errors: list[BaseException], total: int | None, what: str,
                        counted: dict | None = None, not_run: int = 0,
-                       workers: list[str] | None = None) -> str:
-    """One line naming how many of `total` `what` failed, how, and on which workers, e.g.
-    "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2". `counted`:
-    {(type name, file, line): n} of failures counted but not kept in full; `workers`: every
-    worker involved, if errors do not name them all."""
+                       workers: list[str] | None = None, stopped: bool = False) -> str:
+    """One line naming how many of `total` (if known) `what` failed, how, and on which
+    workers, e.g. "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2".
+    `counted`: {(type name, file, line): n} of failures counted but not kept in full;
+    `workers`: every worker involved, if errors do not name them all; `stopped`: the run
+    stopped at a repeated failure, leaving `not_run` not run."""
     kinds = collections.Counter(_short_type(e) for e in errors)
     for (type_name, _, _), n in (counted or {}).items():
         kinds[type_name.rsplit(".", 1)[-1]] += n
     workers = list(workers or failed_workers(errors))
     kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
-    text = (f"{sum(kinds.values())} of {total} {what} failed ({kinds_text}) "
+    of = "" if total is None else f" of {total}"
+    text = (f"{sum(kinds.values())}{of} {what} failed ({kinds_text}) "
             f"on workers {', '.join(workers) or '?'}")
     if counted:
         text += f"; the first {len(errors)} in full"
     if not_run:
         text += f"; stopped at a repeated failure, {not_run} not run"
+    elif stopped:
+        text += "; stopped at a repeated failure, the rest cancelled"
     return text
 
 

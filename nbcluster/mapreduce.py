@@ -299,7 +299,7 @@ class _KeyedJob:
         finally:
             bar.close()
         if errors:
-            raise errors.group(self.partitions, "reduce keys or partitions")
+            raise errors.group(None, "reduce keys or partitions", stopped=bool(live))
 
     def _submit_reduce(self, p: int, live: dict) -> None:
         live[self.client.submit(self.reduce_fn, p, self._sources(), labels=self.labels)] = \

@@ -173,11 +173,14 @@ class FailureTally:
     def systematic(self) -> bool:
         return self.stopped or bool(self.counted)
 
-    def group(self, total: int, what: str, not_run: int = 0) -> RemoteErrorGroup:
+    def group(self, total: int | None, what: str, not_run: int = 0,
+              stopped: bool = False) -> RemoteErrorGroup:
+        """The RemoteErrorGroup of these failures, out of `total` `what` (if known); `stopped`:
+        the run stopped here, leaving `not_run` not run."""
         self.errors.sort(key=_index_key)   # input order
         group = RemoteErrorGroup(
             summarize_failures(self.errors, total, what, dict(self.counted), not_run,
-                               list(self._workers)), self.errors)
+                               list(self._workers), stopped), self.errors)
         group._failed, group.not_run, group._workers = self.count, not_run, list(self._workers)
         return group
 
