@@ -70,19 +70,17 @@ def _reduce_code(code: types.CodeType):
     names every code object pickled by value "<dynamic-code>", which leaves remote tracebacks
     with neither the file nor the source line."""
     make, args = _cloudpickle_reduce_code(code)
-    if _KEEPS_FILENAME:
+    if _FILENAME_AT is None:
         return make, args
-    return _code_in_file, (make, args, code.co_filename)
-
-
-def _code_in_file(make, args, filename: str) -> types.CodeType:
-    return make(*args).replace(co_filename=filename)
+    return make, (*args[:_FILENAME_AT], code.co_filename, *args[_FILENAME_AT + 1:])
 
 
 _cloudpickle_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
-_probe = (lambda: None).__code__.replace(co_filename="<nbcluster-probe>")
-_KEEPS_FILENAME = "<nbcluster-probe>" in [a for a in _cloudpickle_reduce_code(_probe)[1]
-                                          if isinstance(a, str)]   # cloudpickle < 3.1
+# Where cloudpickle puts "<dynamic-code>" among the code constructor's arguments, if it does
+# (3.1 does, 3.0 keeps the file name): found once, on a probe.
+_FILENAME_AT = next((i for i, a in enumerate(_cloudpickle_reduce_code(
+    (lambda: None).__code__.replace(co_filename="<nbcluster-probe>"))[1])
+    if isinstance(a, str) and a == "<dynamic-code>"), None)
 MAX_SOURCE_LINES = 2000   # a function's source travels with it up to this many lines
 
 
@@ -91,19 +89,20 @@ class _Pickler(cloudpickle.Pickler):
     first line, and takes its source lines along: a worker may not be able to read the file
     (a notebook cell, a script on another host), and its tracebacks should show them."""
 
-    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+    # as many maps as cloudpickle's own: the pickler looks every object's type up in it
+    dispatch_table = ChainMap({**cloudpickle.Pickler.dispatch_table.maps[0],
+                               types.CodeType: _reduce_code},
+                              *cloudpickle.Pickler.dispatch_table.maps[1:])
 
     def __init__(self, file, buffer_callback=None):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)
 
-    def reducer_override(self, obj: Any) -> Any:
-        rv = super().reducer_override(obj)
-        if rv is NotImplemented or type(obj) is not types.FunctionType:
-            return rv
-        source = _source_of(obj.__code__)
-        if source is None:
-            return rv
-        return (_with_source, (source, rv[0], rv[1]), *rv[2:])
+    def _dynamic_function_reduce(self, func: types.FunctionType) -> tuple:
+        # cloudpickle calls this for functions pickled by value only (cloudpickle 3.0, 3.1;
+        # tests/test_serialize.py notices if it stops): nothing is added for other objects
+        rv = super()._dynamic_function_reduce(func)
+        source = _source_of(func.__code__)
+        return rv if source is None else (_with_source, (source, rv[0], rv[1]), *rv[2:])
 
 
 class _MirrorPickler(_Pickler):
@@ -115,20 +114,21 @@ class _MirrorPickler(_Pickler):
         return self._refs.name_of(obj)
 
 
-_sources: "weakref.WeakKeyDictionary[types.CodeType, tuple]" = weakref.WeakKeyDictionary()
+_sources: dict[int, tuple[weakref.ref, tuple | None]] = {}   # id(code) -> (code, its source)
 
 
 def _source_of(code: types.CodeType) -> tuple | None:
     """(file name, first line number, the lines) of a function's code, or None if unknown."""
-    hit = _sources.get(code)
-    # code objects compare equal across files: the file name must match too
-    if hit is not None and hit[0] == code.co_filename:
+    hit = _sources.get(id(code))   # by id: hashing a code object costs more than all this
+    if hit is not None and hit[0]() is code:
         return hit[1]
     first, last = code.co_firstlineno, _last_line(code)
     lines = linecache.getlines(code.co_filename)[first - 1:last]
     source = (code.co_filename, first, lines) if lines and last - first < MAX_SOURCE_LINES \
         else None
-    _sources[code] = (code.co_filename, source)
+    if len(_sources) > 4096:
+        _sources.clear()
+    _sources[id(code)] = (weakref.ref(code), source)
     return source
 
 
