@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from . import pipeline as pl
 from .client import Client
-from .errors import TaskCancelled, WorkerLost
+from .errors import TaskCancelled
 from .remote import FailureTally
 from .futures import TaskFuture
 from .bars import progress_bar
@@ -189,11 +189,7 @@ class _Run:
         self.stats.elements += n
         try:
             outcome = fut.result()
-        except (WorkerLost, TaskCancelled) as e:   # the whole chunk failed
-            self.failures.add(e)
-            self.bar.update(failed=n)
-            return pl.ChunkOutcome([], n, [])
-        except Exception as e:   # e.g. its result could not be unpickled here
+        except Exception as e:   # the whole chunk failed (WorkerLost, cancelled, unpickling)
             self.failures.add(e)
             self.bar.update(failed=n)
             return pl.ChunkOutcome([], n, [])
@@ -202,10 +198,10 @@ class _Run:
             self.stats.workers.add(fut.worker)
         self.sizer.observe(fut, n, now)
         self.failures.add_task(outcome.errors, outcome.counted, outcome.stopped)
-        self.completed += (len(outcome.errors) + sum(outcome.counted.values())
-                           if outcome.stopped else outcome.n)
+        failed = len(outcome.errors) + sum(outcome.counted.values())
+        self.completed += failed if outcome.stopped else outcome.n
         cost = self.sizer.task_cost_s
-        self.bar.update(done=outcome.n - len(outcome.errors), failed=len(outcome.errors),
+        self.bar.update(done=0 if outcome.stopped else outcome.n - failed, failed=failed,
                         running=sum(size for _, size in self.inflight.values()),
                         overhead=cost / (cost + (fut.duration or 0.0)))
         return outcome
