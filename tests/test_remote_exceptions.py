@@ -328,6 +328,13 @@ for name in ALL_CASES:
                         all(facts(name, e) == facts(name, local(name)) for e in errs),
                         sorted(e.remote_traceback.worker["id"] for e in errs),
                         all("raise_case" in e.traceback and e.frames for e in errs)]
+from nbcluster.session import current_client
+def from_this_cell(d):
+    return d["nope"]
+try:
+    current_client().submit(from_this_cell, {}).result(60)
+except KeyError as e:   # the cell's file (ipykernel's) cannot be read on workers
+    report["source"] = [e.frames[-1].line, e.frames[-1].filename == from_this_cell.__code__.co_filename]
 print("REPORT", json.dumps(report))
 """
 
@@ -340,6 +347,7 @@ def test_cluster_cell_failures_are_the_real_exceptions():
     out = cell_text(nb.cells[1])
     assert "REPORT " in out, out
     report = json.loads(out.split("REPORT ", 1)[1].splitlines()[0])
+    assert report.pop("source") == ['return d["nope"]', True]
     assert report == {name: [2, True, True, ["w1", "w2"], True] for name in ALL_CASES}
 
 
