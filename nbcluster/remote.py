@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 import types
 from typing import Any
 
@@ -81,13 +82,19 @@ def _made(make: Any, args: tuple, state: Any) -> BaseException | None:
 
 
 _classes: dict[type, type | None] = {}
+_classes_lock = threading.Lock()   # one class per remote type, whichever thread rebuilds
 
 
 def _remote_class(cls: type) -> type | None:
     """A subclass of cls and RemoteError that looks like cls (name, str, repr, pickling);
     None if cls cannot be subclassed so."""
-    if cls in _classes:
+    with _classes_lock:
+        if cls not in _classes:
+            _classes[cls] = _make_remote_class(cls)
         return _classes[cls]
+
+
+def _make_remote_class(cls: type) -> type | None:
     remote_cls = None
     if isinstance(cls, type) and issubclass(cls, BaseException) \
             and not issubclass(cls, RemoteError):
@@ -100,7 +107,6 @@ def _remote_class(cls: type) -> type | None:
             remote_cls = types.new_class(cls.__name__, (cls, RemoteError), exec_body=body)
         except Exception:  # noqa: BLE001 - a layout, metaclass or __init_subclass__ refusal
             remote_cls = None
-    _classes[cls] = remote_cls
     return remote_cls
 
 

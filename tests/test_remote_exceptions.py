@@ -401,3 +401,36 @@ def test_a_reducer_with_the_wrong_signature_fails_fast_over_many_keys(client):
         nbcluster.map_reduce(range(90_000), lambda x: x["k"], sum, client=client,
                              progress=False)
     assert len(info.value.exceptions) <= DETAILED_PER_SIGNATURE < info.value.failed
+
+
+def test_many_workers_failing_alike_make_a_group_in_bounds(client):
+    """What %%cluster does with the failures of a cell on many workers."""
+    from nbcluster.notebook.magics import _group
+    futures = [client.submit(raise_case, "KeyError") for _ in range(12)]
+    futures += [client.submit(raise_case, "ValueError") for _ in range(2)]
+    concurrent.futures.wait(futures, 60)
+    group = _group([f.exception() for f in futures], 14, "workers")
+    kinds = [type(e).__name__ for e in group.exceptions]
+    assert sorted(kinds) == ["KeyError"] * DETAILED_PER_SIGNATURE + ["ValueError"] * 2
+    assert group.failed == 14 and "14 of 14 workers failed (12 x KeyError, 2 x ValueError)" \
+        in str(group)
+    assert set(group.workers) == {f.exception().worker["id"] for f in futures}
+
+
+def test_an_exception_from_a_module_only_workers_have_is_a_remote_error(client, tmp_path):
+    (tmp_path / "only_on_workers.py").write_text(
+        "class Oops(Exception):\n    pass\n")
+
+    def fail(path):
+        import sys
+        sys.path.insert(0, path)
+        import only_on_workers
+        raise only_on_workers.Oops("from a module the client lacks")
+    with pytest.raises(RemoteError) as info:
+        client.submit(fail, str(tmp_path)).result(60)
+    err = info.value
+    assert type(err) is RemoteError
+    assert str(err) == "only_on_workers.Oops: from a module the client lacks"
+    assert "could not be unpickled here" in err.remote_traceback.why
+    assert "No module named 'only_on_workers'" in err.remote_traceback.why
+    assert "could not be unpickled here" in str(err.__cause__)
