@@ -51,8 +51,11 @@ def rebuild(data: dict, index: Any = None, item: str | None = None) -> BaseExcep
 def _remote_instance(cls: type, make: Any, args: tuple, state: Any,
                      info: RemoteTraceback) -> BaseException:
     """An instance of cls's remote class with the args and state pickle would give it."""
+    cls = getattr(cls, "_remote_type", cls)   # a remote error raised again on a worker
     remote_cls = _remote_class(cls)
     if remote_cls is None:   # cannot be subclassed: the real one, carried by a RemoteError
+        info.why = (f"{cls.__qualname__} cannot be subclassed with RemoteError; "
+                    "the exception itself is this error's .exception")
         err = RemoteError(info.type_name, info.message, exception=_made(make, args, state))
         err._nbcluster = err.__cause__ = info
         return err
@@ -65,6 +68,8 @@ def _remote_instance(cls: type, make: Any, args: tuple, state: Any,
             err.__setstate__(state)
     else:   # a __reduce__ of its own: make it so, then copy what it made
         made = make(*args)
+        if state is not None:
+            made.__setstate__(state)
         err = remote_cls.__new__(remote_cls, *made.args)
         err.__dict__.update(made.__dict__)
     err._nbcluster = err.__cause__ = info

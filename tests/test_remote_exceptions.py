@@ -434,3 +434,15 @@ def test_an_exception_from_a_module_only_workers_have_is_a_remote_error(client, 
     assert "could not be unpickled here" in err.remote_traceback.why
     assert "No module named 'only_on_workers'" in err.remote_traceback.why
     assert "could not be unpickled here" in str(err.__cause__)
+
+
+def test_a_remote_error_raised_again_on_a_worker_comes_back_as_its_type():
+    """A task that waits on another task's future re-raises that remote error."""
+    from nbcluster import remote, tracebacks
+    inner = remote.rebuild(tracebacks.capture(local("JSONDecodeError")))
+    try:
+        raise inner
+    except Exception as e:  # noqa: BLE001
+        outer = remote.rebuild(tracebacks.capture(e))
+    assert facts("JSONDecodeError", outer) == facts("JSONDecodeError", local("JSONDecodeError"))
+    assert isinstance(outer, RemoteError) and type(outer) is type(inner)
