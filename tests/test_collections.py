@@ -156,3 +156,22 @@ def test_pipeline_on_its_own_reports_elements_that_fail():
         10, [1, 0, 2, 4])
     assert out.values == [1.0, 0.5] and out.n == 4
     assert [(i, item) for i, item, _ in out.errors] == [(11, "0")]
+
+
+def test_a_step_raising_stopiteration_fails_its_element_instead_of_ending_the_chunk(client):
+    """The C-level map() fused steps run in takes a StopIteration for the end of its input:
+    the rest of the chunk used to vanish silently."""
+    def f(x):
+        if x == 2:
+            raise StopIteration("not the end")
+        return x * 10
+    with pytest.raises(RemoteErrorGroup) as info:
+        parallel(range(6), client, chunksize=6, progress=False).map(f).to_list()
+    [err] = info.value.exceptions
+    assert isinstance(err, StopIteration) and err.remote_traceback.index == 2
+    assert "1 of 6 elements failed" in str(info.value)
+    def keep(x):   # in a filter step too
+        return next(iter([])) if x == 4 else x % 2 == 0
+    with pytest.raises(RemoteErrorGroup) as info:
+        parallel(range(6), client, chunksize=6, progress=False).filter(keep).to_list()
+    assert [e.remote_traceback.index for e in info.value.exceptions] == [4]
