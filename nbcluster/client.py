@@ -501,25 +501,39 @@ def latest() -> Any:
 
 
 def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
-    """The results of map chunk futures in input order, or one RemoteErrorGroup of all failures."""
-    results: list = []
-    errors: list = []
-    for fut in futures:
-        try:
-            out = fut.result()
-        except (WorkerLost, TaskCancelled) as e:
-            errors.append(e)
-            continue
-        if isinstance(out, ChunkFailures):
-            for index, item, data in out.errors:
-                err = tracebacks.rebuild(data)
-                err.index, err.item = index, item
-                errors.append(err)
-            out = out.results
-        results.extend(out)
-    if errors:
-        raise RemoteErrorGroup(summarize_failures(errors, n_items, "elements"), errors)
-    return results
+    """The results of map chunk futures in input order, or one RemoteErrorGroup of the
+    failures. A failure that repeats is a mistake: then the group comes as soon as it is
+    known, with the first few of each kind in full and a count of the rest, and the chunks
+    not done are cancelled."""
+    from .remote import FailureTally
+    tally, pending, not_run = FailureTally(), set(futures), 0
+    try:
+        while pending and not tally.systematic:
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    out = fut.result()
+                except (WorkerLost, TaskCancelled) as e:
+                    tally.add(e)
+                    continue
+                if isinstance(out, ChunkFailures):
+                    tally.add_task(out.errors, out.counted, out.stopped)
+                    not_run += out.not_run
+    finally:
+        if pending:   # stopped at a repeated failure, or interrupted: queued or running
+            futures[0]._client.cancel(list(pending))
+    if tally:
+        if pending:
+            not_run = n_items - sum(len(_chunk_results(f)) for f in futures if f not in pending
+                                    and not f.cancelled() and f.exception() is None) + not_run
+        raise tally.group(n_items, "elements", not_run)
+    return [x for fut in futures for x in fut.result()]
+
+
+def _chunk_results(fut: TaskFuture) -> list:
+    out = fut.result()
+    return out.results if isinstance(out, ChunkFailures) else out
 
 
 def _picklable(obj) -> bool:

@@ -21,9 +21,9 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from . import pipeline as pl
-from . import tracebacks
 from .client import Client
-from .errors import RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures
+from .errors import TaskCancelled
+from .remote import FailureTally
 from .futures import TaskFuture
 from .bars import progress_bar
 from .session import current_client
@@ -121,7 +121,8 @@ class _Run:
         self.window = CHUNKS_IN_FLIGHT * n_workers
         self.labels, self.retries = source.labels, source.retries
         self.bar = progress_bar(self.total, desc, source.progress, cancel=self.cancel)
-        self.errors: list[BaseException] = []
+        self.failures = FailureTally()   # a failure that repeats stops the run at once
+        self.completed = 0                 # elements that ran (succeeded or failed)
         self.inflight: dict[TaskFuture, tuple[int, int]] = {}   # future -> (chunk number, size)
         self.cancelled = False
 
@@ -171,6 +172,8 @@ class _Run:
                         yield outcome
                         return
                     done[number] = outcome
+                if self.failures.systematic:
+                    self.raise_errors(stopped=True)
                 while next_out in done:
                     yield done.pop(next_out)
                     next_out += 1
@@ -186,33 +189,30 @@ class _Run:
         self.stats.elements += n
         try:
             outcome = fut.result()
-        except (WorkerLost, TaskCancelled) as e:   # the whole chunk failed
-            self.errors.append(e)
-            self.bar.update(failed=n)
-            return pl.ChunkOutcome([], n, [])
-        except Exception as e:   # e.g. its result could not be unpickled here
-            self.errors.append(e)
+        except Exception as e:   # the whole chunk failed (WorkerLost, cancelled, unpickling)
+            self.failures.add(e)
             self.bar.update(failed=n)
             return pl.ChunkOutcome([], n, [])
         self.stats.busy_s += fut.duration or 0.0
         if fut.worker:
             self.stats.workers.add(fut.worker)
         self.sizer.observe(fut, n, now)
-        for index, item, data in outcome.errors:
-            err = tracebacks.rebuild(data)
-            err.index, err.item = index, item
-            self.errors.append(err)
+        self.failures.add_task(outcome.errors, outcome.counted, outcome.stopped)
+        failed = len(outcome.errors) + sum(outcome.counted.values())
+        self.completed += failed if outcome.stopped else outcome.n
         cost = self.sizer.task_cost_s
-        self.bar.update(done=outcome.n - len(outcome.errors), failed=len(outcome.errors),
+        self.bar.update(done=0 if outcome.stopped else outcome.n - failed, failed=failed,
                         running=sum(f.running() for f in self.inflight),   # started, not sent
                         overhead=cost / (cost + (fut.duration or 0.0)))
         return outcome
 
-    def raise_errors(self) -> None:
-        if self.errors:
-            self.errors.sort(key=lambda e: getattr(e, "index", None) or 0)   # input order
+    def raise_errors(self, stopped: bool = False) -> None:
+        """A RemoteErrorGroup of the failures, if any; `stopped`: the run stops here, at a
+        failure that repeats, and what is left is not run."""
+        if self.failures:
             total = self.total if self.total is not None else self.stats.elements
-            raise RemoteErrorGroup(summarize_failures(self.errors, total, "elements"), self.errors)
+            not_run = max(0, total - self.completed) if stopped else 0
+            raise self.failures.group(total, "elements", not_run)
 
 
 class Parallel:

@@ -1,7 +1,8 @@
 """Every error nbcluster raises, in one hierarchy.
 
     NBClusterError
-     ├── RemoteError            a task raised on a worker (remote traceback, frames, locals)
+     ├── RemoteError            a task raised on a worker; also an instance of the remote type
+     │                          (its __cause__, a RemoteTraceback: traceback, frames, locals)
      ├── WorkerLost             the worker(s) running a task died, past the retry limit
      ├── TaskCancelled          (also concurrent.futures.CancelledError)
      ├── AuthenticationError    the broker refused our key
@@ -24,6 +25,7 @@ __all__ = [
     "RemoteError",
     "RemoteErrorGroup",
     "RemoteFrame",
+    "RemoteTraceback",
     "WorkerLost",
     "TaskCancelled",
     "AuthenticationError",
@@ -47,49 +49,95 @@ class RemoteFrame:
     locals: dict[str, str] = field(default_factory=dict)
 
 
-class RemoteError(NBClusterError):
-    """A task raised an exception on a worker.
+class RemoteTraceback(Exception):
+    """The remote side of a failed task: its traceback, frames and locals, worker, element.
 
-    Attributes:
-        type_name: qualified name of the remote exception type, e.g. ``"builtins.KeyError"``.
-        message: ``str()`` of the remote exception.
-        traceback: the remote traceback, formatted as Python prints it.
-        frames: the remote frames (innermost last), each with its locals.
-        worker: ``{"id", "host", "pid"}`` of the worker it failed on.
-        exception: the remote exception itself when it could be pickled, else None.
-        index, item: for map-like calls, the element's index and a repr of its value.
-
-    Instances are also instances of the remote exception's type when that type is
-    importable here, so ``except KeyError`` catches a remote ``KeyError``.
+    Every RemoteError carries one, as its ``__cause__`` too (as `concurrent.futures` attaches
+    its ``_RemoteTraceback``), so an uncaught remote error prints the remote traceback first.
     """
 
     def __init__(self, type_name: str, message: str, traceback: str = "",
                  frames: list[RemoteFrame] | None = None, worker: dict | None = None,
-                 exception: BaseException | None = None):
+                 index=None, item: str | None = None, why: str = ""):
         super().__init__(type_name, message)
-        self.type_name = type_name
-        self.message = message
-        self.traceback = traceback
-        self.frames = frames or []
-        self.worker = worker or {}
-        self.exception = exception
-        self.index: int | None = None
-        self.item: str | None = None
-
-    @property
-    def short_type(self) -> str:
-        return self.type_name.rsplit(".", 1)[-1]
+        self.type_name, self.message, self.traceback = type_name, message, traceback
+        self.frames, self.worker = list(frames or []), dict(worker or {})
+        self.index, self.item = index, item
+        self.why = why   # why the client got a plain RemoteError, not the remote type
 
     def where(self) -> str:
         w = self.worker
         return f"worker {w.get('id', '?')} on {w.get('host', '?')}, pid {w.get('pid', '?')}"
 
     def __str__(self) -> str:
-        head = f"{self.short_type}: {self.message}"
-        if self.index is not None:
-            head += f" (element {self.index}: {self.item})"
-        text = f"{head}\n\nRemote traceback ({self.where()}):\n{self.traceback}"
-        return text.rstrip("\n")
+        element = "" if self.index is None else f"element {self.index}: {self.item}; "
+        why = f"\n({self.why})" if self.why else ""
+        return (f"remote traceback ({element}{self.where()}):{why}\n\"\"\"\n"
+                f"{self.traceback.rstrip(chr(10))}\n\"\"\"")
+
+    def __reduce__(self):
+        return (RemoteTraceback, (self.type_name, self.message, self.traceback, self.frames,
+                                  self.worker, self.index, self.item, self.why))
+
+
+class _Remote:
+    """An attribute read from the error's RemoteTraceback. Not a data descriptor, so a remote
+    exception's own attribute of the same name (a user's ``message``, say) wins."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return getattr(obj._nbcluster, self.name)
+
+
+class RemoteError(NBClusterError):
+    """A task raised an exception on a worker.
+
+    The error a client gets is the remote exception itself, rebuilt with its own args and
+    attributes, as an instance of a subclass of both its type and RemoteError: ``except
+    KeyError`` catches it, ``str()`` and ``.args`` are the remote ones. An exception that could
+    not be sent back or rebuilt comes back as a plain RemoteError naming its type and message.
+
+    Attributes (unless the remote exception has its own of the same name):
+        type_name: qualified name of the remote exception type, e.g. ``"builtins.KeyError"``.
+        message: ``str()`` of the remote exception.
+        traceback: the remote traceback, formatted as Python prints it.
+        frames: the remote frames (innermost last), each with its locals.
+        worker: ``{"id", "host", "pid"}`` of the worker it failed on.
+        index, item: for map-like calls, the element's index (or key) and a repr of its value.
+        remote_traceback: all of the above, as one object (also the ``__cause__``).
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "",
+                 frames: list[RemoteFrame] | None = None, worker: dict | None = None,
+                 exception: BaseException | None = None):
+        name = type_name.removeprefix("builtins.")
+        super().__init__(f"{name}: {message}")
+        self.exception = exception   # the remote exception, if it arrived but was not rebuilt
+        self._nbcluster = RemoteTraceback(type_name, message, traceback, frames, worker)
+        self.__cause__ = self._nbcluster
+
+    type_name = _Remote()
+    message = _Remote()
+    traceback = _Remote()
+    frames = _Remote()
+    worker = _Remote()
+    index = _Remote()
+    item = _Remote()
+
+    @property
+    def remote_traceback(self) -> RemoteTraceback:
+        return self._nbcluster
+
+    @property
+    def short_type(self) -> str:
+        return self._nbcluster.type_name.rsplit(".", 1)[-1]
+
+    def where(self) -> str:
+        return self._nbcluster.where()
 
     def explore(self) -> None:
         """Show this failure: its frames and their locals (a widget in a notebook)."""
@@ -97,24 +145,42 @@ class RemoteError(NBClusterError):
         explore(self)
 
     def __reduce__(self):
-        return (_rebuild_remote_error, (self.type_name, self.message, self.traceback,
-                                        self.frames, self.worker, self.index, self.item))
+        return (_rebuild_remote_error, (self.args, self._nbcluster, self.exception))
 
 
-def _rebuild_remote_error(type_name, message, traceback, frames, worker, index, item):
-    err = RemoteError(type_name, message, traceback, frames, worker)
-    err.index, err.item = index, item
+def _rebuild_remote_error(args, info: RemoteTraceback, exception):
+    err = RemoteError.__new__(RemoteError, *args)
+    err.exception, err._nbcluster, err.__cause__ = exception, info, info
     return err
 
 
+def locate(error: BaseException, index, item: str | None = None) -> None:
+    """Record which element (or key) of a map-like call an error belongs to."""
+    target = getattr(error, "_nbcluster", error)
+    target.index, target.item = index, item
+
+
 class RemoteErrorGroup(NBClusterError, ExceptionGroup):
-    """Several tasks failed; ``.exceptions`` holds one error per failed element.
+    """Several tasks failed; ``.exceptions`` holds one error per failed element, in full for
+    the first few failures of each kind (same type, same place).
 
     Its message names how many failed, the error types and every worker involved.
+
+    Attributes:
+        failed: how many failed in all (more than ``len(exceptions)`` when a failure repeated
+            so often that only the first few were kept in full and the rest counted).
+        not_run: elements that were not run because the run stopped at a repeated failure.
     """
+
+    not_run = 0
+    _failed: int | None = None
 
     def __new__(cls, message: str, exceptions):
         return super().__new__(cls, message, exceptions)
+
+    @property
+    def failed(self) -> int:
+        return len(self.exceptions) if self._failed is None else self._failed
 
     def explore(self) -> None:
         """Show the failures grouped by signature, each with its frames and their locals
@@ -125,16 +191,13 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup):
     def derive(self, excs):
         return RemoteErrorGroup(self.message, excs)
 
+    _workers: list[str] | None = None
+
     @property
     def workers(self) -> list[str]:
-        """Ids of the workers on which an element failed, in first-seen order."""
-        seen: dict[str, None] = {}
-        for e in self.exceptions:
-            if isinstance(e, RemoteError):
-                seen[str(e.worker.get("id"))] = None
-            elif isinstance(e, WorkerLost):
-                seen.update((w, None) for w in e.lost_on)
-        return list(seen)
+        """Ids of the workers on which an element failed, in first-seen order (all of them,
+        also those of failures only counted)."""
+        return failed_workers(self.exceptions) if self._workers is None else self._workers
 
 
 class WorkerLost(NBClusterError):
@@ -170,16 +233,43 @@ class PicklingError(NBClusterError, TypeError):
     """A function, argument or result could not be pickled; the message names which."""
 
 
-def summarize_failures(errors: list[BaseException], total: int, what: str) -> str:
-    """One line naming how many of `total` `what` failed, how, and on which workers, e.g.
-    "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2"."""
-    kinds = collections.Counter(getattr(e, "short_type", type(e).__name__) for e in errors)
-    workers: dict[str, None] = {}
-    for e in errors:
-        w = getattr(e, "worker", None)
-        if isinstance(w, dict) and w.get("id"):
-            workers[str(w["id"])] = None
-        workers.update((x, None) for x in getattr(e, "lost_on", []))
+def summarize_failures(errors: list[BaseException], total: int | None, what: str,
+                       counted: dict | None = None, not_run: int = 0,
+                       workers: list[str] | None = None, stopped: bool = False) -> str:
+    """One line naming how many of `total` (if known) `what` failed, how, and on which
+    workers, e.g. "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2".
+    `counted`: {(type name, file, line): n} of failures counted but not kept in full;
+    `workers`: every worker involved, if errors do not name them all; `stopped`: the run
+    stopped at a repeated failure, leaving `not_run` not run."""
+    kinds = collections.Counter(_short_type(e) for e in errors)
+    for (type_name, _, _), n in (counted or {}).items():
+        kinds[type_name.rsplit(".", 1)[-1]] += n
+    workers = list(workers or failed_workers(errors))
     kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
-    return (f"{len(errors)} of {total} {what} failed ({kinds_text}) "
+    of = "" if total is None else f" of {total}"
+    text = (f"{sum(kinds.values())}{of} {what} failed ({kinds_text}) "
             f"on workers {', '.join(workers) or '?'}")
+    if counted:
+        text += f"; the first {len(errors)} in full"
+    if not_run:
+        text += f"; stopped at a repeated failure, {not_run} not run"
+    elif stopped:
+        text += "; stopped at a repeated failure, the rest cancelled"
+    return text
+
+
+def failed_workers(errors: list[BaseException]) -> list[str]:
+    """Ids of the workers the errors happened on (or were lost on), in first-seen order."""
+    seen: dict[str, None] = {}
+    for e in errors:
+        info = getattr(e, "_nbcluster", None)
+        w = info.worker if info is not None else None
+        if isinstance(w, dict) and w.get("id"):
+            seen[str(w["id"])] = None
+        seen.update((x, None) for x in getattr(e, "lost_on", []))
+    return list(seen)
+
+
+def _short_type(error: BaseException) -> str:
+    info = getattr(error, "_nbcluster", None)
+    return info.type_name.rsplit(".", 1)[-1] if info is not None else type(error).__name__

@@ -57,9 +57,7 @@ class Executor(concurrent.futures.Executor):
                     if isinstance(out, ChunkFailures):
                         index, item, data = out.errors[0]
                         yield from out.results[:index - out.start]
-                        err = tracebacks.rebuild(data)
-                        err.index, err.item = index, item
-                        raise err
+                        raise tracebacks.rebuild(data, index, item)
                     yield from out
             finally:
                 for fut in futures:

@@ -27,10 +27,11 @@ import os
 import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import shuffle, tracebacks
+from . import shuffle
 from .chunks import auto_chunksize
 from .client import Client
-from .errors import NBClusterError, RemoteErrorGroup, TaskCancelled, summarize_failures
+from .errors import NBClusterError, TaskCancelled, locate
+from .remote import FailureTally
 from .futures import TaskFuture
 from .bars import progress_bar
 from .session import current_client
@@ -77,19 +78,22 @@ class MapReduce:
         return job
 
     def _finish(self, job: "_JobFuture", futures: list[TaskFuture], callback) -> None:
-        concurrent.futures.wait(futures)
+        tally, pending = FailureTally(), set(futures)
+        while pending and not tally.systematic:   # a repeated failure: the rest is cancelled
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for f in done:
+                e = None if f.cancelled() else f.exception()
+                if e is not None:
+                    locate(e, futures.index(f))
+                    tally.add(e)
+        if pending:
+            futures[0]._client.cancel(list(pending))
         if job.cancelled():
             return
-        errors = []
-        for i, f in enumerate(futures):
-            e = None if f.cancelled() else f.exception()
-            if e is not None:
-                e.index = i
-                errors.append(e)
         try:
-            if errors:
-                raise RemoteErrorGroup(summarize_failures(errors, len(futures), "map tasks"),
-                                       errors)
+            if tally:
+                raise tally.group(len(futures), "map tasks", len(pending))
             result = self.reduce([f.result() for f in futures])
         except BaseException as e:   # noqa: BLE001 - the job's failure, for whoever waits
             if job.set_running_or_notify_cancel():
@@ -207,7 +211,7 @@ class _KeyedJob:
 
     def _map_phase(self, live: dict) -> None:
         bar = progress_bar(self.n_records, "map_reduce: map", self.progress, cancel=self.cancel)
-        errors: list = []
+        errors, ran = FailureTally(), 0
         try:
             for m in range(len(self.chunks)):
                 self._submit_map(m, live)
@@ -217,21 +221,22 @@ class _KeyedJob:
                 try:
                     outcome: shuffle.MapOutcome = fut.result()
                 except Exception as e:   # noqa: BLE001 - the whole map task failed
-                    errors.append(e)
+                    errors.add(e)
                     bar.update(failed=n)
                     continue
                 self.where[m] = outcome
-                for index, item, data in outcome.errors:
-                    err = tracebacks.rebuild(data)
-                    err.index, err.item = index, item
-                    errors.append(err)
-                bar.update(done=n - len(outcome.errors), failed=len(outcome.errors))
+                errors.add_task(outcome.errors, outcome.counted, outcome.stopped)
+                failed = len(outcome.errors) + sum(outcome.counted.values())
+                ran += failed if outcome.stopped else n
+                bar.update(done=n - failed, failed=failed)
+                if errors.systematic:   # a mistake, not bad records: stop at once
+                    break
         finally:
             bar.close()
         if errors:
-            errors.sort(key=lambda e: getattr(e, "index", None) or 0)
             self._check_cancelled()
-            raise RemoteErrorGroup(summarize_failures(errors, self.n_records, "records"), errors)
+            raise errors.group(self.n_records, "records",
+                               self.n_records - ran if errors.systematic else 0)
 
     def _sources(self) -> list[tuple[str, int, list[int]]]:
         """(endpoint, bucket, map indices in it) of every bucket holding map outputs."""
@@ -249,14 +254,14 @@ class _KeyedJob:
             self._recompute(m, live)
         bar = progress_bar(self.partitions, "map_reduce: reduce", self.progress,
                            cancel=self.cancel)
-        errors: list = []
+        errors = FailureTally()
         try:
             for p in range(self.partitions):
                 if lost:
                     waiting[p] = set(lost)
                 else:
                     self._submit_reduce(p, live)
-            while live:
+            while live and not errors.systematic:   # a repeated failure stops the job
                 done, _ = concurrent.futures.wait(list(live),
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
                 self._check_cancelled()
@@ -268,7 +273,7 @@ class _KeyedJob:
                         if kind == "map":
                             raise NBClusterError(f"map task {n} failed when computed again: "
                                                  f"{e}") from e
-                        errors.append(e)
+                        errors.add(e)
                         bar.update(failed=1)
                         continue
                     if kind == "map":
@@ -288,17 +293,13 @@ class _KeyedJob:
                             del waiting[n]
                             self._submit_reduce(n, live)
                     else:
-                        for key, item, data in outcome.errors:
-                            err = tracebacks.rebuild(data)
-                            err.index, err.item = key, item
-                            errors.append(err)
+                        errors.add_task(outcome.errors, outcome.counted, outcome.stopped)
                         bar.update(done=1)
                         yield outcome.results
         finally:
             bar.close()
         if errors:
-            raise RemoteErrorGroup(summarize_failures(errors, self.partitions,
-                                                      "reduce keys or partitions"), errors)
+            raise errors.group(None, "reduce keys or partitions", stopped=bool(live))
 
     def _submit_reduce(self, p: int, live: dict) -> None:
         live[self.client.submit(self.reduce_fn, p, self._sources(), labels=self.labels)] = \

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from typing import Any, Callable
 
-from . import serialize, tracebacks
+from . import tracebacks
 
 __all__ = ["Pipeline", "ChunkOutcome", "MAP", "MAP_INDEXED", "FILTER", "REJECT", "FLAT_MAP",
            "COLLECT", "GROUP", "ANY", "ALL", "NONE"]
@@ -25,20 +25,27 @@ COLLECT, GROUP, ANY, ALL, NONE = "collect", "group", "any", "all", "none"
 
 class ChunkOutcome:
     """What a chunk produced: its output values (for GROUP, (key, value) pairs; for ANY/ALL/
-    NONE, [True] if the chunk decided the answer), the number of input elements, and errors
-    as (index, repr of the element, captured traceback)."""
+    NONE, [True] if the chunk decided the answer), the number of input elements, errors in
+    full as (index, repr of the element, captured traceback), failures only counted as
+    {signature: n}, and whether it stopped at a repeated failure (then without values)."""
 
-    __slots__ = ("values", "n", "errors")
+    __slots__ = ("values", "n", "errors", "counted", "stopped")
 
-    def __init__(self, values: list, n: int, errors: list[tuple[int, str, dict]]):
+    def __init__(self, values: list, n: int, errors: list[tuple[int, str, dict]],
+                 counted: dict | None = None, stopped: bool = False):
         self.values, self.n, self.errors = values, n, errors
+        self.counted, self.stopped = counted or {}, stopped
 
     def __reduce__(self):
-        return ChunkOutcome, (self.values, self.n, self.errors)
+        return ChunkOutcome, (self.values, self.n, self.errors, self.counted, self.stopped)
 
 
 class _Decided(Exception):
     """Raised inside a chunk once an any/all/none answer is known."""
+
+
+class _Stop(Exception):
+    """Raised inside a chunk once a failure keeps repeating (see ElementFailures)."""
 
 
 class Pipeline:
@@ -48,13 +55,21 @@ class Pipeline:
         self.steps, self.terminal = steps, terminal
 
     def __call__(self, start: int, items: list) -> ChunkOutcome:
-        if self.terminal[0] in (COLLECT, GROUP) and all(k != FLAT_MAP for k, _ in self.steps):
-            return self._by_step(start, items)
-        return self._by_element(start, items)
+        failures = tracebacks.ElementFailures()
+        try:
+            if self.terminal[0] in (COLLECT, GROUP) and all(k != FLAT_MAP for k, _ in self.steps):
+                outcome = self._by_step(start, items, failures)
+            else:
+                outcome = self._by_element(start, items, failures)
+        except _Stop:
+            outcome = ChunkOutcome([], len(items), [], stopped=True)
+        outcome.errors = sorted(failures.detailed, key=lambda e: e[0])
+        outcome.counted = failures.counted
+        return outcome
 
-    def _by_step(self, start: int, items: list) -> ChunkOutcome:
+    def _by_step(self, start: int, items: list, errors: tracebacks.ElementFailures
+                 ) -> ChunkOutcome:
         values, index = items, range(start, start + len(items))
-        errors: list = []
         for kind, fn in self.steps:
             args = (values, index) if kind == MAP_INDEXED else (values,)
             out, failed = _map_each(fn, args, errors, items, start, index)
@@ -75,10 +90,10 @@ class Pipeline:
                 keep = [i not in failed for i in range(len(values))]
                 values = list(itertools.compress(values, keep))
             values = list(zip(keys, values))
-        errors.sort(key=lambda e: e[0])
-        return ChunkOutcome(values if isinstance(values, list) else list(values), len(items), errors)
+        return ChunkOutcome(values if isinstance(values, list) else list(values), len(items), [])
 
-    def _by_element(self, start: int, items: list) -> ChunkOutcome:
+    def _by_element(self, start: int, items: list, errors: tracebacks.ElementFailures
+                    ) -> ChunkOutcome:
         kind, fn = self.terminal
         out: list = []
         sink = out.append
@@ -91,18 +106,19 @@ class Pipeline:
             def sink(v):
                 if bool(pred(v)) is trigger:
                     raise _Decided
-        errors: list = []
         feed = self._feed
         for pos, item in enumerate(items):
             mark = len(out)
             try:
                 feed(item, start + pos, 0, sink)
             except _Decided:
-                return ChunkOutcome([True], pos + 1, errors)
+                return ChunkOutcome([True], pos + 1, [])
             except Exception as e:   # this element fails alone; its partial output goes
                 del out[mark:]
-                errors.append((start + pos, serialize.describe(item), tracebacks.capture(e, skip=2)))
-        return ChunkOutcome([] if kind in (ANY, ALL, NONE) else out, len(items), errors)
+                errors.add(start + pos, item, e, skip=2)
+                if errors.should_stop:
+                    raise _Stop from None
+        return ChunkOutcome([] if kind in (ANY, ALL, NONE) else out, len(items), [])
 
     def _feed(self, value: Any, index: int, first: int, sink: Callable) -> None:
         steps = self.steps
@@ -125,8 +141,8 @@ class Pipeline:
         sink(value)
 
 
-def _map_each(fn: Callable, args: tuple, errors: list, items: list, start: int,
-              index) -> tuple[list, set[int]]:
+def _map_each(fn: Callable, args: tuple, errors: tracebacks.ElementFailures, items: list,
+              start: int, index) -> tuple[list, set[int]]:
     """list(map(fn, *args)) at C speed, except that an element that raises is recorded in
     errors (with its input index and repr) and left out; returns (results, failed positions)."""
     out: list = []
@@ -137,11 +153,20 @@ def _map_each(fn: Callable, args: tuple, errors: list, items: list, start: int,
         mark = len(out)
         try:
             out.extend(map(fn, *(itertools.islice(a, pos, None) for a in args)))
-            break
+            bad = pos + len(out) - mark
+            if bad == n:
+                break
+            # map() took a StopIteration from fn for the end of its input: call fn on that
+            # element again, to raise it here rather than drop the rest silently
+            out.append(fn(*(a[bad] for a in args)))
+            pos = bad + 1
+            continue
         except Exception as e:
             bad = pos + len(out) - mark
             i = index[bad]
-            errors.append((i, serialize.describe(items[i - start]), tracebacks.capture(e, skip=1)))
+            errors.add(i, items[i - start], e, skip=1)
+            if errors.should_stop:
+                raise _Stop from None
             failed.add(bad)
             pos = bad + 1
     return out, failed

@@ -26,7 +26,7 @@ class FailureGroup:
     def workers(self) -> list[str]:
         seen: dict[str, None] = {}
         for e in self.errors:
-            wid = (getattr(e, "worker", None) or {}).get("id")
+            wid = (getattr(getattr(e, "_nbcluster", e), "worker", None) or {}).get("id")
             seen.update((w, None) for w in ([wid] if wid else getattr(e, "lost_on", [])))
         return list(seen)
 
@@ -38,14 +38,16 @@ class FailureGroup:
 
 def failures(error: BaseException) -> list[BaseException]:
     """The single failures inside error (itself, or the leaves of an exception group)."""
-    if isinstance(error, BaseExceptionGroup):
+    if isinstance(error, BaseExceptionGroup) and not hasattr(error, "_nbcluster"):
+        # (a task that raised an ExceptionGroup is one failure, with one remote traceback)
         return [leaf for e in error.exceptions for leaf in failures(e)]
     return [error]
 
 
 def signature(error: BaseException) -> str:
-    kind = getattr(error, "short_type", type(error).__name__)
-    frames = getattr(error, "frames", None)
+    remote = getattr(error, "_nbcluster", None)
+    kind = remote.type_name.rsplit(".", 1)[-1] if remote is not None else type(error).__name__
+    frames = getattr(remote, "frames", None)
     if frames:
         f = frames[-1]
         # A cell's file names the worker's own cell counter, which differs between workers
@@ -67,9 +69,10 @@ def group_failures(error: BaseException) -> list[FailureGroup]:
 def failure_title(error: BaseException) -> str:
     """One line naming one failure: its element or key, and its worker."""
     parts = []
-    if getattr(error, "index", None) is not None:
-        parts.append(f"element {error.index}: {getattr(error, 'item', '')}")
-    w = getattr(error, "worker", None) or {}
+    remote = getattr(error, "_nbcluster", error)   # not the remote exception's own attributes
+    if getattr(remote, "index", None) is not None:
+        parts.append(f"element {remote.index}: {getattr(remote, 'item', '')}")
+    w = getattr(remote, "worker", None) or {}
     if w:
         parts.append(f"on {w.get('id', '?')} ({w.get('host', '?')}, pid {w.get('pid', '?')})")
     elif getattr(error, "lost_on", None):
@@ -79,15 +82,16 @@ def failure_title(error: BaseException) -> str:
 
 def text_report(error: BaseException, max_failures: int = 5) -> str:
     """The groups, each group's remote traceback once, and the innermost frame's locals."""
-    lines = [str(error).splitlines()[0] if isinstance(error, BaseExceptionGroup)
-             else f"{getattr(error, 'short_type', type(error).__name__)}: "
-                  f"{getattr(error, 'message', error)}"]
+    remote = getattr(error, "_nbcluster", None)
+    lines = [f"{remote.type_name.removeprefix('builtins.')}: {remote.message}" if remote
+             else str(error).splitlines()[0] if isinstance(error, BaseExceptionGroup)
+             else f"{type(error).__name__}: {error}"]
     for group in group_failures(error):
         lines += ["", f"== {group.title}"]
         lines += [f"   {failure_title(e)}" for e in group.errors[:max_failures]]
         if len(group.errors) > max_failures:
             lines.append(f"   ... and {len(group.errors) - max_failures} more")
-        first = group.errors[0]
+        first = getattr(group.errors[0], "_nbcluster", group.errors[0])
         tb = getattr(first, "traceback", "")
         if tb:
             lines += ["", *("   " + line for line in tb.rstrip("\n").splitlines())]
@@ -95,6 +99,9 @@ def text_report(error: BaseException, max_failures: int = 5) -> str:
         if frames and frames[-1].locals:
             lines.append(f"   locals of {frames[-1].name}:")
             lines += [f"     {k} = {v}" for k, v in frames[-1].locals.items()]
+    more = getattr(error, "failed", 0) - len(failures(error))
+    if more > 0:
+        lines += ["", f"== and {more} more failures like these, counted but not kept in full"]
     return "\n".join(lines)
 
 

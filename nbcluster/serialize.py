@@ -9,11 +9,13 @@ received zero-copy and arriving writable.
 from __future__ import annotations
 
 import io
+import linecache
+import os
 import pickle
 import sys
 import types
 import weakref
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from typing import Any
 
 import cloudpickle
@@ -63,21 +65,122 @@ class MainRefs:
         return name
 
 
+def _reduce_code(code: types.CodeType):
+    """cloudpickle's reduction of a code object, keeping its co_filename: cloudpickle 3.1
+    names every code object pickled by value "<dynamic-code>", which leaves remote tracebacks
+    with neither the file nor the source line."""
+    make, args = _cloudpickle_reduce_code(code)
+    if _FILENAME_AT is None:
+        return make, args
+    return make, (*args[:_FILENAME_AT], code.co_filename, *args[_FILENAME_AT + 1:])
+
+
+_cloudpickle_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+# Where cloudpickle puts "<dynamic-code>" among the code constructor's arguments, if it does
+# (3.1 does, 3.0 keeps the file name): found once, on a probe.
+_FILENAME_AT = next((i for i, a in enumerate(_cloudpickle_reduce_code(
+    (lambda: None).__code__.replace(co_filename="<nbcluster-probe>"))[1])
+    if isinstance(a, str) and a == "<dynamic-code>"), None)
+MAX_SOURCE_LINES = 2000   # a function's source travels with it up to this many lines
+
+
 class _Pickler(cloudpickle.Pickler):
-    def __init__(self, file, refs: MainRefs, **kw):
-        super().__init__(file, protocol=5, **kw)
+    """cloudpickle's Pickler, except that a function pickled by value keeps its file name and
+    first line, and takes its source lines along: a worker may not be able to read the file
+    (a notebook cell, a script on another host), and its tracebacks should show them."""
+
+    # as many maps as cloudpickle's own: the pickler looks every object's type up in it
+    dispatch_table = ChainMap({**cloudpickle.Pickler.dispatch_table.maps[0],
+                               types.CodeType: _reduce_code},
+                              *cloudpickle.Pickler.dispatch_table.maps[1:])
+
+    def __init__(self, file, buffer_callback=None):
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
+
+    def _dynamic_function_reduce(self, func: types.FunctionType) -> tuple:
+        # cloudpickle calls this for functions pickled by value only (cloudpickle 3.0, 3.1;
+        # tests/test_serialize.py notices if it stops): nothing is added for other objects
+        rv = super()._dynamic_function_reduce(func)
+        source = _source_of(func.__code__)
+        return rv if source is None else (_with_source, (source, rv[0], rv[1]), *rv[2:])
+
+
+class _MirrorPickler(_Pickler):
+    def __init__(self, file, refs: MainRefs, buffer_callback=None):
+        super().__init__(file, buffer_callback=buffer_callback)
         self._refs = refs
 
     def persistent_id(self, obj: Any) -> str | None:
         return self._refs.name_of(obj)
 
 
+_sources: dict[int, tuple[weakref.ref, tuple | None]] = {}   # id(code) -> (code, its source)
+
+
+def _source_of(code: types.CodeType) -> tuple | None:
+    """(file name, first line number, the lines) of a function's code, or None if unknown."""
+    hit = _sources.get(id(code))   # by id: hashing a code object costs more than all this
+    if hit is not None and hit[0]() is code:
+        return hit[1]
+    first, last = code.co_firstlineno, _last_line(code)
+    lines = linecache.getlines(code.co_filename)[first - 1:last]
+    source = (code.co_filename, first, lines) if lines and last - first < MAX_SOURCE_LINES \
+        else None
+    if len(_sources) > 4096:
+        _sources.clear()
+    _sources[id(code)] = (weakref.ref(code), source)
+    return source
+
+
+def _last_line(code: types.CodeType) -> int:
+    last = max((line for _, _, line in code.co_lines() if line is not None),
+               default=code.co_firstlineno)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            last = max(last, _last_line(const))
+    return last
+
+
+def _with_source(source: tuple, make, args: tuple) -> Any:
+    """make(*args), once the source lines of what it makes are in this process's linecache."""
+    remember_source(*source)
+    return make(*args)
+
+
+def remember_source(filename: str, first: int, lines: list[str]) -> None:
+    """Put lines first.. of filename into linecache, unless this process can read the file
+    itself; lines of other functions of the same file or cell are kept."""
+    entry = linecache.cache.get(filename)
+    if entry is not None and len(entry) == 4 and entry[1] is not None:
+        return   # read from the file here
+    if entry is None and os.path.exists(filename):
+        return
+    have = list(entry[2]) if entry is not None and len(entry) == 4 else []
+    end = first - 1 + len(lines)
+    if len(have) < end:
+        have += ["\n"] * (end - len(have))
+    have[first - 1:end] = lines
+    # mtime None: linecache.checkcache keeps the entry (as it does IPython's cells)
+    linecache.cache[filename] = (sum(map(len, have)), None, have, filename)
+
+
 def _cloudpickle(obj: Any, refs: MainRefs | None = None, buffer_callback=None) -> bytes:
-    if refs is None:
-        return cloudpickle.dumps(obj, protocol=5, buffer_callback=buffer_callback)
     out = io.BytesIO()
-    _Pickler(out, refs, buffer_callback=buffer_callback).dump(obj)
+    if refs is None:
+        _Pickler(out, buffer_callback=buffer_callback).dump(obj)
+    else:
+        _MirrorPickler(out, refs, buffer_callback=buffer_callback).dump(obj)
     return out.getvalue()
+
+
+def pickle_bytes(obj: Any) -> bytes:
+    """obj pickled into one bytes object (buffers in-band), as functions are pickled."""
+    return _cloudpickle(obj)
+
+
+def unpickle_bytes(data: bytes) -> Any:
+    """Inverse of pickle_bytes."""
+    return _unpickle(data)
 
 
 class _Unpickler(pickle.Unpickler):
@@ -195,7 +298,7 @@ def dumps_function(fn, refs: MainRefs | None = None) -> bytes:
         hit = _function_cache.get(fn)
         if hit is not None and len(hit[0]) == len(key) and all(a is b for a, b in zip(hit[0], key)):
             return hit[1]
-    data = cloudpickle.dumps(fn, protocol=5)
+    data = _cloudpickle(fn)
     if key is not None:
         _function_cache[fn] = (key, data)
     return data

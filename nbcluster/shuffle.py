@@ -31,7 +31,7 @@ import cloudpickle
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from . import curve, protocol, runtime, serialize, tracebacks
+from . import curve, protocol, runtime, tracebacks
 from .errors import NBClusterError, ProtocolError
 
 __all__ = ["MapTask", "ReduceTask", "MapOutcome", "ReduceOutcome", "Missing", "stable_hash",
@@ -167,17 +167,23 @@ def drop(sid: str) -> int:
 
 class MapOutcome:
     """Where a map task left its output: the data server's endpoint, the worker's id, the
-    bucket it folded into; and the records that failed as (index, repr, captured traceback)."""
+    bucket it folded into; and the records that failed: in full as (index, repr, captured
+    traceback), counted as {signature: n}, and whether it stopped at a repeated failure."""
 
-    def __init__(self, endpoint: str, worker: str, bucket: int, errors: list):
+    def __init__(self, endpoint: str, worker: str, bucket: int, errors: list,
+                 counted: dict | None = None, stopped: bool = False):
         self.endpoint, self.worker, self.bucket, self.errors = endpoint, worker, bucket, errors
+        self.counted, self.stopped = counted or {}, stopped
 
 
 class ReduceOutcome:
-    """A partition's final {key: value}, and keys whose reducer raised."""
+    """A partition's final {key: value}, and keys whose reducer raised (in full, counted, and
+    whether it stopped at a repeated failure, as in MapOutcome)."""
 
-    def __init__(self, results: dict, errors: list):
+    def __init__(self, results: dict, errors: list, counted: dict | None = None,
+                 stopped: bool = False):
         self.results, self.errors = results, errors
+        self.counted, self.stopped = counted or {}, stopped
 
 
 class Missing:
@@ -196,7 +202,7 @@ class MapTask:
 
     def __call__(self, map_index: int, bucket: int, start: int, records: list) -> MapOutcome:
         into = _store.bucket(self.sid, bucket, self.partitions, self.combiner is not None)
-        errors = []
+        failures = tracebacks.ElementFailures()
         with into.lock:
             if into.parts is not None:
                 raise NBClusterError(f"map output {map_index} came after its bucket was sent")
@@ -204,9 +210,12 @@ class MapTask:
                 try:
                     _fold(into.groups, self.mapper(record), self.combiner)
                 except Exception as e:
-                    errors.append((start + pos, serialize.describe(record), tracebacks.capture(e)))
+                    failures.add(start + pos, record, e, skip=1)
+                    if failures.should_stop:   # the job fails: the rest need not run
+                        break
             into.maps.add(map_index)
-        return MapOutcome(_store.endpoint, runtime.WORKER.get("id", "?"), bucket, errors)
+        return MapOutcome(_store.endpoint, runtime.WORKER.get("id", "?"), bucket,
+                          failures.detailed, failures.counted, failures.should_stop)
 
 
 def _fold(groups: dict, output: Any, combine: Callable | None) -> None:
@@ -277,14 +286,16 @@ class ReduceTask:
                     have.append(v)
                 else:
                     have.extend(v)
-        results, errors = {}, []
+        results, failures = {}, tracebacks.ElementFailures()
         reducer = self.reducer
         for k, values in groups.items():
             try:
                 results[k] = reducer(values)
             except Exception as e:
-                errors.append((k, serialize.describe(k), tracebacks.capture(e)))
-        return ReduceOutcome(results, errors)
+                failures.add(k, k, e, skip=1)
+                if failures.should_stop:   # the job fails: the rest need not run
+                    break
+        return ReduceOutcome(results, failures.detailed, failures.counted, failures.should_stop)
 
 
 def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]

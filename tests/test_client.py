@@ -144,7 +144,8 @@ def test_remote_error_has_frames_locals_and_worker(client):
     assert err.frames[-1].line == "return d[k]"
     assert err.worker["id"] in {w["id"] for w in client.workers()}
     assert err.worker["pid"] and err.worker["host"]
-    assert "in inner" in err.traceback and "KeyError: 'zz'" in str(err)
+    assert "in inner" in err.traceback and "KeyError: 'zz'" in err.traceback
+    assert str(err) == "'zz'" and err.args == ("zz",)   # the remote exception's own
 
 
 def test_several_failures_come_back_as_one_group(client):

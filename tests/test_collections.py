@@ -118,15 +118,15 @@ def test_any_stops_early_and_cancels_the_rest(client):
 
 
 def test_failures_come_back_as_one_group_naming_elements_and_workers(client):
-    def f(x):
-        return 10 // (x % 4)
+    def f(x):   # fails on 5 elements: few enough to be kept in full, and not to stop the run
+        return 10 // (x % 8)
     with pytest.raises(RemoteErrorGroup) as info:
         parallel(range(40), client, chunksize=3, progress=False).map(f).to_list()
     group = info.value
-    assert sorted(e.index for e in group.exceptions) == list(range(0, 40, 4))
+    assert sorted(e.index for e in group.exceptions) == list(range(0, 40, 8))
     assert all(isinstance(e, ZeroDivisionError) for e in group.exceptions)
-    assert {e.item for e in group.exceptions} == {str(i) for i in range(0, 40, 4)}
-    assert "10 of 40 elements failed (10 x ZeroDivisionError)" in str(group)
+    assert {e.item for e in group.exceptions} == {str(i) for i in range(0, 40, 8)}
+    assert "5 of 40 elements failed (5 x ZeroDivisionError)" in str(group)
     assert all(e.worker["id"] in str(group) for e in group.exceptions)
     assert group.exceptions[0].frames[-1].locals["x"] == "0"
     # a failure in a later step of a chain names the original element
@@ -156,3 +156,22 @@ def test_pipeline_on_its_own_reports_elements_that_fail():
         10, [1, 0, 2, 4])
     assert out.values == [1.0, 0.5] and out.n == 4
     assert [(i, item) for i, item, _ in out.errors] == [(11, "0")]
+
+
+def test_a_step_raising_stopiteration_fails_its_element_instead_of_ending_the_chunk(client):
+    """The C-level map() fused steps run in takes a StopIteration for the end of its input:
+    the rest of the chunk used to vanish silently."""
+    def f(x):
+        if x == 2:
+            raise StopIteration("not the end")
+        return x * 10
+    with pytest.raises(RemoteErrorGroup) as info:
+        parallel(range(6), client, chunksize=6, progress=False).map(f).to_list()
+    [err] = info.value.exceptions
+    assert isinstance(err, StopIteration) and err.remote_traceback.index == 2
+    assert "1 of 6 elements failed" in str(info.value)
+    def keep(x):   # in a filter step too
+        return next(iter([])) if x == 4 else x % 2 == 0
+    with pytest.raises(RemoteErrorGroup) as info:
+        parallel(range(6), client, chunksize=6, progress=False).filter(keep).to_list()
+    assert [e.remote_traceback.index for e in info.value.exceptions] == [4]

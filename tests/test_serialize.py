@@ -87,3 +87,63 @@ def test_shared_memory_round_trip_and_refusals():
                 REF_PREFIX + shm.prefix.encode() + b"-" + b"0" * 23 + b"/"):
         with pytest.raises(ValueError, match="not a shared-memory reference"):
             other.get(ref)
+
+
+CELL = "<ipython-input-3-5eedc0de>"
+CELL_SOURCE = ("def helper(x):\n"
+               "    return x * 2\n"
+               "\n"
+               "def from_a_cell(d):\n"
+               "    value = helper(d['n'])\n"
+               "    return [v for v in range(value) if v > 3][9]\n")
+RECEIVER = """
+import pickle, sys, traceback
+fn = pickle.loads(sys.stdin.buffer.read())
+print(fn.__code__.co_filename, fn.__code__.co_firstlineno)
+try:
+    fn({"n": 3})
+except IndexError:
+    traceback.print_exc(file=sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("how", ["function", "prepared", "mirror"])
+def test_a_function_from_a_cell_keeps_its_file_and_lines_in_another_process(how):
+    """cloudpickle 3.1 names code pickled by value "<dynamic-code>"; another process (a
+    worker) that has never seen the cell must show its file, lines and source anyway."""
+    import linecache
+    import subprocess
+    import sys
+    linecache.cache[CELL] = (len(CELL_SOURCE), None, CELL_SOURCE.splitlines(True), CELL)
+    try:
+        ns = {"__name__": "__main__"}
+        exec(compile(CELL_SOURCE, CELL, "exec"), ns)
+        fn = ns["from_a_cell"]
+        data = (serialize.dumps_function(fn) if how == "function" else
+                serialize.prepare(fn).data if how == "prepared" else
+                serialize.prepare(fn, serialize.MainRefs()).data)
+    finally:
+        del linecache.cache[CELL]
+    out = subprocess.run([sys.executable, "-c", RECEIVER], input=data, capture_output=True,
+                         timeout=60).stdout.decode()
+    assert out.startswith(f"{CELL} 4\n"), out
+    assert (f'File "{CELL}", line 6, in from_a_cell\n'
+            "    return [v for v in range(value) if v > 3][9]") in out, out
+    assert "<dynamic-code>" not in out
+
+
+def test_source_lines_never_hide_a_file_the_receiver_can_read(tmp_path):
+    path = str(tmp_path / "real.py")
+    with open(path, "w") as f:
+        f.write("line one\nline two\n")
+    serialize.remember_source(path, 1, ["stale one\n"])
+    assert linecache_lines(path) == ["line one\n", "line two\n"]
+    serialize.remember_source("<cell-a>", 3, ["c\n", "d\n"])
+    serialize.remember_source("<cell-a>", 1, ["a\n"])    # another function of the same cell
+    assert linecache_lines("<cell-a>") == ["a\n", "\n", "c\n", "d\n"]
+
+
+def linecache_lines(name):
+    import linecache
+    linecache.checkcache(name)
+    return linecache.getlines(name)

@@ -25,7 +25,8 @@ from .. import cells, client as client_module, report
 from ..client import Client, connect
 from ..collections import parallel
 from ..english import counted
-from ..errors import RemoteErrorGroup, summarize_failures
+from ..errors import RemoteErrorGroup
+from ..remote import FailureTally
 from ..local import LocalCluster
 from .live import WorkerOutputs
 
@@ -146,8 +147,7 @@ class ClusterMagics(Magics):
         concurrent.futures.wait(futures.values())
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:
-            raise RemoteErrorGroup(summarize_failures(errors, len(futures), f"{what} targets"),
-                                   errors)
+            raise _group(errors, len(futures), f"{what} targets")
         return {w: f.result() for w, f in futures.items()}
 
     # ---- %%cluster -----------------------------------------------------------------------
@@ -205,8 +205,7 @@ class CellRun:
         errors = [f.exception() for f in self.futures.values()
                   if not f.cancelled() and f.exception() is not None]
         if errors:
-            raise RemoteErrorGroup(summarize_failures(errors, len(self.futures), "workers"),
-                                   errors)
+            raise _group(errors, len(self.futures), "workers")
 
     def __repr__(self) -> str:
         done = sum(f.done() for f in self.futures.values())
@@ -224,6 +223,15 @@ def _without_comment(line: str) -> str:
     except (tokenize.TokenError, SyntaxError):   # e.g. an unclosed bracket after the comment
         pass
     return line
+
+
+def _group(errors: list[BaseException], total: int, what: str) -> RemoteErrorGroup:
+    """One group of the failures, the first few of each kind in full (many workers failing
+    alike are counted, not each shown)."""
+    tally = FailureTally()
+    for e in errors:
+        tally.add(e)
+    return tally.group(total, what)
 
 
 def _options(words: list[str], known: dict[str, type]) -> dict:
