@@ -248,7 +248,7 @@ def summarize_failures(errors: list[BaseException], total: int | None, what: str
     kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
     of = "" if total is None else f" of {total}"
     text = (f"{sum(kinds.values())}{of} {what} failed ({kinds_text}) "
-            f"on workers {', '.join(workers) or '?'}")
+            f"on {'worker' if len(workers) == 1 else 'workers'} {', '.join(workers) or '?'}")
     if counted:
         text += f"; the first {len(errors)} in full"
     if not_run:
