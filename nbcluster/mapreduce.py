@@ -27,7 +27,7 @@ import os
 import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import shuffle, tracebacks
+from . import shuffle, tracebacks, waiting
 from .chunks import auto_chunksize
 from .client import Client
 from .errors import NBClusterError, RemoteErrorGroup, TaskCancelled, summarize_failures
@@ -211,7 +211,7 @@ class _KeyedJob:
         try:
             for m in range(len(self.chunks)):
                 self._submit_map(m, live)
-            for fut in concurrent.futures.as_completed(list(live)):
+            for fut in waiting.as_completed(live):
                 _, m = live.pop(fut)
                 n = len(self.chunks[m][1])
                 try:
@@ -257,8 +257,7 @@ class _KeyedJob:
                 else:
                     self._submit_reduce(p, live)
             while live:
-                done, _ = concurrent.futures.wait(list(live),
-                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                done, _ = waiting.wait(live, return_when=concurrent.futures.FIRST_COMPLETED)
                 self._check_cancelled()
                 for fut in done:
                     kind, n = live.pop(fut)
