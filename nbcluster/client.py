@@ -466,6 +466,8 @@ class Client:
     def _drain(self) -> None:
         for frames in pending_messages(self._sock):
             if protocol.is_denied(frames):
+                if self._welcome.done():   # denied again (a heartbeat): we failed already
+                    continue
                 self._welcome.set_exception(AuthenticationError(
                     f"the broker at {self.endpoint} rejected our signature: the cluster key is "
                     "wrong (use the key from the cluster's connection file)"))

@@ -311,7 +311,7 @@ class FunctionCache:
     `size` functions or `max_bytes` of frames the least recently used go, at `trim` (between
     batches, so a function never goes before the tasks it came with ran; the newest stays)."""
 
-    def __init__(self, size: int = 256, max_bytes: int = 1 << 30):
+    def __init__(self, size: int = 256, max_bytes: int = 256 << 20):
         self.size, self.max_bytes = size, max_bytes
         self._entries: OrderedDict[bytes, list] = OrderedDict()   # digest -> [frames, fn, nbytes]
         self._bytes = 0

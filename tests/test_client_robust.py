@@ -91,7 +91,8 @@ def test_a_result_callback_that_raises_gives_its_future_the_error(client):
 
 def test_if_the_io_thread_dies_everything_fails_at_once_and_nothing_blocks(cluster):
     client = cluster.client()
-    pending = [client.submit(time.sleep, 30) for _ in range(3)]
+    executor = client.executor()
+    pending = [client.submit(time.sleep, 30) for _ in range(3)] + [executor.submit(time.sleep, 30)]
     wait_for(lambda: client.status()["running"] >= 1, what="a task running")
 
     def bug(header, payload):   # a fault injected into this client's message handling
@@ -106,10 +107,11 @@ def test_if_the_io_thread_dies_everything_fails_at_once_and_nothing_blocks(clust
     with pytest.raises(NBClusterError, match="I/O thread failed"):
         client.status()
     assert client.closed
-    closer = threading.Thread(target=client.close)
-    closer.start()
-    closer.join(30)
-    assert not closer.is_alive(), "close() blocked"
+    for close in (executor.shutdown, client.close):
+        closer = threading.Thread(target=close)
+        closer.start()
+        closer.join(30)
+        assert not closer.is_alive(), f"{close.__qualname__}() blocked"
     # The broker dropped the dead client's tasks; the cluster serves a new client.
     other = cluster.client()
     wait_for(lambda: other.status()["clients"] == 1 and other.status()["queued"] == 0,
