@@ -89,6 +89,7 @@ class Client:
         self._outbox: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)   # see _wake
         self._callbacks = None
         self._closed = False
         self._reconnecting = 0.0          # when we last registered again, while not welcomed
@@ -174,8 +175,16 @@ class Client:
             self._futures[key] = fut
             self._pending[key] = (spec, frames, fn)
             self._outbox.append(("task", spec, frames, fn))
-        os.write(self._wake_w, b"x")
+        self._wake()
         return fut
+
+    def _wake(self) -> None:
+        """Wake the I/O thread. Never blocks, so the I/O thread may wake itself: a full pipe
+        means a wake-up is pending already."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:   # BlockingIOError: full; or the client is closed: nobody to wake
+            pass
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:
@@ -273,7 +282,7 @@ class Client:
                 last[1]["ids"].extend(keys)   # many cancels in a row (a map's): one message
             else:
                 self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, [], None))
-        os.write(self._wake_w, b"x")
+        self._wake()
 
     # ---- inspecting -------------------------------------------------------------------------
     def status(self, timeout: float = 10.0) -> dict:
@@ -308,7 +317,7 @@ class Client:
             rid = next(self._keys)
             self._replies[rid] = reply
             self._outbox.append(("msg", {**header, "rid": rid}, [], None))
-        os.write(self._wake_w, b"x")
+        self._wake()
         return reply.result(timeout)
 
     def workers(self) -> list[dict]:
@@ -505,7 +514,7 @@ class Client:
                     if entry is not None:
                         self._fns_sent.discard(entry[2].digest)
                         self._outbox.append(("task", *entry))
-            os.write(self._wake_w, b"x")
+            self._wake()
         elif kind == "hb":
             self.n_workers = header.get("workers", self.n_workers)
         elif kind == "reply":
@@ -524,7 +533,7 @@ class Client:
                 with self._lock:   # pending tasks still in the outbox would go twice
                     self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
                     self._outbox.extend(("task", *entry) for entry in self._pending.values())
-                os.write(self._wake_w, b"x")
+                self._wake()
         elif kind == "reconnect" and (not self._reconnecting or
                                       time.monotonic() - self._reconnecting > self.expiry_s):
             # The broker forgot us (it restarted, or we were silent too long): register again
@@ -591,7 +600,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        os.write(self._wake_w, b"x")
+        self._wake()
         self._thread.join(5)
         for fut in list(self._futures.values()):
             fut._cancel_locally()
@@ -602,8 +611,9 @@ class Client:
             self._release_shm(key)
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=False)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        wake_r, wake_w, self._wake_w = self._wake_r, self._wake_w, -1   # later wakes: no-ops
+        os.close(wake_r)
+        os.close(wake_w)
 
     def __enter__(self) -> "Client":
         return self
