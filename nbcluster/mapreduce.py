@@ -27,13 +27,14 @@ import os
 import threading
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from . import shuffle, tracebacks, waiting
+from . import shuffle, tracebacks
 from .chunks import auto_chunksize
 from .client import Client
 from .errors import NBClusterError, RemoteErrorGroup, TaskCancelled, summarize_failures
 from .futures import TaskFuture
 from .bars import progress_bar
 from .session import current_client
+from .waiting import as_completed, wait   # interrupted, they cancel what is not done
 
 __all__ = ["MapReduce", "map_reduce"]
 
@@ -211,7 +212,7 @@ class _KeyedJob:
         try:
             for m in range(len(self.chunks)):
                 self._submit_map(m, live)
-            for fut in waiting.as_completed(live):
+            for fut in as_completed(live):
                 _, m = live.pop(fut)
                 n = len(self.chunks[m][1])
                 try:
@@ -257,7 +258,7 @@ class _KeyedJob:
                 else:
                     self._submit_reduce(p, live)
             while live:
-                done, _ = waiting.wait(live, return_when=concurrent.futures.FIRST_COMPLETED)
+                done, _ = wait(live, return_when=concurrent.futures.FIRST_COMPLETED)
                 self._check_cancelled()
                 for fut in done:
                     kind, n = live.pop(fut)
