@@ -136,3 +136,19 @@ def test_the_client_sends_a_function_again_when_the_broker_dropped_it(tmp_path):
         worker.wait(30)
         broker.stop()
         serving.join(30)
+
+
+def test_a_payload_is_reused_while_unchanged_and_never_stale():
+    from nbcluster import serialize
+    data = np.arange(1 << 17, dtype=np.float64)
+
+    def pick(i):
+        return float(data[i])
+    first = serialize.dumps_function(pick)
+    assert serialize.dumps_function(pick) is first        # compared, not hashed again
+    data[5] = -1.0                                        # changed in place
+    changed = serialize.dumps_function(pick)
+    assert changed.digest != first.digest and serialize.loads(changed.frames)(5) == -1.0
+    assert serialize.loads(first.frames)(5) == 5.0        # what was sent stays as it was
+    data[5] = 5.0
+    assert serialize.dumps_function(pick).digest == first.digest
