@@ -66,6 +66,10 @@ class Client:
     Raises:
         AuthenticationError: the broker rejected our key.
         NBClusterError: no broker answered within `timeout`.
+
+    Attributes:
+        sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments), and
+            ``functions`` and ``function_bytes`` (function payloads, each sent once).
     """
 
     def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
