@@ -605,7 +605,8 @@ class Client:
             return
         self._closed = True
         self._wake()
-        self._thread.join(5)
+        if threading.current_thread() is not self._thread:   # (a done-callback may close us)
+            self._thread.join(5)
         for fut in list(self._futures.values()):
             fut._cancel_locally()
         self._futures.clear()

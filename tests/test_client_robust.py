@@ -1,5 +1,6 @@
 """The client never hangs because of user code or a bug of its own; Ctrl-C leaves no work behind."""
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -173,3 +174,16 @@ def test_ctrl_c_raises_at_once_and_cancels_what_has_not_run(cluster, client, kin
     [mine] = json.loads(line.split(" ", 1)[1])
     # MapReduce frees its map outputs with one task per worker, queued behind running ones.
     assert mine["queued"] <= (2 if kind == "map_reduce" else 0), mine
+
+
+def test_a_done_callback_may_close_the_client(cluster):
+    client = cluster.client()
+    pending = client.submit(time.sleep, 60)
+    fut = client.submit(lambda: 1)
+    fut.add_done_callback(lambda f: client.close())
+    assert fut.result(30) == 1
+    with pytest.raises(concurrent.futures.CancelledError):   # close() went all the way
+        pending.result(30)
+    wait_for(lambda: not client._thread.is_alive(), timeout=30, what="the I/O thread ended")
+    with pytest.raises(RuntimeError, match="closed"):
+        client.submit(abs, 1)
