@@ -219,7 +219,8 @@ def measure(peer, quick: bool) -> dict:
             assert peer.submit_many(lambda: float(data[7]), 100) == [float(data[7])] * 100
             out["captured_16mb_submit_100_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            assert peer.map_each(lambda i: float(data[i]), range(100)) == list(map(float, data[:100]))
+            expected = [float(x) for x in data[:100]]
+            assert peer.map_each(lambda i: float(data[i]), range(100)) == expected
             out["captured_16mb_map_100_s"] = time.perf_counter() - t
             del data
 

@@ -117,8 +117,8 @@ class FunctionStore:
         return fns, frames
 
     def status(self) -> dict:
-        return {"held": len(self.payloads), "held_bytes": sum(p.nbytes for p in self.payloads.values()),
-                **self.stats}
+        return {"held": len(self.payloads),
+                "held_bytes": sum(p.nbytes for p in self.payloads.values()), **self.stats}
 
     def check_invariants(self, needed: Iterable[bytes | None]) -> None:
         """Every payload's count is the number of tasks that need it; idle bookkeeping adds up."""

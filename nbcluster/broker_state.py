@@ -238,7 +238,8 @@ class BrokerState:
         pos, out, refetch = self.functions.receive(h, payload), [], []
         for spec in specs:
             if not isinstance(spec, list) or len(spec) not in (5, 6, 7):
-                raise ProtocolError("a task spec is [cid, nframes, labels, target, retries, host, fn]")
+                raise ProtocolError(
+                    "a task spec is [cid, nframes, labels, target, retries, host, fn]")
             cid, nframes, labels, target, retries, host, fn = [*spec, None, None][:7]
             if not (isinstance(cid, int) and isinstance(nframes, int) and 0 <= nframes
                     and isinstance(retries, int) and (target is None or isinstance(target, str))

@@ -507,8 +507,9 @@ class Client:
                         try:
                             fut.on_output(stream, text, worker)
                         except BaseException as e:   # noqa: BLE001 - user code: its task fails
-                            self._fail_on_client(fut, f"its on_output handler "
-                                                 f"{serialize.describe(fut.on_output)} raised {e!r}", e)
+                            handler = serialize.describe(fut.on_output)
+                            self._fail_on_client(
+                                fut, f"its on_output handler {handler} raised {e!r}", e)
         elif kind == "refetch":
             # The broker dropped these tasks' function payloads (it keeps idle ones only up to
             # a bound): send the tasks again, with their functions.

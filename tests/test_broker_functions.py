@@ -26,7 +26,8 @@ class Sim:
         self.msg(identity, "hello", role="client", host="h", pid=2)
 
     def worker(self, identity, credit=1):
-        wid = self.msg(identity, "hello", role="worker", labels=[], host="h", pid=1)[-1].header["id"]
+        out = self.msg(identity, "hello", role="worker", labels=[], host="h", pid=1)
+        wid = out[-1].header["id"]
         if credit:
             self.msg(identity, "ready", n=credit)
         return wid
@@ -137,7 +138,19 @@ OPS = st.lists(st.tuples(st.sampled_from(["submit", "submit-bare", "done", "canc
 @settings(max_examples=150, deadline=None)
 @given(OPS)
 def test_random_sequences_keep_payload_counts_right(ops):
+    """Counts stay right (check_invariants, every step), and every task reaches its worker
+    with its payload or after it, also after the worker said it lost one (refetch)."""
     sim = Sim(idle_bytes=10)      # room for one idle payload: eviction happens often
+    has: dict[bytes, set] = {}    # worker identity -> payloads it holds (a model of its cache)
+
+    def step(identity, t, payload=(), **header):
+        out = Sim.msg(sim, identity, t, payload, **header)
+        for ident, tasks, fns, _ in runs(out):
+            cache = has.setdefault(ident, set())
+            cache.update(d for d, _ in fns)
+            assert all(task[4] in cache for task in tasks)
+        return out
+    sim.msg = step
     sim.client()
     workers = [b"w0"]
     sim.worker(b"w0", credit=2)
@@ -151,15 +164,18 @@ def test_random_sequences_keep_payload_counts_right(ops):
                 assert any(s.header["t"] == "refetch" for s in out)
         elif op == "done" and held:
             gid, t = held[n % len(held)]
-            ident = sim.state.workers[t.worker].identity
-            sim.done(ident, gid, t.attempt)
-        elif op == "refetch" and held:
+            sim.done(sim.state.workers[t.worker].identity, gid, t.attempt)
+        elif op == "refetch" and held:   # the worker's cache dropped the task's payload
             gid, t = held[n % len(held)]
-            sim.msg(sim.state.workers[t.worker].identity, "refetch", tasks=[[gid, t.attempt]])
+            ident = sim.state.workers[t.worker].identity
+            has.get(ident, set()).discard(t.fn)
+            sim.msg(ident, "refetch", tasks=[[gid, t.attempt]])
         elif op == "cancel" and cid:
             sim.msg(b"c", "cancel", ids=[n % cid + 1])
         elif op == "lose" and workers:
-            sim.msg(workers.pop(n % len(workers)), "bye")
+            gone = workers.pop(n % len(workers))
+            sim.msg(gone, "bye")
+            has.pop(gone, None)
         elif op == "join":
             ident = b"w%d" % (len(workers) + 100 + n)
             if ident not in sim.state.worker_by_identity:
@@ -168,7 +184,3 @@ def test_random_sequences_keep_payload_counts_right(ops):
         elif op == "bye":
             sim.msg(b"c", "bye")
             sim.client()
-    # Every task handed to a worker came with, or after, its payload.
-    for w in sim.state.workers.values():
-        for gid in w.tasks:
-            assert sim.state.tasks[gid].fn in w.fns
