@@ -213,6 +213,17 @@ def measure(peer, quick: bool) -> dict:
         del back
         out["array_100mb_mb_per_s"] = statistics.median(rates)
 
+        if peer.pickles_lambdas:   # a function that captures 16 MB, run 100 times
+            data = np.random.default_rng(1).random(2_000_000)
+            t = time.perf_counter()
+            assert peer.submit_many(lambda: float(data[7]), 100) == [float(data[7])] * 100
+            out["captured_16mb_submit_100_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            expected = [float(x) for x in data[:100]]
+            assert peer.map_each(lambda i: float(data[i]), range(100)) == expected
+            out["captured_16mb_map_100_s"] = time.perf_counter() - t
+            del data
+
         # This machine's speed drifts (shared host): time the serial baseline right before, and
         # keep the best of two runs of each.
         serial = 8 * min(_timed(cpu_task, CPU_N) for _ in range(2))
@@ -301,6 +312,8 @@ def main() -> None:
             ("map(x*10, 100k) (s)", "map_100k_s", "{:.3f}"),
             ("100 MB array there and back (MB/s)", "array_100mb_mb_per_s", "{:.0f}"),
             ("8 CPU tasks, efficiency vs serial", "cpu_efficiency", "{:.0%}"),
+            ("fn capturing 16 MB: 100 submits (s)", "captured_16mb_submit_100_s", "{:.2f}"),
+            ("fn capturing 16 MB: map of 100 (s)", "captured_16mb_map_100_s", "{:.2f}"),
             ("import+start+first result (s)", "first_result_s", "{:.2f}"),
             ("stop until all gone (s)", "stop_s", "{:.2f}")]
     width = 36

@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .broker_functions import FunctionStore, is_digest
 from .errors import ProtocolError
 
 __all__ = ["BrokerState", "Send"]
@@ -59,6 +60,7 @@ class Task:
     worker: str | None = None
     lost_on: list = field(default_factory=list)     # ids of the workers it was lost on
     lost_pids: list = field(default_factory=list)   # and their process ids
+    fn: bytes | None = None  # digest of its function's payload (see broker_functions)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Worker:
     done: int = 0
     info: dict = field(default_factory=dict)
     stopping: bool = False   # asked to leave: finishes its task, gets no new ones
+    fns: set = field(default_factory=set)   # digests of the function payloads sent to it
 
 
 @dataclass
@@ -122,6 +125,7 @@ class BrokerState:
         self._wids = itertools.count(1)
         self.next_heartbeat = 0
         self.shutdown_requested = False   # a client asked the whole cluster to stop
+        self.functions = FunctionStore()
 
     # ---- entry points -------------------------------------------------------------------
     def handle(self, identity: bytes, header: dict, payload: list, mac, now: int) -> list[Send]:
@@ -220,6 +224,7 @@ class BrokerState:
         cancels: dict[str, list] = {}
         for gid in c.tasks.values():
             t = self.tasks.pop(gid)
+            self.functions.unref(t.fn)
             if t.worker is not None:
                 self.workers[t.worker].tasks.discard(gid)
                 cancels.setdefault(t.worker, []).append(gid)
@@ -230,14 +235,15 @@ class BrokerState:
     # ---- clients ------------------------------------------------------------------------
     def _submit(self, c: Client, h: dict, payload: list, mac, now: int) -> list[Send]:
         specs = _field(h, "tasks", list)
-        pos, out = 0, []
+        pos, out, refetch = self.functions.receive(h, payload), [], []
         for spec in specs:
-            if not isinstance(spec, list) or len(spec) not in (5, 6):
-                raise ProtocolError("a task spec is [cid, nframes, labels, target, retries, host]")
-            cid, nframes, labels, target, retries, host = spec if len(spec) == 6 else [*spec, None]
+            if not isinstance(spec, list) or len(spec) not in (5, 6, 7):
+                raise ProtocolError(
+                    "a task spec is [cid, nframes, labels, target, retries, host, fn]")
+            cid, nframes, labels, target, retries, host, fn = [*spec, None, None][:7]
             if not (isinstance(cid, int) and isinstance(nframes, int) and 0 <= nframes
                     and isinstance(retries, int) and (target is None or isinstance(target, str))
-                    and (host is None or isinstance(host, str))):
+                    and (host is None or isinstance(host, str)) and (fn is None or is_digest(fn))):
                 raise ProtocolError("bad task spec")
             if pos + nframes > len(payload):
                 raise ProtocolError("task specs name more frames than the message has")
@@ -245,16 +251,23 @@ class BrokerState:
             pos += nframes
             if cid in c.tasks:
                 continue  # a resubmission of a task we hold: keep the one we have
+            if fn not in self.functions:   # we dropped its function: the client sends it again
+                refetch.append(cid)
+                continue
             t = Task(gid=next(self._gids), client=c.identity, cid=cid, labels=_labels(labels),
                      target=target, host=host, payload=frames, mac=mac if nframes == len(payload) else None,
-                     retries=max(0, retries), size=sum(memoryview(f).nbytes for f in frames))
+                     retries=max(0, retries), size=sum(memoryview(f).nbytes for f in frames), fn=fn)
             if target is not None and target not in self.workers:
                 out.append(Send(c.identity, {"t": "results", "items": [
                     [cid, "lost", 0, {"lost_on": [target], "why": "no such worker"}]]}))
                 continue
             self.tasks[t.gid] = t
             c.tasks[cid] = t.gid
+            self.functions.ref(fn)
             self._enqueue(t)
+        self.functions.trim()
+        if refetch:
+            out.append(Send(c.identity, {"t": "refetch", "ids": refetch}))
         return out + self._dispatch_all()
 
     def _cancel(self, c: Client, h: dict, payload, mac, now: int) -> list[Send]:
@@ -264,6 +277,7 @@ class BrokerState:
             if gid is None:
                 continue
             t = self.tasks.pop(gid)
+            self.functions.unref(t.fn)
             if t.worker is not None:
                 self.workers[t.worker].tasks.discard(gid)
                 cancels.setdefault(t.worker, []).append(gid)
@@ -331,6 +345,7 @@ class BrokerState:
                 self._enqueue(t, front=True)
                 continue
             del self.tasks[gid]
+            self.functions.unref(t.fn)
             del self.clients[t.client].tasks[t.cid]
             info = {**info, "worker": w.id}
             by_client.setdefault(t.client, []).append(
@@ -438,22 +453,47 @@ class BrokerState:
 
     def _run_messages(self, w: Worker, tasks: list[Task]) -> list[Send]:
         """Small tasks go together in one message; a large one alone, re-signed without
-        reading its payload again."""
+        reading its payload again. Function payloads the worker lacks go first in the message
+        of the first task that needs them."""
         out, small = [], []
         for t in tasks:
             if t.size >= BATCH_BYTES:
-                out.append(Send(w.identity, {"t": "run", "w": w.id, "tasks": [
-                    [t.gid, t.attempt, len(t.payload), self._local(t, w)]]}, t.payload, t.mac))
+                fns, frames = self.functions.deliver(w.fns, [t.fn])
+                out.append(Send(w.identity, self._run_header(w, [t], fns), [*frames, *t.payload],
+                                None if fns else t.mac))
             else:
                 small.append(t)
         if small:
-            out.append(Send(w.identity, {"t": "run", "w": w.id, "tasks": [
-                [t.gid, t.attempt, len(t.payload), self._local(t, w)] for t in small]},
-                            [f for t in small for f in t.payload]))
+            fns, frames = self.functions.deliver(w.fns, [t.fn for t in small])
+            out.append(Send(w.identity, self._run_header(w, small, fns),
+                            [*frames, *(f for t in small for f in t.payload)]))
         return out
+
+    def _run_header(self, w: Worker, tasks: list[Task], fns: list) -> dict:
+        header = {"t": "run", "w": w.id, "tasks": [
+            [t.gid, t.attempt, len(t.payload), self._local(t, w), t.fn] for t in tasks]}
+        if fns:
+            header["fns"] = fns
+        return header
+
+    def _refetch(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
+        """The worker no longer has these tasks' functions (its cache dropped them): it did
+        not run them, so they are queued again and go out with their function payload."""
+        for item in _field(h, "tasks", list):
+            gid, attempt = item if isinstance(item, list) and len(item) == 2 else (None, None)
+            t = self.tasks.get(gid) if isinstance(gid, int) else None
+            if t is None or t.worker != w.id or t.attempt != attempt:
+                continue
+            w.fns.discard(t.fn)
+            w.tasks.discard(gid)
+            t.worker = None
+            t.attempt += 1
+            self._enqueue(t, front=True)
+        return self._dispatch_all()
 
     def _finish(self, t: Task, status: str, info: dict) -> list[Send]:
         del self.tasks[t.gid]
+        self.functions.unref(t.fn)
         client = self.clients.get(t.client)
         if client is None:
             return []
@@ -486,7 +526,7 @@ class BrokerState:
                                   "running": sum(1 for g in c.tasks.values()
                                                  if self.tasks[g].worker is not None)}
                                  for c in self.clients.values()],
-                "broker": self.info}
+                "functions": self.functions.status(), "broker": self.info}
 
     def check_invariants(self) -> None:
         """Raise AssertionError if the bookkeeping is inconsistent (used by the tests)."""
@@ -514,6 +554,7 @@ class BrokerState:
             else:
                 assert held.get(t.gid) == t.worker
         assert set(self.pinned) == set(self.workers)
+        self.functions.check_invariants(t.fn for t in self.tasks.values())
 
 
 _HANDLERS = {
@@ -528,5 +569,6 @@ _HANDLERS = {
     ("Worker", "output"): BrokerState._output,
     ("Worker", "bye"): BrokerState._worker_bye,
     ("Worker", "giveback"): BrokerState._giveback,
+    ("Worker", "refetch"): BrokerState._refetch,
     ("Worker", "hb"): BrokerState._heartbeat,
 }

@@ -5,10 +5,17 @@
     futures ◄── results/output ── I/O thread (owns the DEALER socket) ◄──► broker
 
 Pickling happens in the calling thread, so an unpicklable function or argument fails there
-and nothing is sent. The I/O thread sends what accumulated in the outbox as one message
-(many small tasks per submit), heartbeats, and resolves futures. Result callbacks run on a
-separate thread so a slow callback never delays heartbeats. The client keeps every task it
-has no result for, and submits them again if a restarted broker asks it to reconnect.
+and nothing is sent. A function is pickled apart from its arguments and named by a hash of
+its frames; its frames go to the broker once per session (see broker_functions), tasks carry
+the hash. The I/O thread sends what accumulated in the outbox as one message (many small
+tasks per submit), heartbeats, and resolves futures. Result callbacks run on a separate
+thread so a slow callback never delays heartbeats. The client keeps every task it has no
+result for, and submits them again if a restarted broker asks it to reconnect.
+
+User code that runs in the I/O thread (an `on_output` handler, unpickling a result, a
+future's done-callbacks) cannot stop it: its failure becomes the failure of its future. If
+the I/O thread dies anyway (a bug of ours), every pending future fails at once with an
+NBClusterError saying why, and so does every later call.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from .errors import (AuthenticationError, NBClusterError, PicklingError, Protoco
 from .futures import TaskFuture
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
+from .waiting import cancel_on_error
 
 __all__ = ["Client", "connect"]
 
@@ -58,6 +66,10 @@ class Client:
     Raises:
         AuthenticationError: the broker rejected our key.
         NBClusterError: no broker answered within `timeout`.
+
+    Attributes:
+        sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments), and
+            ``functions`` and ``function_bytes`` (function payloads, each sent once).
     """
 
     def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
@@ -73,11 +85,15 @@ class Client:
         self._sock = dealer(self._ctx, endpoint, curve=curve)
         self._keys = itertools.count(1)
         self._futures: dict[int, TaskFuture] = {}
-        self._pending: dict[int, tuple[list, list]] = {}   # key -> (task spec, frames)
+        self._pending: dict[int, tuple] = {}   # key -> (task spec, argument frames, Prepared fn)
+        self._result_callbacks: dict[int, Callable[[Any], Any]] = {}   # key -> callback
+        self._fns_sent: set[bytes] = set()   # function digests sent to this broker (I/O thread)
+        self._broken: NBClusterError | None = None   # why the I/O thread died, if it did
         self._replies: dict[int, concurrent.futures.Future] = {}
         self._outbox: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)   # see _wake
         self._callbacks = None
         self._closed = False
         self._reconnecting = 0.0          # when we last registered again, while not welcomed
@@ -87,6 +103,8 @@ class Client:
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
+        # What went to the broker: task argument frames, and function payloads (once each).
+        self.sent = {"tasks": 0, "task_bytes": 0, "functions": 0, "function_bytes": 0}
         # Set by whoever started the workers (LocalCluster): pid -> how it ended, or None.
         self.exit_reason: Callable[[int], str | None] | None = None
         self.heartbeat_s, self.expiry_s = 1.0, 3.0
@@ -107,7 +125,8 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Closed, or unusable because its I/O thread died."""
+        return self._closed or self._broken is not None
 
     # ---- submitting -------------------------------------------------------------------------
     def submit(self, fn: Callable, *args, labels: Iterable[str] | None = None,
@@ -124,8 +143,8 @@ class Client:
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
-        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
-        fut = self._submit_frames([fn_frame, *arg_frames], self._labels(labels), None, retries)
+        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
+        fut = self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries)
         if callback is not None:
             self._add_callback(fut, callback)
         return fut
@@ -141,24 +160,39 @@ class Client:
     def _labels(self, labels: Iterable[str] | None) -> list[str]:
         return sorted({*self.labels, *(labels or ())})
 
-    def _submit_frames(self, frames: list, labels, target: str | None, retries: int) -> TaskFuture:
+    def _submit_frames(self, fn: "serialize.Prepared", frames: list, labels, target: str | None,
+                       retries: int) -> TaskFuture:
+        """Queue a task: fn's payload (sent once per session) and the argument frames."""
         if self._closed:
             raise RuntimeError("this client is closed")
+        self._raise_if_broken()
         key = next(self._keys)
         fut = TaskFuture(self, key)
         fut.input_bytes = sum(memoryview(f).nbytes for f in frames)
-        shm_files = serialize.shm_names(frames[1:])   # frames[1:]: what dumps() made of the args
+        shm_files = serialize.shm_names(frames)
         # A task whose data is in this host's shared memory must run on this host.
         spec = [key, len(frames), sorted(labels or ()), target, int(retries),
-                self.host if shm_files else None]
+                self.host if shm_files else None, fn.digest]
         with self._lock:
             if shm_files:
                 self._shm_files[key] = shm_files
             self._futures[key] = fut
-            self._pending[key] = (spec, frames)
-            self._outbox.append(("task", spec, frames))
-        os.write(self._wake_w, b"x")
+            self._pending[key] = (spec, frames, fn)
+            self._outbox.append(("task", spec, frames, fn))
+        self._wake()
         return fut
+
+    def _wake(self) -> None:
+        """Wake the I/O thread. Never blocks, so the I/O thread may wake itself: a full pipe
+        means a wake-up is pending already."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:   # BlockingIOError: full; or the client is closed: nobody to wake
+            pass
+
+    def _raise_if_broken(self) -> None:
+        if self._broken is not None:
+            raise NBClusterError(self._broken.args[0]) from self._broken.__cause__
 
     def map(self, fn: Callable, *iterables: Iterable, chunksize: int | None = None,
             labels: Iterable[str] | None = None, retries: int = 0) -> list:
@@ -170,7 +204,8 @@ class Client:
         """
         futures, n = self.map_futures(fn, *iterables, chunksize=chunksize, labels=labels,
                                       retries=retries)
-        return gather_chunks(futures, n)
+        with cancel_on_error(futures):   # Ctrl-C: the chunks not run yet leave the queue
+            return gather_chunks(futures, n)
 
     def map_futures(self, fn: Callable, *iterables: Iterable, chunksize: int | None = None,
                     labels=None, retries: int = 0) -> tuple[list[TaskFuture], int]:
@@ -178,8 +213,8 @@ class Client:
         items = list(zip(*iterables))
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self.n_workers or len(self.workers()))
-        try:
-            runner = serialize.dumps(ChunkRunner(fn))[0]
+        try:   # one payload for every chunk: it travels once to each worker
+            runner = serialize.dumps_function(ChunkRunner(fn), self._refs)
         except Exception as e:
             raise PicklingError(
                 f"cannot pickle the function {serialize.describe(fn)}: {e}") from e
@@ -195,7 +230,10 @@ class Client:
                 raise PicklingError(f"cannot pickle element {culprit} "
                                     f"({serialize.describe(items[culprit])}): {e}") from e
         labels = self._labels(labels)
-        futures = [self._submit_frames([runner, *frames], labels, None, retries) for frames in chunks]
+        futures: list[TaskFuture] = []
+        with cancel_on_error(futures):   # interrupted while submitting: cancel what went out
+            for frames in chunks:
+                futures.append(self._submit_frames(runner, frames, labels, None, retries))
         return futures, len(items)
 
     def broadcast(self, fn: Callable, *args, **kwargs) -> dict[str, Any]:
@@ -205,7 +243,8 @@ class Client:
             RemoteErrorGroup: it failed on some workers (one error per worker).
         """
         futures = self.broadcast_futures(fn, *args, **kwargs)
-        progress(futures.values(), desc="broadcast", wait=True)
+        with cancel_on_error(futures.values()):
+            progress(futures.values(), desc="broadcast", wait=True)
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:
             raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
@@ -225,8 +264,8 @@ class Client:
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
-        fn_frame, arg_frames = serialize.dumps_call(fn, args, kwargs)
-        return {wid: self._submit_frames([fn_frame, *arg_frames], None, wid, 0)
+        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        return {wid: self._submit_frames(prepared, arg_frames, None, wid, 0)
                 for wid in worker_ids}
 
     def cancel(self, futures: TaskFuture | Iterable[TaskFuture]) -> int:
@@ -240,9 +279,14 @@ class Client:
             for k in keys:
                 self._pending.pop(k, None)
                 self._futures.pop(k, None)
+                self._result_callbacks.pop(k, None)
                 self._release_shm(k)
-            self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, []))
-        os.write(self._wake_w, b"x")
+            last = self._outbox[-1] if self._outbox else None
+            if last is not None and last[0] == "msg" and last[1]["t"] == "cancel":
+                last[1]["ids"].extend(keys)   # many cancels in a row (a map's): one message
+            else:
+                self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, [], None))
+        self._wake()
 
     # ---- inspecting -------------------------------------------------------------------------
     def status(self, timeout: float = 10.0) -> dict:
@@ -271,12 +315,13 @@ class Client:
         return self._request({"t": "stop", "workers": None, "broker": True}, timeout)["stopping"]
 
     def _request(self, header: dict, timeout: float) -> Any:
+        self._raise_if_broken()
         reply: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             rid = next(self._keys)
             self._replies[rid] = reply
-            self._outbox.append(("msg", {**header, "rid": rid}, []))
-        os.write(self._wake_w, b"x")
+            self._outbox.append(("msg", {**header, "rid": rid}, [], None))
+        self._wake()
         return reply.result(timeout)
 
     def workers(self) -> list[dict]:
@@ -290,22 +335,70 @@ class Client:
 
     # ---- callbacks --------------------------------------------------------------------------
     def _add_callback(self, fut: TaskFuture, callback: Callable[[Any], Any]) -> None:
-        if self._callbacks is None:
-            with self._lock:
-                if self._callbacks is None:
-                    self._callbacks = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix="nbcluster-callbacks")
+        """Run callback(result) on the callbacks thread when the task succeeds, before the
+        future resolves: if the callback raises, the future fails with that error."""
+        with self._lock:
+            if self._callbacks is None:
+                self._callbacks = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="nbcluster-callbacks")
+            if fut.key in self._futures:
+                self._result_callbacks[fut.key] = callback
+                return
 
-        def run(f: TaskFuture) -> None:
+        def late(f: TaskFuture) -> None:   # the result beat us here: call it all the same
             if not f.cancelled() and f.exception() is None:
                 try:
                     callback(f.result())
-                except Exception:
+                except BaseException:   # noqa: BLE001 - the future is resolved already
                     log.exception("result callback %r failed", callback)
-        fut.add_done_callback(lambda f: self._callbacks.submit(run, f))
+        fut.add_done_callback(lambda f: self._callbacks.submit(late, f))
+
+    def _callback_then_settle(self, fut: TaskFuture, callback: Callable, value: Any) -> None:
+        """(callbacks thread) The callback, then the future: its value, or what it raised."""
+        try:
+            callback(value)
+        except BaseException as e:   # noqa: BLE001 - user code: the future's failure
+            fut._settle(error=_caused(NBClusterError(
+                f"task {fut.key} succeeded but its result callback "
+                f"{serialize.describe(callback)} raised {e!r}"), e))
+        else:
+            fut._settle(value)
 
     # ---- the I/O thread -----------------------------------------------------------------------
     def _io_loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as e:   # noqa: BLE001 - a bug of ours: fail loudly, never hang
+            log.exception("the nbcluster client's I/O thread failed")
+            self._break(e)
+        try:
+            self._send({"t": "bye"})   # the broker drops our queued tasks
+        except Exception:   # noqa: BLE001 - the socket may be what failed
+            pass
+        self._sock.close(linger=100)
+        self._ctx.term()
+
+    def _break(self, cause: BaseException) -> None:
+        """The I/O thread is dying: fail every pending future, reply and later call."""
+        error = _caused(NBClusterError(
+            f"the client's I/O thread failed ({cause!r}): no result can reach this client "
+            "any more, so its pending tasks failed; connect a new Client"), cause)
+        with self._lock:
+            self._broken = error
+            futures, replies = list(self._futures.values()), list(self._replies.values())
+            self._futures.clear()
+            self._pending.clear()
+            self._replies.clear()
+            self._result_callbacks.clear()
+            for key in list(self._shm_files):
+                self._release_shm(key)
+        for fut in futures:
+            fut._settle(error=error)
+        for reply in [*replies, self._welcome]:
+            if not reply.done():
+                reply.set_exception(error)
+
+    def _serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -330,12 +423,6 @@ class Client:
             if now - last_heard > self.expiry_s and self._welcome.done():
                 log.warning("no word from the broker for %.1f s", now - last_heard)
                 last_heard = now
-        try:
-            self._send({"t": "bye"})
-        except zmq.ZMQError:
-            pass
-        self._sock.close(linger=100)
-        self._ctx.term()
 
     def _send(self, header: dict, payload: list = ()) -> None:
         self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
@@ -344,30 +431,56 @@ class Client:
         self._send({"t": "hello", "role": "client", "host": self.host, "pid": os.getpid()})
 
     def _flush_outbox(self) -> bool:
+        """Send what the outbox holds, in order: small tasks together, a big one alone, each
+        function payload the broker does not have yet with the first task that needs it."""
         with self._lock:
             items, self._outbox = self._outbox, collections.deque()
-        specs, frames, size = [], [], 0
-        for kind, spec, payload in items:
+        specs: list = []
+        frames: list = []
+        fns: list = []
+        size = 0
+        for kind, spec, payload, fn in items:
             if kind == "msg":
+                self._send_tasks(specs, frames, fns)
+                specs, frames, fns, size = [], [], [], 0
                 self._send(spec)
                 continue
+            new_fn = fn.digest not in self._fns_sent
+            self._fns_sent.add(fn.digest)
             nbytes = sum(memoryview(f).nbytes for f in payload)
             if nbytes >= BIG_TASK_BYTES:
-                self._send({"t": "submit", "tasks": [spec]}, payload)
+                self._send_tasks(specs, frames, fns)
+                specs, frames, fns, size = [], [], [], 0
+                self._send_tasks([spec], payload, [fn] if new_fn else [])
                 continue
             specs.append(spec)
             frames += payload
-            size += nbytes
+            size += nbytes + (fn.nbytes if new_fn else 0)
+            if new_fn:
+                fns.append(fn)
             if size >= SUBMIT_BATCH_BYTES or len(specs) >= 4096:
-                self._send({"t": "submit", "tasks": specs}, frames)
-                specs, frames, size = [], [], 0
-        if specs:
-            self._send({"t": "submit", "tasks": specs}, frames)
+                self._send_tasks(specs, frames, fns)
+                specs, frames, fns, size = [], [], [], 0
+        self._send_tasks(specs, frames, fns)
         return bool(items)
+
+    def _send_tasks(self, specs: list, frames: list, fns: list) -> None:
+        if not specs:
+            return
+        header = {"t": "submit", "tasks": specs}
+        if fns:
+            header["fns"] = [[fn.digest, len(fn.frames)] for fn in fns]
+        self._send(header, [*(f for fn in fns for f in fn.frames), *frames])
+        self.sent["tasks"] += len(specs)
+        self.sent["task_bytes"] += sum(memoryview(f).nbytes for f in frames)
+        self.sent["functions"] += len(fns)
+        self.sent["function_bytes"] += sum(fn.nbytes for fn in fns)
 
     def _drain(self) -> None:
         for frames in pending_messages(self._sock):
             if protocol.is_denied(frames):
+                if self._welcome.done():   # denied again (a heartbeat): we failed already
+                    continue
                 self._welcome.set_exception(AuthenticationError(
                     f"the broker at {self.endpoint} rejected our signature: the cluster key is "
                     "wrong (use the key from the cluster's connection file)"))
@@ -391,7 +504,22 @@ class Client:
                 if fut is not None:
                     fut.output.append((stream, text, worker))
                     if fut.on_output is not None:
-                        fut.on_output(stream, text, worker)
+                        try:
+                            fut.on_output(stream, text, worker)
+                        except BaseException as e:   # noqa: BLE001 - user code: its task fails
+                            handler = serialize.describe(fut.on_output)
+                            self._fail_on_client(
+                                fut, f"its on_output handler {handler} raised {e!r}", e)
+        elif kind == "refetch":
+            # The broker dropped these tasks' function payloads (it keeps idle ones only up to
+            # a bound): send the tasks again, with their functions.
+            with self._lock:
+                for key in header.get("ids", []):
+                    entry = self._pending.get(key)
+                    if entry is not None:
+                        self._fns_sent.discard(entry[2].digest)
+                        self._outbox.append(("task", *entry))
+            self._wake()
         elif kind == "hb":
             self.n_workers = header.get("workers", self.n_workers)
         elif kind == "reply":
@@ -406,11 +534,11 @@ class Client:
                 self._welcome.set_result(header)
             if self._reconnecting:
                 self._reconnecting = 0.0
+                self._fns_sent.clear()   # a new broker session: it has none of our functions
                 with self._lock:   # pending tasks still in the outbox would go twice
                     self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
-                    self._outbox.extend(("task", spec, frames)
-                                        for spec, frames in self._pending.values())
-                os.write(self._wake_w, b"x")
+                    self._outbox.extend(("task", *entry) for entry in self._pending.values())
+                self._wake()
         elif kind == "reconnect" and (not self._reconnecting or
                                       time.monotonic() - self._reconnecting > self.expiry_s):
             # The broker forgot us (it restarted, or we were silent too long): register again
@@ -419,10 +547,18 @@ class Client:
             self._reconnecting = time.monotonic()
             self._hello()
 
+    def _fail_on_client(self, fut: TaskFuture, why: str, cause: BaseException) -> None:
+        """User code on the client failed for this task: the future gets the error and the
+        task, no longer wanted, is cancelled."""
+        fut._settle(error=_caused(NBClusterError(f"task {fut.key} failed on the client: {why}"),
+                                  cause))
+        self._cancel_remote([fut.key])
+
     def _on_result(self, key: int, status: str, frames: list, info: dict) -> None:
         with self._lock:
             fut = self._futures.pop(key, None)
             self._pending.pop(key, None)
+            callback = self._result_callbacks.pop(key, None)
             self._release_shm(key)
         self.stats["results"] += 1
         if fut is None:
@@ -432,7 +568,11 @@ class Client:
         fut.worker, fut.duration = info.get("worker"), info.get("s")
         try:
             if status == "ok":
-                fut._settle(serialize.loads(frames, self._shm, remove=True))
+                value = serialize.loads(frames, self._shm, remove=True)
+                if callback is None:
+                    fut._settle(value)
+                else:
+                    self._callbacks.submit(self._callback_then_settle, fut, callback, value)
             elif status == "err":
                 fut._settle(error=tracebacks.rebuild(serialize.loads(frames)))
             elif status == "lost":
@@ -444,8 +584,10 @@ class Client:
                 fut._settle(error=WorkerLost(f"task {key} failed: {why} ({where})", lost_on))
             else:
                 fut._settle(error=TaskCancelled(f"task {key} was cancelled"))
-        except Exception as e:  # e.g. the result needs a module this process cannot import
-            fut._settle(error=NBClusterError(f"cannot unpickle the result of task {key}: {e!r}"))
+        except BaseException as e:  # noqa: BLE001 - e.g. the result needs a module this
+            # process cannot import, or unpickling it runs code that raises (even SystemExit)
+            fut._settle(error=_caused(NBClusterError(
+                f"cannot unpickle the result of task {key}: {e!r}"), e))
 
     def _release_shm(self, key: int) -> None:
         """Remove the shared-memory files of a task's arguments (it is over)."""
@@ -463,18 +605,21 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        os.write(self._wake_w, b"x")
-        self._thread.join(5)
+        self._wake()
+        if threading.current_thread() is not self._thread:   # (a done-callback may close us)
+            self._thread.join(5)
         for fut in list(self._futures.values()):
             fut._cancel_locally()
         self._futures.clear()
         self._pending.clear()
+        self._result_callbacks.clear()
         for key in list(self._shm_files):
             self._release_shm(key)
         if self._callbacks is not None:
             self._callbacks.shutdown(wait=False)
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        wake_r, wake_w, self._wake_w = self._wake_r, self._wake_w, -1   # later wakes: no-ops
+        os.close(wake_r)
+        os.close(wake_w)
 
     def __enter__(self) -> "Client":
         return self
@@ -534,6 +679,11 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
 def _chunk_results(fut: TaskFuture) -> list:
     out = fut.result()
     return out.results if isinstance(out, ChunkFailures) else out
+
+
+def _caused(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
 
 
 def _picklable(obj) -> bool:

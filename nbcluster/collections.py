@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator
 
 from . import pipeline as pl
+from . import waiting
 from .client import Client
 from .errors import TaskCancelled
 from .remote import FailureTally
@@ -158,8 +159,7 @@ class _Run:
                     self.stats.chunksize = max(self.stats.chunksize, len(chunk))
                 if not inflight:
                     break
-                finished, _ = concurrent.futures.wait(
-                    list(inflight), return_when=concurrent.futures.FIRST_COMPLETED)
+                finished, _ = waiting.wait(inflight, return_when=concurrent.futures.FIRST_COMPLETED)
                 if self.cancelled:
                     raise TaskCancelled(f"cancelled after {self.stats.elements} of "
                                         f"{self.total if self.total is not None else '?'} "

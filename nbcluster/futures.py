@@ -21,7 +21,8 @@ class TaskFuture(concurrent.futures.Future):
         output: ``(stream, text, worker_id)`` items the task printed, in order.
         worker: id of the worker that produced the result, once done.
         duration: seconds the task took on its worker, once done.
-        input_bytes: size of the pickled function and arguments sent.
+        input_bytes: size of the pickled arguments sent (the function goes once per
+            worker, not with each task).
         on_output: optional callable(stream, text, worker_id) run as output arrives.
     """
 
@@ -68,6 +69,15 @@ class TaskFuture(concurrent.futures.Future):
                 self.set_result(value)
         except concurrent.futures.InvalidStateError:
             pass
+
+    def _invoke_callbacks(self) -> None:
+        # As the stdlib's, but a callback raising even SystemExit or KeyboardInterrupt is
+        # logged and skipped: they run in the client's I/O thread, which must not die of it.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException:   # noqa: BLE001
+                concurrent.futures._base.LOGGER.exception("exception calling callback for %r", self)
 
     def __await__(self):
         return asyncio.wrap_future(self).__await__()

@@ -35,6 +35,7 @@ from .remote import FailureTally
 from .futures import TaskFuture
 from .bars import progress_bar
 from .session import current_client
+from .waiting import as_completed, wait   # interrupted, they cancel what is not done
 
 __all__ = ["MapReduce", "map_reduce"]
 
@@ -215,7 +216,7 @@ class _KeyedJob:
         try:
             for m in range(len(self.chunks)):
                 self._submit_map(m, live)
-            for fut in concurrent.futures.as_completed(list(live)):
+            for fut in as_completed(live):
                 _, m = live.pop(fut)
                 n = len(self.chunks[m][1])
                 try:
@@ -262,8 +263,7 @@ class _KeyedJob:
                 else:
                     self._submit_reduce(p, live)
             while live and not errors.systematic:   # a repeated failure stops the job
-                done, _ = concurrent.futures.wait(list(live),
-                                                  return_when=concurrent.futures.FIRST_COMPLETED)
+                done, _ = wait(live, return_when=concurrent.futures.FIRST_COMPLETED)
                 self._check_cancelled()
                 for fut in done:
                     kind, n = live.pop(fut)

@@ -29,7 +29,7 @@ from .errors import ProtocolError
 
 __all__ = ["VERSION", "MAGIC", "DENIED", "is_denied", "Signer", "encode", "decode", "new_key"]
 
-VERSION = 1
+VERSION = 2
 MAGIC = b"NBC" + bytes([VERSION])
 SIGNATURE_SIZE = 32
 MAX_HEADER_BYTES = 1 << 20          # a header is control data; payloads go in frames

@@ -8,6 +8,8 @@ received zero-copy and arriving writable.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import linecache
 import os
@@ -23,9 +25,11 @@ import cloudpickle
 from .errors import PicklingError
 from .shm import REF_PREFIX, SHM_MIN_BYTES, SharedMemory
 
-__all__ = ["dumps", "loads", "FunctionCache", "describe", "Prepared", "prepare", "MainRefs"]
+__all__ = ["dumps", "loads", "FunctionCache", "describe", "Prepared", "prepare", "MainRefs",
+           "frames_digest"]
 
 OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
+FN_DIGEST_BYTES = 16       # a function payload is named by a blake2b hash this long
 
 
 class MainRefs:
@@ -204,22 +208,75 @@ def _unpickle(data, buffers=()) -> Any:
 
 
 class Prepared:
-    """A function pickled once, to submit many times (see `Client.prepare`)."""
+    """A function pickled once: its frames (the pickle, then its out-of-band buffers) and a
+    hash of them. Tasks carry the hash and the frames travel once to the broker and once to
+    each worker, which keeps the function while it is unchanged (see `Client.prepare`)."""
 
-    def __init__(self, fn: Any, refs: MainRefs | None = None):
-        try:
-            self.data = _cloudpickle(fn, refs)
-        except Exception as e:
-            raise PicklingError(f"cannot pickle the function {describe(fn)}: {e}") from e
-        self.name = describe(fn)
+    __slots__ = ("frames", "digest", "nbytes", "name", "__weakref__")
+
+    def __init__(self, frames: list, digest: bytes, name: str):
+        self.frames, self.digest, self.name = frames, digest, name
+        self.nbytes = sum(memoryview(f).nbytes for f in frames)
 
     def __repr__(self) -> str:
-        return f"<Prepared {self.name} ({len(self.data)} bytes)>"
+        return f"<Prepared {self.name} ({self.nbytes} bytes)>"
 
 
 def prepare(fn: Any, refs: MainRefs | None = None) -> Prepared:
-    """fn pickled once (with `refs`, names of __main__ objects the receivers already have)."""
-    return fn if isinstance(fn, Prepared) else Prepared(fn, refs)
+    """fn pickled once (with `refs`, names of __main__ objects the receivers already have).
+
+    Raises:
+        PicklingError: fn cannot be pickled.
+    """
+    if isinstance(fn, Prepared):
+        return fn
+    try:
+        return dumps_function(fn, refs)
+    except Exception as e:
+        raise PicklingError(f"cannot pickle the function {describe(fn)}: {e}") from e
+
+
+def frames_digest(frames: list) -> bytes:
+    """The hash that names a function payload: blake2b over each frame and its length."""
+    h = hashlib.blake2b(digest_size=FN_DIGEST_BYTES)
+    for frame in frames:
+        view = memoryview(frame)
+        h.update(view.nbytes.to_bytes(8, "big"))
+        h.update(view)
+    return h.digest()
+
+
+# Payloads by digest while anything uses them: a function pickled again with the same
+# content is the same Prepared, so its buffers are copied once (below), not once per task.
+_payloads: "weakref.WeakValueDictionary[bytes, Prepared]" = weakref.WeakValueDictionary()
+
+
+def _pickle_function(fn: Any, refs: MainRefs | None, previous: Prepared | None = None
+                     ) -> Prepared:
+    """fn's payload; `previous`, if its frames are still byte for byte the same (a compare
+    costs a fifth of a hash), rather than a new one."""
+    buffers: list = []
+
+    def oob(buf: pickle.PickleBuffer) -> bool:
+        raw = buf.raw()
+        if raw.nbytes < OOB_MIN_BYTES:
+            return True
+        buffers.append(raw)
+        return False
+
+    frames = [_cloudpickle(fn, refs, oob), *buffers]
+    if previous is not None and len(previous.frames) == len(frames) and all(
+            len(old) == memoryview(new).nbytes and old.startswith(new)
+            for old, new in zip(previous.frames, frames)):
+        return previous
+    digest = frames_digest(frames)
+    known = _payloads.get(digest)
+    if known is None:
+        # Copied: what was hashed is what every worker gets, even if the captured array
+        # changes later in place (a changed array is a new digest at the next submit).
+        known = Prepared([frames[0], *(bytes(b) for b in buffers)], digest, describe(fn))
+        _payloads[digest] = known
+    return known
 
 
 def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = None) -> list:
@@ -262,15 +319,12 @@ def describe(obj: Any, limit: int = 80) -> str:
 
 
 def dumps_call(fn, args: tuple, kwargs: dict, shm: SharedMemory | None = None,
-               refs: MainRefs | None = None) -> tuple[bytes, list]:
-    """(function frame, argument frames) for a task, or a PicklingError naming the culprit.
-    fn may be a `Prepared` function."""
+               refs: MainRefs | None = None) -> tuple[Prepared, list]:
+    """(the function's payload, argument frames) for a task, or a PicklingError naming the
+    culprit. fn may be a `Prepared` function."""
+    prepared = prepare(fn, refs)
     try:
-        fn_frame = fn.data if isinstance(fn, Prepared) else dumps_function(fn, refs)
-    except Exception as e:
-        raise PicklingError(f"cannot pickle the function {describe(fn)}: {e}") from e
-    try:
-        return fn_frame, dumps((args, kwargs), shm, refs)
+        return prepared, dumps((args, kwargs), shm, refs)
     except Exception as e:
         culprit = _find_unpicklable(args, kwargs)
         raise PicklingError(f"cannot pickle {culprit} of {describe(fn)}: {e}") from e
@@ -279,29 +333,38 @@ def dumps_call(fn, args: tuple, kwargs: dict, shm: SharedMemory | None = None,
 _SAFE_TYPES = (type(None), bool, int, float, complex, str, bytes, types.ModuleType,
                types.BuiltinFunctionType)
 _function_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_last_payload: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # fn -> ref(Prepared)
 
 
-def dumps_function(fn, refs: MainRefs | None = None) -> bytes:
-    """cloudpickle.dumps(fn), reusing the bytes of the last call while nothing it captured
-    can have changed.
+def dumps_function(fn, refs: MainRefs | None = None) -> Prepared:
+    """fn pickled (with its large buffers out of band), reusing the payload of the last call
+    while nothing it captured can have changed.
 
     A function defined in __main__ or a notebook is pickled by value, with the globals and
-    closure variables it uses; that costs ~15 us, paid on every submit. The cached bytes are
+    closure variables it uses; that costs ~15 us, paid on every submit. The cached payload is
     reused only if every value the function uses is the very same immutable object (a number,
     a string, a module, a class or function importable by reference); otherwise it is pickled
-    anew, so a changed global is always seen.
+    anew (and hashed: an unchanged array gives the same digest), so a changed global is
+    always seen.
     """
     if refs is not None:
-        return _cloudpickle(fn, refs)
+        return _pickle_function(fn, refs)
     key = _captured_values(fn)
     if key is not None:
         hit = _function_cache.get(fn)
         if hit is not None and len(hit[0]) == len(key) and all(a is b for a, b in zip(hit[0], key)):
             return hit[1]
-    data = _cloudpickle(fn)
+    try:   # fn's payload while its tasks keep it alive: compared rather than hashed again
+        last = _last_payload.get(fn)
+    except TypeError:   # fn cannot be weakly referenced
+        last = None
+    prepared = _pickle_function(fn, None, last() if last is not None else None)
     if key is not None:
-        _function_cache[fn] = (key, data)
-    return data
+        _function_cache[fn] = (key, prepared)
+    else:
+        with contextlib.suppress(TypeError):
+            _last_payload[fn] = weakref.ref(prepared)
+    return prepared
 
 
 def _captured_values(fn) -> tuple | None:
@@ -359,22 +422,42 @@ def _find_unpicklable(args: tuple, kwargs: dict) -> str:
     return "the arguments"
 
 
+_UNLOADED = object()
+
+
 class FunctionCache:
-    """Unpickled functions by their pickled bytes: a worker unpickles a function once."""
+    """A worker's functions by digest: frames as received, unpickled on first use. Beyond
+    `size` functions or `max_bytes` of frames the least recently used go, at `trim` (between
+    batches, so a function never goes before the tasks it came with ran; the newest stays)."""
 
-    def __init__(self, size: int = 128, max_bytes: int = 64 * 1024):
+    def __init__(self, size: int = 256, max_bytes: int = 256 << 20):
         self.size, self.max_bytes = size, max_bytes
-        self._cache: OrderedDict[bytes, Any] = OrderedDict()
+        self._entries: OrderedDict[bytes, list] = OrderedDict()   # digest -> [frames, fn, nbytes]
+        self._bytes = 0
 
-    def load(self, frame) -> Any:
-        data = bytes(frame)
-        if len(data) > self.max_bytes:
-            return _unpickle(data)
-        fn = self._cache.get(data)
-        if fn is None:
-            fn = self._cache[data] = _unpickle(data)
-            if len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(data)
-        return fn
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, digest: bytes, frames: list) -> None:
+        if digest in self._entries:
+            self._entries.move_to_end(digest)
+            return
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        self._entries[digest] = [list(frames), _UNLOADED, nbytes]
+        self._bytes += nbytes
+
+    def get(self, digest: bytes) -> Any:
+        """The function (KeyError if we do not have it); unpickling errors propagate."""
+        entry = self._entries[digest]
+        self._entries.move_to_end(digest)
+        if entry[1] is _UNLOADED:
+            entry[1] = loads(entry[0])
+        return entry[1]
+
+    def trim(self) -> None:
+        while len(self._entries) > 1 and (len(self._entries) > self.size
+                                          or self._bytes > self.max_bytes):
+            self._bytes -= self._entries.popitem(last=False)[1][2]

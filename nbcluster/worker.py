@@ -189,18 +189,24 @@ class Worker:
         if header["t"] == "reconnect":
             self._ask_io(reconnect=True)
         elif header["t"] == "run" and header.get("w") == self.id:
-            self._run_batch(header["tasks"], payload)
+            self._run_batch(header["tasks"], payload, header.get("fns", []))
 
-    def _run_batch(self, tasks: list, payload: list) -> None:
+    def _run_batch(self, tasks: list, payload: list, fns: list) -> None:
         """Run the tasks of one `run` message; results go back in batches of at least
-        RESULT_BATCH_S worth of work, and at the end."""
+        RESULT_BATCH_S worth of work, and at the end. The message starts with the payloads of
+        functions we did not have (`fns`); they are kept before any task runs, so a task that
+        is skipped (cancelled, given back) does not lose the function of the ones after it."""
         pos, items, frames, finished = 0, [], [], 0
+        for digest, n in fns:
+            self.functions.put(digest, payload[pos:pos + n])
+            pos += n
         last_sent = time.monotonic()
-        for i, (gid, attempt, nframes, local) in enumerate(tasks):
+        for i, (gid, attempt, nframes, local, *fn) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
                 self._send_done(items, frames, finished)
                 self._leave_now()
-            result = self._run_one(gid, attempt, payload[pos:pos + nframes], local)
+            result = self._run_one(gid, attempt, fn[0] if fn else None,
+                                   payload[pos:pos + nframes], local)
             pos += nframes
             finished += 1
             if result is not None:
@@ -211,21 +217,33 @@ class Worker:
                 self._send_done(items, frames, finished)
                 items, frames, finished = [], [], 0
                 last_sent = time.monotonic()
+        self.functions.trim()
 
-    def _run_one(self, gid: int, attempt: int, frames: list, local: bool) -> tuple | None:
-        """Run one task; its result goes through shared memory if its client is `local`."""
+    def _run_one(self, gid: int, attempt: int, fn_digest: bytes | None, frames: list,
+                 local: bool) -> tuple | None:
+        """Run one task; its result goes through shared memory if its client is `local`.
+        fn_digest names its function; without one, the function is the task's first frame."""
+        if fn_digest is None:   # an inline function pickle: the task's first frame
+            fn_digest, frames = bytes(frames[0]), frames[1:]
+            self.functions.put(fn_digest, [fn_digest])
+        missing = fn_digest not in self.functions
         with self.lock:
             if (gid, attempt) in self.cancelled:
                 self.cancelled.discard((gid, attempt))
                 return None
-            self.current_tag = (gid, attempt)
-            self.started_at = time.monotonic()
+            if not missing:
+                self.current_tag = (gid, attempt)
+                self.started_at = time.monotonic()
+        if missing:
+            # Our cache dropped its function: the broker queues it again, with the function.
+            self._send(self.task_sock, {"t": "refetch", "tasks": [[gid, attempt]]})
+            return None
         status, payload = "ok", []
         start = time.perf_counter()
         try:
             try:
-                fn = self.functions.load(frames[0])
-                args, kwargs = serialize.loads(frames[1:], self.shm)
+                fn = self.functions.get(fn_digest)
+                args, kwargs = serialize.loads(frames, self.shm)
                 result = fn(*args, **kwargs)
             finally:
                 with self.lock:

@@ -41,7 +41,8 @@ def test_lower_layers_never_import_upward():
                 found |= {node.module} if node.module else {a.name for a in node.names}
         return found
     assert imports("protocol") <= {"errors"}
-    assert imports("broker_state") <= {"errors"}
+    assert imports("broker_state") <= {"errors", "broker_functions"}
+    assert imports("broker_functions") <= {"errors"}
     assert imports("broker") <= {"protocol", "broker_state", "errors", "connection", "transport",
                                  "curve"}
     assert imports("curve") <= {"errors"}

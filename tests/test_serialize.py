@@ -2,7 +2,6 @@
 
 import threading
 
-import cloudpickle
 import numpy as np
 import pytest
 
@@ -20,7 +19,7 @@ uses_offset, uses_table = NOTEBOOK["uses_offset"], NOTEBOOK["uses_table"]
 
 
 def run(fn, *args):
-    return cloudpickle.loads(serialize.dumps_function(fn))(*args)
+    return serialize.loads(serialize.dumps_function(fn).frames)(*args)
 
 
 def test_cached_bytes_are_reused_while_globals_are_unchanged():

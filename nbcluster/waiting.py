@@ -1,0 +1,56 @@
+"""Waiting on many futures without leaving work behind.
+
+Whatever ends a wait early (Ctrl-C, a timeout raised by the caller, any exception) cancels
+the futures that are not done yet, so their tasks leave the broker's queue instead of delaying
+the next call. Every waiting loop over a batch of tasks (Client.map, broadcast, collections,
+MapReduce) waits through these.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from typing import Iterable, Iterator
+
+__all__ = ["cancel_all", "cancel_on_error", "wait", "as_completed"]
+
+
+def cancel_all(futures: Iterable[concurrent.futures.Future]) -> int:
+    """Cancel every future not done (queued tasks are dropped); returns how many were."""
+    return sum(1 for f in list(futures) if not f.done() and f.cancel())
+
+
+@contextlib.contextmanager
+def cancel_on_error(futures: Iterable[concurrent.futures.Future]) -> Iterator[None]:
+    """Cancel the futures not done if the block raises (KeyboardInterrupt included).
+
+    `futures` may be a list the block is still filling: what is in it when the exception
+    comes is cancelled.
+    """
+    try:
+        yield
+    except BaseException:
+        cancel_all(futures)
+        raise
+
+
+def wait(futures: Iterable[concurrent.futures.Future], timeout: float | None = None,
+         return_when: str = concurrent.futures.ALL_COMPLETED):
+    """concurrent.futures.wait; interrupted, it cancels the futures not done first."""
+    futures = list(futures)
+    with cancel_on_error(futures):
+        return concurrent.futures.wait(futures, timeout, return_when)
+
+
+def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | None = None
+                 ) -> Iterator[concurrent.futures.Future]:
+    """concurrent.futures.as_completed; interrupted while waiting, it cancels the futures
+    not done first (leaving the loop early does not: the caller may still want them)."""
+    futures = list(futures)
+    try:
+        yield from concurrent.futures.as_completed(futures, timeout)
+    except GeneratorExit:
+        raise
+    except BaseException:
+        cancel_all(futures)
+        raise
