@@ -118,9 +118,10 @@ def test_a_function_from_a_cell_keeps_its_file_and_lines_in_another_process(how)
         ns = {"__name__": "__main__"}
         exec(compile(CELL_SOURCE, CELL, "exec"), ns)
         fn = ns["from_a_cell"]
-        data = (serialize.dumps_function(fn) if how == "function" else
-                serialize.prepare(fn).data if how == "prepared" else
-                serialize.prepare(fn, serialize.MainRefs()).data)
+        prepared = (serialize.dumps_function(fn) if how == "function" else
+                    serialize.prepare(fn) if how == "prepared" else
+                    serialize.prepare(fn, serialize.MainRefs()))
+        data = prepared.frames[0]   # no out-of-band buffers: the pickle is the whole payload
     finally:
         del linecache.cache[CELL]
     out = subprocess.run([sys.executable, "-c", RECEIVER], input=data, capture_output=True,
