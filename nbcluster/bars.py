@@ -92,17 +92,28 @@ def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
     futures = list(futures)
     bar = progress_bar(len(futures), desc, cancel=lambda: [f.cancel() for f in futures])
     lock, left = threading.Lock(), [len(futures)]
+    started: set[int] = set()   # ids of futures that were RUNNING: those count as running
+
+    def one_started(fut: concurrent.futures.Future) -> None:
+        with lock:
+            started.add(id(fut))
+            running = len(started)
+        bar.update(running=running)
 
     def one_done(fut: concurrent.futures.Future) -> None:
         failed = fut.cancelled() or fut.exception() is not None
-        bar.update(done=0 if failed else 1, failed=1 if failed else 0)
         with lock:
+            started.discard(id(fut))
+            running = len(started)
             left[0] -= 1
             last = left[0] == 0
+        bar.update(done=0 if failed else 1, failed=1 if failed else 0, running=running)
         if last:
             bar.close()
 
     for fut in futures:
+        if hasattr(fut, "add_running_callback"):   # a TaskFuture: its worker says it started
+            fut.add_running_callback(one_started)
         fut.add_done_callback(one_done)
     if not futures:
         bar.close()

@@ -119,7 +119,7 @@ class _Run:
         n_workers = self.client.n_workers or len(self.client.workers()) or 1
         self.sizer = _ChunkSizer(source.chunksize, n_workers, self.total)
         self.window = CHUNKS_IN_FLIGHT * n_workers
-        self.labels, self.retries = source.labels, source.retries
+        self.options = self.client.options(labels=source.labels, retries=source.retries)
         self.bar = progress_bar(self.total, desc, source.progress, cancel=self.cancel)
         self.errors: list[BaseException] = []
         self.inflight: dict[TaskFuture, tuple[int, int]] = {}   # future -> (chunk number, size)
@@ -147,8 +147,7 @@ class _Run:
                     if not chunk:
                         exhausted = True
                         break
-                    fut = self.client.submit(self.runner, sent, chunk, labels=self.labels,
-                                             retries=self.retries)
+                    fut = self.options.submit(self.runner, sent, chunk)
                     if self.sizer.bytes_per_element is None:
                         self.sizer.bytes_per_element = fut.input_bytes / len(chunk)
                     inflight[fut] = (next_chunk, len(chunk))
@@ -204,7 +203,7 @@ class _Run:
             self.errors.append(err)
         cost = self.sizer.task_cost_s
         self.bar.update(done=outcome.n - len(outcome.errors), failed=len(outcome.errors),
-                        running=sum(size for _, size in self.inflight.values()),
+                        running=sum(size for f, (_, size) in self.inflight.items() if f.running()),
                         overhead=cost / (cost + (fut.duration or 0.0)))
         return outcome
 

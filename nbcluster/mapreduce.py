@@ -70,7 +70,7 @@ class MapReduce:
         tasks = tasks or client.n_workers or len(client.workers()) or 1
         pieces = list(self.split(data, tasks))
         fn = client.prepare(self.map)
-        futures = [client.submit(fn, piece, labels=labels) for piece in pieces]
+        futures = [client.options(labels=labels).submit(fn, piece) for piece in pieces]
         job = _JobFuture(futures)
         threading.Thread(target=self._finish, args=(job, futures, callback),
                          name="nbcluster-mapreduce", daemon=True).start()
@@ -202,7 +202,7 @@ class _KeyedJob:
 
     def _submit_map(self, m: int, live: dict, bucket: int = 0) -> None:
         start, items = self.chunks[m]
-        live[self.client.submit(self.map_fn, m, bucket, start, items, labels=self.labels)] = \
+        live[self.client.options(labels=self.labels).submit(self.map_fn, m, bucket, start, items)] = \
             ("map", m)
 
     def _map_phase(self, live: dict) -> None:
@@ -301,7 +301,7 @@ class _KeyedJob:
                                                       "reduce keys or partitions"), errors)
 
     def _submit_reduce(self, p: int, live: dict) -> None:
-        live[self.client.submit(self.reduce_fn, p, self._sources(), labels=self.labels)] = \
+        live[self.client.options(labels=self.labels).submit(self.reduce_fn, p, self._sources())] = \
             ("reduce", p)
 
     def _recompute(self, m: int, live: dict) -> None:
