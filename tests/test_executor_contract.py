@@ -580,3 +580,65 @@ def test_client_submit_passes_every_keyword_and_options_go_apart(shared_cluster)
     assert fut.result(30) == ((), {"labels": "mine"})
     wait_for(lambda: got == [((), {"labels": "mine"})], what="the callback")
     assert client.broadcast(echo, fn=1) == {w["id"]: ((), {"fn": 1}) for w in client.workers()}
+
+
+def test_progress_counts_as_running_only_started_tasks(shared_cluster, tmp_path):
+    """The bar of `nbcluster.progress` showed every pending future as running ("5 running"
+    on 2 workers); now it counts the futures whose worker said they started."""
+    from nbcluster import bars
+
+    class Recorder:
+        def __init__(self, total, desc, cancel=None):
+            self.running: list[int] = []
+
+        def update(self, done=0, failed=0, running=None, overhead=None):
+            if running is not None:
+                self.running.append(running)
+
+        def set_description(self, text):
+            pass
+
+        def close(self):
+            pass
+
+    made = []
+    old = bars._factory[0]
+    bars.set_progress_factory(lambda *a: made.append(Recorder(*a)) or made[-1])
+    gate = str(tmp_path / "gate")
+    try:
+        client = shared_cluster.client()
+        futures = [client.submit(gated, gate, i) for i in range(5)]
+        bars.progress(futures, wait=False)
+        wait_for(lambda: sum(f.running() for f in futures) == 2, timeout=GATE_TIMEOUT_S,
+                 what="two tasks running")
+        wait_for(lambda: made[0].running and made[0].running[-1] == 2, what="the bar says 2")
+        open_gate(gate)
+        assert [f.result(GATE_TIMEOUT_S) for f in futures] == list(range(5))
+        wait_for(lambda: made[0].running[-1] == 0, what="the bar says 0 running at the end")
+        assert max(made[0].running) <= 2, made[0].running
+    finally:
+        open_gate(gate)
+        bars.set_progress_factory(old)
+
+
+def test_broker_forwards_a_started_note_only_from_the_worker_holding_the_task():
+    """The state machine's side of RUNNING: checked like output, by worker and attempt."""
+    from nbcluster.broker_state import BrokerState
+    from nbcluster.errors import ProtocolError
+
+    state = BrokerState()
+    state.handle(b"c", {"t": "hello", "role": "client", "host": "h", "pid": 1}, [], None, 0)
+    for w in (b"w1", b"w2"):
+        state.handle(w, {"t": "hello", "role": "worker", "host": "h", "pid": 2}, [], None, 0)
+    state.handle(b"w1", {"t": "ready", "n": 1}, [], None, 0)
+    out = state.handle(b"c", {"t": "submit", "tasks": [[7, 2, [], None, 0]]}, [b"f", b"a"],
+                       None, 0)
+    [(gid, attempt, *_)] = [t for s in out if s.header["t"] == "run" for t in s.header["tasks"]]
+    note = {"t": "started", "items": [[gid, attempt]]}
+    assert state.handle(b"w2", note, [], None, 1) == []                # not its task
+    assert state.handle(b"w1", {"t": "started", "items": [[gid, attempt + 1]]}, [], None, 1) == []
+    [sent] = state.handle(b"w1", note, [], None, 1)
+    assert sent.identity == b"c" and sent.header == {"t": "started", "items": [[7, "w1"]]}
+    state.check_invariants()
+    with pytest.raises(ProtocolError):
+        state.handle(b"w1", {"t": "started", "items": [gid]}, [], None, 1)
