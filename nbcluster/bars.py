@@ -90,7 +90,9 @@ def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
         The futures, as a list.
     """
     futures = list(futures)
-    bar = progress_bar(len(futures), desc, cancel=lambda: [f.cancel() for f in futures])
+    # The button stops the work: a TaskFuture that is running is interrupted, not left to run.
+    bar = progress_bar(len(futures), desc,
+                       cancel=lambda: [getattr(f, "interrupt", f.cancel)() for f in futures])
     lock, left = threading.Lock(), [len(futures)]
     started: set[int] = set()   # ids of futures that were RUNNING: those count as running
 

@@ -108,7 +108,7 @@ class _JobFuture(concurrent.futures.Future):
 
     def cancel(self) -> bool:
         for t in self._tasks:
-            t.cancel()
+            t.interrupt()   # queued or running: the job's tasks are not wanted any more
         return super().cancel()
 
     def __await__(self):
