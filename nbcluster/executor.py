@@ -222,7 +222,8 @@ class Executor(concurrent.futures.Executor):
             if self._broken is not None:
                 return
             self._broken = cause
-            pending = [f for f in self._futures if not f.done() and f is not met_by]
+            # list() first: the I/O thread discards finished futures from the set meanwhile
+            pending = [f for f in list(self._futures) if not f.done() and f is not met_by]
         where = getattr(cause, "where", lambda: "a worker")()
         self._client._cancel_remote([f.key for f in pending])
         for fut in pending:
