@@ -255,8 +255,8 @@ def test_cancelled_error_type():
 
 
 def test_wait_sees_cancelled_futures_as_done(client):
-    f = client.submit(time.sleep, 10)
-    f.cancel()
+    f = client.options(labels={"nowhere"}).submit(time.sleep, 10)   # stays queued
+    assert f.cancel()
     done, _ = concurrent.futures.wait([f], timeout=2)
     assert done == {f}
     assert list(concurrent.futures.as_completed([f], timeout=2)) == [f]
