@@ -15,8 +15,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
-import time
 import weakref
 from pathlib import Path
 
@@ -25,84 +23,12 @@ import pytest
 import nbcluster
 from nbcluster.testing import throwaway_cluster, wait_for
 
+from .executor_tasks import (GATE_TIMEOUT_S, box, divide, echo, gated, init_fail, init_record,
+                             initialized, initialized_with, open_gate, raise_key_error,
+                             raise_value_error, rendezvous)
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ["stdlib", "nbcluster"]
-GATE_TIMEOUT_S = 60
-
-
-# ---- what the tasks run (module level: both executors find them by reference) -------------
-def echo(*args, **kwargs):
-    return args, kwargs
-
-
-def gated(path: str, value=None):
-    """Wait until the file `path` exists, then return value."""
-    deadline = time.monotonic() + GATE_TIMEOUT_S
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gate {path} never opened")
-        time.sleep(0.01)
-    return value
-
-
-def rendezvous(folder: str, n: int) -> int:
-    """Wait until n tasks are in here at once (so n workers exist); return our pid."""
-    Path(folder, str(os.getpid())).touch()
-    gated_count(folder, n)
-    return os.getpid()
-
-
-def gated_count(folder: str, n: int) -> None:
-    deadline = time.monotonic() + GATE_TIMEOUT_S
-    while len(os.listdir(folder)) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(os.listdir(folder))} of {n} tasks ran at once")
-        time.sleep(0.01)
-
-
-def divide(a, b):
-    return a // b
-
-
-def raise_key_error(key):
-    raise KeyError(key)
-
-
-def raise_value_error(*args):
-    raise ValueError(*args)
-
-
-_INIT = None
-
-
-def init_record(path: str, marker: str) -> None:
-    global _INIT
-    _INIT = marker
-    with open(path, "a") as f:
-        f.write(f"{os.getpid()}\n")
-
-
-def init_fail() -> None:
-    raise ValueError("init failed on purpose")
-
-
-def initialized() -> tuple[int, str | None]:
-    return os.getpid(), _INIT
-
-
-def initialized_with(_) -> tuple[int, str | None]:
-    return initialized()
-
-
-class Box:
-    """A result that can be weakly referenced."""
-
-    def __init__(self, value):
-        self.value = value
-
-
-def box(value) -> Box:
-    return Box(value)
 
 
 # ---- fixtures -----------------------------------------------------------------------------
@@ -152,10 +78,6 @@ def gates(tmp_path, make):
         Path(path).touch()
 
 
-def open_gate(path: str) -> None:
-    Path(path).touch()
-
-
 def executor_class(kind):
     return cf.ProcessPoolExecutor if kind == "stdlib" else nbcluster.Executor
 
@@ -195,21 +117,6 @@ def test_max_tasks_per_child_is_refused_until_workers_are_restarted():
     with cf.ProcessPoolExecutor(1, max_tasks_per_child=1,
                                 mp_context=multiprocessing.get_context("spawn")) as ex:
         assert ex.submit(abs, -1).result(60) == 1
-
-
-def test_executor_on_an_existing_cluster(shared_cluster):
-    """Intended: client= (or client.executor()) runs on a cluster that outlives the executor;
-    the old positional Executor(client) says how to write it now."""
-    client = shared_cluster.client()
-    with pytest.raises(TypeError, match="client="):
-        nbcluster.Executor(client)
-    with pytest.raises(ValueError):
-        nbcluster.Executor(2, client=client)
-    with client.executor() as ex:
-        assert ex.submit(abs, -3).result(30) == 3
-    with nbcluster.Executor(client=shared_cluster) as ex:
-        assert ex.submit(abs, -4).result(30) == 4
-    assert client.submit(abs, -5).result(30) == 5   # the cluster is still there
 
 
 # ---- submit ---------------------------------------------------------------------------------
@@ -472,32 +379,6 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(make, gates):
     assert all(f.cancelled() or f.result(GATE_TIMEOUT_S) == i for i, f in enumerate(rest))
 
 
-def test_own_cluster_goes_away_once_the_work_is_done(tmp_path):
-    """shutdown(wait=False) of an Executor that started its own cluster: the work finishes,
-    then the cluster stops."""
-    gate = str(tmp_path / "gate")
-    ex = nbcluster.Executor(max_workers=2)
-    try:
-        pids = ex._client.workers()
-        fut = ex.submit(gated, gate, "done")
-        ex.shutdown(wait=False)
-        assert not fut.done()
-        open_gate(gate)
-        assert fut.result(GATE_TIMEOUT_S) == "done"
-
-        def gone(pid):
-            try:
-                os.kill(pid, 0)
-                return False
-            except ProcessLookupError:
-                return True
-        wait_for(lambda: all(gone(w["pid"]) for w in pids), timeout=30,
-                 what="the executor's workers gone")
-    finally:
-        open_gate(gate)
-        ex.shutdown()
-
-
 # ---- interpreter exit --------------------------------------------------------------------------
 EXIT_SCRIPT = """
 import atexit, sys, time
@@ -553,94 +434,3 @@ def test_future_repr_has_the_stdlib_shape(make, kind):
     assert re.fullmatch(r"<\w+ at 0x[0-9a-f]+ state=finished raised \w+.*>", repr(bad))
     if kind == "nbcluster":   # and ours says which task and worker
         assert f"task={fut.key} worker={fut.worker}>" in repr(fut)
-
-
-# ---- nbcluster's own: interrupt, Client.submit keywords and options ---------------------------------
-def test_interrupt_stops_a_running_task(shared_cluster, tmp_path):
-    """Not in the stdlib: interrupting a running task is a call of its own."""
-    with shared_cluster.client().executor() as ex:
-        fut = ex.submit(gated, str(tmp_path / "never"))
-        wait_running(fut)
-        assert fut.interrupt() is True
-        assert fut.cancelled() and fut.done()
-        with pytest.raises(cf.CancelledError):
-            fut.result(0)
-        assert fut.interrupt() is False
-        assert ex.submit(abs, -1).result(GATE_TIMEOUT_S) == 1   # the cluster works on
-
-
-def test_client_submit_passes_every_keyword_and_options_go_apart(shared_cluster):
-    client = shared_cluster.client()
-    kwargs = {"labels": {"gpu"}, "callback": 1, "retries": 2, "fn": 3, "self": 4}
-    assert client.submit(echo, **kwargs).result(30) == ((), kwargs)
-    with pytest.raises(TypeError, match=r"options\(labels="):
-        client.submit(abs, -1, labels={"gpu"})   # the old way: refused, nothing sent
-    with pytest.raises(TypeError, match=r"options\(callback="):
-        client.submit(pow, 2, 3, callback=print)
-    got = []
-    fut = client.options(retries=1, callback=got.append).submit(echo, labels="mine")
-    assert fut.result(30) == ((), {"labels": "mine"})
-    wait_for(lambda: got == [((), {"labels": "mine"})], what="the callback")
-    assert client.broadcast(echo, fn=1) == {w["id"]: ((), {"fn": 1}) for w in client.workers()}
-
-
-def test_progress_counts_as_running_only_started_tasks(shared_cluster, tmp_path):
-    """The bar of `nbcluster.progress` showed every pending future as running ("5 running"
-    on 2 workers); now it counts the futures whose worker said they started."""
-    from nbcluster import bars
-
-    class Recorder:
-        def __init__(self, total, desc, cancel=None):
-            self.running: list[int] = []
-
-        def update(self, done=0, failed=0, running=None, overhead=None):
-            if running is not None:
-                self.running.append(running)
-
-        def set_description(self, text):
-            pass
-
-        def close(self):
-            pass
-
-    made = []
-    old = bars._factory[0]
-    bars.set_progress_factory(lambda *a: made.append(Recorder(*a)) or made[-1])
-    gate = str(tmp_path / "gate")
-    try:
-        client = shared_cluster.client()
-        futures = [client.submit(gated, gate, i) for i in range(5)]
-        bars.progress(futures, wait=False)
-        wait_for(lambda: sum(f.running() for f in futures) == 2, timeout=GATE_TIMEOUT_S,
-                 what="two tasks running")
-        wait_for(lambda: made[0].running and made[0].running[-1] == 2, what="the bar says 2")
-        open_gate(gate)
-        assert [f.result(GATE_TIMEOUT_S) for f in futures] == list(range(5))
-        wait_for(lambda: made[0].running[-1] == 0, what="the bar says 0 running at the end")
-        assert max(made[0].running) <= 2, made[0].running
-    finally:
-        open_gate(gate)
-        bars.set_progress_factory(old)
-
-
-def test_broker_forwards_a_started_note_only_from_the_worker_holding_the_task():
-    """The state machine's side of RUNNING: checked like output, by worker and attempt."""
-    from nbcluster.broker_state import BrokerState
-    from nbcluster.errors import ProtocolError
-
-    state = BrokerState()
-    state.handle(b"c", {"t": "hello", "role": "client", "host": "h", "pid": 1}, [], None, 0)
-    for w in (b"w1", b"w2"):
-        state.handle(w, {"t": "hello", "role": "worker", "host": "h", "pid": 2}, [], None, 0)
-    state.handle(b"w1", {"t": "ready", "n": 1}, [], None, 0)
-    out = state.handle(b"c", {"t": "submit", "tasks": [[7, 2, [], None, 0]]}, [b"f", b"a"],
-                       None, 0)
-    [(gid, attempt, *_)] = [t for s in out if s.header["t"] == "run" for t in s.header["tasks"]]
-    note = {"t": "started", "items": [[gid, attempt]]}
-    assert state.handle(b"w2", note, [], None, 1) == []                # not its task
-    assert state.handle(b"w1", {"t": "started", "items": [[gid, attempt + 1]]}, [], None, 1) == []
-    [sent] = state.handle(b"w1", note, [], None, 1)
-    assert sent.identity == b"c" and sent.header == {"t": "started", "items": [[7, "w1"]]}
-    state.check_invariants()
-    with pytest.raises(ProtocolError):
-        state.handle(b"w1", {"t": "started", "items": [gid]}, [], None, 1)
