@@ -434,3 +434,17 @@ def test_future_repr_has_the_stdlib_shape(make, kind):
     assert re.fullmatch(r"<\w+ at 0x[0-9a-f]+ state=finished raised \w+.*>", repr(bad))
     if kind == "nbcluster":   # and ours says which task and worker
         assert f"task={fut.key} worker={fut.worker}>" in repr(fut)
+
+
+def test_an_unpicklable_argument(make, kind):
+    """Intended difference (docs/executor.md): ours refuses it at submit, the stdlib fails the
+    future; either way a TypeError, never a hang."""
+    import threading
+    ex = make()
+    if kind == "stdlib":
+        with pytest.raises(TypeError):
+            ex.submit(abs, threading.Lock()).result(30)
+    else:
+        with pytest.raises(nbcluster.PicklingError, match="argument"):
+            ex.submit(abs, threading.Lock())
+    assert ex.submit(abs, -1).result(30) == 1   # the executor works on

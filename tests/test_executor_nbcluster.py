@@ -165,5 +165,6 @@ def test_task_options_are_checked_when_made(shared_cluster):
     with pytest.raises(TypeError):
         client.options(callback="print")
     fut = client.options(labels=["nowhere"]).submit(abs, -1)   # waits: no worker has it
-    assert client.status()["waiting_for_labels"] == {"nowhere": 1} or not fut.done()
-    assert fut.cancel()
+    wait_for(lambda: client.status()["waiting_for_labels"] == {"nowhere": 1},
+             what="the task waiting for its label")
+    assert fut.cancel() and fut.cancelled()
