@@ -135,7 +135,7 @@ class Executor(concurrent.futures.Executor):
         self._initializer, self._initargs = initializer, tuple(initargs)
         self._token = os.urandom(8).hex()
         self._futures: set[TaskFuture] = set()
-        self._lock = threading.RLock()   # RLock: a future done at once calls back in submit
+        self._lock = threading.RLock()   # RLock: submit may break the executor (see _track)
         self._shutdown = False
         self._broken: BaseException | None = None
         _live.add(self)
@@ -180,6 +180,9 @@ class Executor(concurrent.futures.Executor):
         fut._on_settle = self._on_settle
         self._futures.add(fut)
         fut.add_done_callback(self._futures.discard)
+        if fut.done() and not fut.cancelled():   # it settled before the hook was set
+            error = fut.exception()
+            self._on_settle(fut, None if error else fut.result(), error)
         return fut
 
     @staticmethod
