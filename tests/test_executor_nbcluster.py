@@ -94,43 +94,71 @@ def test_client_submit_passes_every_keyword_and_options_go_apart(shared_cluster)
     assert client.broadcast(echo, fn=1) == {w["id"]: ((), {"fn": 1}) for w in client.workers()}
 
 
-def test_progress_counts_as_running_only_started_tasks(shared_cluster, tmp_path):
-    """The bar of `nbcluster.progress` showed every pending future as running ("5 running"
-    on 2 workers); now it counts the futures whose worker said they started."""
+class RecordingBar:
+    """A progress bar that remembers every `running` count it was told."""
+
+    def __init__(self, total, desc, cancel=None):
+        self.running: list[int] = []
+
+    def update(self, done=0, failed=0, running=None, overhead=None):
+        if running is not None:
+            self.running.append(running)
+
+    def set_description(self, text):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def recorded_bars():
+    """The bars operations make during the test, as RecordingBars, in order."""
     from nbcluster import bars
-
-    class Recorder:
-        def __init__(self, total, desc, cancel=None):
-            self.running: list[int] = []
-
-        def update(self, done=0, failed=0, running=None, overhead=None):
-            if running is not None:
-                self.running.append(running)
-
-        def set_description(self, text):
-            pass
-
-        def close(self):
-            pass
-
-    made = []
+    made: list[RecordingBar] = []
     old = bars._factory[0]
-    bars.set_progress_factory(lambda *a: made.append(Recorder(*a)) or made[-1])
+    bars.set_progress_factory(lambda *a: made.append(RecordingBar(*a)) or made[-1])
+    yield made
+    bars.set_progress_factory(old)
+
+
+def test_progress_counts_as_running_only_started_tasks(shared_cluster, tmp_path, recorded_bars):
+    """The bar of `nbcluster.progress` (and %%cluster's) counted nothing as running; now it
+    counts the futures whose worker said they started."""
     gate = str(tmp_path / "gate")
     try:
         client = shared_cluster.client()
         futures = [client.submit(gated, gate, i) for i in range(5)]
-        bars.progress(futures, wait=False)
+        nbcluster.progress(futures, wait=False)
+        [bar] = recorded_bars
         wait_for(lambda: sum(f.running() for f in futures) == 2, timeout=GATE_TIMEOUT_S,
                  what="two tasks running")
-        wait_for(lambda: made[0].running and made[0].running[-1] == 2, what="the bar says 2")
+        wait_for(lambda: bar.running and bar.running[-1] == 2, what="the bar says 2")
         open_gate(gate)
         assert [f.result(GATE_TIMEOUT_S) for f in futures] == list(range(5))
-        wait_for(lambda: made[0].running[-1] == 0, what="the bar says 0 running at the end")
-        assert max(made[0].running) <= 2, made[0].running
+        wait_for(lambda: bar.running[-1] == 0, what="the bar says 0 running at the end")
+        assert max(bar.running) <= 2, bar.running
     finally:
         open_gate(gate)
-        bars.set_progress_factory(old)
+
+
+def test_a_collection_bar_counts_as_running_only_started_chunks(shared_cluster, tmp_path,
+                                                                recorded_bars):
+    """A parallel map on 2 workers showed every chunk in flight as running ("5 running")."""
+    gate = str(tmp_path / "gate")
+    client = shared_cluster.client()
+    run = nbcluster.parallel(range(8), client, chunksize=1).map(
+        lambda i: i if i == 0 else gated(gate, i))
+    import threading
+    threading.Timer(0, lambda: (wait_for(lambda: recorded_bars and recorded_bars[-1].running,
+                                         timeout=GATE_TIMEOUT_S, what="a running count"),
+                                open_gate(gate))).start()
+    try:
+        assert run.to_list() == list(range(8))
+    finally:
+        open_gate(gate)
+    counts = [n for bar in recorded_bars for n in bar.running]
+    assert counts and max(counts) <= 2, counts
 
 
 def test_broker_forwards_a_started_note_only_from_the_worker_holding_the_task():
