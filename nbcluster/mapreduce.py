@@ -202,8 +202,8 @@ class _KeyedJob:
 
     def _submit_map(self, m: int, live: dict, bucket: int = 0) -> None:
         start, items = self.chunks[m]
-        live[self.client.options(labels=self.labels).submit(self.map_fn, m, bucket, start, items)] = \
-            ("map", m)
+        fut = self.client.options(labels=self.labels).submit(self.map_fn, m, bucket, start, items)
+        live[fut] = ("map", m)
 
     def _map_phase(self, live: dict) -> None:
         bar = progress_bar(self.n_records, "map_reduce: map", self.progress, cancel=self.cancel)
@@ -301,8 +301,8 @@ class _KeyedJob:
                                                       "reduce keys or partitions"), errors)
 
     def _submit_reduce(self, p: int, live: dict) -> None:
-        live[self.client.options(labels=self.labels).submit(self.reduce_fn, p, self._sources())] = \
-            ("reduce", p)
+        fut = self.client.options(labels=self.labels).submit(self.reduce_fn, p, self._sources())
+        live[fut] = ("reduce", p)
 
     def _recompute(self, m: int, live: dict) -> None:
         self.recomputes += 1
