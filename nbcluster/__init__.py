@@ -11,7 +11,7 @@ from .collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pg
                           pmap_indexed, pnone, preject)
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
                      RemoteError, RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
-from .executor import Executor
+from .executor import BrokenExecutor, Executor
 from .futures import TaskFuture
 from .bars import progress
 from .local import LocalCluster
@@ -21,7 +21,7 @@ from .mirror import Mirror, mirror
 from .version import __version__
 
 __all__ = [
-    "Client", "connect", "LocalCluster", "Executor", "TaskFuture",
+    "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
     "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
     "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",

@@ -10,13 +10,11 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
-import time
 from typing import Callable, Iterable, Protocol
 
 __all__ = ["ProgressBar", "progress_bar", "set_progress_factory", "progress"]
 
 SHOW_AFTER_S = 0.5      # operations quicker than this show no bar at all
-RUNNING_COUNT_S = 0.1   # progress() counts its running futures at most this often
 
 
 class ProgressBar(Protocol):
@@ -93,23 +91,32 @@ def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
         The futures, as a list.
     """
     futures = list(futures)
-    bar = progress_bar(len(futures), desc, cancel=lambda: [f.cancel() for f in futures])
-    lock, left, counted_at = threading.Lock(), [len(futures)], [0.0]
+    # The button stops the work: a TaskFuture that is running is interrupted, not left to run.
+    bar = progress_bar(len(futures), desc,
+                       cancel=lambda: [getattr(f, "interrupt", f.cancel)() for f in futures])
+    lock, left = threading.Lock(), [len(futures)]
+    started: set[int] = set()   # ids of futures that were RUNNING: those count as running
+
+    def one_started(fut: concurrent.futures.Future) -> None:
+        with lock:
+            started.add(id(fut))
+            running = len(started)
+        bar.update(running=running)
 
     def one_done(fut: concurrent.futures.Future) -> None:
         failed = fut.cancelled() or fut.exception() is not None
-        running = None
-        if time.monotonic() - counted_at[0] >= RUNNING_COUNT_S:   # a count costs len(futures)
-            counted_at[0] = time.monotonic()
-            running = sum(f.running() for f in futures)   # started on a worker, not done
-        bar.update(done=0 if failed else 1, failed=1 if failed else 0, running=running)
         with lock:
+            started.discard(id(fut))
+            running = len(started)
             left[0] -= 1
             last = left[0] == 0
+        bar.update(done=0 if failed else 1, failed=1 if failed else 0, running=running)
         if last:
             bar.close()
 
     for fut in futures:
+        if hasattr(fut, "add_running_callback"):   # a TaskFuture: its worker says it started
+            fut.add_running_callback(one_started)
         fut.add_done_callback(one_done)
     if not futures:
         bar.close()

@@ -369,6 +369,18 @@ class BrokerState:
                 by_client.setdefault(t.client, []).append([t.cid, item[2], item[3], w.id])
         return [Send(c, {"t": "output", "items": items}) for c, items in by_client.items()]
 
+    def _started(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
+        """Tasks w started (and still runs): their clients mark the futures RUNNING. Checked
+        like output: only for the worker holding the task at that attempt."""
+        by_client: dict[bytes, list] = {}
+        for item in _field(h, "items", list):
+            if not isinstance(item, list) or len(item) != 2:
+                raise ProtocolError("a started item is [gid, attempt]")
+            t = self.tasks.get(item[0]) if isinstance(item[0], int) else None
+            if t is not None and t.worker == w.id and t.attempt == item[1]:
+                by_client.setdefault(t.client, []).append([t.cid, w.id])
+        return [Send(c, {"t": "started", "items": items}) for c, items in by_client.items()]
+
     def _giveback(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
         """The worker is stuck on a long task (`keep`): the tasks it holds besides that one are
         queued again under a new attempt, and it is told which, so it skips them, and how much
@@ -570,5 +582,6 @@ _HANDLERS = {
     ("Worker", "bye"): BrokerState._worker_bye,
     ("Worker", "giveback"): BrokerState._giveback,
     ("Worker", "refetch"): BrokerState._refetch,
+    ("Worker", "started"): BrokerState._started,
     ("Worker", "hb"): BrokerState._heartbeat,
 }

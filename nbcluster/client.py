@@ -41,6 +41,7 @@ from .curve import CurveKeys
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
                      RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures)
 from .futures import TaskFuture
+from .options import TaskOptions, refuse_misplaced_options
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
 from .waiting import cancel_on_error
@@ -129,20 +130,37 @@ class Client:
         return self._closed or self._broken is not None
 
     # ---- submitting -------------------------------------------------------------------------
-    def submit(self, fn: Callable, *args, labels: Iterable[str] | None = None,
-               callback: Callable[[Any], Any] | None = None, retries: int = 0,
-               **kwargs) -> TaskFuture:
-        """Run fn(*args, **kwargs) on a worker that has all `labels`.
+    def submit(self, fn: Callable, /, *args, **kwargs) -> TaskFuture:
+        """Run fn(*args, **kwargs) on a worker. Every keyword goes to fn; nbcluster's own
+        options (labels, retries, callback) go through `options()`:
+        ``client.options(labels={"gpu"}).submit(fn, x)``.
 
         Args:
             fn: the function, or `prepare(fn)` when submitting the same function many times.
-            labels: the task waits for a worker holding every one of these labels.
-            callback: called on the client with the result when the task succeeds.
-            retries: how many times to run the task again if it raises.
 
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
+            TypeError: a keyword named like an option (labels=, retries=, callback=) that
+                fn does not take: that call meant `options(...)` (nothing was sent).
         """
+        refuse_misplaced_options(fn, kwargs)
+        return self._submit_call(fn, args, kwargs)
+
+    def options(self, *, labels: Iterable[str] | None = None, retries: int = 0,
+                callback: Callable[[Any], Any] | None = None) -> TaskOptions:
+        """Options for the tasks submitted through the returned object, kept apart from the
+        function's own keywords: ``client.options(labels={"gpu"}, retries=2).submit(fn, x)``.
+
+        Args:
+            labels: the task waits for a worker holding every one of these labels.
+            retries: how many times to run the task again if it raises.
+            callback: called on the client with the result when the task succeeds.
+        """
+        return TaskOptions(self, labels=labels, retries=retries, callback=callback)
+
+    def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, labels=None,
+                     retries: int = 0, callback: Callable[[Any], Any] | None = None
+                     ) -> TaskFuture:
         prepared, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
         fut = self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries)
         if callback is not None:
@@ -236,7 +254,7 @@ class Client:
                 futures.append(self._submit_frames(runner, frames, labels, None, retries))
         return futures, len(items)
 
-    def broadcast(self, fn: Callable, *args, **kwargs) -> dict[str, Any]:
+    def broadcast(self, fn: Callable, /, *args, **kwargs) -> dict[str, Any]:
         """Run fn(*args, **kwargs) once on every worker; returns {worker_id: result}.
 
         Raises:
@@ -250,13 +268,13 @@ class Client:
             raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
         return {wid: f.result() for wid, f in futures.items()}
 
-    def broadcast_futures(self, fn: Callable, *args, **kwargs) -> dict[str, TaskFuture]:
+    def broadcast_futures(self, fn: Callable, /, *args, **kwargs) -> dict[str, TaskFuture]:
         """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
         that has this client's labels."""
         return self.submit_to([w["id"] for w in self.workers()
                                if set(self.labels) <= set(w.get("labels", ()))], fn, *args, **kwargs)
 
-    def submit_to(self, worker_ids: Iterable[str], fn: Callable, *args, **kwargs
+    def submit_to(self, worker_ids: Iterable[str], fn: Callable, /, *args, **kwargs
                   ) -> dict[str, TaskFuture]:
         """Run fn(*args, **kwargs) once on each of these workers: {worker_id: future}. A task
         whose worker is gone fails with WorkerLost (it does not move to another worker).
@@ -269,10 +287,12 @@ class Client:
                 for wid in worker_ids}
 
     def cancel(self, futures: TaskFuture | Iterable[TaskFuture]) -> int:
-        """Cancel tasks (queued ones are dropped, running ones interrupted); returns how many."""
+        """Stop tasks: queued ones are dropped, running ones interrupted (`fut.interrupt()`;
+        `fut.cancel()` leaves a running task alone, as concurrent.futures does); returns how
+        many were stopped."""
         if isinstance(futures, TaskFuture):
             futures = [futures]
-        return sum(1 for f in futures if f.cancel())
+        return sum(1 for f in futures if f.interrupt())
 
     def _cancel_remote(self, keys: list[int]) -> None:
         with self._lock:
@@ -328,10 +348,11 @@ class Client:
         """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""
         return self.status()["workers"]
 
-    def executor(self) -> "concurrent.futures.Executor":
-        """A concurrent.futures.Executor running on this cluster."""
+    def executor(self, **kwargs) -> "concurrent.futures.Executor":
+        """A concurrent.futures.Executor running on this cluster (`kwargs`: `Executor`'s,
+        e.g. initializer=); its shutdown leaves the cluster running."""
         from .executor import Executor
-        return Executor(self)
+        return Executor(client=self, **kwargs)
 
     # ---- callbacks --------------------------------------------------------------------------
     def _add_callback(self, fut: TaskFuture, callback: Callable[[Any], Any]) -> None:
@@ -510,6 +531,11 @@ class Client:
                             handler = serialize.describe(fut.on_output)
                             self._fail_on_client(
                                 fut, f"its on_output handler {handler} raised {e!r}", e)
+        elif kind == "started":
+            for key, worker in header["items"]:
+                fut = self._futures.get(key)
+                if fut is not None:
+                    fut._mark_running(worker)
         elif kind == "refetch":
             # The broker dropped these tasks' function payloads (it keeps idle ones only up to
             # a bound): send the tasks again, with their functions.

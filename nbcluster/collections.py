@@ -120,7 +120,7 @@ class _Run:
         n_workers = self.client.n_workers or len(self.client.workers()) or 1
         self.sizer = _ChunkSizer(source.chunksize, n_workers, self.total)
         self.window = CHUNKS_IN_FLIGHT * n_workers
-        self.labels, self.retries = source.labels, source.retries
+        self.options = self.client.options(labels=source.labels, retries=source.retries)
         self.bar = progress_bar(self.total, desc, source.progress, cancel=self.cancel)
         self.failures = FailureTally()   # a failure that repeats stops the run at once
         self.completed = 0                 # elements that ran (succeeded or failed)
@@ -149,8 +149,7 @@ class _Run:
                     if not chunk:
                         exhausted = True
                         break
-                    fut = self.client.submit(self.runner, sent, chunk, labels=self.labels,
-                                             retries=self.retries)
+                    fut = self.options.submit(self.runner, sent, chunk)
                     if self.sizer.bytes_per_element is None:
                         self.sizer.bytes_per_element = fut.input_bytes / len(chunk)
                     inflight[fut] = (next_chunk, len(chunk))
@@ -202,7 +201,7 @@ class _Run:
         self.completed += failed if outcome.stopped else outcome.n
         cost = self.sizer.task_cost_s
         self.bar.update(done=0 if outcome.stopped else outcome.n - failed, failed=failed,
-                        running=sum(f.running() for f in self.inflight),   # started, not sent
+                        running=sum(size for f, (_, size) in self.inflight.items() if f.running()),
                         overhead=cost / (cost + (fut.duration or 0.0)))
         return outcome
 

@@ -72,7 +72,7 @@ class MapReduce:
         tasks = tasks or client.n_workers or len(client.workers()) or 1
         pieces = list(self.split(data, tasks))
         fn = client.prepare(self.map)
-        futures = [client.submit(fn, piece, labels=labels) for piece in pieces]
+        futures = [client.options(labels=labels).submit(fn, piece) for piece in pieces]
         job = _JobFuture(futures)
         threading.Thread(target=self._finish, args=(job, futures, callback),
                          name="nbcluster-mapreduce", daemon=True).start()
@@ -113,7 +113,7 @@ class _JobFuture(concurrent.futures.Future):
 
     def cancel(self) -> bool:
         for t in self._tasks:
-            t.cancel()
+            t.interrupt()   # queued or running: the job's tasks are not wanted any more
         return super().cancel()
 
     def __await__(self):
@@ -207,8 +207,8 @@ class _KeyedJob:
 
     def _submit_map(self, m: int, live: dict, bucket: int = 0) -> None:
         start, items = self.chunks[m]
-        live[self.client.submit(self.map_fn, m, bucket, start, items, labels=self.labels)] = \
-            ("map", m)
+        fut = self.client.options(labels=self.labels).submit(self.map_fn, m, bucket, start, items)
+        live[fut] = ("map", m)
 
     def _map_phase(self, live: dict) -> None:
         bar = progress_bar(self.n_records, "map_reduce: map", self.progress, cancel=self.cancel)
@@ -302,8 +302,8 @@ class _KeyedJob:
             raise errors.group(None, "reduce keys or partitions", stopped=bool(live))
 
     def _submit_reduce(self, p: int, live: dict) -> None:
-        live[self.client.submit(self.reduce_fn, p, self._sources(), labels=self.labels)] = \
-            ("reduce", p)
+        fut = self.client.options(labels=self.labels).submit(self.reduce_fn, p, self._sources())
+        live[fut] = ("reduce", p)
 
     def _recompute(self, m: int, live: dict) -> None:
         self.recomputes += 1

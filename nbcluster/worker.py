@@ -46,6 +46,7 @@ log = logging.getLogger("nbcluster.worker")
 PREFETCH_TARGET_S = 0.005   # hold enough queued tasks to cover this much work...
 MAX_PREFETCH = 64           # ...but never more than this many
 LONG_TASK_S = 0.02          # a worker whose tasks take longer than this prefetches none
+STARTED_NOTE_S = 0.02       # a task still running after this long is reported as started
 OUTPUT_FLUSH_S = 0.05       # captured output is sent at most this often (and at task end)
 OUTPUT_CHUNK_MAX = 256 * 1024
 BIG_RESULT_BYTES = 64 * 1024
@@ -136,6 +137,8 @@ class Worker:
         self.current_tag: tuple | None = None  # (gid, attempt) of the running task
         self.started_at = 0.0
         self.gave_back_for: int | None = None
+        self.reported_start: tuple | None = None   # (gid, attempt) we said has started
+        self.io_sleeping = False              # the I/O thread sleeps past STARTED_NOTE_S
         self.task_time: float | None = None   # moving average of task durations (s)
         self.interrupting = False             # the I/O thread interrupted a task to cancel it
         self.stopping = self.reconnecting = False
@@ -231,13 +234,17 @@ class Worker:
             if (gid, attempt) in self.cancelled:
                 self.cancelled.discard((gid, attempt))
                 return None
+            wake = False
             if not missing:
                 self.current_tag = (gid, attempt)
                 self.started_at = time.monotonic()
+                wake, self.io_sleeping = self.io_sleeping, False
         if missing:
             # Our cache dropped its function: the broker queues it again, with the function.
             self._send(self.task_sock, {"t": "refetch", "tasks": [[gid, attempt]]})
             return None
+        if wake:   # once per idle-to-busy change, so a long task is reported in time
+            os.write(self._wake_w, b"s")
         status, payload = "ok", []
         start = time.perf_counter()
         try:
@@ -330,12 +337,19 @@ class Worker:
         while True:
             now = time.monotonic()
             deadlines = [last_sent + self.heartbeat_s, next_try]
-            if self.current_tag is not None:
-                if self.output.items:
-                    deadlines.append(now + OUTPUT_FLUSH_S)
-                if self.gave_back_for != self.current_tag[0]:
-                    deadlines.append(self.started_at + LONG_TASK_S)
-            events = dict(poller.poll(max(0.0, min(deadlines) - now) * 1000))
+            with self.lock:   # the main thread changes the running task under this lock
+                tag = self.current_tag
+                if tag is not None:
+                    if self.output.items:
+                        deadlines.append(now + OUTPUT_FLUSH_S)
+                    if self.gave_back_for != tag[0]:
+                        deadlines.append(self.started_at + LONG_TASK_S)
+                    if self.reported_start != tag:
+                        deadlines.append(self.started_at + STARTED_NOTE_S)
+                wait = max(0.0, min(deadlines) - now)
+                # A task starting while we sleep this long wakes us (see _run_one).
+                self.io_sleeping = wait > STARTED_NOTE_S
+            events = dict(poller.poll(wait * 1000))
             now = time.monotonic()
             if self.watch_stdin and 0 in events and not _stdin_open():
                 os._exit(0)  # our parent (LocalCluster) is gone
@@ -354,17 +368,18 @@ class Worker:
                 items = self.output.take()
                 if items:
                     self._send(self.ctl, {"t": "output", "items": items})
+            self._maybe_report_start(now)
             self._maybe_give_back(now)
             if now >= next_try:   # silent broker: try again, less and less often
                 tries += 1
-                wait = min(self.expiry_s * 2 ** tries, MAX_RETRY_S)
+                backoff = min(self.expiry_s * 2 ** tries, MAX_RETRY_S)
                 never = self.id == "?"   # never welcomed: maybe nothing runs there at all
                 log.warning("%s at %s for %.0f s%s: registering again (next try in %.0f s)",
                             "no broker has answered" if never else "no word from the broker",
                             self.endpoint, now - last_heard, " (is the cluster running, and is "
-                            "this its address?)" if never else "", wait)
+                            "this its address?)" if never else "", backoff)
                 self._hello()
-                next_try = now + wait
+                next_try = now + backoff
             if now - last_sent >= self.heartbeat_s:
                 self._send(self.ctl, {"t": "hb", "info": _load_info()})
                 last_sent = now
@@ -414,6 +429,17 @@ class Worker:
             os.write(self._registered_w, b"x")   # the main thread asks for work
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
+
+    def _maybe_report_start(self, now: float) -> None:
+        """The running task has run STARTED_NOTE_S: tell its client (through the broker) that
+        it started, so its future is RUNNING. Shorter tasks are never reported: no message
+        on the hot path."""
+        with self.lock:
+            tag = self.current_tag
+            if tag is None or self.reported_start == tag or now - self.started_at < STARTED_NOTE_S:
+                return
+            self.reported_start = tag
+        self._send(self.ctl, {"t": "started", "items": [list(tag)]})
 
     def _maybe_give_back(self, now: float) -> None:
         """The running task is long: hand back the tasks prefetched behind it."""

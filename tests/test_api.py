@@ -12,7 +12,7 @@ PACKAGE = Path(nbcluster.__file__).parent
 
 def test_exported_names():
     assert sorted(nbcluster.__all__) == sorted([
-        "Client", "connect", "LocalCluster", "Executor", "TaskFuture",
+        "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
         "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",

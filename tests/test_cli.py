@@ -69,7 +69,7 @@ def test_a_worker_started_by_hand_joins_with_the_connection_file(cluster, client
                              str(cluster.connection_file), "--labels", "gpu,big"],
                             stdin=subprocess.DEVNULL)
     try:
-        fut = client.submit(lambda: os.getpid(), labels={"gpu"})
+        fut = client.options(labels={"gpu"}).submit(lambda: os.getpid())
         assert fut.result(20) == proc.pid
         [w] = [w for w in client.workers() if w["pid"] == proc.pid]
         assert w["labels"] == ["big", "gpu"]

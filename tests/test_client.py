@@ -59,7 +59,7 @@ def test_callback_runs_on_the_client(client):
     def callback(value):
         got.append((value, threading.current_thread().name))
         done.set()
-    client.submit(lambda: 42, callback=callback).result(10)
+    client.options(callback=callback).submit(lambda: 42).result(10)
     assert done.wait(5)
     assert got[0][0] == 42 and got[0][1].startswith("nbcluster-callbacks")
 
@@ -190,9 +190,9 @@ def test_retries_rerun_a_raising_task(client, tmp_path):
         if n < 2:
             raise RuntimeError("not yet")
         return n
-    assert client.submit(flaky, retries=2).result(10) == 2
+    assert client.options(retries=2).submit(flaky).result(10) == 2
     with pytest.raises(ZeroDivisionError):   # still failing after its retries: the last error
-        client.submit(lambda: 1 / 0, retries=1).result(10)
+        client.options(retries=1).submit(lambda: 1 / 0).result(10)
 
 
 def test_two_clients_are_isolated(cluster):
@@ -216,7 +216,7 @@ def test_client_disconnect_leaves_nothing_in_the_broker(cluster):
 
 
 def test_labels_wait_and_are_served_when_a_labelled_worker_joins(cluster, client):
-    fut = client.submit(lambda: "on gpu", labels={"gpu"})
+    fut = client.options(labels={"gpu"}).submit(lambda: "on gpu")
     wait_for(lambda: client.status()["waiting_for_labels"] == {"gpu": 1}, what="waiting state")
     assert not fut.done()
     cluster.add_workers(1, labels=["gpu"])
@@ -256,8 +256,8 @@ def test_cancelled_error_type():
 
 
 def test_wait_sees_cancelled_futures_as_done(client):
-    f = client.submit(time.sleep, 10)
-    f.cancel()
+    f = client.options(labels={"nowhere"}).submit(time.sleep, 10)   # stays queued
+    assert f.cancel()
     done, _ = concurrent.futures.wait([f], timeout=2)
     assert done == {f}
     assert list(concurrent.futures.as_completed([f], timeout=2)) == [f]

@@ -234,4 +234,4 @@ def test_a_respawned_worker_keeps_its_own_labels():
         wait_for(lambda: sorted(w["labels"] for w in client.workers()) == [[], ["gpu"]]
                  and gpu.pid not in [w["pid"] for w in client.workers()],
                  what="the gpu worker respawned with its label")
-        assert client.submit(lambda: "on gpu", labels={"gpu"}).result(20) == "on gpu"
+        assert client.options(labels={"gpu"}).submit(lambda: "on gpu").result(20) == "on gpu"

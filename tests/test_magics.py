@@ -167,7 +167,7 @@ def test_cancel_from_the_bar_stops_the_remaining_tasks():
 def test_the_cluster_as_a_cell_value_shows_the_panel_with_waiting_tasks():
     nb, _ = run(["cluster = get_ipython().magics_manager.registry['ClusterMagics'].cluster\n"
                  "client = cluster.default_client()\n"
-                 "waiting = client.submit(abs, -1, labels={'gpu'})\n"
+                 "waiting = client.options(labels={'gpu'}).submit(abs, -1)\n"
                  "import time; busy = client.submit(time.sleep, 3); time.sleep(0.5)\ncluster",
                  "waiting.cancel()"])   # busy runs on until the cluster stops
     panels = [s["value"] for s in widget_states(nb) if s["_model"] == "HTMLModel"
