@@ -80,13 +80,13 @@ def test_a_done_callback_that_raises_base_exceptions_does_not_stop_the_client(cl
 def test_a_result_callback_that_raises_gives_its_future_the_error(client):
     def callback(value):
         raise ValueError(f"callback saw {value}")
-    fut = client.submit(lambda: 5, callback=callback)
+    fut = client.options(callback=callback).submit(lambda: 5)
     with pytest.raises(NBClusterError, match=r"succeeded but its result callback .* raised "
                                              r"ValueError\('callback saw 5'\)") as info:
         fut.result(30)
     assert isinstance(info.value.__cause__, ValueError)
     got = []
-    assert client.submit(lambda: 6, callback=got.append).result(30) == 6
+    assert client.options(callback=got.append).submit(lambda: 6).result(30) == 6
     assert got == [6]   # a callback runs before its future resolves
 
 

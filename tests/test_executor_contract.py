@@ -298,11 +298,7 @@ def test_exception_type_and_message(make):
     assert isinstance(fut.exception(), KeyError)
 
 
-def test_exception_args(make, kind, request):
-    if kind == "nbcluster":
-        request.applymarker(pytest.mark.xfail(
-            reason="issue 11, 'Remote exceptions are the real exception': remote exceptions "
-                   "carry their real args (another helper's item)", strict=False))
+def test_exception_args(make):
     ex = make()
     assert ex.submit(raise_key_error, "k").exception(30).args == ("k",)
     assert ex.submit(raise_value_error, "a", 2).exception(30).args == ("a", 2)
