@@ -233,7 +233,7 @@ def test_client_map_gives_one_real_exception_per_failed_element(client):
 
 
 def test_executor_map_raises_the_real_exception_where_it_occurs(client):
-    ex = nbcluster.Executor(client)
+    ex = nbcluster.Executor(client=client)
     with concurrent.futures.ProcessPoolExecutor(1) as pool:
         for name in ALL_CASES:
             if name == "StopIteration":   # both maps are generators: PEP 479 applies to both
