@@ -130,6 +130,8 @@ class Worker:
         self.shm = SharedMemory(key) if shm_available() else None
         self.lock = threading.Lock()          # guards the state below, shared by both threads
         self.registered = False
+        self.registration: tuple | None = None   # (worker id, broker epoch) once welcomed
+        self.session = 0                      # bumped by every hello: older runs are stale
         self.granted = self.done = 0          # credit given to the broker / tasks finished
         self.cancelled: set[tuple] = set()    # (gid, attempt) not to run: cancelled, given back
         self.current_tag: tuple | None = None  # (gid, attempt) of the running task
@@ -137,6 +139,7 @@ class Worker:
         self.gave_back_for: int | None = None
         self.task_time: float | None = None   # moving average of task durations (s)
         self.interrupting = False             # the I/O thread interrupted a task to cancel it
+        self.interrupt_tag: tuple | None = None   # the task that interrupt is meant for
         self.stopping = self.reconnecting = False
         self.draining = False                 # asked to leave: finish the running task, then go
         self._wake_r, self._wake_w = os.pipe()              # to the I/O thread
@@ -150,6 +153,7 @@ class Worker:
         """Start the I/O thread and run tasks until stopped."""
         sys.stdout = _TaskStream(self, "stdout", sys.__stdout__)
         sys.stderr = _TaskStream(self, "stderr", sys.__stderr__)
+        signal.signal(signal.SIGINT, self._on_sigint)
         runtime.set_emitter(self._emit)
         threading.Thread(target=self._io_loop, name="nbcluster-io", daemon=True).start()
         poller = zmq.Poller()
@@ -187,17 +191,29 @@ class Worker:
             return
         if header["t"] == "reconnect":
             self._ask_io(reconnect=True)
-        elif header["t"] == "run" and header.get("w") == self.id:
-            self._run_batch(header["tasks"], payload)
+        elif header["t"] == "run":
+            with self.lock:   # only a run for our current registration (id and broker epoch)
+                current = self.registration == (header.get("w"), header.get("e"))
+                session = self.session
+            if current:
+                self._run_batch(header["tasks"], payload, session, header["e"])
 
-    def _run_batch(self, tasks: list, payload: list) -> None:
+    def _on_sigint(self, signum, frame) -> None:
+        """SIGINT: a real Ctrl-C, or the I/O thread interrupting a cancelled task. The latter
+        is ignored if its task has ended meanwhile: it must not break the loop between tasks
+        (the rest of the batch and its credit would be lost)."""
+        target, self.interrupt_tag = self.interrupt_tag, None
+        if target is None or target == self.current_tag:
+            raise KeyboardInterrupt
+
+    def _run_batch(self, tasks: list, payload: list, session: int, epoch: int) -> None:
         """Run the tasks of one `run` message; results go back in batches of at least
         RESULT_BATCH_S worth of work, and at the end."""
         pos, items, frames, finished = 0, [], [], 0
         last_sent = time.monotonic()
         for i, (gid, attempt, nframes, local) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
-                self._send_done(items, frames, finished)
+                self._send_done(items, frames, finished, session, epoch)
                 self._leave_now()
             result = self._run_one(gid, attempt, payload[pos:pos + nframes], local)
             pos += nframes
@@ -207,7 +223,7 @@ class Worker:
                 frames += result[1]
             big = result is not None and sum(memoryview(f).nbytes for f in result[1]) >= BIG_RESULT_BYTES
             if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
-                self._send_done(items, frames, finished)
+                self._send_done(items, frames, finished, session, epoch)
                 items, frames, finished = [], [], 0
                 last_sent = time.monotonic()
 
@@ -227,8 +243,9 @@ class Worker:
                 args, kwargs = serialize.loads(frames[1:], self.shm)
                 result = fn(*args, **kwargs)
             finally:
-                with self.lock:
-                    self.current_tag = None
+                # No lock: a cancel's SIGINT could land while waiting for it, and _on_sigint
+                # ignores one whose task is no longer current.
+                self.current_tag = None
             try:
                 payload = serialize.dumps(result, self.shm if local else None)
             except Exception as e:
@@ -249,13 +266,16 @@ class Worker:
         time.sleep(0.2)   # let ZeroMQ's I/O thread put it on the wire
         os._exit(0)
 
-    def _send_done(self, items: list, frames: list, finished: int) -> None:
+    def _send_done(self, items: list, frames: list, finished: int, session: int,
+                   epoch: int) -> None:
         if self.shm is not None and self.shm.created:
             self.shm.remove_orphans()
         output = self.output.take()      # a task's output goes before its result
         if output:
             self._send(self.task_sock, {"t": "output", "items": output})
-        header = {"t": "done", "items": items, "ready": self._top_up(finished)}
+        # `e`: the epoch of the broker that sent these tasks; another broker drops the items.
+        header = {"t": "done", "e": epoch, "items": items,
+                  "ready": self._top_up(finished, session)}
         if items or header["ready"]:
             self._send(self.task_sock, header, frames)
 
@@ -263,10 +283,13 @@ class Worker:
     def _send(self, sock: zmq.Socket, header: dict, payload: list = ()) -> None:
         sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
 
-    def _top_up(self, finished: int = 0) -> int:
-        """Record finished tasks; return the credit to ask for so we hold a full window."""
+    def _top_up(self, finished: int = 0, session: int | None = None) -> int:
+        """Record finished tasks; return the credit to ask for so we hold a full window.
+        Tasks of an earlier registration (`session`) do not count: that broker (or that
+        registration) is gone, with the credit it had."""
         with self.lock:
-            self.done += finished
+            if session is None or session == self.session:
+                self.done += finished
             if not self.registered:
                 return 0
             n = max(0, self._window() - (self.granted - self.done))
@@ -346,6 +369,8 @@ class Worker:
     def _hello(self) -> None:
         with self.lock:
             self.registered = self.reconnecting = False
+            self.registration = None
+            self.session += 1
             self.granted = self.done = 0
             self.cancelled.clear()
         self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
@@ -366,6 +391,8 @@ class Worker:
                 for gid in header["ids"]:
                     if self.current_tag and self.current_tag[0] == gid:
                         self.interrupting = True
+                        self.interrupt_tag = self.current_tag
+                        self.gave_back_for = gid   # it is ending: no giveback for it
                         # A real signal, so a blocking call (sleep, I/O) is interrupted too.
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     else:
@@ -378,6 +405,10 @@ class Worker:
             with self.lock:
                 self.cancelled.update(tuple(x) for x in header["ids"])
                 self.granted -= header.get("dropped", 0)
+            # The voided credit must be asked for again once we are free: if the task we kept
+            # has ended already (cancelled, or quick), no finished task will ask for us and we
+            # would sit idle forever. The main thread tops up when it is between tasks.
+            os.write(self._registered_w, b"x")
         elif kind == "welcome":
             self.id = header.get("id", self.id)
             runtime.WORKER.update(id=self.id, **self.info)
@@ -385,6 +416,7 @@ class Worker:
             self.expiry_s = self.heartbeat_s * header["liveness"]
             with self.lock:
                 self.registered = True
+                self.registration = (self.id, header.get("epoch"))
             os.write(self._registered_w, b"x")   # the main thread asks for work
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()

@@ -14,11 +14,14 @@ class Sim:
     """A BrokerState plus a clock; checks the invariants after every step."""
 
     def __init__(self, **kw):
+        kw.setdefault("first_gid", 1)   # readable gids; the random default is tested apart
         self.state = BrokerState(heartbeat_ms=HB, liveness=3, **kw)
         self.now = 0
         self.sent = []
 
     def msg(self, identity, t, payload=(), **header):
+        if t == "done":
+            header.setdefault("e", self.state.epoch)   # a worker echoes the run's epoch
         out = self.state.handle(identity, {"t": t, **header}, list(payload), None, self.now)
         self.state.check_invariants()
         self.sent += out
