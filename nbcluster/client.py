@@ -81,6 +81,8 @@ class Client:
         self._callbacks = None
         self._closed = False
         self._reconnecting = 0.0          # when we last registered again, while not welcomed
+        self._epoch: int | None = None    # the broker's, from its welcome: a new one = a restart
+        self._cancelling: set[int] = set()   # keys cancelled here, whose last word may still come
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)
@@ -239,7 +241,8 @@ class Client:
         with self._lock:
             for k in keys:
                 self._pending.pop(k, None)
-                self._futures.pop(k, None)
+                if self._futures.pop(k, None) is not None:
+                    self._cancelling.add(k)
                 self._release_shm(k)
             self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, []))
         os.write(self._wake_w, b"x")
@@ -404,13 +407,11 @@ class Client:
             self.local = self._shm is not None and header.get("broker", {}).get("host") == self.host
             if not self._welcome.done():
                 self._welcome.set_result(header)
+            restarted = self._epoch is not None and header.get("epoch") != self._epoch
+            self._epoch = header.get("epoch")
             if self._reconnecting:
                 self._reconnecting = 0.0
-                with self._lock:   # pending tasks still in the outbox would go twice
-                    self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
-                    self._outbox.extend(("task", spec, frames)
-                                        for spec, frames in self._pending.values())
-                os.write(self._wake_w, b"x")
+                self._resubmit(restarted)
         elif kind == "reconnect" and (not self._reconnecting or
                                       time.monotonic() - self._reconnecting > self.expiry_s):
             # The broker forgot us (it restarted, or we were silent too long): register again
@@ -419,6 +420,21 @@ class Client:
             self._reconnecting = time.monotonic()
             self._hello()
 
+    def _resubmit(self, restarted: bool) -> None:
+        """Submit again every task we have no result for (the broker forgot us). After a
+        broker restart, a task meant for one worker fails instead: worker ids are the old
+        broker's, and the new one may give the same id to another process."""
+        with self._lock:   # pending tasks still in the outbox would go twice
+            self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
+            pinned = [k for k, (spec, _) in self._pending.items() if restarted and spec[3]]
+            self._outbox.extend(("task", spec, frames) for k, (spec, frames)
+                                in self._pending.items() if k not in pinned)
+        for key in pinned:
+            target = self._pending[key][0][3]
+            self._on_result(key, "lost", [], {"lost_on": [target], "why": (
+                "the broker restarted, and worker ids do not carry over to the new one")})
+        os.write(self._wake_w, b"x")
+
     def _on_result(self, key: int, status: str, frames: list, info: dict) -> None:
         with self._lock:
             fut = self._futures.pop(key, None)
@@ -426,8 +442,13 @@ class Client:
             self._release_shm(key)
         self.stats["results"] += 1
         if fut is None:
-            if status != "cancelled":   # the broker confirms cancels of futures we dropped
+            # A cancel crossed its result (or the broker confirms it): expected, once.
+            if key in self._cancelling:
+                self._cancelling.discard(key)
+            else:   # not a task of ours: never settle anything with it
                 self.stats["unexpected_results"] += 1
+                log.warning("dropped a %s result for task %s, which this client is not "
+                            "waiting for", status, key)
             return
         fut.worker, fut.duration = info.get("worker"), info.get("s")
         try:
