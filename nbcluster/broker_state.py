@@ -508,15 +508,18 @@ class BrokerState:
         """Raise AssertionError if the bookkeeping is inconsistent (used by the tests).
 
         Args:
-            workers: the workers' own view, taken when no message is in flight: worker id ->
-                (granted - done, window, idle). Their credit ledgers must match ours.
+            workers: each worker's own ledger, worker id -> (expected credit, window, idle).
+                The expected credit is what its ledger leaves for us: `granted - done`, less
+                the credit in its `ready`s still on the way to us, less credit we voided that
+                it has not yet heard of, less the tasks we sent it that it has not finished.
+                Our credit must be exactly that, and an idle worker (nothing in flight, no
+                task) must have its whole window as credit: else it waits for work forever.
         """
-        for wid, (outstanding, window, idle) in (workers or {}).items():
+        for wid, (expected, window, idle) in (workers or {}).items():
             w = self.workers[wid]
-            assert w.credit + len(w.tasks) == outstanding, \
-                f"{wid}: credit {w.credit} + {len(w.tasks)} tasks held, the worker counts {outstanding}"
+            assert w.credit == expected, f"{wid}: our credit {w.credit}, its ledger says {expected}"
             assert not idle or (not w.tasks and w.credit == window), \
-                f"{wid} is idle with credit {w.credit} (held {len(w.tasks)}), its window is {window}"
+                f"{wid} is idle with credit {w.credit} and {len(w.tasks)} tasks; its window is {window}"
         held = {}
         for w in self.workers.values():
             assert self.worker_by_identity[w.identity] == self.worker_by_identity[w.ctl] == w.id

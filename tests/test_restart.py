@@ -1,6 +1,7 @@
 """A broker killed (SIGKILL) and started again on the same address, twice in a row, while
 two clients have tasks queued, running and finished-but-undelivered on one worker: every
-result reaches its own task, once."""
+result reaches its own task, once. Tasks wait for a gate file, so the test decides when each
+ends, without timing."""
 
 import os
 import subprocess
@@ -21,11 +22,18 @@ GATE_WAIT_S = 90.0
 
 def gated(name, i, x, folder):
     """Say it started, wait for its gate (or the gate of all), say it finished: the test
-    decides when each task ends, without timing. Returns what identifies the task."""
+    decides when each task ends, without timing. A gate opens once: a task run again waits
+    for a gate of its own. Returns what identifies the task."""
     folder = Path(folder)
     (folder / f"started-{name}-{i}-{time.monotonic_ns()}").touch()
+    gate = folder / f"go-{name}-{i}"
     deadline = time.monotonic() + GATE_WAIT_S
-    while not ((folder / f"go-{name}-{i}").exists() or (folder / "go-all").exists()):
+    while not (folder / "go-all").exists():
+        try:
+            gate.unlink()
+            break
+        except FileNotFoundError:
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"gate of {name}-{i} never opened")
         time.sleep(0.005)
@@ -37,6 +45,20 @@ def markers(folder, kind):
     """[(name, i)] of the started/finished markers, in the order they were written."""
     found = [p.name.split("-") for p in folder.glob(f"{kind}-*")]
     return [(n, int(i)) for _, n, i, _ in sorted(found, key=lambda parts: int(parts[3]))]
+
+
+def running(folder):
+    """The tasks started more often than they finished, oldest first."""
+    started, finished = markers(folder, "started"), markers(folder, "finished")
+    return [t for t in dict.fromkeys(started) if started.count(t) > finished.count(t)]
+
+
+def release(folder, task):
+    """Open the gate of a running task and wait until it has finished."""
+    finished = len(markers(folder, "finished"))
+    (folder / "go-{}-{}".format(*task)).touch()
+    wait_for(lambda: len(markers(folder, "finished")) > finished, timeout=60,
+             what=f"{task} finished")
 
 
 class Processes:
@@ -71,42 +93,41 @@ class Processes:
                     pipe.close()
 
 
-def test_results_reach_their_own_task_across_two_broker_restarts(tmp_path):
+@pytest.mark.parametrize("ends", [("after", "after"), ("during", "after")])
+def test_results_reach_their_own_task_across_two_broker_restarts(tmp_path, ends):
+    """One worker runs two clients' tasks; the broker is killed twice. At each restart the
+    running task ends either while no broker runs (its result is sent to nobody) or once the
+    worker has registered with the new broker (its result, of the old broker's task, reaches
+    the new one); the rest are queued, and resubmitted by their clients."""
     procs = Processes(tmp_path)
     clients = []
     try:
         broker = procs.broker()
-        for _ in range(2):
-            procs.spawn("nbcluster.worker", "--watch-stdin", "--connect", procs.endpoint)
+        procs.spawn("nbcluster.worker", "--watch-stdin", "--connect", procs.endpoint)
         x, y = clients[:] = [Client(procs.endpoint, procs.key, remember=False) for _ in "xy"]
-        wait_for(lambda: len(x.status()["workers"]) == 2, what="the workers joined")
+        wait_for(lambda: x.status()["workers"], what="the worker joined")
         futures = {}
-        for i in range(8):
+        for i in range(4):
             for name, client in (("X", x), ("Y", y)):
                 futures[name, i] = client.submit(gated, name, i, f"{name}{i}-input", str(tmp_path))
-        for restart in range(2):
-            n = len(markers(tmp_path, "started"))
-            first, second = wait_for(lambda: markers(tmp_path, "started")[n:][:2] if
-                                     len(markers(tmp_path, "started")) >= n + 2 else None,
-                                     timeout=60, what=f"two tasks running before restart {restart + 1}")
+        for restart, end in enumerate(ends):
+            task = wait_for(lambda: running(tmp_path), timeout=60,
+                            what=f"a task running before restart {restart + 1}")[0]
             broker.kill()   # SIGKILL: its queues and the results it was sending are gone
             broker.wait()
-            # One running task finishes while no broker is there: its result is undelivered.
-            (tmp_path / "go-{}-{}".format(*first)).touch()
-            wait_for(lambda: first in markers(tmp_path, "finished"), timeout=60,
-                     what=f"{first} finished")
+            if end == "during":
+                release(tmp_path, task)
             broker = procs.broker()
-            # The other finishes once its worker belongs to the new broker.
-            with Client(procs.endpoint, procs.key, remember=False) as observer:
-                wait_for(lambda: len(observer.status()["workers"]) == 2, timeout=60,
-                         what="both workers registered with the new broker")
-            (tmp_path / "go-{}-{}".format(*second)).touch()
+            if end == "after":
+                with Client(procs.endpoint, procs.key, remember=False) as observer:
+                    wait_for(lambda: observer.status()["workers"], timeout=60,
+                             what="the worker registered with the new broker")
+                release(tmp_path, task)
         (tmp_path / "go-all").touch()
         for (name, i), fut in futures.items():
             assert fut.result(120) == (name, i, f"{name}{i}-input"), f"task {name}{i}"
         time.sleep(1.0)   # a late, misrouted or duplicate result would have arrived by now
-        assert x.stats == {"results": 8, "unexpected_results": 0}
-        assert y.stats == {"results": 8, "unexpected_results": 0}
+        assert x.stats == y.stats == {"results": len(futures) // 2, "unexpected_results": 0}
     finally:
         for client in clients:
             client.close()
