@@ -23,8 +23,8 @@ same address can therefore never be taken for one of ours.
 Credit: the worker's ledger and ours must agree. A worker keeps `granted` (credit it asked
 for, less what a `given` voided) and `done` (tasks it finished or skipped); once no message
 is in flight, its `granted - done` equals our `credit` plus the tasks it holds, and an idle
-worker's credit is its whole window (its slots plus prefetch): a worker with free slots and
-no credit would never get work again. `check_invariants(workers=...)` asserts both.
+worker's credit covers its whole window (its slots plus prefetch): a worker with free slots
+and no credit would never get work again. `check_invariants(workers=...)` asserts both.
 """
 
 from __future__ import annotations
@@ -513,12 +513,13 @@ class BrokerState:
                 the credit in its `ready`s still on the way to us, less credit we voided that
                 it has not yet heard of, less the tasks we sent it that it has not finished.
                 Our credit must be exactly that, and an idle worker (nothing in flight, no
-                task) must have its whole window as credit: else it waits for work forever.
+                task) must have at least its whole window as credit (more, when its window
+                shrank because its tasks got longer): else it waits for work forever.
         """
         for wid, (expected, window, idle) in (workers or {}).items():
             w = self.workers[wid]
             assert w.credit == expected, f"{wid}: our credit {w.credit}, its ledger says {expected}"
-            assert not idle or (not w.tasks and w.credit == window), \
+            assert not idle or (not w.tasks and w.credit >= window), \
                 f"{wid} is idle with credit {w.credit} and {len(w.tasks)} tasks; its window is {window}"
         held = {}
         for w in self.workers.values():
