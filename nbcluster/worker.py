@@ -140,6 +140,8 @@ class Worker:
         self.task_time: float | None = None   # moving average of task durations (s)
         self.interrupting = False             # the I/O thread interrupted a task to cancel it
         self.interrupt_tag: tuple | None = None   # the task that interrupt is meant for
+        self.credit_heals = 0                 # times _check_credit found us starving
+        self._credit_probe: tuple | None = None
         self.stopping = self.reconnecting = False
         self.draining = False                 # asked to leave: finish the running task, then go
         self._wake_r, self._wake_w = os.pipe()              # to the I/O thread
@@ -363,7 +365,9 @@ class Worker:
                 self._hello()
                 last_heard = now
             if now - last_sent >= self.heartbeat_s:
-                self._send(self.ctl, {"t": "hb", "info": _load_info()})
+                self._check_credit()
+                self._send(self.ctl, {"t": "hb", "info": {**_load_info(),
+                                                          "credit_heals": self.credit_heals}})
                 last_sent = now
 
     def _hello(self) -> None:
@@ -420,6 +424,22 @@ class Worker:
             os.write(self._registered_w, b"x")   # the main thread asks for work
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
+
+    def _check_credit(self) -> None:
+        """Safety net, checked every heartbeat: idle for a whole heartbeat with less credit
+        out than our window means no finished task will ever ask for more (a bug: the
+        ledger lost track). Ask again, say so in the log and count it (`credit_heals` in
+        the heartbeat's info, so tests and `nbcluster status` see it)."""
+        with self.lock:
+            probe = (self.session, self.granted, self.done)
+            short = self.registered and self.current_tag is None and \
+                self.granted - self.done < self._window()
+            stuck, self._credit_probe = short and probe == self._credit_probe, probe if short else None
+        if stuck:
+            self.credit_heals += 1
+            log.warning("idle with credit %d below our window %d: asking again (a bug in "
+                        "credit accounting; please report it)", probe[1] - probe[2], self._window())
+            os.write(self._registered_w, b"x")   # the main thread tops up
 
     def _maybe_give_back(self, now: float) -> None:
         """The running task is long: hand back the tasks prefetched behind it."""

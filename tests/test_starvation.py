@@ -63,3 +63,9 @@ def test_every_worker_takes_work_after_tiny_tasks_giveback_and_cancels(tmp_path,
         # Both workers are idle with free slots: each must take one of the two tasks.
         assert sorted(pids) == sorted(w["pid"] for w in client.workers()), \
             f"one worker ran both tasks: the other starves ({client.workers()})"
+        # And not thanks to the workers' safety net: it must never have had to step in.
+        since = time.time()
+        workers = wait_for(lambda: [w for w in client.workers() if w["info"]["time"] > since]
+                           if all(w["info"]["time"] > since for w in client.workers()) else None,
+                           what="a heartbeat from every worker")
+        assert [w["info"]["credit_heals"] for w in workers] == [0, 0]
