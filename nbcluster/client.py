@@ -426,11 +426,10 @@ class Client:
         broker's, and the new one may give the same id to another process."""
         with self._lock:   # pending tasks still in the outbox would go twice
             self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
-            pinned = [k for k, (spec, _) in self._pending.items() if restarted and spec[3]]
+            pinned = {k: spec[3] for k, (spec, _) in self._pending.items() if restarted and spec[3]}
             self._outbox.extend(("task", spec, frames) for k, (spec, frames)
                                 in self._pending.items() if k not in pinned)
-        for key in pinned:
-            target = self._pending[key][0][3]
+        for key, target in pinned.items():
             self._on_result(key, "lost", [], {"lost_on": [target], "why": (
                 "the broker restarted, and worker ids do not carry over to the new one")})
         os.write(self._wake_w, b"x")

@@ -396,7 +396,6 @@ class Worker:
                     if self.current_tag and self.current_tag[0] == gid:
                         self.interrupting = True
                         self.interrupt_tag = self.current_tag
-                        self.gave_back_for = gid   # it is ending: no giveback for it
                         # A real signal, so a blocking call (sleep, I/O) is interrupted too.
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     else:

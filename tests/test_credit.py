@@ -111,7 +111,6 @@ class WorkerModel:
             for gid in header["ids"]:
                 if self.current and self.current[0] == gid:
                     self.interrupted = True
-                    self.gave_back_for = gid
                 else:
                     self.cancelled.update((gid, a) for a in range(16))
         elif header["t"] == "given":
