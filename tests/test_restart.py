@@ -132,3 +132,31 @@ def test_results_reach_their_own_task_across_two_broker_restarts(tmp_path, ends)
         for client in clients:
             client.close()
         procs.close()
+
+
+def test_a_task_for_one_worker_fails_when_the_broker_restarts(tmp_path):
+    """Worker ids are per broker: after a restart `w1` may be another process, so a task
+    meant for one worker fails with WorkerLost rather than running somewhere else."""
+    from nbcluster import WorkerLost
+    procs = Processes(tmp_path)
+    client = None
+    try:
+        broker = procs.broker()
+        procs.spawn("nbcluster.worker", "--watch-stdin", "--connect", procs.endpoint)
+        client = Client(procs.endpoint, procs.key, remember=False)
+        [wid] = wait_for(lambda: [w["id"] for w in client.status()["workers"]],
+                         what="the worker joined")
+        [fut] = client.submit_to([wid], gated, "P", 0, "pinned", str(tmp_path)).values()
+        wait_for(lambda: running(tmp_path), timeout=60, what="the pinned task started")
+        broker.kill()
+        broker.wait()
+        broker = procs.broker()
+        with pytest.raises(WorkerLost, match="restarted"):
+            fut.result(60)
+        (tmp_path / "go-all").touch()
+        assert client.submit(lambda: "still works").result(60) == "still works"
+    finally:
+        (tmp_path / "go-all").touch()
+        if client is not None:
+            client.close()
+        procs.close()
