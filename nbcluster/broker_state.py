@@ -14,11 +14,23 @@ been silent for `liveness` heartbeats is lost: its tasks are queued again with a
 unless they were lost `max_lost` times already, which fails them with "lost". Results are
 accepted only from the worker holding the task at the current attempt, so a late result of
 a task that was re-run elsewhere is dropped: each result reaches its client at most once.
+
+Ids are never reused across broker lifetimes: each BrokerState draws a random `epoch`, sent
+in every `welcome` and `run` and echoed in every `done`, and starts its task ids (gids) at a
+random point of a 62-bit range. A worker or a result left over from an earlier broker on the
+same address can therefore never be taken for one of ours.
+
+Credit: the worker's ledger and ours must agree. A worker keeps `granted` (credit it asked
+for, less what a `given` voided) and `done` (tasks it finished or skipped); once no message
+is in flight, its `granted - done` equals our `credit` plus the tasks it holds, and an idle
+worker's credit covers its whole window (its slots plus prefetch): a worker with free slots
+and no credit would never get work again. `check_invariants(workers=...)` asserts both.
 """
 
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -109,7 +121,7 @@ class BrokerState:
 
     def __init__(self, heartbeat_ms: int = HEARTBEAT_MS, liveness: int = LIVENESS,
                  max_lost: int = MAX_LOST, info: dict | None = None,
-                 client_expiry_ms: int = CLIENT_EXPIRY_MS):
+                 client_expiry_ms: int = CLIENT_EXPIRY_MS, first_gid: int | None = None):
         self.heartbeat_ms = heartbeat_ms
         self.expiry_ms = heartbeat_ms * liveness
         self.client_expiry_ms = max(self.expiry_ms, client_expiry_ms)
@@ -121,7 +133,9 @@ class BrokerState:
         self.tasks: dict[int, Task] = {}
         self.queues: dict[frozenset, deque] = {}     # labels -> gids waiting
         self.pinned: dict[str, deque] = {}           # worker id -> gids targeting it
-        self._gids = itertools.count(1)
+        # Random per broker start, so ids of an earlier broker never match ours (see above).
+        self.epoch = secrets.randbits(62) + 1
+        self._gids = itertools.count(first_gid or secrets.randbits(62) + 1)
         self._wids = itertools.count(1)
         self.next_heartbeat = 0
         self.shutdown_requested = False   # a client asked the whole cluster to stop
@@ -170,7 +184,7 @@ class BrokerState:
             raise ProtocolError("a second identity must be 1 to 255 bytes")
         out = self._forget(identity, now) + (self._forget(other, now) if other != identity else [])
         welcome = {"t": "welcome", "heartbeat_ms": self.heartbeat_ms, "liveness":
-                   self.expiry_ms // self.heartbeat_ms, "broker": self.info}
+                   self.expiry_ms // self.heartbeat_ms, "broker": self.info, "epoch": self.epoch}
         if role == "client":
             self.clients[identity] = Client(identity, host, pid, now)
             return out + [Send(identity, welcome)]
@@ -323,6 +337,8 @@ class BrokerState:
 
     def _done(self, w: Worker, h: dict, payload: list, mac, now: int) -> list[Send]:
         items = _field(h, "items", list)
+        if h.get("e") != self.epoch:
+            items = []   # results of tasks an earlier broker sent: not ours, whatever their gid
         pos, out, by_client = 0, [], {}
         for item in items:
             if not isinstance(item, list) or len(item) != 5:
@@ -482,7 +498,7 @@ class BrokerState:
         return out
 
     def _run_header(self, w: Worker, tasks: list[Task], fns: list) -> dict:
-        header = {"t": "run", "w": w.id, "tasks": [
+        header = {"t": "run", "w": w.id, "e": self.epoch, "tasks": [
             [t.gid, t.attempt, len(t.payload), self._local(t, w), t.fn] for t in tasks]}
         if fns:
             header["fns"] = fns
@@ -540,8 +556,23 @@ class BrokerState:
                                  for c in self.clients.values()],
                 "functions": self.functions.status(), "broker": self.info}
 
-    def check_invariants(self) -> None:
-        """Raise AssertionError if the bookkeeping is inconsistent (used by the tests)."""
+    def check_invariants(self, workers: dict | None = None) -> None:
+        """Raise AssertionError if the bookkeeping is inconsistent (used by the tests).
+
+        Args:
+            workers: each worker's own ledger, worker id -> (expected credit, window, idle).
+                The expected credit is what its ledger leaves for us: `granted - done`, less
+                the credit in its `ready`s still on the way to us, less credit we voided that
+                it has not yet heard of, less the tasks we sent it that it has not finished.
+                Our credit must be exactly that, and an idle worker (nothing in flight, no
+                task) must have at least its whole window as credit (more, when its window
+                shrank because its tasks got longer): else it waits for work forever.
+        """
+        for wid, (expected, window, idle) in (workers or {}).items():
+            w = self.workers[wid]
+            assert w.credit == expected, f"{wid}: our credit {w.credit}, its ledger says {expected}"
+            assert not idle or (not w.tasks and w.credit >= window), \
+                f"{wid} is idle with credit {w.credit} and {len(w.tasks)} tasks; its window is {window}"
         held = {}
         for w in self.workers.values():
             assert self.worker_by_identity[w.identity] == self.worker_by_identity[w.ctl] == w.id

@@ -38,6 +38,7 @@ from .bars import progress
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
 from .connection import ConnectionInfo
 from .curve import CurveKeys
+from .english import counted
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
                      RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures)
 from .futures import TaskFuture
@@ -98,6 +99,8 @@ class Client:
         self._callbacks = None
         self._closed = False
         self._reconnecting = 0.0          # when we last registered again, while not welcomed
+        self._epoch: int | None = None    # the broker's, from its welcome: a new one = a restart
+        self._cancelling: set[int] = set()   # keys cancelled here, whose last word may still come
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)
@@ -298,7 +301,8 @@ class Client:
         with self._lock:
             for k in keys:
                 self._pending.pop(k, None)
-                self._futures.pop(k, None)
+                if self._futures.pop(k, None) is not None:
+                    self._cancelling.add(k)
                 self._result_callbacks.pop(k, None)
                 self._release_shm(k)
             last = self._outbox[-1] if self._outbox else None
@@ -558,13 +562,11 @@ class Client:
             self.local = self._shm is not None and header.get("broker", {}).get("host") == self.host
             if not self._welcome.done():
                 self._welcome.set_result(header)
+            restarted = self._epoch is not None and header.get("epoch") != self._epoch
+            self._epoch = header.get("epoch")
             if self._reconnecting:
                 self._reconnecting = 0.0
-                self._fns_sent.clear()   # a new broker session: it has none of our functions
-                with self._lock:   # pending tasks still in the outbox would go twice
-                    self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
-                    self._outbox.extend(("task", *entry) for entry in self._pending.values())
-                self._wake()
+                self._resubmit(restarted)
         elif kind == "reconnect" and (not self._reconnecting or
                                       time.monotonic() - self._reconnecting > self.expiry_s):
             # The broker forgot us (it restarted, or we were silent too long): register again
@@ -580,6 +582,22 @@ class Client:
                                   cause))
         self._cancel_remote([fut.key])
 
+    def _resubmit(self, restarted: bool) -> None:
+        """Submit again every task we have no result for (the broker forgot us). After a
+        broker restart, a task meant for one worker fails instead: worker ids are the old
+        broker's, and the new one may give the same id to another process."""
+        self._fns_sent.clear()   # a new broker session: it has none of our functions
+        with self._lock:   # pending tasks still in the outbox would go twice
+            self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
+            pinned = {k: spec[3] for k, (spec, _, _) in self._pending.items()
+                      if restarted and spec[3]}
+            self._outbox.extend(("task", *entry) for k, entry in self._pending.items()
+                                if k not in pinned)
+        for key, target in pinned.items():
+            self._on_result(key, "lost", [], {"lost_on": [target], "why": (
+                "the broker restarted, and worker ids do not carry over to the new one")})
+        self._wake()
+
     def _on_result(self, key: int, status: str, frames: list, info: dict) -> None:
         with self._lock:
             fut = self._futures.pop(key, None)
@@ -588,8 +606,13 @@ class Client:
             self._release_shm(key)
         self.stats["results"] += 1
         if fut is None:
-            if status != "cancelled":   # the broker confirms cancels of futures we dropped
+            # A cancel crossed its result (or the broker confirms it): expected, once.
+            if key in self._cancelling:
+                self._cancelling.discard(key)
+            else:   # not a task of ours: never settle anything with it
                 self.stats["unexpected_results"] += 1
+                log.warning("dropped a %s result for task %s, which this client is not "
+                            "waiting for", status, key)
             return
         fut.worker, fut.duration = info.get("worker"), info.get("s")
         try:
@@ -604,7 +627,7 @@ class Client:
             elif status == "lost":
                 lost_on = [str(w) for w in info.get("lost_on", [])]
                 pids = info.get("pids") or [None] * len(lost_on)
-                why = info.get("why") or f"its worker was lost {len(lost_on)} time(s)"
+                why = info.get("why") or f"its worker was lost {counted(len(lost_on), 'time')}"
                 where = "; ".join(f"{w}: {self.exit_reason(pid) or 'stopped answering'}"
                                   if self.exit_reason else w for w, pid in zip(lost_on, pids))
                 fut._settle(error=WorkerLost(f"task {key} failed: {why} ({where})", lost_on))

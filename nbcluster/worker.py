@@ -132,6 +132,8 @@ class Worker:
         self.shm = SharedMemory(key) if shm_available() else None
         self.lock = threading.Lock()          # guards the state below, shared by both threads
         self.registered = False
+        self.registration: tuple | None = None   # (worker id, broker epoch) once welcomed
+        self.session = 0                      # bumped by every hello: older runs are stale
         self.granted = self.done = 0          # credit given to the broker / tasks finished
         self.cancelled: set[tuple] = set()    # (gid, attempt) not to run: cancelled, given back
         self.current_tag: tuple | None = None  # (gid, attempt) of the running task
@@ -141,6 +143,9 @@ class Worker:
         self.io_sleeping = False              # the I/O thread sleeps past STARTED_NOTE_S
         self.task_time: float | None = None   # moving average of task durations (s)
         self.interrupting = False             # the I/O thread interrupted a task to cancel it
+        self.interrupt_tag: tuple | None = None   # the task that interrupt is meant for
+        self.credit_heals = 0                 # times _check_credit found us starving
+        self._credit_probe: tuple | None = None
         self.stopping = self.reconnecting = False
         self.draining = False                 # asked to leave: finish the running task, then go
         self._wake_r, self._wake_w = os.pipe()              # to the I/O thread
@@ -154,6 +159,7 @@ class Worker:
         """Start the I/O thread and run tasks until stopped."""
         sys.stdout = _TaskStream(self, "stdout", sys.__stdout__)
         sys.stderr = _TaskStream(self, "stderr", sys.__stderr__)
+        signal.signal(signal.SIGINT, self._on_sigint)
         runtime.set_emitter(self._emit)
         threading.Thread(target=self._io_loop, name="nbcluster-io", daemon=True).start()
         poller = zmq.Poller()
@@ -191,10 +197,23 @@ class Worker:
             return
         if header["t"] == "reconnect":
             self._ask_io(reconnect=True)
-        elif header["t"] == "run" and header.get("w") == self.id:
-            self._run_batch(header["tasks"], payload, header.get("fns", []))
+        elif header["t"] == "run":
+            with self.lock:   # only a run for our current registration (id and broker epoch)
+                current = self.registration == (header.get("w"), header.get("e"))
+                session = self.session
+            if current:
+                self._run_batch(header["tasks"], payload, header.get("fns", []), session,
+                                header["e"])
 
-    def _run_batch(self, tasks: list, payload: list, fns: list) -> None:
+    def _on_sigint(self, signum, frame) -> None:
+        """SIGINT: a real Ctrl-C, or the I/O thread interrupting a cancelled task. The latter
+        is ignored if its task has ended meanwhile: it must not break the loop between tasks
+        (the rest of the batch and its credit would be lost)."""
+        target, self.interrupt_tag = self.interrupt_tag, None
+        if target is None or target == self.current_tag:
+            raise KeyboardInterrupt
+
+    def _run_batch(self, tasks: list, payload: list, fns: list, session: int, epoch: int) -> None:
         """Run the tasks of one `run` message; results go back in batches of at least
         RESULT_BATCH_S worth of work, and at the end. The message starts with the payloads of
         functions we did not have (`fns`); they are kept before any task runs, so a task that
@@ -206,7 +225,7 @@ class Worker:
         last_sent = time.monotonic()
         for i, (gid, attempt, nframes, local, *fn) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
-                self._send_done(items, frames, finished)
+                self._send_done(items, frames, finished, session, epoch)
                 self._leave_now()
             result = self._run_one(gid, attempt, fn[0] if fn else None,
                                    payload[pos:pos + nframes], local)
@@ -217,7 +236,7 @@ class Worker:
                 frames += result[1]
             big = result is not None and sum(memoryview(f).nbytes for f in result[1]) >= BIG_RESULT_BYTES
             if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
-                self._send_done(items, frames, finished)
+                self._send_done(items, frames, finished, session, epoch)
                 items, frames, finished = [], [], 0
                 last_sent = time.monotonic()
         self.functions.trim()
@@ -253,8 +272,9 @@ class Worker:
                 args, kwargs = serialize.loads(frames, self.shm)
                 result = fn(*args, **kwargs)
             finally:
-                with self.lock:
-                    self.current_tag = None
+                # No lock: a cancel's SIGINT could land while waiting for it, and _on_sigint
+                # ignores one whose task is no longer current.
+                self.current_tag = None
             try:
                 payload = serialize.dumps(result, self.shm if local else None)
             except Exception as e:
@@ -275,13 +295,16 @@ class Worker:
         time.sleep(0.2)   # let ZeroMQ's I/O thread put it on the wire
         os._exit(0)
 
-    def _send_done(self, items: list, frames: list, finished: int) -> None:
+    def _send_done(self, items: list, frames: list, finished: int, session: int,
+                   epoch: int) -> None:
         if self.shm is not None and self.shm.created:
             self.shm.remove_orphans()
         output = self.output.take()      # a task's output goes before its result
         if output:
             self._send(self.task_sock, {"t": "output", "items": output})
-        header = {"t": "done", "items": items, "ready": self._top_up(finished)}
+        # `e`: the epoch of the broker that sent these tasks; another broker drops the items.
+        header = {"t": "done", "e": epoch, "items": items,
+                  "ready": self._top_up(finished, session)}
         if items or header["ready"]:
             self._send(self.task_sock, header, frames)
 
@@ -289,10 +312,13 @@ class Worker:
     def _send(self, sock: zmq.Socket, header: dict, payload: list = ()) -> None:
         sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
 
-    def _top_up(self, finished: int = 0) -> int:
-        """Record finished tasks; return the credit to ask for so we hold a full window."""
+    def _top_up(self, finished: int = 0, session: int | None = None) -> int:
+        """Record finished tasks; return the credit to ask for so we hold a full window.
+        Tasks of an earlier registration (`session`) do not count: that broker (or that
+        registration) is gone, with the credit it had."""
         with self.lock:
-            self.done += finished
+            if session is None or session == self.session:
+                self.done += finished
             if not self.registered:
                 return 0
             n = max(0, self._window() - (self.granted - self.done))
@@ -381,12 +407,16 @@ class Worker:
                 self._hello()
                 next_try = now + backoff
             if now - last_sent >= self.heartbeat_s:
-                self._send(self.ctl, {"t": "hb", "info": _load_info()})
+                self._check_credit()
+                self._send(self.ctl, {"t": "hb", "info": {**_load_info(),
+                                                          "credit_heals": self.credit_heals}})
                 last_sent = now
 
     def _hello(self) -> None:
         with self.lock:
             self.registered = self.reconnecting = False
+            self.registration = None
+            self.session += 1
             self.granted = self.done = 0
             self.cancelled.clear()
         self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
@@ -407,6 +437,7 @@ class Worker:
                 for gid in header["ids"]:
                     if self.current_tag and self.current_tag[0] == gid:
                         self.interrupting = True
+                        self.interrupt_tag = self.current_tag
                         # A real signal, so a blocking call (sleep, I/O) is interrupted too.
                         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
                     else:
@@ -419,6 +450,10 @@ class Worker:
             with self.lock:
                 self.cancelled.update(tuple(x) for x in header["ids"])
                 self.granted -= header.get("dropped", 0)
+            # The voided credit must be asked for again once we are free: if the task we kept
+            # has ended already (cancelled, or quick), no finished task will ask for us and we
+            # would sit idle forever. The main thread tops up when it is between tasks.
+            os.write(self._registered_w, b"x")
         elif kind == "welcome":
             self.id = header.get("id", self.id)
             runtime.WORKER.update(id=self.id, **self.info)
@@ -426,6 +461,7 @@ class Worker:
             self.expiry_s = self.heartbeat_s * header["liveness"]
             with self.lock:
                 self.registered = True
+                self.registration = (self.id, header.get("epoch"))
             os.write(self._registered_w, b"x")   # the main thread asks for work
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
@@ -440,6 +476,21 @@ class Worker:
                 return
             self.reported_start = tag
         self._send(self.ctl, {"t": "started", "items": [list(tag)]})
+    def _check_credit(self) -> None:
+        """Safety net, checked every heartbeat: idle for a whole heartbeat with less credit
+        out than our window means no finished task will ever ask for more (a bug: the
+        ledger lost track). Ask again, say so in the log and count it (`credit_heals` in
+        the heartbeat's info, so tests and `nbcluster status` see it)."""
+        with self.lock:
+            probe = (self.session, self.granted, self.done)
+            short = self.registered and self.current_tag is None and \
+                self.granted - self.done < self._window()
+            stuck, self._credit_probe = short and probe == self._credit_probe, probe if short else None
+        if stuck:
+            self.credit_heals += 1
+            log.warning("idle with credit %d below our window %d: asking again (a bug in "
+                        "credit accounting; please report it)", probe[1] - probe[2], self._window())
+            os.write(self._registered_w, b"x")   # the main thread tops up
 
     def _maybe_give_back(self, now: float) -> None:
         """The running task is long: hand back the tasks prefetched behind it."""

@@ -1,6 +1,5 @@
 """The broker's bookkeeping, driven message by message with a fake clock (milliseconds)."""
 
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -14,11 +13,14 @@ class Sim:
     """A BrokerState plus a clock; checks the invariants after every step."""
 
     def __init__(self, **kw):
+        kw.setdefault("first_gid", 1)   # readable gids; the random default is tested apart
         self.state = BrokerState(heartbeat_ms=HB, liveness=3, **kw)
         self.now = 0
         self.sent = []
 
     def msg(self, identity, t, payload=(), **header):
+        if t == "done":
+            header.setdefault("e", self.state.epoch)   # a worker echoes the run's epoch
         out = self.state.handle(identity, {"t": t, **header}, list(payload), None, self.now)
         self.state.check_invariants()
         self.sent += out
@@ -350,3 +352,29 @@ def test_a_worker_receives_tasks_on_a_second_socket():
     assert sorted(s.identity for s in hb if s.header["t"] == "hb") == [b"c", b"ctl"]
     sim.msg(b"ctl", "bye")
     assert not sim.state.workers and not sim.state.worker_by_identity
+
+
+
+def test_brokers_share_no_ids():
+    """Each broker start draws its own epoch and first task id: nothing an earlier broker
+    handed out names one of ours."""
+    a, b = BrokerState(), BrokerState()
+    assert a.epoch != b.epoch
+    for state in (a, b):
+        state.handle(b"c", {"t": "hello", "role": "client"}, [], None, 0)
+        state.handle(b"c", {"t": "submit", "tasks": [[1, 1, [], None, 0]]}, [b"f"], None, 0)
+    [ga], [gb] = list(a.tasks), list(b.tasks)
+    assert ga != gb and ga > 1 and gb > 1
+
+
+def test_a_result_of_an_earlier_broker_is_dropped_even_if_its_gid_is_ours():
+    sim = Sim()
+    sim.client()
+    sim.worker(b"w")
+    [(_, gid, _)] = runs(sim.submit(1))
+    out = sim.msg(b"w", "done", [b"old"], items=[[gid, 0, "ok", 1, {}]], ready=1,
+                  e=sim.state.epoch + 1)
+    assert results(out) == [] and sim.state.tasks[gid].worker is not None
+    assert sim.state.workers["w1"].credit == 1     # its credit is for us, and counts
+    out = sim.msg(b"w", "done", [b"new"], items=[[gid, 0, "ok", 1, {}]])
+    assert results(out) == [(b"c", 1, "ok")] and out[0].payload == [b"new"]

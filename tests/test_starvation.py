@@ -1,0 +1,71 @@
+"""No silent starvation: after tiny tasks (prefetch), give-backs and cancels of running
+tasks, every worker still takes queued work. Real processes; no wall-clock assertions."""
+
+import asyncio
+import concurrent.futures
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from nbcluster.testing import throwaway_cluster, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def slow(marker, i):
+    """Say it started, then sleep until cancelled (bounded, so nothing hangs for long)."""
+    Path(f"{marker}-{i}-{os.getpid()}").touch()
+    time.sleep(30)
+    return i
+
+
+def started(tmp_path, n):
+    return wait_for(lambda: len(list(tmp_path.glob("run*"))) >= n, timeout=60,
+                    what=f"{n} slow tasks started")
+
+
+def cancel_directly(client, marker, tmp_path, delay):
+    futures = [client.submit(slow, marker, i) for i in range(2)]
+    started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
+    time.sleep(delay)   # vary where the cancel lands against the give-back
+    for fut in futures:
+        fut.cancel()
+
+
+def cancel_by_asyncio_timeout(client, marker, tmp_path, delay):
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(client.submit(slow, marker, i)
+                                                    for i in range(2))), 0.05 + delay)
+    asyncio.run(main())
+
+
+def cancel_by_map_timeout(client, marker, tmp_path, delay):
+    with pytest.raises(concurrent.futures.TimeoutError):
+        list(client.executor().map(slow, [marker] * 2, range(2), timeout=0.05 + delay))
+
+
+@pytest.mark.parametrize("cancel", [cancel_directly, cancel_by_asyncio_timeout,
+                                    cancel_by_map_timeout])
+def test_every_worker_takes_work_after_tiny_tasks_giveback_and_cancels(tmp_path, cancel):
+    with throwaway_cluster(2) as cluster:
+        client = cluster.client()
+        for round, delay in enumerate([0.0, 0.01, 0.03, 0.1] * 2):
+            # Tiny tasks: both workers prefetch; then a slow one is given back and cancelled.
+            assert client.map(lambda v: v, range(400), chunksize=1) == list(range(400))
+            cancel(client, str(tmp_path / f"run{round}"), tmp_path, delay)
+        wait_for(lambda: all(w["running"] == 0 for w in client.workers()) and
+                 client.status()["queued"] == 0, timeout=60, what="the cluster idle")
+        pids = [f.result(60) for f in [client.submit(lambda: (time.sleep(0.5), os.getpid())[1])
+                                       for _ in range(2)]]
+        # Both workers are idle with free slots: each must take one of the two tasks.
+        assert sorted(pids) == sorted(w["pid"] for w in client.workers()), \
+            f"one worker ran both tasks: the other starves ({client.workers()})"
+        # And not thanks to the workers' safety net: it must never have had to step in.
+        since = time.time()
+        workers = wait_for(lambda: [w for w in client.workers() if w["info"]["time"] > since]
+                           if all(w["info"]["time"] > since for w in client.workers()) else None,
+                           what="a heartbeat from every worker")
+        assert [w["info"]["credit_heals"] for w in workers] == [0, 0]
