@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import threading
 from typing import Any, Callable
 
+import joblib.parallel
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
-from . import serialize
+from . import serialize, tracebacks
 from .errors import PicklingError
 from .session import current_client
 
@@ -47,6 +49,10 @@ WAIT_FOR_WORKERS_S = 10.0   # how long a call waits for a first worker before fa
 def _run_batch(batch: Callable[[], list]) -> list:
     """What a worker runs: one joblib batch (a BatchedCalls), returning its list of results."""
     return batch()
+
+
+# A remote traceback starts at the user's function, not in this plumbing or joblib's batch.
+tracebacks.HIDDEN_FILES.update({__file__, joblib.parallel.__file__})
 
 
 def _probe() -> None:
@@ -65,6 +71,14 @@ def _callbacks() -> concurrent.futures.ThreadPoolExecutor:
             _callback_thread = concurrent.futures.ThreadPoolExecutor(
                 1, thread_name_prefix="nbcluster-joblib")
         return _callback_thread
+
+
+def _forget_callback_thread() -> None:
+    global _callback_thread
+    _callback_thread = None   # a forked child (a mirror worker) has no such thread
+
+
+os.register_at_fork(after_in_child=_forget_callback_thread)
 
 
 def _run_callback(callback: Callable[[Any], Any], fut: concurrent.futures.Future) -> None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import joblib
 import numpy as np
@@ -195,12 +196,33 @@ def test_errors_arrive_as_the_remote_type(error, return_as, shared_client):
         raise ours   # `except KeyError` catches it
 
 
+def test_remote_traceback_starts_at_the_users_function(shared_client):
+    with parallel_config(backend="nbcluster", client=shared_client):
+        with pytest.raises(KeyError) as info:
+            Parallel()(delayed(raise_it)(KeyError("k"), i) for i in range(5))
+    assert info.value.frames[0].name == "raise_it"
+
+
+@pytest.mark.timeout(180)
+def test_timeout_is_a_timeout_error_and_cancels(cluster):
+    def call():
+        try:
+            Parallel(n_jobs=2, timeout=1)(delayed(time.sleep)(60) for _ in range(6))
+        except Exception as e:
+            return e
+    client = cluster.client()
+    reference, ours = both(call, client)
+    assert type(ours) is type(reference)   # joblib's own (multiprocessing's) TimeoutError
+    status = client.status()   # sent after the cancels, on the same socket
+    assert (status["queued"], status["running"]) == (0, 0), status
+
+
 def test_unpicklable_argument_fails_instead_of_hanging(shared_client):
     """A batch that cannot be pickled, dispatched from joblib's callback thread after the
     first batches came back, reaches the caller as its error."""
     items = [delayed(square)(i) for i in range(20)] + [delayed(square)(threading.Lock())]
     with parallel_config(backend="nbcluster", client=shared_client):
-        with pytest.raises(nbcluster.PicklingError, match="lock"):
+        with pytest.raises(nbcluster.PicklingError, match="joblib call.*_thread.lock"):
             Parallel(n_jobs=2, batch_size=1, pre_dispatch="2")(iter(items))
         # and the backend keeps working
         assert Parallel()(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
