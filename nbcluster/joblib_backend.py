@@ -35,6 +35,7 @@ import joblib.parallel
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
 from . import serialize, tracebacks
+from .client import Client
 from .errors import PicklingError
 from .session import current_client
 
@@ -117,12 +118,15 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         self._lock = threading.Lock()
 
     # ---- sizing -----------------------------------------------------------------------------
-    def _resolve_client(self):
+    def _resolve_client(self) -> Client:
         given = self._given_client
-        if given is not None and not hasattr(given, "submit"):   # a LocalCluster
+        if given is not None and not isinstance(given, Client):   # a LocalCluster
             given = given.default_client()
-        self.client = current_client(given)
-        return self.client
+        client = current_client(given)
+        if client.closed:
+            raise RuntimeError(f"the nbcluster client given to joblib is closed: {client!r}")
+        self.client = client
+        return client
 
     def _slots(self) -> int:
         """Worker slots that can run this client's tasks (waiting for a first worker)."""

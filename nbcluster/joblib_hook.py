@@ -15,8 +15,6 @@ parallel_config/parallel_backend, not `Parallel(backend=...)`.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
 import warnings
 
@@ -40,9 +38,10 @@ def _register_quietly() -> None:
                       "call nbcluster.register_joblib() to see why", RuntimeWarning)
 
 
-class _AfterJoblibImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself: wraps the loader of the `joblib` package so the backend is
-    registered once joblib's __init__ has run."""
+class _AfterJoblibImport:
+    """A sys.meta_path finder that finds nothing itself: it wraps the loader of the `joblib`
+    package so the backend is registered once joblib's __init__ has run. (Not derived from
+    importlib.abc.MetaPathFinder: importing that costs more than all of this module.)"""
 
     def find_spec(self, name, path=None, target=None):
         if name != "joblib":

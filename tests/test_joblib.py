@@ -168,6 +168,14 @@ def test_n_jobs_counts_worker_slots(shared_client):
             Parallel(n_jobs=0)(delayed(square)(i) for i in range(2))
 
 
+def test_a_closed_client_is_a_clear_error(shared_cluster):
+    client = shared_cluster.client()
+    client.close()
+    with parallel_config(backend="nbcluster", client=client):
+        with pytest.raises(RuntimeError, match="client given to joblib is closed"):
+            Parallel()(delayed(square)(i) for i in range(4))
+
+
 def test_an_unknown_backend_option_is_refused():
     with pytest.raises(TypeError, match="clinet"):
         with parallel_config(backend="nbcluster", clinet=None):
