@@ -115,6 +115,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         self.wait_for_workers_timeout = wait_for_workers_timeout
         self.client = None                   # resolved at each call (configure)
         self._futures: set[concurrent.futures.Future] = set()   # submitted, not finished
+        self._aborting = False
         self._lock = threading.Lock()
 
     # ---- sizing -----------------------------------------------------------------------------
@@ -165,8 +166,25 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         return self.effective_n_jobs(n_jobs)
 
     # ---- running ----------------------------------------------------------------------------
+    def start_call(self) -> None:
+        with self._lock:
+            self._aborting = False
+
     def submit(self, func: Callable[[], list], callback=None) -> concurrent.futures.Future:
         """Run one joblib batch on the cluster; callback(future) when it is done."""
+        with self._lock:   # abort_everything either sees this task or stops it being sent
+            if self._aborting:   # joblib's callback thread dispatching after the abort
+                fut = concurrent.futures.Future()
+                fut.cancel()
+            else:
+                fut = self._submit(func)
+        if callback is not None:
+            fut.add_done_callback(lambda f: self._done(f, callback))
+        else:
+            fut.add_done_callback(self._forget)
+        return fut
+
+    def _submit(self, func: Callable[[], list]) -> concurrent.futures.Future:
         try:
             fut = self.client.submit(_run_batch, func)
         except Exception as e:
@@ -176,8 +194,9 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             fut = concurrent.futures.Future()
             fut.set_exception(_name_the_call(func, e) if isinstance(e, PicklingError) else e)
         else:
-            with self._lock:
-                self._futures.add(fut)
+            self._futures.add(fut)
+        return fut
+
         if callback is not None:
             fut.add_done_callback(lambda f: self._done(f, callback))
         else:
@@ -185,8 +204,9 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         return fut
 
     def _forget(self, fut: concurrent.futures.Future) -> None:
-        with self._lock:
-            self._futures.discard(fut)
+        # No lock: this runs on the client's I/O thread, which must not wait for a batch
+        # being pickled under self._lock; set.discard is atomic.
+        self._futures.discard(fut)
 
     def _done(self, fut: concurrent.futures.Future, callback: Callable[[Any], Any]) -> None:
         # Runs on the client's I/O thread: only hand over to the callback thread.
@@ -202,6 +222,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         ones stopped."""
         with self._lock:
             futures, self._futures = list(self._futures), set()
+            self._aborting = True   # until the next call starts
         if not futures or self.client.closed:   # a closed client cancelled them already
             return
         self.client.cancel(futures)
