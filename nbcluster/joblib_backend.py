@@ -113,7 +113,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         self._given_client = client
         self.wait_for_workers_timeout = wait_for_workers_timeout
-        self.client = None                   # resolved at each call (configure)
+        self.client: Client | None = None   # resolved at each call (effective_n_jobs)
         self._futures: set[concurrent.futures.Future] = set()   # submitted, not finished
         self._aborting = False
         self._lock = threading.Lock()
@@ -131,7 +131,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def _slots(self) -> int:
         """Worker slots that can run this client's tasks (waiting for a first worker)."""
-        client = self.client or self._resolve_client()
+        client = self._resolve_client()
         slots = _count_slots(client)
         if slots == 0 and self.wait_for_workers_timeout:
             probe = client.submit(_probe)
@@ -162,8 +162,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         options (max_nbytes, mmap_mode, temp_folder) do not apply: arrays travel out of band,
         through shared memory between processes of one host."""
         self.parallel = parallel
-        self._resolve_client()
-        return self.effective_n_jobs(n_jobs)
+        return self.effective_n_jobs(n_jobs)   # also takes the client for this call
 
     # ---- running ----------------------------------------------------------------------------
     def start_call(self) -> None:
@@ -195,12 +194,6 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
             fut.set_exception(_name_the_call(func, e) if isinstance(e, PicklingError) else e)
         else:
             self._futures.add(fut)
-        return fut
-
-        if callback is not None:
-            fut.add_done_callback(lambda f: self._done(f, callback))
-        else:
-            fut.add_done_callback(self._forget)
         return fut
 
     def _forget(self, fut: concurrent.futures.Future) -> None:
