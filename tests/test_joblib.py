@@ -144,6 +144,21 @@ def test_auto_batching_groups_tiny_calls(shared_client):
     assert done_counts(shared_client) - before < 3000
 
 
+def test_joblib_callbacks_never_run_on_the_clients_io_thread(shared_client):
+    """joblib pulls the next items of the user's iterator in its batch callback: that user
+    code must not run on (and delay) the client's I/O thread."""
+    pulled_by = []
+
+    def calls():
+        for i in range(30):
+            pulled_by.append(threading.current_thread().name)
+            yield delayed(square)(i)
+    with parallel_config(backend="nbcluster", client=shared_client):
+        assert Parallel(batch_size=1, pre_dispatch="2")(calls()) == [i * i for i in range(30)]
+    assert "nbcluster-client" not in pulled_by
+    assert any(name.startswith("nbcluster-joblib") for name in pulled_by)
+
+
 def test_default_is_the_latest_cluster_with_parallel_backend(cluster):
     client = cluster.client()   # the latest client: what operations given none use
     pids = {w["pid"] for w in client.workers()}
