@@ -6,7 +6,8 @@
 
 Cold: the first call on fresh workers (loky starts its processes inside that call; for
 nbcluster the cluster's start is shown apart, then the first call). Both pay for the workers
-importing scikit-learn there. Warm: the median of the next calls.
+importing scikit-learn there. Warm: the median of the next calls, loky's and nbcluster's
+alternating so that a shared machine's drift in speed falls on both alike.
 
 Needs: pip install -e '.[bench]'  (joblib, scikit-learn).
 """
@@ -67,47 +68,47 @@ def stop_loky() -> None:
         reusable_executor._executor.shutdown(wait=True, kill_workers=True)
 
 
-def run_loky(repeat: int) -> dict:
-    rows = {}
-    for name, work in WORKLOADS.items():
-        stop_loky()   # cold: loky starts its workers inside the call
-        with parallel_config(backend="loky", n_jobs=N_WORKERS):
-            cold, result = timed(work)
-            warm = [timed(work)[0] for _ in range(repeat)]
-        rows[name] = (cold, statistics.median(warm), result)
+def run(work, repeat: int) -> dict:
+    """Cold then warm calls of one workload, loky's and nbcluster's interleaved, so that the
+    drift of a shared machine's speed falls on both alike: {backend: (cold, warm, result)}."""
+    stop_loky()   # cold: loky starts its workers inside the call
+    start, cluster = timed(lambda: nbcluster.LocalCluster(N_WORKERS))   # fresh workers
+    client = cluster.client()
+    configs = {"loky": lambda: parallel_config(backend="loky", n_jobs=N_WORKERS),
+               "nbcluster": lambda: parallel_config(backend="nbcluster", client=client)}
+    out: dict = {}
+    with cluster:
+        for backend, config in configs.items():
+            with config():
+                out[backend] = [*timed(work)]
+        warm: dict = {backend: [] for backend in configs}
+        for _ in range(repeat):
+            for backend, config in configs.items():
+                with config():
+                    warm[backend].append(timed(work)[0])
     stop_loky()
-    return rows
-
-
-def run_nbcluster(repeat: int) -> tuple[dict, list[float]]:
-    rows, starts = {}, []
-    for name, work in WORKLOADS.items():
-        start, cluster = timed(lambda: nbcluster.LocalCluster(N_WORKERS))   # fresh workers
-        starts.append(start)
-        with cluster, parallel_config(backend="nbcluster", client=cluster.client()):
-            cold, result = timed(work)
-            warm = [timed(work)[0] for _ in range(repeat)]
-        rows[name] = (cold, statistics.median(warm), result)
-    return rows, starts
+    return {backend: (cold, statistics.median(warm[backend]), result, start)
+            for backend, (cold, result) in out.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="warm repetitions (median shown)")
     args = parser.parse_args()
-    loky = run_loky(args.repeat)
-    ours, starts = run_nbcluster(args.repeat)
+    rows = {name: run(work, args.repeat) for name, work in WORKLOADS.items()}
     import sklearn
     print(f"== joblib {joblib.__version__}, scikit-learn {sklearn.__version__}, "
           f"{N_WORKERS} workers each; seconds ==")
     print(f"{'':44}{'loky cold':>10}{'nbcluster cold':>16}{'loky warm':>11}{'nbcluster warm':>16}")
-    for name in WORKLOADS:
-        lc, lw, lr = loky[name]
-        nc, nw, nr = ours[name]
+    for name, row in rows.items():
+        lc, lw, lr, _ = row["loky"]
+        nc, nw, nr, _ = row["nbcluster"]
         assert lr == nr, f"{name}: different results"
         print(f"{name:44}{lc:10.3f}{nc:16.3f}{lw:11.3f}{nw:16.3f}")
+    starts = [row["nbcluster"][3] for row in rows.values()]
     print(f"(nbcluster cold excludes starting the LocalCluster: "
-          f"{statistics.median(starts):.2f} s median, started once per workload)")
+          f"{statistics.median(starts):.2f} s median, started once per workload; "
+          f"warm: median of {args.repeat}, loky and nbcluster calls alternating)")
 
 
 if __name__ == "__main__":
