@@ -17,6 +17,7 @@ from .bars import progress
 from .local import LocalCluster
 from .mapreduce import MapReduce, map_reduce
 from .mirror import Mirror, mirror
+from .joblib_hook import register_joblib   # also: joblib's "nbcluster" backend, once joblib loads
 
 from .version import __version__
 
@@ -26,7 +27,7 @@ __all__ = [
     "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
     "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
-    "Mirror", "mirror", "progress", "panel",
+    "Mirror", "mirror", "progress", "panel", "register_joblib",
 ]
 
 

@@ -17,7 +17,7 @@ def test_exported_names():
         "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
-        "Mirror", "mirror", "progress", "panel"])
+        "Mirror", "mirror", "progress", "panel", "register_joblib"])
     for name in nbcluster.__all__:
         assert getattr(nbcluster, name).__doc__, f"{name} has no docstring"
 
