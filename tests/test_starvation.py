@@ -15,9 +15,11 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def slow(marker, i):
-    """Say it started, then sleep until cancelled (bounded, so nothing hangs for long)."""
+    """Say it started, then wait until interrupted or released (bounded, so nothing hangs)."""
     Path(f"{marker}-{i}-{os.getpid()}").touch()
-    time.sleep(30)
+    deadline = time.monotonic() + 30
+    while not Path(f"{marker}-release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     return i
 
 
@@ -26,12 +28,20 @@ def started(tmp_path, n):
                     what=f"{n} slow tasks started")
 
 
-def cancel_directly(client, marker, tmp_path, delay):
+def interrupt_directly(client, marker, tmp_path, delay):
     futures = [client.submit(slow, marker, i) for i in range(2)]
     started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
-    time.sleep(delay)   # vary where the cancel lands against the give-back
+    time.sleep(delay)   # vary where the interrupt lands against the give-back
     for fut in futures:
-        fut.cancel()
+        fut.cancel()      # the queued one is cancelled; the running one is left running...
+        fut.interrupt()   # ...until interrupted
+
+
+def cancel_by_client(client, marker, tmp_path, delay):
+    futures = [client.submit(slow, marker, i) for i in range(2)]
+    started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
+    time.sleep(delay)
+    client.cancel(futures)   # stops the job: queued tasks dropped, running ones interrupted
 
 
 def cancel_by_asyncio_timeout(client, marker, tmp_path, delay):
@@ -47,15 +57,27 @@ def cancel_by_map_timeout(client, marker, tmp_path, delay):
         list(client.executor().map(slow, [marker] * 2, range(2), timeout=0.05 + delay))
 
 
-@pytest.mark.parametrize("cancel", [cancel_directly, cancel_by_asyncio_timeout,
-                                    cancel_by_map_timeout])
+def cancel_by_executor_shutdown(client, marker, tmp_path, delay):
+    executor = client.executor()
+    futures = [executor.submit(slow, marker, i) for i in range(3)]
+    started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
+    time.sleep(delay)
+    executor.shutdown(wait=False, cancel_futures=True)   # what has not started is cancelled
+    assert any(f.cancelled() for f in futures)
+
+
+@pytest.mark.parametrize("cancel", [interrupt_directly, cancel_by_client,
+                                    cancel_by_asyncio_timeout, cancel_by_map_timeout,
+                                    cancel_by_executor_shutdown])
 def test_every_worker_takes_work_after_tiny_tasks_giveback_and_cancels(tmp_path, cancel):
     with throwaway_cluster(2) as cluster:
         client = cluster.client()
         for round, delay in enumerate([0.0, 0.01, 0.03, 0.1] * 2):
             # Tiny tasks: both workers prefetch; then a slow one is given back and cancelled.
             assert client.map(lambda v: v, range(400), chunksize=1) == list(range(400))
-            cancel(client, str(tmp_path / f"run{round}"), tmp_path, delay)
+            marker = str(tmp_path / f"run{round}")
+            cancel(client, marker, tmp_path, delay)
+            Path(f"{marker}-release").touch()   # tasks a cancel left running (as the stdlib) end
         wait_for(lambda: all(w["running"] == 0 for w in client.workers()) and
                  client.status()["queued"] == 0, timeout=60, what="the cluster idle")
         pids = [f.result(60) for f in [client.submit(lambda: (time.sleep(0.5), os.getpid())[1])
