@@ -165,10 +165,8 @@ class Client:
                      retries: int = 0, callback: Callable[[Any], Any] | None = None
                      ) -> TaskFuture:
         prepared, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
-        fut = self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries)
-        if callback is not None:
-            self._add_callback(fut, callback)
-        return fut
+        return self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries,
+                                   callback)
 
     def prepare(self, fn: Callable) -> "serialize.Prepared":
         """fn pickled once, to pass to `submit` in place of fn when submitting it many times.
@@ -182,8 +180,9 @@ class Client:
         return sorted({*self.labels, *(labels or ())})
 
     def _submit_frames(self, fn: "serialize.Prepared", frames: list, labels, target: str | None,
-                       retries: int) -> TaskFuture:
-        """Queue a task: fn's payload (sent once per session) and the argument frames."""
+                       retries: int, callback: Callable[[Any], Any] | None = None) -> TaskFuture:
+        """Queue a task: fn's payload (sent once per session) and the argument frames. A
+        `callback` is registered before the task can be sent, so no result can beat it."""
         if self._closed:
             raise RuntimeError("this client is closed")
         self._raise_if_broken()
@@ -194,9 +193,13 @@ class Client:
         # A task whose data is in this host's shared memory must run on this host.
         spec = [key, len(frames), sorted(labels or ()), target, int(retries),
                 self.host if shm_files else None, fn.digest]
+        if callback is not None:
+            self._start_callbacks_thread()
         with self._lock:
             if shm_files:
                 self._shm_files[key] = shm_files
+            if callback is not None:
+                self._result_callbacks[key] = callback
             self._futures[key] = fut
             self._pending[key] = (spec, frames, fn)
             self._outbox.append(("task", spec, frames, fn))
@@ -359,24 +362,13 @@ class Client:
         return Executor(client=self, **kwargs)
 
     # ---- callbacks --------------------------------------------------------------------------
-    def _add_callback(self, fut: TaskFuture, callback: Callable[[Any], Any]) -> None:
-        """Run callback(result) on the callbacks thread when the task succeeds, before the
-        future resolves: if the callback raises, the future fails with that error."""
+    def _start_callbacks_thread(self) -> None:
+        """Result callbacks run on a thread of their own (never the I/O thread), before their
+        future resolves: a callback that raises fails its future with that error."""
         with self._lock:
             if self._callbacks is None:
                 self._callbacks = concurrent.futures.ThreadPoolExecutor(
                     1, thread_name_prefix="nbcluster-callbacks")
-            if fut.key in self._futures:
-                self._result_callbacks[fut.key] = callback
-                return
-
-        def late(f: TaskFuture) -> None:   # the result beat us here: call it all the same
-            if not f.cancelled() and f.exception() is None:
-                try:
-                    callback(f.result())
-                except BaseException:   # noqa: BLE001 - the future is resolved already
-                    log.exception("result callback %r failed", callback)
-        fut.add_done_callback(lambda f: self._callbacks.submit(late, f))
 
     def _callback_then_settle(self, fut: TaskFuture, callback: Callable, value: Any) -> None:
         """(callbacks thread) The callback, then the future: its value, or what it raised."""
