@@ -134,6 +134,9 @@ def test_daemon_list_status_stop_and_doctor(tmp_path):
         assert cli("stop", "--worker", "w1", "--connection-file", conn).returncode == 0
         w1 = next(w["pid"] for w in listed["workers"] if w["id"] == "w1")
         wait_for(lambda: gone(w1), timeout=60, what="w1 stopped")
+        # the broker learns it left from its bye (or, if that was lost, from its silence)
+        wait_for(lambda: json.loads(cli("status", "--json", "--connection-file", conn).stdout)
+                 ["workers"] == 1, timeout=60, what="the broker to drop w1")
         stopped = cli("stop", "--connection-file", conn)
         assert stopped.returncode == 0 and "1 worker, then the broker" in stopped.stdout
         assert not os.path.exists(conn)                   # stop removes the connection file
