@@ -76,7 +76,7 @@ def lab(tmp_path):
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_MS / 1000
         while True:
             try:
                 urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2)
