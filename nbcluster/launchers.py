@@ -59,6 +59,16 @@ class SSHWorkers:
                  wait: float = 60.0):
         self.hosts, self.info, self.n_per_host = list(hosts), info, n_per_host
         self.procs: dict[str, subprocess.Popen] = {}
+        try:
+            self._start(info, n_per_host, labels, python, endpoint, ssh_options)
+            if wait:
+                self._wait_joined(wait)
+        except BaseException:
+            self.close()   # the ssh processes started for earlier hosts must not leak
+            raise
+
+    def _start(self, info: ConnectionInfo, n_per_host: int, labels: Iterable[str], python: str,
+               endpoint: str | None, ssh_options: Iterable[str]) -> None:
         port = _tcp_port(info)
         line = (info.to_json() + "\n").encode()
         for host in self.hosts:
@@ -72,11 +82,12 @@ class SSHWorkers:
                  "-o", "ServerAliveInterval=5", *ssh_options, host, shlex.join(remote)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 start_new_session=True)
-            proc.stdin.write(line)
-            proc.stdin.flush()
             self.procs[host] = proc
-        if wait:
-            self._wait_joined(wait)
+            try:
+                proc.stdin.write(line)
+                proc.stdin.flush()
+            except OSError:   # ssh exited already (host unreachable): _wait_joined says why
+                pass
 
     def _wait_joined(self, timeout: float) -> None:
         from .client import Client

@@ -131,6 +131,10 @@ class Worker:
         self.functions = serialize.FunctionCache()
         self.shm = SharedMemory(key) if shm_available() else None
         self.lock = threading.Lock()          # guards the state below, shared by both threads
+        # A give-back asked for and not yet answered: the tasks we hold may be queued elsewhere
+        # already, so none of them starts here until the broker's `given` says which.
+        self.awaiting_given = False
+        self.given_arrived = threading.Condition(self.lock)
         self.registered = False
         self.registration: tuple | None = None   # (worker id, broker epoch) once welcomed
         self.session = 0                      # bumped by every hello: older runs are stale
@@ -250,6 +254,8 @@ class Worker:
             self.functions.put(fn_digest, [fn_digest])
         missing = fn_digest not in self.functions
         with self.lock:
+            while self.awaiting_given:   # see __init__: else a task could run here and elsewhere
+                self.given_arrived.wait(1.0)
             if (gid, attempt) in self.cancelled:
                 self.cancelled.discard((gid, attempt))
                 return None
@@ -419,6 +425,8 @@ class Worker:
             self.session += 1
             self.granted = self.done = 0
             self.cancelled.clear()
+            self.awaiting_given = False   # a new registration: no answer will come
+            self.given_arrived.notify_all()
         self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
                               "slots": self.slots, "task_identity": self.task_identity, **self.info})
 
@@ -450,6 +458,8 @@ class Worker:
             with self.lock:
                 self.cancelled.update(tuple(x) for x in header["ids"])
                 self.granted -= header.get("dropped", 0)
+                self.awaiting_given = False
+                self.given_arrived.notify_all()
             # The voided credit must be asked for again once we are free: if the task we kept
             # has ended already (cancelled, or quick), no finished task will ask for us and we
             # would sit idle forever. The main thread tops up when it is between tasks.
@@ -501,6 +511,7 @@ class Worker:
             self.gave_back_for = tag[0]
             self.task_time = max(self.task_time or 0.0, LONG_TASK_S)   # stop prefetching
             holding = self.granted - self.done > 1
+            self.awaiting_given |= holding
         if holding:
             self._send(self.ctl, {"t": "giveback", "keep": tag[0]})
 

@@ -23,14 +23,18 @@ def slow(marker, i):
     return i
 
 
+def starts(tmp_path) -> int:
+    return len(list(tmp_path.glob("run*-*-*")))   # run<round>-<i>-<pid>: not the release files
+
+
 def started(tmp_path, n):
-    return wait_for(lambda: len(list(tmp_path.glob("run*"))) >= n, timeout=60,
-                    what=f"{n} slow tasks started")
+    return wait_for(lambda: starts(tmp_path) >= n, timeout=60, what=f"{n} slow tasks started")
 
 
 def interrupt_directly(client, marker, tmp_path, delay):
+    before = starts(tmp_path)   # counted first: both may start before the next line
     futures = [client.submit(slow, marker, i) for i in range(2)]
-    started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
+    started(tmp_path, before + 1)
     time.sleep(delay)   # vary where the interrupt lands against the give-back
     for fut in futures:
         fut.cancel()      # the queued one is cancelled; the running one is left running...
@@ -38,8 +42,9 @@ def interrupt_directly(client, marker, tmp_path, delay):
 
 
 def cancel_by_client(client, marker, tmp_path, delay):
+    before = starts(tmp_path)   # counted first: both may start before the next line
     futures = [client.submit(slow, marker, i) for i in range(2)]
-    started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
+    started(tmp_path, before + 1)
     time.sleep(delay)
     client.cancel(futures)   # stops the job: queued tasks dropped, running ones interrupted
 
@@ -59,8 +64,9 @@ def cancel_by_map_timeout(client, marker, tmp_path, delay):
 
 def cancel_by_executor_shutdown(client, marker, tmp_path, delay):
     executor = client.executor()
+    before = starts(tmp_path)
     futures = [executor.submit(slow, marker, i) for i in range(3)]
-    started(tmp_path, len(list(tmp_path.glob("run*"))) + 1)
+    started(tmp_path, before + 1)
     time.sleep(delay)
     executor.shutdown(wait=False, cancel_futures=True)   # what has not started is cancelled
     assert any(f.cancelled() for f in futures)
