@@ -22,11 +22,15 @@ class WorkerModel:
     thread that runs the tasks of `run` messages in order, an I/O thread that handles cancel
     and given, and one FIFO channel per socket and direction (the two sockets are not
     ordered with each other). `topup_after_given` is the fix; without it the fuzzer finds
-    the starvation of issue 11."""
+    the starvation of issue 11. `wait_for_given` is the fix of the double run: between its
+    giveback and the broker's `given`, the worker starts none of the tasks it holds."""
 
-    def __init__(self, name: bytes, topup_after_given: bool = True):
+    def __init__(self, name: bytes, topup_after_given: bool = True, wait_for_given: bool = True):
         self.task_id, self.ctl = name, name + b"/ctl"
         self.topup_after_given = topup_after_given
+        self.wait_for_given = wait_for_given
+        self.awaiting_given = False
+        self.started: list = []               # tasks started since the last check
         self.wid = None
         self.granted = self.done = 0
         self.cancelled: set = set()
@@ -54,7 +58,7 @@ class WorkerModel:
     # -- main thread
     def step_main(self) -> bool:
         """Start the next task, or skip it, or top up between run messages; False if idle."""
-        if self.current is not None:
+        if self.current is not None or self.awaiting_given:
             return False
         if self.batches and not self.batches[0]:
             self.batches.pop(0)
@@ -72,6 +76,7 @@ class WorkerModel:
             self.finish_send([], 1)
         else:
             self.current = tag
+            self.started.append(tag)
         return True
 
     def finish(self, short: bool) -> bool:
@@ -97,6 +102,7 @@ class WorkerModel:
         self.gave_back_for = self.current[0]
         self.short = False
         if self.granted - self.done > 1:
+            self.awaiting_given = self.wait_for_given
             self.send("ctl", {"t": "giveback", "keep": self.current[0]})
         return True
 
@@ -117,6 +123,7 @@ class WorkerModel:
             self.cancelled.update(tuple(x) for x in header["ids"])
             self.granted -= header["dropped"]
             self.wake = self.wake or self.topup_after_given
+            self.awaiting_given = False
         return True
 
     # -- the broker's view, as this ledger implies it
@@ -173,6 +180,13 @@ class Cluster:
         self.route(self.state.handle(identity, {"t": t, **header}, list(payload), None, 0))
 
     def check(self) -> None:
+        for w in self.workers:   # a task starts only where the broker holds it: never twice
+            for gid, attempt in w.started:
+                t = self.state.tasks.get(gid)   # None: cancelled or done meanwhile (fine)
+                assert t is None or (t.worker, t.attempt) == (w.wid, attempt), \
+                    f"{w.wid} started task {gid} at attempt {attempt}, which the broker has " \
+                    f"at attempt {t.attempt} on {t.worker or 'its queue'}: it may run twice"
+            w.started.clear()
         self.state.check_invariants(workers={
             w.wid: (w.expected_credit(), w.window(), w.idle()) for w in self.workers})
 
@@ -267,6 +281,18 @@ def test_the_sweep_finds_the_starvation_when_the_worker_does_not_top_up_after_gi
             assert "is idle with credit" in str(e)
             return
     pytest.fail("the sweep did not find the starvation")
+
+
+def test_the_sweep_finds_the_double_run_when_the_worker_does_not_wait_for_given():
+    """The invariant "a task starts only where the broker holds it" catches a worker that
+    runs what it has just given back (the kept task ended before `given` arrived)."""
+    for seed in SWEEP:
+        try:
+            run_cluster(random_steps(seed), wait_for_given=False)
+        except AssertionError as e:
+            assert "it may run twice" in str(e)
+            return
+    pytest.fail("the sweep did not find the double run")
 
 
 def test_cancelling_the_kept_task_of_a_giveback_starves_without_the_topup():
