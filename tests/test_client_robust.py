@@ -62,16 +62,26 @@ def test_a_result_whose_unpickling_raises_fails_only_its_future(client, name):
     assert client.map(lambda x: x + 1, range(5)) == [1, 2, 3, 4, 5]
 
 
-def test_a_done_callback_that_raises_base_exceptions_does_not_stop_the_client(client):
+def gated(gate: str, value):
+    """value, once the file gate exists (so the test adds its callbacks while it is pending)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def test_a_done_callback_that_raises_base_exceptions_does_not_stop_the_client(client, tmp_path):
     seen = []
     for exc in (SystemExit, KeyboardInterrupt, RuntimeError):
-        fut = client.submit(lambda: 7)
+        gate = tmp_path / exc.__name__
+        fut = client.submit(gated, str(gate), 7)
 
         def callback(f, exc=exc):
             seen.append(f.result())
             raise exc("from a done callback")
-        fut.add_done_callback(callback)
+        fut.add_done_callback(callback)   # pending: it runs on the client's I/O thread
         fut.add_done_callback(lambda f: seen.append("next callback"))   # still called
+        gate.touch()
         assert fut.result(30) == 7
     assert client.submit(lambda: "still serving").result(30) == "still serving"
     wait_for(lambda: len(seen) == 6, what="every done callback called")
