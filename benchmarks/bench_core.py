@@ -215,13 +215,18 @@ def measure(peer, quick: bool) -> dict:
 
         if peer.pickles_lambdas:   # a function that captures 16 MB, run 100 times
             data = np.random.default_rng(1).random(2_000_000)
-            t = time.perf_counter()
-            assert peer.submit_many(lambda: float(data[7]), 100) == [float(data[7])] * 100
-            out["captured_16mb_submit_100_s"] = time.perf_counter() - t
-            t = time.perf_counter()
-            expected = [float(x) for x in data[:100]]
-            assert peer.map_each(lambda i: float(data[i]), range(100)) == expected
-            out["captured_16mb_map_100_s"] = time.perf_counter() - t
+            try:   # a peer that cannot do it shows "fails" in its column, the rest still runs
+                t = time.perf_counter()
+                assert peer.submit_many(lambda: float(data[7]), 100) == [float(data[7])] * 100
+                out["captured_16mb_submit_100_s"] = time.perf_counter() - t
+                t = time.perf_counter()
+                expected = [float(x) for x in data[:100]]
+                assert peer.map_each(lambda i: float(data[i]), range(100)) == expected
+                out["captured_16mb_map_100_s"] = time.perf_counter() - t
+            except Exception as e:   # noqa: BLE001 - reported, not hidden
+                print(f"  {peer.name}: a function capturing 16 MB fails: {e!r}", flush=True)
+                out.setdefault("captured_16mb_submit_100_s", "fails")
+                out.setdefault("captured_16mb_map_100_s", "fails")
             del data
 
         # This machine's speed drifts (shared host): time the serial baseline right before, and
@@ -320,7 +325,8 @@ def main() -> None:
     print()
     print("".ljust(width) + "".join(n.rjust(16) for n in results))
     for label, key, fmt in rows:
-        cells = [fmt.format(r[key]) if key in r else "-" for r in results.values()]
+        cells = [("-" if key not in r else r[key] if isinstance(r[key], str) else
+                  fmt.format(r[key])) for r in results.values()]
         print(label.ljust(width) + "".join(c.rjust(16) for c in cells))
     if zmq:
         print("\nraw pyzmq floor (no pickling, no signing):")
