@@ -27,10 +27,10 @@ def test_demo_estimates_pi_with_a_progress_bar():
 
 def test_connect_by_file_and_by_url(cluster):
     with nbcluster.connect(str(cluster.connection_file)) as c:
-        assert c.submit(lambda: "by file").result(10) == "by file"
+        assert c.submit(lambda: "by file").result(60) == "by file"
     tcp = next(ep for ep in cluster.endpoints if ep.startswith("tcp://"))
     with nbcluster.connect(tcp, key=cluster.key.hex()) as c:
-        assert c.submit(lambda: "by url").result(10) == "by url"
+        assert c.submit(lambda: "by url").result(60) == "by url"
     with pytest.raises(ValueError, match="needs the cluster key"):
         nbcluster.connect(tcp)
     with pytest.raises(AuthenticationError):

@@ -74,7 +74,7 @@ def test_frozen_worker_is_declared_dead_and_its_late_result_dropped(tmp_path):
         wait_for(lambda: frozen_pid in [w["pid"] for w in client.workers()], what="re-registered")
         time.sleep(2.0)
         assert client.stats == {"results": 1, "unexpected_results": 0}
-        assert client.submit(lambda: "alive").result(10) == "alive"
+        assert client.submit(lambda: "alive").result(60) == "alive"
 
 
 @pytest.mark.parametrize("how, reason", [("sigkill", "killed by SIGKILL"),
@@ -167,7 +167,7 @@ def test_children_exit_when_their_parent_is_killed(tmp_path):
             except ProcessLookupError:
                 pass
         return True
-    wait_for(all_gone, timeout=3, what="children gone after their parent was killed")
+    wait_for(all_gone, timeout=30, what="children gone after their parent was killed")
 
 
 def test_prefetched_tasks_are_given_back_when_a_long_task_blocks_them():
