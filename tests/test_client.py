@@ -65,8 +65,8 @@ def test_callback_runs_on_the_client(client):
 
 
 def test_cancel_queued_and_running(client):
-    running = client.submit(time.sleep, 30)
-    queued = [client.submit(time.sleep, 30) for _ in range(3)]
+    running = client.submit(time.sleep, 600)   # longer than any wait below: an interrupt that fails shows
+    queued = [client.submit(time.sleep, 600) for _ in range(3)]
     wait_for(lambda: sum(w["running"] for w in client.workers()) >= 1, what="a task running")
     assert client.cancel([running, *queued]) == 4
     assert all(f.cancelled() for f in [running, *queued])
