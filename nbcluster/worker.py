@@ -202,9 +202,14 @@ class Worker:
         if header["t"] == "reconnect":
             self._ask_io(reconnect=True)
         elif header["t"] == "run":
-            with self.lock:   # only a run for our current registration (id and broker epoch)
-                current = self.registration == (header.get("w"), header.get("e"))
+            # Only a run answering our latest hello (`s`): the broker dropped the registrations
+            # of earlier ones, and queued their tasks again. Not "our current registration":
+            # its welcome comes on the other socket and may not be read yet, and a run
+            # dropped for that is a task the broker holds here forever.
+            with self.lock:
                 session = self.session
+                current = header.get("s") == session and self.registration in (
+                    None, (header.get("w"), header.get("e")))
             if current:
                 self._run_batch(header["tasks"], payload, header.get("fns", []), session,
                                 header["e"])
@@ -428,7 +433,8 @@ class Worker:
             self.awaiting_given = False   # a new registration: no answer will come
             self.given_arrived.notify_all()
         self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
-                              "slots": self.slots, "task_identity": self.task_identity, **self.info})
+                              "slots": self.slots, "task_identity": self.task_identity,
+                              "session": self.session, **self.info})
 
     def _on_control_message(self, frames) -> None:
         if protocol.is_denied(frames) and not self.registered:
@@ -465,6 +471,8 @@ class Worker:
             # would sit idle forever. The main thread tops up when it is between tasks.
             os.write(self._registered_w, b"x")
         elif kind == "welcome":
+            if header.get("session") != self.session:
+                return   # the answer to an earlier hello: the broker drops that registration
             self.id = header.get("id", self.id)
             runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
