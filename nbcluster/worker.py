@@ -207,9 +207,11 @@ class Worker:
             # its welcome comes on the other socket and may not be read yet, and a run
             # dropped for that is a task the broker holds here forever.
             with self.lock:
-                session = self.session
-                current = header.get("s") == session and self.registration in (
+                current = header.get("s") == self.session and self.registration in (
                     None, (header.get("w"), header.get("e")))
+                # Before its welcome we asked this registration for nothing: such a run was
+                # bought with credit of an earlier hello's ledger, so its tasks do not count.
+                session = self.session if self.registration else 0
             if current:
                 self._run_batch(header["tasks"], payload, header.get("fns", []), session,
                                 header["e"])
