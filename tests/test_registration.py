@@ -97,3 +97,47 @@ def test_a_run_that_overtakes_its_welcome_still_runs():
         worker.kill()
         worker.wait(10)
         broker.close()
+
+
+def hello_within(broker: FakeBroker, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            _, header = broker.recv(max(0.05, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        if header["t"] == "hello":
+            return True
+    return False
+
+
+@pytest.mark.timeout(90)
+def test_only_a_reconnect_on_the_control_socket_makes_a_worker_register_again():
+    """A reconnect on the task socket answers a message sent there, maybe before the worker's
+    latest hello: acting on it ended the registration that hello made, and counted the tasks
+    held there as lost (after a cut link, one task was lost on four registrations of the
+    same two workers and failed). The control socket's reconnect, ordered with the hellos,
+    is the one to act on."""
+    key = protocol.new_key()
+    broker = FakeBroker(key)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "nbcluster.worker", "--connect", f"tcp://127.0.0.1:{broker.port}"],
+        env={**os.environ, KEY_ENV: key.hex()}, stderr=subprocess.DEVNULL)
+    try:
+        ctl, hello = broker.recv(30)
+        assert hello["t"] == "hello"
+        broker.send(ctl, welcome("w1", hello.get("session")))
+        deadline = time.monotonic() + 30
+        while True:   # the worker asks for work on its task socket once welcomed
+            identity, header = broker.recv(max(0.1, deadline - time.monotonic()))
+            if header["t"] == "ready":
+                break
+        assert identity == hello["task_identity"]
+        broker.send(identity, {"t": "reconnect"})
+        assert not hello_within(broker, 3.0), "a reconnect on the task socket ended a registration"
+        broker.send(ctl, {"t": "reconnect"})
+        assert hello_within(broker, 30), "a reconnect on the control socket was ignored"
+    finally:
+        worker.kill()
+        worker.wait(10)
+        broker.close()
