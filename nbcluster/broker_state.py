@@ -92,6 +92,7 @@ class Worker:
     info: dict = field(default_factory=dict)
     stopping: bool = False   # asked to leave: finishes its task, gets no new ones
     fns: set = field(default_factory=set)   # digests of the function payloads sent to it
+    session: Any = None      # its hello's `session`, echoed in welcome and run (see _hello)
 
 
 @dataclass
@@ -190,13 +191,16 @@ class BrokerState:
             return out + [Send(identity, welcome)]
         if role != "worker":
             raise ProtocolError(f"unknown role {role!r}")
+        # The worker's `session` numbers its hellos: echoed in the welcome and in every run, it
+        # lets the worker tell a run of its latest hello (to run, even when the welcome on its
+        # other socket is not read yet) from one of an earlier hello (dropped here meanwhile).
         w = Worker(id=f"w{next(self._wids)}", identity=other, ctl=identity, host=host, pid=pid,
                    labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
-                   joined=now, last_seen=now)
+                   joined=now, last_seen=now, session=_field(h, "session", int, 0))
         self.workers[w.id] = w
         self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
-        return out + [Send(identity, {**welcome, "id": w.id})]
+        return out + [Send(identity, {**welcome, "id": w.id, "session": w.session})]
 
     def _forget(self, identity: bytes, now: int) -> list[Send]:
         """A peer says hello again on an identity we know: its old session is over."""
@@ -498,7 +502,7 @@ class BrokerState:
         return out
 
     def _run_header(self, w: Worker, tasks: list[Task], fns: list) -> dict:
-        header = {"t": "run", "w": w.id, "e": self.epoch, "tasks": [
+        header = {"t": "run", "w": w.id, "e": self.epoch, "s": w.session, "tasks": [
             [t.gid, t.attempt, len(t.payload), self._local(t, w), t.fn] for t in tasks]}
         if fns:
             header["fns"] = fns

@@ -150,7 +150,7 @@ class Worker:
         self.interrupt_tag: tuple | None = None   # the task that interrupt is meant for
         self.credit_heals = 0                 # times _check_credit found us starving
         self._credit_probe: tuple | None = None
-        self.stopping = self.reconnecting = False
+        self.stopping = False
         self.draining = False                 # asked to leave: finish the running task, then go
         self._wake_r, self._wake_w = os.pipe()              # to the I/O thread
         self._registered_r, self._registered_w = os.pipe()  # to the main thread
@@ -199,12 +199,21 @@ class Worker:
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
             return
-        if header["t"] == "reconnect":
-            self._ask_io(reconnect=True)
-        elif header["t"] == "run":
-            with self.lock:   # only a run for our current registration (id and broker epoch)
-                current = self.registration == (header.get("w"), header.get("e"))
-                session = self.session
+        # A `reconnect` here is not acted on: it answers a message sent on this socket, maybe
+        # before our latest hello, and would end the registration that hello made (its tasks
+        # counted as lost on us). Our heartbeats on the control socket, ordered with our
+        # hellos, get a reconnect there within a heartbeat if the broker forgot us.
+        if header["t"] == "run":
+            # Only a run answering our latest hello (`s`): the broker dropped the registrations
+            # of earlier ones, and queued their tasks again. Not "our current registration":
+            # its welcome comes on the other socket and may not be read yet, and a run
+            # dropped for that is a task the broker holds here forever.
+            with self.lock:
+                current = header.get("s") == self.session and self.registration in (
+                    None, (header.get("w"), header.get("e")))
+                # Before its welcome we asked this registration for nothing: such a run was
+                # bought with credit of an earlier hello's ledger, so its tasks do not count.
+                session = self.session if self.registration else 0
             if current:
                 self._run_batch(header["tasks"], payload, header.get("fns", []), session,
                                 header["e"])
@@ -337,8 +346,7 @@ class Worker:
             return self.slots
         return self.slots + min(MAX_PREFETCH, int(PREFETCH_TARGET_S / max(t, 1e-6)))
 
-    def _ask_io(self, reconnect: bool = False, stop: bool = False) -> None:
-        self.reconnecting |= reconnect
+    def _ask_io(self, stop: bool = False) -> None:
         self.stopping |= stop
         os.write(self._wake_w, b"x")
 
@@ -390,9 +398,6 @@ class Worker:
                 if self.stopping:
                     self._send(self.ctl, {"t": "bye"})
                     os._exit(0)
-                if self.reconnecting and self.registered:
-                    self._hello()
-                self.reconnecting = False
             for frames in pending_messages(self.ctl) if self.ctl in events else ():
                 last_heard, tries, next_try = now, 0, now + self.expiry_s
                 self._on_control_message(frames)
@@ -420,7 +425,7 @@ class Worker:
 
     def _hello(self) -> None:
         with self.lock:
-            self.registered = self.reconnecting = False
+            self.registered = False
             self.registration = None
             self.session += 1
             self.granted = self.done = 0
@@ -428,7 +433,8 @@ class Worker:
             self.awaiting_given = False   # a new registration: no answer will come
             self.given_arrived.notify_all()
         self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
-                              "slots": self.slots, "task_identity": self.task_identity, **self.info})
+                              "slots": self.slots, "task_identity": self.task_identity,
+                              "session": self.session, **self.info})
 
     def _on_control_message(self, frames) -> None:
         if protocol.is_denied(frames) and not self.registered:
@@ -465,6 +471,8 @@ class Worker:
             # would sit idle forever. The main thread tops up when it is between tasks.
             os.write(self._registered_w, b"x")
         elif kind == "welcome":
+            if header.get("session") != self.session:
+                return   # the answer to an earlier hello: the broker drops that registration
             self.id = header.get("id", self.id)
             runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
