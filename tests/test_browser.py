@@ -61,8 +61,12 @@ def netns():
     if os.geteuid() != 0 or shutil.which("ip") is None:
         yield None
         return
+    for line in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                               text=True).stdout.splitlines():
+        stale = line.split()[0] if line.startswith("nbct-browser-") else None
+        if stale and not os.path.exists(f"/proc/{stale.rsplit('-', 1)[1]}"):
+            subprocess.run(["ip", "netns", "del", stale])   # left by a killed run of ours
     name = f"nbct-browser-{os.getpid()}"
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)   # a killed run's
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         subprocess.run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "up"],
