@@ -2,6 +2,7 @@
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 import time
 
@@ -112,11 +113,18 @@ def test_output_is_captured_per_task(client):
     assert {w for _, _, w in f.output} == {f.worker}
 
 
-def test_output_arrives_while_the_task_runs(client):
+def test_output_arrives_while_the_task_runs(client, tmp_path):
+    def prints_then_waits(gate):
+        print("started", flush=True)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
     first_line = threading.Event()
-    f = client.submit(lambda: (print("started", flush=True), __import__("time").sleep(1.5))[1])
+    gate = tmp_path / "gate"
+    f = client.submit(prints_then_waits, str(gate))
     f.on_output = lambda stream, text, worker: first_line.set()
-    assert first_line.wait(1.2) and not f.done()
+    assert first_line.wait(60) and not f.done()   # the task is still waiting for the gate
+    gate.touch()
     f.result(60)
 
 

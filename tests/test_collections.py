@@ -112,7 +112,7 @@ def test_any_stops_early_and_cancels_the_rest(client):
         return x == 1
     t0 = time.monotonic()
     assert parallel(range(400), client, chunksize=2, progress=False).any(slow_after_first)
-    assert time.monotonic() - t0 < 5      # 398 elements of 1 s would take minutes
+    assert time.monotonic() - t0 < 60     # 398 elements of 1 s would take minutes
     client.submit(int).result(60)
     assert client.status()["queued"] == 0
 

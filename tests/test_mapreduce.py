@@ -183,17 +183,20 @@ def test_cancel_from_the_bar_stops_a_map_reduce(client):
                 cancels.append(cancel)
 
     def slow(x):
-        time.sleep(0.2)
+        time.sleep(2)   # the whole job would take 100 s: only a cancel ends it in time
         return {x % 3: 1}
+
+    def press_cancel():
+        wait_for(lambda: cancels, timeout=60, what="the job's bar")
+        time.sleep(1.0)   # while map tasks run
+        cancels[0]()
 
     bars.set_progress_factory(Recording)
     try:
-        threading.Timer(1.0, lambda: cancels[0]()).start()
-        t0 = time.monotonic()
+        threading.Thread(target=press_cancel, daemon=True).start()
         with pytest.raises(TaskCancelled):
             map_reduce(range(100), slow, sum, client=client, chunksize=1)
-        assert time.monotonic() - t0 < 5                  # not the 10 s the whole job takes
         wait_for(lambda: client.status()["running"] == 0 and client.status()["queued"] == 0,
-                 what="the cancelled map tasks to leave the cluster")
+                 timeout=60, what="the cancelled map tasks to leave the cluster")
     finally:
         bars.set_progress_factory(bars._Tqdm)
