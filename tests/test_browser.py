@@ -134,6 +134,23 @@ def lab(tmp_path, netns):
             proc.wait()
 
 
+DIALOGS: list[str] = []   # what JupyterLab's own dialogs said during the test
+
+
+def dismiss_dialogs(page) -> None:
+    """Close a JupyterLab dialog over the notebook (seen under load: a resource that failed
+    to load, a kernel choice), noting what it said: the test is about nbcluster's widgets,
+    and a dialog would otherwise swallow every click until the test times out."""
+    dialog = page.locator(".jp-Dialog")
+    if dialog.count():
+        DIALOGS.append(dialog.first.inner_text()[:300])
+        button = dialog.first.locator(".jp-Dialog-button.jp-mod-accept")
+        if button.count():
+            button.first.click()
+        else:
+            page.keyboard.press("Escape")
+
+
 def run_cell(page, index: int, timeout_s: float = 180) -> None:
     """Select cell `index`, run it with Shift+Enter, wait until its prompt shows a number."""
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
@@ -144,6 +161,7 @@ def run_cell(page, index: int, timeout_s: float = 180) -> None:
         text = prompt.inner_text().strip()
         if text not in ("", "[ ]:", "[*]:"):
             return
+        dismiss_dialogs(page)
         if text in ("", "[ ]:") and time.monotonic() - pressed > 3:
             # not queued yet (a keypress before the notebook took focus is lost): press
             cell.locator(".jp-InputArea-editor").click()
@@ -242,6 +260,7 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, netns, request, tmp_path
         except BaseException:
             for page in browser.contexts[0].pages if browser.contexts else ():
                 page.screenshot(path=str(shots / "failure.png"))   # what the page showed
+            (shots / "dialogs.txt").write_text("\n---\n".join(DIALOGS))
             raise
         finally:
             browser.close()
