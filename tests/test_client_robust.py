@@ -41,12 +41,15 @@ def make_bomb(name):
     return Bomb(name)
 
 
-def test_an_on_output_handler_that_raises_fails_only_its_future(client):
-    fut = client.submit(lambda: (print("hello", flush=True), __import__("time").sleep(2))[1])
+def test_an_on_output_handler_that_raises_fails_only_its_future(client, tmp_path):
+    gate = tmp_path / "gate"   # the task prints only once the handler is set
+    fut = client.submit(lambda g: (gated(g, None), print("hello", flush=True),
+                                   __import__("time").sleep(2))[2], str(gate))
 
     def handler(stream, text, worker):
         raise RuntimeError("handler bug")
     fut.on_output = handler
+    gate.touch()
     with pytest.raises(NBClusterError, match="on_output handler .* raised RuntimeError") as info:
         fut.result(30)
     assert isinstance(info.value.__cause__, RuntimeError)
