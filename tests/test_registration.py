@@ -64,13 +64,19 @@ def welcome(wid: str, session) -> dict:
             "id": wid, "session": session}
 
 
-@pytest.mark.timeout(90)
-def test_a_run_that_overtakes_its_welcome_still_runs():
+def fake_broker_and_worker() -> tuple:
+    """The test's broker, and a real worker process connected to it (stop it by pid)."""
     key = protocol.new_key()
     broker = FakeBroker(key)
     worker = subprocess.Popen(
         [sys.executable, "-m", "nbcluster.worker", "--connect", f"tcp://127.0.0.1:{broker.port}"],
         env={**os.environ, KEY_ENV: key.hex()}, stderr=subprocess.DEVNULL)
+    return broker, worker
+
+
+@pytest.mark.timeout(90)
+def test_a_run_that_overtakes_its_welcome_still_runs():
+    broker, worker = fake_broker_and_worker()
     try:
         hellos = []   # unanswered, the worker says hello again after 3 s (its default expiry)
         deadline = time.monotonic() + 30
@@ -132,11 +138,7 @@ def test_only_a_reconnect_on_the_control_socket_makes_a_worker_register_again():
     held there as lost (after a cut link, one task was lost on four registrations of the
     same two workers and failed). The control socket's reconnect, ordered with the hellos,
     is the one to act on."""
-    key = protocol.new_key()
-    broker = FakeBroker(key)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "nbcluster.worker", "--connect", f"tcp://127.0.0.1:{broker.port}"],
-        env={**os.environ, KEY_ENV: key.hex()}, stderr=subprocess.DEVNULL)
+    broker, worker = fake_broker_and_worker()
     try:
         ctl, hello = broker.recv(30)
         assert hello["t"] == "hello"
