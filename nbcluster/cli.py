@@ -94,8 +94,13 @@ def start(args) -> int:
                 fd = os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-            while cluster.broker.poll() is None:   # `nbcluster stop` ends the broker
-                time.sleep(0.5)
+            # until `nbcluster stop` ends the broker (one that dies is started again)
+            while not cluster.broker.wait_stopped(0.5):
+                pass
+            if cluster.broker.gave_up:
+                print(f"nbcluster: {cluster.broker.gave_up}: stopping the workers",
+                      file=sys.stderr, flush=True)
+                return 1
             print("the broker stopped: stopping the workers", flush=True)
     except KeyboardInterrupt:
         print("stopped")
