@@ -118,7 +118,7 @@ class BrokerProcess:
     def _spawn(self, binds: list[str]) -> subprocess.Popen:
         args = [sys.executable, "-m", "nbcluster.broker", "--watch-stdin", *self.options,
                 *(["--curve-keys-on-stdin"] if self._curve else []),
-                *sum((["--bind", b] for b in binds), [])]
+                *(arg for b in binds for arg in ("--bind", b))]
         with self._lock:
             if self._stopping.is_set():
                 raise NBClusterError("the cluster is stopping")
@@ -154,8 +154,8 @@ class BrokerProcess:
             if self._stopping.is_set():
                 break
             if code in ASKED_TO_STOP:
-                log.warning("nbcluster: the broker (pid %d) %s: it was asked to stop",
-                            proc.pid, describe_exit(code))
+                log.info("nbcluster: the broker (pid %d) %s: it was asked to stop",
+                         proc.pid, describe_exit(code))
                 break
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < DEATH_WINDOW_S] + [now]

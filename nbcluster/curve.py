@@ -22,7 +22,7 @@ import zmq
 
 from .errors import NBClusterError
 
-__all__ = ["CurveKeys", "serve", "is_loopback", "server_keys_line", "read_server_keys"]
+__all__ = ["CurveKeys", "is_loopback", "read_server_keys", "serve", "server_keys_line"]
 
 ZAP_DOMAIN = b"nbcluster"
 

@@ -123,7 +123,7 @@ def check_survives_a_broker_kill(keeper: Keeper, tcp: str | None = None) -> None
     with old:
         assert old.map(square, range(4)) == [0, 1, 4, 9]
         broker = kill_broker(keeper)
-        assert broker is not None, open(keeper.log).read() if os.path.exists(keeper.log) else ""
+        assert broker is not None, Path(keeper.log).read_text() if os.path.exists(keeper.log) else ""
         after = keeper.info()
         assert (after.endpoints, after.key, after.curve, after.keeper) == \
             (before.endpoints, before.key, before.curve, keeper.pid)
@@ -153,7 +153,7 @@ def test_start_survives_its_broker_being_killed(tmp_path, mode):
     try:
         check_survives_a_broker_kill(keeper)
         if mode == "daemon":
-            log = open(keeper.log).read()
+            log = Path(keeper.log).read_text()
             assert "was killed by SIGKILL unexpectedly: starting it again" in log, log
             assert "the broker is back" in log, log
     finally:
@@ -188,7 +188,7 @@ def test_a_broker_that_keeps_dying_makes_the_daemon_give_up(tmp_path):
         else:
             pytest.fail("the daemon restarted its broker 20 times in a row")
         wait_for(keeper.exited, timeout=60, what="the daemon gone")
-        log = open(keeper.log).read()
+        log = Path(keeper.log).read_text()
         assert "giving up, not starting it again" in log and "was killed by SIGKILL" in log, log
         assert not os.path.exists(keeper.conn)
         wait_for(lambda: all(gone(p) for p in keeper.pids), timeout=60,
