@@ -77,9 +77,13 @@ def start(args) -> int:
         return 2
     if args.daemon:
         return _daemonize(args)
+    import logging
+
     import nbcluster
     from .english import counted
 
+    # the broker's restarts (nbcluster.broker_process), with their time, in the log
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
     labels = [x for x in args.labels.split(",") if x]
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
         with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
@@ -97,9 +101,9 @@ def start(args) -> int:
             # until `nbcluster stop` ends the broker (one that dies is started again)
             while not cluster.broker.wait_stopped(0.5):
                 pass
-            if cluster.broker.gave_up:
-                print(f"nbcluster: {cluster.broker.gave_up}: stopping the workers",
-                      file=sys.stderr, flush=True)
+            if cluster.broker.gave_up:   # (its log line said why)
+                print("nbcluster: no broker any more: stopping the workers", file=sys.stderr,
+                      flush=True)
                 return 1
             print("the broker stopped: stopping the workers", flush=True)
     except KeyboardInterrupt:
