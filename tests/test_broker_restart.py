@@ -29,10 +29,11 @@ def cli(*args, timeout=120):
 
 
 def gone(pid: int) -> bool:
+    """Has pid exited (a zombie, one of our children not reaped yet, has)?"""
     try:
-        os.kill(pid, 0)
-        return False
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
         return True
 
 
@@ -111,13 +112,14 @@ def square(x):
     return x * x
 
 
-def check_survives_a_broker_kill(keeper: Keeper, tcp: str | None = None) -> None:
+def check_survives_a_broker_kill(keeper: Keeper, tcp: str | None = None,
+                                 n_workers: int = 2) -> None:
     """Kill the broker; then the file is the same but for the pid, the workers are the same
     processes, clients from before and after run tasks (over `tcp` with Curve if given);
     `nbcluster stop` removes the file and every process goes."""
     before = keeper.info()
-    workers = wait_for(lambda: len(keeper.worker_pids()) == 2 and keeper.worker_pids(),
-                       timeout=60, what="2 workers")
+    workers = wait_for(lambda: len(keeper.worker_pids()) == n_workers and keeper.worker_pids(),
+                       timeout=60, what=f"{n_workers} workers")
     old = Client(tcp, before.key, curve=before.curve, remember=False) if tcp else \
         nbcluster.connect(keeper.conn)
     with old:
@@ -136,6 +138,9 @@ def check_survives_a_broker_kill(keeper: Keeper, tcp: str | None = None) -> None
             nbcluster.connect(keeper.conn)
         with new:
             assert new.submit(square, 7).result(120) == 49
+            if n_workers > 2:   # the one on another host, over TCP with Curve
+                remote = new.options(labels={"remote"}).submit(square, 8)
+                assert remote.result(120) == 64
             wait_for(lambda: keeper.worker_pids() == workers, timeout=60,
                      what=f"the same workers {workers} back")
     stopped = cli("stop", "--connection-file", keeper.conn)
@@ -165,7 +170,7 @@ def test_start_survives_its_broker_being_killed(tmp_path, mode):
 def test_a_daemon_beyond_loopback_keeps_its_port_and_curve_keys(hosts, tmp_path):
     """--ip on an address beyond loopback (the root namespace's end of a test link): the
     port the system picked and the Curve keys survive the restart; clients over TCP with
-    the keys of the file carry on."""
+    the keys of the file, and a worker on another host, carry on."""
     ip = f"10.{hosts.net}.0.1"
     keeper = Keeper("daemon", tmp_path, "--ip", ip)
     try:
@@ -173,7 +178,10 @@ def test_a_daemon_beyond_loopback_keeps_its_port_and_curve_keys(hosts, tmp_path)
         assert info.curve is not None
         [tcp] = [ep for ep in info.endpoints if ep.startswith(f"tcp://{ip}:")]
         assert not tcp.endswith(":0")
-        check_survives_a_broker_kill(keeper, tcp)
+        hosts.spawn("host1", [sys.executable, "-m", "nbcluster.worker", "--connect",
+                              keeper.conn, "--endpoint", tcp, "--labels", "remote"],
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        check_survives_a_broker_kill(keeper, tcp, n_workers=3)
     finally:
         keeper.close()
 
