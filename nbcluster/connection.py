@@ -10,9 +10,9 @@ A connection file is JSON, readable by its owner only::
 broker's process: on its own machine a reader tells at once that the cluster is gone.
 "keeper", when there, is the process that starts the broker again if it dies (LocalCluster,
 `nbcluster start`, see nbcluster.broker_process): while it lives, the cluster is not gone,
-even between a broker's death and its restart. A wildcard bind stays a wildcard in the file (tcp://0.0.0.0:5555):
-readers pick the address (loopback on the broker's host, its host name elsewhere), so the
-file never names an interface that may go away.
+even between a broker's death and its restart. A wildcard bind stays a wildcard in the file
+(tcp://0.0.0.0:5555): readers pick the address (loopback on the broker's host, its host name
+elsewhere), so the file never names an interface that may go away.
 """
 
 from __future__ import annotations

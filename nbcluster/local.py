@@ -192,12 +192,12 @@ class LocalCluster:
             c.close()
         with self._lock:
             procs = [*self.workers]
-        self.broker.stop()
         for p in procs:          # closing stdin makes each child exit at once
             try:
                 p.stdin.close()
             except (OSError, ValueError):
                 pass
+        self.broker.stop()       # the same way; and it is not started again
         deadline = time.monotonic() + 2.0
         for p in procs:
             try:

@@ -231,3 +231,16 @@ def test_a_local_cluster_restarts_its_broker_while_tasks_run(tmp_path):
         assert after.pid == cluster.pids()["broker"][0]
     assert not conn.exists()   # removed when the cluster stops, not before
     assert gone(broker)
+
+
+def test_a_file_whose_broker_died_is_not_gone_while_its_keeper_lives(tmp_path):
+    """Between a broker's death and its restart, readers (connect, list, a second `start`)
+    must not take the cluster for gone: its keeper still runs."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    info = ConnectionInfo([f"ipc://{tmp_path}/broker"], b"k" * 32, pid=dead.pid,
+                          keeper=os.getpid())
+    info.write(tmp_path / "c.json")
+    assert ConnectionInfo.read(tmp_path / "c.json").gone_reason() is None
+    info.keeper = dead.pid   # the keeper gone too: the cluster is
+    assert f"its broker (pid {dead.pid}) has exited" in info.gone_reason()
