@@ -122,15 +122,17 @@ class BrokerProcess:
         with self._lock:
             if self._stopping.is_set():
                 raise NBClusterError("the cluster is stopping")
-            # A session of its own: Ctrl-C in the caller's terminal is the caller's, not its.
-            self._proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          env=self.env, close_fds=True,
-                                          start_new_session=True)
+            try:   # a session of its own: Ctrl-C in the caller's terminal is not for it
+                self._proc = subprocess.Popen(args, stdin=subprocess.PIPE,
+                                              stdout=subprocess.PIPE, env=self.env,
+                                              close_fds=True, start_new_session=True)
+            except OSError as e:   # e.g. no memory to fork
+                raise NBClusterError(f"could not start the broker: {e}") from e
         if self._curve:
             try:
                 self._proc.stdin.write(server_keys_line(*self._curve))
                 self._proc.stdin.flush()
-            except (BrokenPipeError, ValueError):   # it died already: its status will say
+            except (OSError, ValueError):   # it died already (its status will say why)
                 pass
         return self._proc
 
@@ -147,8 +149,17 @@ class BrokerProcess:
 
     def _watch(self) -> None:
         """Wait for each broker to exit; start it again unless that was wanted."""
+        try:
+            self._keep_running(self._proc)
+        except Exception as e:   # a bug of ours: said, and the keeper is not left waiting
+            log.exception("nbcluster: internal error while keeping the broker running")
+            self.gave_up = f"internal error while keeping the broker running: {e!r}"
+        if not self._stopping.is_set():   # no broker will answer at this file any more
+            self._remove_connection_file()
+        self._stopped.set()
+
+    def _keep_running(self, proc: subprocess.Popen) -> None:
         deaths: list[float] = []
-        proc = self._proc
         while True:
             code = proc.wait()
             if self._stopping.is_set():
@@ -156,7 +167,7 @@ class BrokerProcess:
             if code in ASKED_TO_STOP:
                 log.info("nbcluster: the broker (pid %d) %s: it was asked to stop",
                          proc.pid, describe_exit(code))
-                break
+                return
             now = time.monotonic()
             deaths = [t for t in deaths if now - t < DEATH_WINDOW_S] + [now]
             if len(deaths) >= MAX_DEATHS:
@@ -164,7 +175,7 @@ class BrokerProcess:
                                 f"{DEATH_WINDOW_S:.0f} s (last: pid {proc.pid} "
                                 f"{describe_exit(code)}): giving up, not starting it again")
                 log.error("nbcluster: %s", self.gave_up)
-                break
+                return
             delay = 0.0 if len(deaths) == 1 else \
                 min(MAX_BACKOFF_S, FIRST_BACKOFF_S * 2 ** (len(deaths) - 2))
             log.warning("nbcluster: the broker (pid %d) %s unexpectedly: starting it again%s",
@@ -180,12 +191,11 @@ class BrokerProcess:
                 if self._stopping.is_set():
                     break
                 continue
+            except OSError as e:   # it runs; only its connection file could not be written
+                log.error("nbcluster: could not write %s: %s", self.connection_file, e)
             self.restarts += 1
             log.warning("nbcluster: the broker is back (pid %d, restart %d)", proc.pid,
                         self.restarts)
-        if not self._stopping.is_set():   # no broker will answer at this file any more
-            self._remove_connection_file()
-        self._stopped.set()
 
     def stop(self) -> None:
         """Stop the broker (closing its stdin, SIGKILL if it lingers), restart it no more,
