@@ -84,6 +84,7 @@ def start(args) -> int:
 
     # the broker's restarts (nbcluster.broker_process), with their time, in the log
     logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops it as Ctrl-C does: cleanly
     labels = [x for x in args.labels.split(",") if x]
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
         with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
@@ -114,6 +115,10 @@ def start(args) -> int:
     finally:   # the file of a cluster that is gone would only mislead
         _remove_if_gone(args.connection_file)
     return 0
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _remove_if_gone(path: str) -> None:

@@ -244,3 +244,30 @@ def test_a_file_whose_broker_died_is_not_gone_while_its_keeper_lives(tmp_path):
     assert ConnectionInfo.read(tmp_path / "c.json").gone_reason() is None
     info.keeper = dead.pid   # the keeper gone too: the cluster is
     assert f"its broker (pid {dead.pid}) has exited" in info.gone_reason()
+
+
+def test_sigterm_stops_rather_than_restarts(tmp_path):
+    """SIGTERM is someone asking: to the broker, the cluster stops (it is not started
+    again); to the daemon, it stops everything and removes its file, as `nbcluster stop`."""
+    keeper = Keeper("daemon", tmp_path)
+    try:
+        keeper.worker_pids()
+        os.kill(keeper.info().pid, signal.SIGTERM)
+        wait_for(keeper.exited, timeout=60, what="the daemon gone")
+        assert "starting it again" not in Path(keeper.log).read_text()
+        assert not os.path.exists(keeper.conn)
+        wait_for(lambda: all(gone(p) for p in keeper.pids), timeout=60,
+                 what=f"every process of the cluster gone: {sorted(keeper.pids)}")
+    finally:
+        keeper.close()
+    keeper = Keeper("daemon", tmp_path)
+    try:
+        keeper.worker_pids()
+        keeper.info()
+        os.kill(keeper.pid, signal.SIGTERM)
+        wait_for(keeper.exited, timeout=60, what="the daemon gone")
+        assert not os.path.exists(keeper.conn)
+        wait_for(lambda: all(gone(p) for p in keeper.pids), timeout=60,
+                 what=f"every process of the cluster gone: {sorted(keeper.pids)}")
+    finally:
+        keeper.close()
