@@ -26,7 +26,7 @@ import zmq
 
 from . import protocol
 from .broker_state import BrokerState
-from .curve import CurveKeys, is_loopback, serve
+from .curve import CurveKeys, is_loopback, read_server_keys, serve
 from .errors import NBClusterError, ProtocolError
 from .transport import pending_messages
 
@@ -201,14 +201,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     p.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without encryption (not recommended)")
+    p.add_argument("--curve-keys-on-stdin", action="store_true",
+                   help="serve the Curve keys of a JSON line read from stdin (how a restarted "
+                   "broker keeps its keys: see nbcluster.broker_process)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
     key = key_from_env()
     curve = None
-    if not args.insecure and not all(is_loopback(ep) for ep in args.bind):
-        curve = CurveKeys.generate()   # the server's secret key stays in this process
     try:
+        if args.curve_keys_on_stdin:   # from our keeper, which restarts us with the same ones
+            curve = read_server_keys(0)
+        elif not args.insecure and not all(is_loopback(ep) for ep in args.bind):
+            curve = CurveKeys.generate()   # the server's secret key stays in this process
         broker = Broker(args.bind, key, max_message_bytes=args.max_message_bytes,
                         heartbeat_ms=args.heartbeat_ms, liveness=args.liveness,
                         max_lost=args.max_lost, client_expiry_ms=args.client_expiry_ms,

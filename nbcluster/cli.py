@@ -77,9 +77,14 @@ def start(args) -> int:
         return 2
     if args.daemon:
         return _daemonize(args)
+    import logging
+
     import nbcluster
     from .english import counted
 
+    # the broker's restarts (nbcluster.broker_process), with their time, in the log
+    logging.basicConfig(format="%(asctime)s %(message)s", level=logging.WARNING)
+    signal.signal(signal.SIGTERM, _interrupt)   # `kill` stops it as Ctrl-C does: cleanly
     labels = [x for x in args.labels.split(",") if x]
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
         with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
@@ -94,8 +99,13 @@ def start(args) -> int:
                 fd = os.open(args.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 os.dup2(fd, 1)
                 os.dup2(fd, 2)
-            while cluster.broker.poll() is None:   # `nbcluster stop` ends the broker
-                time.sleep(0.5)
+            # until `nbcluster stop` ends the broker (one that dies is started again)
+            while not cluster.broker.wait_stopped(0.5):
+                pass
+            if cluster.broker.gave_up:   # (its log line said why)
+                print("nbcluster: no broker any more: stopping the workers", file=sys.stderr,
+                      flush=True)
+                return 1
             print("the broker stopped: stopping the workers", flush=True)
     except KeyboardInterrupt:
         print("stopped")
@@ -105,6 +115,10 @@ def start(args) -> int:
     finally:   # the file of a cluster that is gone would only mislead
         _remove_if_gone(args.connection_file)
     return 0
+
+
+def _interrupt(signum, _frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _remove_if_gone(path: str) -> None:

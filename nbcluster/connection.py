@@ -7,10 +7,12 @@ A connection file is JSON, readable by its owner only::
      "curve": {"server_public": "<Z85>", "client_public": "<Z85>", "client_secret": "<Z85>"}}
 
 "curve" is there when the broker listens beyond loopback (see nbcluster.curve). "pid" is the
-broker's process (the one that wrote the file): on its own machine a reader tells at once
-that the cluster is gone. A wildcard bind stays a wildcard in the file (tcp://0.0.0.0:5555):
-readers pick the address (loopback on the broker's host, its host name elsewhere), so the
-file never names an interface that may go away.
+broker's process: on its own machine a reader tells at once that the cluster is gone.
+"keeper", when there, is the process that starts the broker again if it dies (LocalCluster,
+`nbcluster start`, see nbcluster.broker_process): while it lives, the cluster is not gone,
+even between a broker's death and its restart. A wildcard bind stays a wildcard in the file
+(tcp://0.0.0.0:5555): readers pick the address (loopback on the broker's host, its host name
+elsewhere), so the file never names an interface that may go away.
 """
 
 from __future__ import annotations
@@ -44,14 +46,17 @@ class ConnectionInfo:
     curve: CurveKeys | None = None   # set when the broker listens beyond loopback
     pid: int | None = None           # the broker's process id; write() records its own if None
     pid_space: int | None = field(default=None, compare=False)   # the broker's pid namespace
+    keeper: int | None = None        # the process that restarts the broker (same machine)
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically with owner-only permissions (0600). The writer is taken to be
-        the broker (its pid goes in the file) unless `pid` is set."""
+        the broker (its pid goes in the file) unless `pid` is set (a pid of this machine)."""
         path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.pid is None:
-            self.pid, self.pid_space = os.getpid(), _pid_space()
+            self.pid = os.getpid()
+        if self.pid_space is None:
+            self.pid_space = _pid_space()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -65,6 +70,8 @@ class ConnectionInfo:
                 "host": self.host, "created": time.time()}
         if self.pid is not None:
             data.update(pid=self.pid, pid_space=self.pid_space)
+        if self.keeper is not None:
+            data["keeper"] = self.keeper
         if self.curve is not None:
             data["curve"] = self.curve.to_json()
         return json.dumps(data)
@@ -96,7 +103,8 @@ class ConnectionInfo:
         return cls(endpoints=list(data["endpoints"]), key=bytes.fromhex(data["key"]),
                    host=data.get("host", ""),
                    curve=CurveKeys.from_json(data["curve"]) if data.get("curve") else None,
-                   pid=data.get("pid"), pid_space=data.get("pid_space"))
+                   pid=data.get("pid"), pid_space=data.get("pid_space"),
+                   keeper=data.get("keeper"))
 
     @property
     def on_this_machine(self) -> bool:
@@ -138,7 +146,9 @@ class ConnectionInfo:
         it may be running. `endpoint`: where the caller will reach it (default the best)."""
         if self.on_this_machine:
             if self.pid is not None:
-                return None if _alive(self.pid) else f"its broker (pid {self.pid}) has exited"
+                if _alive(self.pid) or (self.keeper is not None and _alive(self.keeper)):
+                    return None   # running, or being restarted by its keeper
+                return f"its broker (pid {self.pid}) has exited"
             ipc = [ep[len("ipc://"):] for ep in self.endpoints if ep.startswith("ipc://")]
             if ipc and not any(os.path.exists(p) for p in ipc):
                 return f"its socket {ipc[0]} is gone"

@@ -13,6 +13,8 @@ a CURVE server at all: the handshake fails before any message is read.
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -20,7 +22,7 @@ import zmq
 
 from .errors import NBClusterError
 
-__all__ = ["CurveKeys", "serve", "is_loopback"]
+__all__ = ["CurveKeys", "is_loopback", "read_server_keys", "serve", "server_keys_line"]
 
 ZAP_DOMAIN = b"nbcluster"
 
@@ -56,6 +58,32 @@ class CurveKeys:
         sock.curve_serverkey = server_public or self.server_public
         sock.curve_publickey = self.client_public
         sock.curve_secretkey = self.client_secret
+
+
+def server_keys_line(keys: CurveKeys, server_secret: bytes) -> bytes:
+    """The broker's Curve keys, secret included, as one line for its stdin (a pipe from the
+    process that keeps them, so a restarted broker serves the same keys; never argv or a file)."""
+    return json.dumps({**keys.to_json(), "server_secret": server_secret.decode()}).encode() + b"\n"
+
+
+def read_server_keys(fd: int) -> tuple[CurveKeys, bytes]:
+    """The (keys, server secret) of `server_keys_line` from fd, read byte by byte so nothing
+    after the line is consumed.
+
+    Raises:
+        NBClusterError: no such line on fd.
+    """
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        line += chunk
+    try:
+        data = json.loads(line)
+        return CurveKeys.from_json(data), data["server_secret"].encode()
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise NBClusterError("expected the Curve keys as a JSON line on stdin") from None
 
 
 class _Admit:

@@ -2,7 +2,8 @@
 
 Children watch a pipe from us on their stdin and exit the moment it closes, so they go away
 with us even if we are killed with SIGKILL. Workers that die are respawned (a poison task
-cannot empty the cluster); `close()` stops everything it started and waits for it.
+cannot empty the cluster), and so is a broker that dies (see broker_process); `close()`
+stops everything it started, waits for it, and removes the connection file.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Iterable
 
 from . import protocol, shm
 from .bars import progress_bar
+from .broker_process import BrokerProcess
 from .client import Client, remember_latest
 from .connection import KEY_ENV, ConnectionInfo
 from .curve import is_loopback
@@ -73,14 +75,15 @@ class LocalCluster:
         ipc = f"ipc://{self._dir}/broker"
         binds = [ipc] + ([f"tcp://{ip or '127.0.0.1'}:{port}"] if tcp or ip else [])
         exposed = not all(is_loopback(b) for b in binds)
-        self.broker = self._spawn(
-            ["-m", "nbcluster.broker", "--watch-stdin", "--connection-file",
-             str(self.connection_file), "--heartbeat-ms", str(heartbeat_ms), "--liveness",
-             str(liveness), "--max-lost", str(max_lost), "--client-expiry-ms",
-             str(client_expiry_ms), "--max-message-bytes",
-             str(max_message_bytes), *(["--insecure"] if insecure else []),
-             *sum((["--bind", b] for b in binds), [])],
-            stdout=subprocess.PIPE)
+        # restarted if it dies, on the same endpoints, with the same keys and file
+        self.broker = BrokerProcess(
+            binds, self.key, env=env, connection_file=self.connection_file, options=[
+                "--heartbeat-ms", str(heartbeat_ms), "--liveness", str(liveness),
+                "--max-lost", str(max_lost), "--client-expiry-ms", str(client_expiry_ms),
+                "--max-message-bytes", str(max_message_bytes),
+                *(["--insecure"] if insecure else [])],
+            curve=exposed and not insecure)
+        self.broker.start()
         self.endpoint = ipc
         self.info = ConnectionInfo([ipc], self.key)
         self.workers: list[subprocess.Popen] = []
@@ -121,13 +124,8 @@ class LocalCluster:
         return proc
 
     def _read_ready_line(self) -> None:
-        if getattr(self, "endpoints", None):
-            return
-        line = self.broker.stdout.readline().decode()
-        if not line.startswith("ready"):
-            raise NBClusterError(f"the broker did not start (exit code {self.broker.wait(5)})")
-        self.endpoints = line.split()[1:]
-        self.info = ConnectionInfo.read(self.connection_file)
+        self.broker.wait_ready()
+        self.endpoints, self.info = self.broker.endpoints, self.broker.info
 
     def _wait_ready(self) -> None:
         self._read_ready_line()
@@ -193,12 +191,13 @@ class LocalCluster:
         for c in self._clients:
             c.close()
         with self._lock:
-            procs = [*self.workers, self.broker]
+            procs = [*self.workers]
         for p in procs:          # closing stdin makes each child exit at once
             try:
                 p.stdin.close()
             except (OSError, ValueError):
                 pass
+        self.broker.stop()       # the same way; and it is not started again
         deadline = time.monotonic() + 2.0
         for p in procs:
             try:
@@ -206,8 +205,6 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        if self.broker.stdout:
-            self.broker.stdout.close()
         if shm.available():
             shm.SharedMemory(self.key).remove_all_of_cluster()
         shutil.rmtree(self._dir, ignore_errors=True)
