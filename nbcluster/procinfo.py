@@ -12,7 +12,7 @@ import os
 import re
 import signal
 
-__all__ = ["rss", "is_running", "parse_bytes", "format_bytes", "exit_reason"]
+__all__ = ["rss", "is_running", "parse_bytes", "memory_arg", "format_bytes", "exit_reason"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -63,6 +63,15 @@ def parse_bytes(size: int | float | str | None) -> int | None:
     if value <= 0:
         raise ValueError(f"a memory limit must be positive, not {size!r}")
     return value
+
+
+def memory_arg(text: str) -> int:
+    """parse_bytes for argparse: a bad size is a usage error."""
+    import argparse
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def format_bytes(n: int) -> str:

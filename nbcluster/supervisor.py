@@ -42,7 +42,7 @@ import zmq
 
 from . import protocol
 from .errors import ProtocolError
-from .procinfo import exit_reason, format_bytes, is_running, parse_bytes, rss
+from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
 from .transport import dealer, pending_messages
 from .worker import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV, read_line
 
@@ -332,10 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--endpoint", help="reach the broker here rather than where the "
                    "connection file says, e.g. tcp://head-node:5555")
     p.add_argument("--labels", default="", help="comma-separated labels, e.g. gpu,bigmem")
-    p.add_argument("--memory-limit", type=_memory_arg, default=None,
+    p.add_argument("--memory-limit", type=memory_arg, default=None,
                    help="kill (and replace) a worker whose memory passes this, e.g. 2GiB; "
                    "its task fails with MemoryLimitExceeded")
-    p.add_argument("--max-tasks-per-child", type=_positive_int, default=None,
+    p.add_argument("--max-tasks-per-child", type=positive_int, default=None,
                    help="replace each worker after this many tasks")
     p.add_argument("--no-respawn", action="store_true", help="do not replace crashed workers")
     p.add_argument("--announce", action="store_true",
@@ -368,15 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     return supervisor.run()
 
 
-def _memory_arg(text: str) -> int:
-    import argparse
-    try:
-        return parse_bytes(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """A whole number, at least 1, for argparse."""
     import argparse
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"a whole number, at least 1, not {text!r}")
