@@ -423,7 +423,10 @@ class Worker:
                     self._send(self.ctl, {"t": "bye"})
                     time.sleep(0.1)   # let ZeroMQ's I/O thread put it on the wire
                     os._exit(EXIT_ASKED_TO_LEAVE)
-            for frames in pending_messages(self.ctl) if self.ctl in events else ():
+            # Read the socket whatever woke us: a poll that returned for the wake pipe, then
+            # waited for the GIL while a task held it in C, finds the broker's heartbeats
+            # here, not in `events`; unread, they would look like a silent broker.
+            for frames in pending_messages(self.ctl):
                 last_heard, tries, next_try = now, 0, now + self.expiry_s
                 self._on_control_message(frames)
             if self.current_tag is not None and self.output.items:
