@@ -246,7 +246,10 @@ class Supervisor:
             return
         if status == EXIT_MAX_TASKS or self.respawn:
             now = time.monotonic()
-            self.quick_exits = self.quick_exits + 1 if now - child.started < QUICK_EXIT_S else 0
+            # Only crashes soon after a start count: a worker that cannot start at all must
+            # not be restarted in a tight loop. Recycling (max_tasks_per_child) is no crash.
+            quick = now - child.started < QUICK_EXIT_S and status != EXIT_MAX_TASKS
+            self.quick_exits = self.quick_exits + 1 if quick else 0
             delay = 0.0 if self.quick_exits < QUICK_EXITS_FREE else \
                 min(0.25 * 2 ** (self.quick_exits - QUICK_EXITS_FREE), MAX_RESPAWN_DELAY_S)
             if delay:

@@ -177,7 +177,8 @@ def test_a_task_past_the_memory_limit_fails_and_its_worker_is_replaced():
         assert isinstance(info.value, MemoryError) and isinstance(info.value, nbcluster.NBClusterError)
         assert "memory limit 300.0 MiB exceeded (rss " in message, message
         assert "memory_limit=" in message and "--memory-limit" in message   # how to change it
-        assert "memory limit 300.0 MiB exceeded" in cluster.exit_reason(before)
+        reason = wait_for(lambda: cluster.exit_reason(before), timeout=60, what="its exit line")
+        assert reason.startswith("memory limit 300.0 MiB exceeded"), reason
         assert client.submit(allocate, 40).result(60) == 5          # the next task runs
         [after] = cluster.pids()["workers"]
         assert after != before
