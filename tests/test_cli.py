@@ -69,14 +69,17 @@ def test_a_worker_started_by_hand_joins_with_the_connection_file(cluster, client
                              str(cluster.connection_file), "--labels", "gpu,big"],
                             stdin=subprocess.DEVNULL)
     try:
-        fut = client.options(labels={"gpu"}).submit(lambda: os.getpid())
-        assert fut.result(20) == proc.pid
-        [w] = [w for w in client.workers() if w["pid"] == proc.pid]
+        # `nbcluster worker` is the supervisor; the worker is its child
+        pid, parent = client.options(labels={"gpu"}).submit(
+            lambda: (os.getpid(), os.getppid())).result(20)
+        assert parent == proc.pid
+        [w] = [w for w in client.workers() if w["pid"] == pid]
         assert w["labels"] == ["big", "gpu"]
         proc.terminate()                       # SIGTERM: leaves gracefully
         assert proc.wait(60) == 0
-        wait_for(lambda: proc.pid not in [w["pid"] for w in client.workers()],
+        wait_for(lambda: pid not in [w["pid"] for w in client.workers()],
                  timeout=60, what="the worker gone from the list")
+        assert gone(pid)
     finally:
         if proc.poll() is None:
             proc.kill()
