@@ -176,6 +176,7 @@ class BrokerState:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_ms
             out += [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()]
+            out += [Send(i, {"t": "hb"}) for i in self.supervisors.by_identity]
             out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
                     for c in self.clients.values()]
         return out

@@ -63,11 +63,12 @@ class Supervisors:
         if not (isinstance(token, str) and 0 < len(token) <= 64 and isinstance(host, str)
                 and isinstance(pid, int)):
             raise ProtocolError("a supervisor's hello needs a token (1 to 64 characters)")
-        self.forget(identity)
         old = self.by_token.get(token)
-        if old is not None:   # the same supervisor on a new socket
-            self.forget(old.identity)
+        self.forget(identity)
         sup = SupervisorPeer(identity, token, host, pid, now)
+        if old is not None:   # the same supervisor again: its vouches still hold
+            self.forget(old.identity)
+            sup.alive, sup.vouched = old.alive, old.vouched
         self.by_identity[identity] = self.by_token[token] = sup
         return sup
 

@@ -292,6 +292,7 @@ class Supervisor:
     def _hello(self) -> None:
         self._send({"t": "hello", "role": "supervisor", "token": self.token,
                     "host": socket.gethostname(), "pid": os.getpid(), "workers": self.n})
+        self._send({"t": "hb", "alive": self._alive()})   # vouch at once, not a beat later
 
     def _send(self, header: dict) -> None:
         self.sock.send_multipart(protocol.encode(self.signer, header, []), copy=False)

@@ -105,3 +105,14 @@ def test_a_silent_supervisor_is_forgotten_and_answered_with_reconnect():
     assert sim.state.status(sim.now)["supervisors"] == []
     assert [s.header["t"] for s in sim.msg(b"s", "hb", alive=[100])] == ["reconnect"]
     assert results(sim.sent) == []
+
+
+def test_supervisors_get_heartbeats_and_a_hello_again_keeps_their_vouches():
+    sim, [wid] = setup()
+    assert b"s" in [s.identity for s in sim.tick(HB) if s.header["t"] == "hb"]
+    sim.tick(HB)
+    sim.msg(b"s", "hb", alive=[100])     # a vouch at 2 s
+    sim.tick(HB)
+    sim.msg(b"s", "hello", role="supervisor", token=TOKEN, host="h", pid=9, workers=1)
+    sim.tick(HB + HB // 2)   # the worker silent 4.5 s, vouched for 2.5 s ago: kept
+    assert wid in sim.state.workers
