@@ -328,8 +328,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .connection import ConnectionInfo, key_from_env, read_or_exit
 
-    p = argparse.ArgumentParser(prog="nbcluster worker", description="N workers joining a "
-                                "cluster, kept by a supervisor (replaced when they end)")
+    p = argparse.ArgumentParser(
+        prog="nbcluster worker", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="N workers joining a cluster, kept by this host's supervisor: a worker "
+        "that ends is replaced (unless it was asked to leave), and the broker hears how it "
+        "ended", epilog="examples:\n  nbcluster worker --connect ~/.nbcluster/cluster.json "
+        "-n 4 --memory-limit 2GiB\n  nbcluster worker --connect cluster.json --endpoint "
+        "tcp://head:5555 --labels gpu --max-tasks-per-child 100")
     p.add_argument("-n", type=int, default=1, help="how many worker processes")
     p.add_argument("--connect", required=True, help="broker endpoint or connection file, or "
                    "- to read the connection file's JSON as the first line of stdin")
