@@ -147,6 +147,11 @@ class LocalCluster:
         with Client(self.endpoint, self.key, remember=False, curve=self.info.curve) as client:
             deadline = time.monotonic() + START_TIMEOUT_S
             while client.n_workers < self.n_workers:
+                ended = [s.proc.returncode for s in self._supervisors if s.proc.poll() is not None]
+                if ended:   # no worker of it will come: say so now, not after the timeout
+                    bar.close()
+                    raise NBClusterError(f"the workers' supervisor exited with status "
+                                         f"{ended[0]} (its error, if any, is on stderr)")
                 if time.monotonic() > deadline:
                     bar.close()
                     raise NBClusterError(f"only {client.n_workers} of {self.n_workers} workers "
