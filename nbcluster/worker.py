@@ -276,7 +276,8 @@ class Worker:
         self.tasks_run += 1
         if self.tasks_run >= self.max_tasks:
             with self.lock:
-                self.draining, self.leave_status = True, EXIT_MAX_TASKS
+                if not self.draining:   # asked to leave already: not to be replaced
+                    self.draining, self.leave_status = True, EXIT_MAX_TASKS
 
     def _run_one(self, gid: int, attempt: int, fn_digest: bytes | None, frames: list,
                  local: bool) -> tuple | None:
@@ -486,7 +487,7 @@ class Worker:
                         self.cancelled.update((gid, a) for a in range(_MAX_ATTEMPTS))
         elif kind == "stop":
             with self.lock:
-                self.draining = True
+                self.draining, self.leave_status = True, EXIT_ASKED_TO_LEAVE
             os.write(self._registered_w, b"x")   # wakes the main thread if it is idle
         elif kind == "given":
             with self.lock:
