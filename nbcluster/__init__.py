@@ -10,7 +10,8 @@ from .client import Client, connect
 from .collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pgroup_by, pmap,
                           pmap_indexed, pnone, preject)
 from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
-                     RemoteError, RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
+                     MemoryLimitExceeded, RemoteError, RemoteErrorGroup, RemoteFrame,
+                     TaskCancelled, WorkerLost)
 from .executor import BrokenExecutor, Executor
 from .futures import TaskFuture
 from .bars import progress
@@ -24,7 +25,7 @@ from .version import __version__
 __all__ = [
     "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
     "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
-    "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+    "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
     "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
     "Mirror", "mirror", "progress", "panel", "register_joblib",

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .broker_functions import FunctionStore, is_digest
+from .broker_supervisors import Supervisors
 from .errors import ProtocolError
 
 __all__ = ["BrokerState", "Send"]
@@ -73,6 +74,7 @@ class Task:
     lost_on: list = field(default_factory=list)     # ids of the workers it was lost on
     lost_pids: list = field(default_factory=list)   # and their process ids
     fn: bytes | None = None  # digest of its function's payload (see broker_functions)
+    started: int = -1        # the attempt its worker reported as started
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Worker:
     stopping: bool = False   # asked to leave: finishes its task, gets no new ones
     fns: set = field(default_factory=set)   # digests of the function payloads sent to it
     session: Any = None      # its hello's `session`, echoed in welcome and run (see _hello)
+    supervisor: str = ""     # the token of the supervisor that vouches for it (see broker_supervisors)
 
 
 @dataclass
@@ -141,12 +144,16 @@ class BrokerState:
         self.next_heartbeat = 0
         self.shutdown_requested = False   # a client asked the whole cluster to stop
         self.functions = FunctionStore()
+        self.supervisors = Supervisors()
 
     # ---- entry points -------------------------------------------------------------------
     def handle(self, identity: bytes, header: dict, payload: list, mac, now: int) -> list[Send]:
         kind = header["t"]
         if kind == "hello":
             return self._hello(identity, header, now)
+        supervisor = self.supervisors.touch(identity, now)
+        if supervisor is not None:
+            return self.supervisors.handle(self, supervisor, header, now)
         peer = self._touch(identity, now)
         if peer is None:
             # Unknown or expired peer (e.g. a worker resumed after SIGSTOP): ask it to re-register.
@@ -160,17 +167,23 @@ class BrokerState:
         """Heartbeats out and expiry of silent peers; call at least every heartbeat."""
         out: list[Send] = []
         limit = now - self.expiry_ms
-        for w in [w for w in self.workers.values() if w.last_seen < limit]:
+        for w in [w for w in self.workers.values() if self._silent(w, limit)]:
             out += self._drop_worker(w, lost=True, now=now)
+        self.supervisors.expire(limit)
         for c in [c for c in self.clients.values()
                   if c.last_seen < now - self.client_expiry_ms]:
             out += self._drop_client(c)
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_ms
             out += [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()]
+            out += [Send(i, {"t": "hb"}) for i in self.supervisors.by_identity]
             out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
                     for c in self.clients.values()]
         return out
+
+    def _silent(self, w: Worker, limit: int) -> bool:
+        """Neither w's own heartbeats nor its supervisor's vouch arrived since limit."""
+        return w.last_seen < limit and self.supervisors.vouched_at(w.supervisor, w.pid) < limit
 
     def next_deadline(self) -> int:
         return self.next_heartbeat
@@ -189,6 +202,9 @@ class BrokerState:
         if role == "client":
             self.clients[identity] = Client(identity, host, pid, now)
             return out + [Send(identity, welcome)]
+        if role == "supervisor":
+            self.supervisors.hello(identity, h, now)
+            return out + [Send(identity, welcome)]
         if role != "worker":
             raise ProtocolError(f"unknown role {role!r}")
         # The worker's `session` numbers its hellos: echoed in the welcome and in every run, it
@@ -197,6 +213,7 @@ class BrokerState:
         w = Worker(id=f"w{next(self._wids)}", identity=other, ctl=identity, host=host, pid=pid,
                    labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
                    joined=now, last_seen=now, session=_field(h, "session", int, 0))
+        w.supervisor = _field(h, "supervisor", str, "")
         self.workers[w.id] = w
         self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
@@ -398,6 +415,7 @@ class BrokerState:
                 raise ProtocolError("a started item is [gid, attempt]")
             t = self.tasks.get(item[0]) if isinstance(item[0], int) else None
             if t is not None and t.worker == w.id and t.attempt == item[1]:
+                t.started = t.attempt
                 by_client.setdefault(t.client, []).append([t.cid, w.id])
         return [Send(c, {"t": "started", "items": items}) for c, items in by_client.items()]
 
@@ -524,6 +542,8 @@ class BrokerState:
         return self._dispatch_all()
 
     def _finish(self, t: Task, status: str, info: dict) -> list[Send]:
+        if status == "lost":   # how the workers it was lost on ended, where a supervisor said
+            info = self.supervisors.explain(info)
         del self.tasks[t.gid]
         self.functions.unref(t.fn)
         client = self.clients.get(t.client)
@@ -558,7 +578,8 @@ class BrokerState:
                                   "running": sum(1 for g in c.tasks.values()
                                                  if self.tasks[g].worker is not None)}
                                  for c in self.clients.values()],
-                "functions": self.functions.status(), "broker": self.info}
+                "functions": self.functions.status(), "broker": self.info,
+                "supervisors": self.supervisors.status()}
 
     def check_invariants(self, workers: dict | None = None) -> None:
         """Raise AssertionError if the bookkeeping is inconsistent (used by the tests).

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
 
 __all__ = ["main"]
@@ -88,8 +86,9 @@ def start(args) -> int:
     labels = [x for x in args.labels.split(",") if x]
     try:   # Ctrl-C at any moment, even while starting, stops everything cleanly
         with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
-                                    ip=args.ip, port=args.port,
-                                    insecure=args.insecure) as cluster:
+                                    ip=args.ip, port=args.port, insecure=args.insecure,
+                                    memory_limit=args.memory_limit,
+                                    max_tasks_per_child=args.max_tasks_per_child) as cluster:
             print(f"nbcluster: broker at {' '.join(cluster.endpoints)}, "
                   f"{counted(cluster.n_workers, 'worker')}"
                   + (" (CurveZMQ on)" if cluster.info.curve else ""), flush=True)
@@ -156,7 +155,8 @@ def _daemonize(args) -> int:
             args.connection_file, "--labels", args.labels, "--port", str(args.port),
             "--log-file", log_file, *(["-n", str(args.workers)] if args.workers is not None
                                       else []),
-            *(["--ip", args.ip] if args.ip else []), *(["--insecure"] if args.insecure else [])]
+            *(["--ip", args.ip] if args.ip else []), *(["--insecure"] if args.insecure else []),
+            *_limit_args(args)]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
@@ -172,16 +172,9 @@ def _daemonize(args) -> int:
     return 2
 
 
-def _end_on_eof(procs: list[subprocess.Popen]) -> None:
-    while os.read(0, 4096):
-        pass
-    for p in procs:
-        if p.poll() is None:
-            p.stdin.close()   # each watches its stdin: it leaves
-
-
 def worker(argv: list[str]) -> int:
-    """`nbcluster worker ... [-n N]`: N worker processes; SIGTERM/Ctrl-C stops them all."""
+    """`nbcluster worker ... [-n N]`: N workers under a supervisor (nbcluster.supervisor) that
+    replaces any that ends; SIGTERM/Ctrl-C stops them all."""
     n = 1
     if "-n" in argv:
         i = argv.index("-n")
@@ -191,37 +184,8 @@ def worker(argv: list[str]) -> int:
             print(f"nbcluster worker: -n: {e}", file=sys.stderr)
             return 2
         argv = argv[:i] + argv[i + 2:]
-    from .worker import read_line
-    connect = argv[argv.index("--connect") + 1:][:1] if "--connect" in argv else []
-    if n > 1 and connect and connect != ["-"] and "://" not in connect[0]:
-        from .connection import read_or_exit   # a bad file: said once, not by each worker
-        endpoint = argv[argv.index("--endpoint") + 1:][:1] if "--endpoint" in argv else [None]
-        read_or_exit(connect[0], "nbcluster worker", endpoint[0])
-    if n == 1:
-        from .worker import main as worker_main
-        worker_main(argv)
-        return 0
-    # --connect -: the connection comes on stdin; hand it on to each worker the same way
-    from_stdin = "--connect" in argv and argv[argv.index("--connect") + 1:][:1] == ["-"]
-    line = read_line(0).encode() if from_stdin else b""
-    procs = [subprocess.Popen([sys.executable, "-m", "nbcluster.worker", *argv],
-                              stdin=subprocess.PIPE if from_stdin else None)
-             for _ in range(n)]
-    for p in procs:
-        if from_stdin:
-            p.stdin.write(line)
-            p.stdin.flush()
-    if from_stdin and "--watch-stdin" in argv:   # our stdin closing (ssh gone) ends them all
-        threading.Thread(target=_end_on_eof, args=(procs,), daemon=True).start()
-
-    def forward(signum, _frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    codes = [p.wait() for p in procs]
-    return 0 if all(c == 0 for c in codes) else 1
+    from .supervisor import main as supervisor_main
+    return supervisor_main(["-n", str(n), *argv])
 
 
 def ssh(args) -> int:
@@ -234,7 +198,8 @@ def ssh(args) -> int:
     try:
         workers = SSHWorkers(args.hosts, info, args.workers, labels=_split(args.labels),
                              python=args.python, endpoint=args.endpoint,
-                             ssh_options=args.ssh_option)
+                             ssh_options=args.ssh_option, memory_limit=args.memory_limit,
+                             max_tasks_per_child=args.max_tasks_per_child)
     except NBClusterError as e:
         print(f"nbcluster ssh: {e}", file=sys.stderr)
         return 2
@@ -261,7 +226,9 @@ def slurm(args) -> int:
     try:
         job = SlurmWorkers(info, args.nodes, args.workers, labels=_split(args.labels),
                            python=args.python, partition=args.partition,
-                           time_limit=args.time, endpoint=args.endpoint)
+                           time_limit=args.time, endpoint=args.endpoint,
+                           memory_limit=args.memory_limit,
+                           max_tasks_per_child=args.max_tasks_per_child)
     except NBClusterError as e:
         print(f"nbcluster slurm: {e}", file=sys.stderr)
         return 2
@@ -275,6 +242,20 @@ def slurm(args) -> int:
     finally:
         job.close()
     return 0
+
+
+def _worker_limits(p: argparse.ArgumentParser) -> None:
+    from .procinfo import memory_arg
+    p.add_argument("--memory-limit", type=memory_arg, default=None, help="replace a worker "
+                   "whose memory passes this, e.g. 2GiB (its task fails: MemoryLimitExceeded)")
+    p.add_argument("--max-tasks-per-child", type=_count, default=None,
+                   help="replace each worker after this many tasks")
+
+
+def _limit_args(args) -> list[str]:
+    return [*(["--memory-limit", str(args.memory_limit)] if args.memory_limit else []),
+            *(["--max-tasks-per-child", str(args.max_tasks_per_child)]
+              if args.max_tasks_per_child else [])]
 
 
 def _split(text: str) -> list[str]:
@@ -298,7 +279,8 @@ EXAMPLES = {
     "start": "examples:\n  nbcluster start -n 4 --labels gpu\n"
              "  nbcluster start -n 8 --ip 0.0.0.0 --port 5555 --daemon   # others may join "
              "(CurveZMQ on)",
-    "worker": "examples:\n  nbcluster worker --connect ~/.nbcluster/cluster.json -n 4\n"
+    "worker": "examples:\n  nbcluster worker --connect ~/.nbcluster/cluster.json -n 4 "
+              "--memory-limit 2GiB\n"
               "  nbcluster worker --connect cluster.json --endpoint tcp://head:5555 --labels gpu",
     "broker": "example: NBCLUSTER_KEY=$(python -c 'import os;print(os.urandom(32).hex())') "
               "nbcluster broker --bind tcp://0.0.0.0:5555 --connection-file cluster.json",
@@ -340,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--insecure", action="store_true",
                    help="beyond loopback without encryption (not recommended)")
     p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)
+    _worker_limits(p)
     connection(p)
     command("broker", "a broker alone (nbcluster broker --help)", add_help=False)
     command("worker", "workers that join a cluster (nbcluster worker --help; -n N for N)",
@@ -361,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", default="python3", help="the Python on the hosts")
     p.add_argument("--endpoint", default=None, help="where the hosts reach the broker")
     p.add_argument("--ssh-option", action="append", default=[], help="passed to ssh")
+    _worker_limits(p)
     connection(p)
     p = command("slurm", "workers as a Slurm batch job (until Ctrl-C)")
     p.add_argument("--nodes", type=_count, default=1)
@@ -370,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", default=None, help="time limit, e.g. 2:00:00")
     p.add_argument("--python", default=sys.executable, help="the Python on the nodes")
     p.add_argument("--endpoint", default=None, help="where the nodes reach the broker")
+    _worker_limits(p)
     connection(p)
     p = command("doctor", "check the setup; each finding comes with its fix")
     p.add_argument("--json", action="store_true")

@@ -39,8 +39,9 @@ from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
 from .connection import ConnectionInfo
 from .curve import CurveKeys
 from .english import counted
-from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
-                     RemoteErrorGroup, TaskCancelled, WorkerLost, summarize_failures)
+from .errors import (AuthenticationError, MemoryLimitExceeded, NBClusterError, PicklingError,
+                     ProtocolError, RemoteErrorGroup, TaskCancelled, WorkerLost,
+                     summarize_failures)
 from .futures import TaskFuture
 from .options import TaskOptions, refuse_misplaced_options
 from .shm import SharedMemory, available as shm_available
@@ -616,12 +617,18 @@ class Client:
                     self._callbacks.submit(self._callback_then_settle, fut, callback, value)
             elif status == "err":
                 fut._settle(error=tracebacks.rebuild(serialize.loads(frames)))
+            elif status == "lost" and info.get("memory"):
+                fut._settle(error=_memory_error(key, info))
             elif status == "lost":
                 lost_on = [str(w) for w in info.get("lost_on", [])]
                 pids = info.get("pids") or [None] * len(lost_on)
+                # How each worker ended, as its supervisor told the broker; else as the
+                # LocalCluster that started it saw it; else all we know is its silence.
+                reasons = info.get("reasons") or [None] * len(lost_on)
                 why = info.get("why") or f"its worker was lost {counted(len(lost_on), 'time')}"
-                where = "; ".join(f"{w}: {self.exit_reason(pid) or 'stopped answering'}"
-                                  if self.exit_reason else w for w, pid in zip(lost_on, pids))
+                where = "; ".join(f"{w}: " + (reason or self.exit_reason and self.exit_reason(pid)
+                                              or "stopped answering")
+                                  for w, pid, reason in zip(lost_on, pids, reasons))
                 fut._settle(error=WorkerLost(f"task {key} failed: {why} ({where})", lost_on))
             else:
                 fut._settle(error=TaskCancelled(f"task {key} was cancelled"))
@@ -720,6 +727,15 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
 def _chunk_results(fut: TaskFuture) -> list:
     out = fut.result()
     return out.results if isinstance(out, ChunkFailures) else out
+
+
+def _memory_error(key: int, info: dict) -> MemoryLimitExceeded:
+    """The error of a task whose worker its supervisor killed for passing its memory limit."""
+    worker = str((info.get("lost_on") or ["?"])[0])
+    return MemoryLimitExceeded(
+        f"task {key} failed: its worker {worker} was killed, {info['memory']}; the worker "
+        "was replaced. Use less memory per task, or raise the limit: "
+        "LocalCluster(memory_limit=...), nbcluster worker/start --memory-limit", worker)
 
 
 def _caused(error: BaseException, cause: BaseException) -> BaseException:

@@ -4,6 +4,7 @@
      ├── RemoteError            a task raised on a worker; also an instance of the remote type
      │                          (its __cause__, a RemoteTraceback: traceback, frames, locals)
      ├── WorkerLost             the worker(s) running a task died, past the retry limit
+     ├── MemoryLimitExceeded    a task's worker grew past its memory limit (also MemoryError)
      ├── TaskCancelled          (also concurrent.futures.CancelledError)
      ├── AuthenticationError    the broker refused our key
      ├── ProtocolError          a peer sent bytes that are not a valid nbcluster message
@@ -27,6 +28,7 @@ __all__ = [
     "RemoteFrame",
     "RemoteTraceback",
     "WorkerLost",
+    "MemoryLimitExceeded",
     "TaskCancelled",
     "AuthenticationError",
     "ProtocolError",
@@ -215,6 +217,26 @@ class WorkerLost(NBClusterError):
 
     def __reduce__(self):
         return (WorkerLost, (self.args[0], self.lost_on))
+
+
+class MemoryLimitExceeded(NBClusterError, MemoryError):
+    """The worker running a task grew past its memory limit: its supervisor killed it (and
+    started a new one). The message names the limit, the memory the worker had and how to
+    change the limit (`memory_limit=` of LocalCluster, `--memory-limit` of `nbcluster worker`).
+
+    Attributes:
+        worker: id of the worker that was killed.
+    """
+
+    def __init__(self, message: str, worker: str | None = None):
+        super().__init__(message)
+        self.worker = worker
+        self.lost_on = [worker] if worker else []   # as WorkerLost, for error groups
+        self.index: int | None = None
+        self.item: str | None = None
+
+    def __reduce__(self):
+        return (MemoryLimitExceeded, (self.args[0], self.worker))
 
 
 class TaskCancelled(NBClusterError, concurrent.futures.CancelledError):

@@ -95,13 +95,14 @@ class Executor(concurrent.futures.Executor):
         initializer, initargs: `initializer(*initargs)` runs once on each worker before its
             first task of this executor; if it raises, the executor is broken (pending
             futures fail with `BrokenExecutor`).
-        max_tasks_per_child: refused for now (it needs workers a supervisor restarts).
+        max_tasks_per_child: each worker of the executor's own cluster is replaced by a
+            fresh process after this many tasks (its supervisor starts the new one).
         client: run on this Client (or LocalCluster) instead of a cluster of our own; the
             cluster outlives the executor.
 
     Raises:
-        ValueError: max_workers <= 0, or max_workers given with client.
-        NotImplementedError: max_tasks_per_child given.
+        ValueError: max_workers or max_tasks_per_child <= 0, or either given with client.
+        TypeError: max_tasks_per_child is not an int.
     """
 
     def __init__(self, max_workers: int | None = None, mp_context: Any = None,
@@ -118,16 +119,23 @@ class Executor(concurrent.futures.Executor):
             if client is not None:
                 raise ValueError("max_workers sizes the executor's own cluster; with client= "
                                  "it runs on that cluster's workers")
-        if max_tasks_per_child is not None:
-            raise NotImplementedError(
-                "max_tasks_per_child is not supported yet: it needs workers that a supervisor "
-                "restarts, and nbcluster's workers are not restarted after a number of tasks")
+        if max_tasks_per_child is not None:   # the stdlib's checks and words
+            if not isinstance(max_tasks_per_child, int) or isinstance(max_tasks_per_child, bool):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            if client is not None:
+                raise ValueError("max_tasks_per_child is for the executor's own cluster; with "
+                                 "client= the cluster's workers are kept as it was started "
+                                 "(LocalCluster(max_tasks_per_child=...), nbcluster worker "
+                                 "--max-tasks-per-child)")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self._cluster = None
         if client is None:
             from .local import LocalCluster
-            self._cluster = LocalCluster(n_workers=max_workers)
+            self._cluster = LocalCluster(n_workers=max_workers,
+                                         max_tasks_per_child=max_tasks_per_child)
             client = self._cluster.client()
         elif not hasattr(client, "_submit_call"):   # a cluster: run on a client of it
             client = client.client()

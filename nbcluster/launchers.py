@@ -3,7 +3,8 @@
     SSHWorkers(["user@host1", "host2"], cluster.info, n_per_host=4)
         ssh host "python3 -m nbcluster.cli worker --connect - --watch-stdin -n 4 ..."
         the connection (key included) goes down ssh's stdin, never on a command line or disk;
-        closing our end of ssh ends the remote workers
+        `nbcluster worker` is the host's supervisor (it replaces workers that end, enforces
+        memory_limit and max_tasks_per_child); closing our end of ssh ends the remote workers
     SSHCluster(["host1", "host2"], n_per_host=4)    a LocalCluster listening beyond loopback
                                                     (Curve on) plus those workers
     SlurmWorkers(cluster.info, nodes=2, n_per_node=4)   an sbatch job; scancel on close
@@ -27,6 +28,7 @@ from urllib.parse import urlparse
 from .connection import ConnectionInfo
 from .errors import NBClusterError
 from .local import LocalCluster
+from .procinfo import parse_bytes
 
 __all__ = ["SSHWorkers", "SSHCluster", "SlurmWorkers"]
 
@@ -47,6 +49,9 @@ class SSHWorkers:
             route to each host, at the broker's TCP port).
         ssh_options: extra ssh arguments, e.g. ``["-i", "~/.ssh/cluster"]``.
         wait: seconds to wait for the workers to join (0: do not wait).
+        memory_limit: replace a worker whose memory passes this (bytes or "2GiB"); its
+            running task fails with MemoryLimitExceeded.
+        max_tasks_per_child: replace each worker after this many tasks.
 
     Raises:
         NBClusterError: some hosts could not be reached or their workers did not join; the
@@ -56,8 +61,10 @@ class SSHWorkers:
     def __init__(self, hosts: Iterable[str], info: ConnectionInfo, n_per_host: int = 1, *,
                  labels: Iterable[str] = (), python: str = "python3",
                  endpoint: str | None = None, ssh_options: Iterable[str] = (),
-                 wait: float = 60.0):
+                 wait: float = 60.0, memory_limit: int | str | None = None,
+                 max_tasks_per_child: int | None = None):
         self.hosts, self.info, self.n_per_host = list(hosts), info, n_per_host
+        self.limits = limit_args(memory_limit, max_tasks_per_child)
         self.procs: dict[str, subprocess.Popen] = {}
         try:
             self._start(info, n_per_host, labels, python, endpoint, ssh_options)
@@ -74,7 +81,7 @@ class SSHWorkers:
         for host in self.hosts:
             ep = endpoint or f"tcp://{_source_address(_hostname(host))}:{port}"
             remote = [python, "-m", "nbcluster.cli", "worker", "--connect", "-",
-                      "--watch-stdin", "--endpoint", ep, "-n", str(n_per_host)]
+                      "--watch-stdin", "--endpoint", ep, "-n", str(n_per_host), *self.limits]
             if labels:
                 remote += ["--labels", ",".join(labels)]
             proc = subprocess.Popen(
@@ -138,6 +145,7 @@ class SSHCluster(LocalCluster):
 
     Args:
         local_workers: workers on this machine too (default none).
+        memory_limit, max_tasks_per_child: for the workers here and there alike.
     """
 
     def __init__(self, hosts: Iterable[str], n_per_host: int = 1, *, local_workers: int = 0,
@@ -146,7 +154,8 @@ class SSHCluster(LocalCluster):
         super().__init__(local_workers, labels, ip=ip, port=port, **kwargs)
         try:
             self.ssh = SSHWorkers(hosts, self.info, n_per_host, labels=labels, python=python,
-                                  ssh_options=ssh_options)
+                                  ssh_options=ssh_options, memory_limit=self.memory_limit,
+                                  max_tasks_per_child=self.max_tasks_per_child)
         except BaseException:
             super().close()
             raise
@@ -167,18 +176,21 @@ class SlurmWorkers:
     Args:
         partition, time_limit: passed to sbatch (--partition, --time) when given.
         sbatch_options: more sbatch arguments.
+        memory_limit, max_tasks_per_child: kept by each node's `nbcluster worker`, the
+            node's supervisor (as for SSHWorkers).
     """
 
     def __init__(self, info: ConnectionInfo, nodes: int = 1, n_per_node: int = 1, *,
                  labels: Iterable[str] = (), python: str = sys.executable,
                  partition: str | None = None, time_limit: str | None = None,
-                 sbatch_options: Iterable[str] = (), endpoint: str | None = None):
+                 sbatch_options: Iterable[str] = (), endpoint: str | None = None,
+                 memory_limit: int | str | None = None, max_tasks_per_child: int | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="nbcluster-slurm-"))
         os.chmod(self.dir, 0o700)
         conn = self.dir / "cluster.json"
         info.write(conn)
         worker = [python, "-m", "nbcluster.cli", "worker", "--connect", str(conn),
-                  "-n", str(n_per_node)]
+                  "-n", str(n_per_node), *limit_args(memory_limit, max_tasks_per_child)]
         if labels:
             worker += ["--labels", ",".join(labels)]
         if endpoint:
@@ -213,6 +225,18 @@ class SlurmWorkers:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def limit_args(memory_limit: int | str | None, max_tasks_per_child: int | None) -> list[str]:
+    """`nbcluster worker` arguments for these limits (checked here, not on the far host)."""
+    args = []
+    if memory_limit is not None:
+        args += ["--memory-limit", str(parse_bytes(memory_limit))]
+    if max_tasks_per_child is not None:
+        if max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be at least 1, not {max_tasks_per_child}")
+        args += ["--max-tasks-per-child", str(max_tasks_per_child)]
+    return args
 
 
 def _tcp_port(info: ConnectionInfo) -> int:

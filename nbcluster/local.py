@@ -1,17 +1,18 @@
 """LocalCluster: a broker and workers as child processes of this one, on this machine.
 
 Children watch a pipe from us on their stdin and exit the moment it closes, so they go away
-with us even if we are killed with SIGKILL. Workers that die are respawned (a poison task
-cannot empty the cluster), and so is a broker that dies (see broker_process); `close()`
-stops everything it started, waits for it, and removes the connection file.
+with us even if we are killed with SIGKILL. The workers run under a supervisor process
+(nbcluster.supervisor, through local_workers): workers that end are respawned whatever their
+exit status (a poison task cannot empty the cluster), their process groups are killed with
+them, a memory limit and max_tasks_per_child are enforced. A broker that dies is started
+again (see broker_process). `close()` stops everything it started, waits for it, and removes
+the connection file.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +27,8 @@ from .client import Client, remember_latest
 from .connection import KEY_ENV, ConnectionInfo
 from .curve import is_loopback
 from .errors import NBClusterError
+from .local_workers import SupervisedWorkers, WorkerProcess
+from .procinfo import parse_bytes
 
 __all__ = ["LocalCluster"]
 
@@ -41,6 +44,9 @@ class LocalCluster:
         connection_file: where to write the connection file (default: in a private temp dir).
         heartbeat_ms, liveness, max_lost, client_expiry_ms: broker tunables (see `broker_state`).
         respawn: start a new worker when one dies.
+        memory_limit: kill (and replace) a worker whose resident memory passes this, in
+            bytes or as "2GiB"; its running task fails with MemoryLimitExceeded.
+        max_tasks_per_child: replace each worker after it ran this many tasks.
         max_message_bytes: the broker refuses larger messages.
         ip: also listen on this address (e.g. "0.0.0.0") so workers on other hosts can join;
             beyond loopback the cluster runs with CurveZMQ (keys in the connection file).
@@ -54,17 +60,21 @@ class LocalCluster:
                  respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  tcp: bool = True, ip: str | None = None, port: int = 0,
-                 insecure: bool = False):
+                 insecure: bool = False, memory_limit: int | str | None = None,
+                 max_tasks_per_child: int | None = None):
         self.n_workers = n_workers if n_workers is not None else (os.cpu_count() or 1)
         self.labels = sorted(labels or ())
         self.key = protocol.new_key()
         self._dir = Path(tempfile.mkdtemp(prefix="nbcluster-"))
         self.connection_file = Path(connection_file or self._dir / "cluster.json").expanduser()
         self.respawn = respawn
+        self.memory_limit = parse_bytes(memory_limit)
+        if max_tasks_per_child is not None and max_tasks_per_child < 1:
+            raise ValueError(f"max_tasks_per_child must be at least 1, not {max_tasks_per_child}")
+        self.max_tasks_per_child = max_tasks_per_child
         self._closed = False
         self._clients: list[Client] = []
-        self._exits: dict[int, int] = {}     # pid -> exit code of workers that ended
-        self._labels_of: dict[int, list[str]] = {}   # pid -> labels of the workers we started
+        self._supervisors: list[SupervisedWorkers] = []   # each starts and keeps some workers
         self._lock = threading.Lock()
         # Workers see the modules we see, as multiprocessing's spawn does: our sys.path first.
         path = [os.path.abspath(p or ".") for p in sys.path if os.path.isdir(p or ".")]
@@ -86,17 +96,15 @@ class LocalCluster:
         self.broker.start()
         self.endpoint = ipc
         self.info = ConnectionInfo([ipc], self.key)
-        self.workers: list[subprocess.Popen] = []
         try:
             if exposed:   # workers need the Curve keys of the connection file: wait for it
                 self._read_ready_line()
-            self.workers += [self._start_worker(self.labels) for _ in range(self.n_workers)]
+            if self.n_workers:
+                self._start_workers(self.n_workers, self.labels)
             self._wait_ready()
         except BaseException:
             self.close()
             raise
-        self._watcher = threading.Thread(target=self._watch, name="nbcluster-respawn", daemon=True)
-        self._watcher.start()
         self._default_client: Client | None = None
         remember_latest(self)
 
@@ -110,18 +118,16 @@ class LocalCluster:
             self._default_client = self.client()
         return self._default_client
 
-    def _spawn(self, args: list[str], **kw) -> subprocess.Popen:
-        # A session of their own: Ctrl-C in the caller's terminal is the caller's, not theirs.
-        return subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, env=self._env,
-                                close_fds=True, start_new_session=True, **kw)
-
-    def _start_worker(self, labels: list[str]) -> subprocess.Popen:
-        args = ["--labels", ",".join(labels)] if labels else []
+    def _start_workers(self, n: int, labels: list[str]) -> SupervisedWorkers:
+        """n workers under a supervisor of their own (a respawned one keeps their labels)."""
         target = str(self.connection_file) if self.info.curve else self.endpoint
-        proc = self._spawn(["-m", "nbcluster.worker", "--watch-stdin", "--connect", target,
-                            *args])
-        self._labels_of[proc.pid] = labels   # a respawned worker gets the same labels
-        return proc
+        supervisor = SupervisedWorkers(n, ["--connect", target], labels, self._env,
+                                       memory_limit=self.memory_limit,
+                                       max_tasks_per_child=self.max_tasks_per_child,
+                                       respawn=self.respawn)
+        with self._lock:
+            self._supervisors.append(supervisor)
+        return supervisor
 
     def _read_ready_line(self) -> None:
         self.broker.wait_ready()
@@ -133,6 +139,11 @@ class LocalCluster:
         with Client(self.endpoint, self.key, remember=False, curve=self.info.curve) as client:
             deadline = time.monotonic() + START_TIMEOUT_S
             while client.n_workers < self.n_workers:
+                ended = [s.proc.returncode for s in self._supervisors if s.proc.poll() is not None]
+                if ended:   # no worker of it will come: say so now, not after the timeout
+                    bar.close()
+                    raise NBClusterError(f"the workers' supervisor exited with status "
+                                         f"{ended[0]} (its error, if any, is on stderr)")
                 if time.monotonic() > deadline:
                     bar.close()
                     raise NBClusterError(f"only {client.n_workers} of {self.n_workers} workers "
@@ -153,35 +164,17 @@ class LocalCluster:
         return client
 
     def exit_reason(self, pid: int | None) -> str | None:
-        """How one of our workers ended ("killed by SIGKILL", "exited with status 3"), if it did."""
-        code = self._exits.get(pid)
-        if code is None:
-            return None
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exited with status {code}"
-
-    def add_workers(self, n: int = 1, labels: Iterable[str] | None = None) -> list[subprocess.Popen]:
-        """Start n more workers (with their own labels if given); returns their processes."""
-        labels = sorted(labels) if labels is not None else self.labels
+        """How one of our workers ended ("killed by SIGKILL", "exited with status 3", "memory
+        limit 2.0 GiB exceeded (rss 2.3 GiB)"), as its supervisor saw it, if it did."""
         with self._lock:
-            new = [self._start_worker(labels) for _ in range(n)]
-            self.workers += new
-        return new
+            supervisors = list(self._supervisors)
+        return next((s.exits[pid] for s in supervisors if pid in s.exits), None)
 
-    def _watch(self) -> None:
-        """Respawn workers that died (unless we are closing); reap them either way."""
-        while not self._closed:
-            time.sleep(0.1)
-            with self._lock:
-                for i, p in enumerate(self.workers):
-                    if p.poll() is not None and p.pid not in self._exits:
-                        self._exits[p.pid] = p.returncode
-                        if not self._closed and self.respawn and p.returncode != 0:
-                            self.workers[i] = self._start_worker(self._labels_of.pop(p.pid))
+    def add_workers(self, n: int = 1, labels: Iterable[str] | None = None) -> list[WorkerProcess]:
+        """Start n more workers (with their own labels if given, under a supervisor of their
+        own); returns them (their `.pid`) once their processes have started."""
+        labels = sorted(labels) if labels is not None else self.labels
+        return self._start_workers(n, labels).wait_started(n, START_TIMEOUT_S)
 
     def close(self) -> None:
         """Stop every process this cluster started and wait until they are gone."""
@@ -191,28 +184,21 @@ class LocalCluster:
         for c in self._clients:
             c.close()
         with self._lock:
-            procs = [*self.workers]
-        for p in procs:          # closing stdin makes each child exit at once
-            try:
-                p.stdin.close()
-            except (OSError, ValueError):
-                pass
-        self.broker.stop()       # the same way; and it is not started again
-        deadline = time.monotonic() + 2.0
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            supervisors = list(self._supervisors)
+        for s in supervisors:   # each kills its workers' process groups, then exits
+            s.close()
+        self.broker.stop()       # and it is not started again
         if shm.available():
             shm.SharedMemory(self.key).remove_all_of_cluster()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def pids(self) -> dict[str, list[int]]:
-        """Process ids of the broker and the workers, for tests and tooling."""
+        """Process ids of the broker, the live workers and their supervisors."""
         with self._lock:
-            return {"broker": [self.broker.pid], "workers": [p.pid for p in self.workers]}
+            supervisors = list(self._supervisors)
+        return {"broker": [self.broker.pid],
+                "workers": [pid for s in supervisors for pid in s.pids()],
+                "supervisors": [s.proc.pid for s in supervisors]}
 
     def __enter__(self) -> "LocalCluster":
         return self

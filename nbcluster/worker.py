@@ -54,6 +54,13 @@ RESULT_BATCH_S = 0.002      # results of tiny tasks are sent together at least t
 _MAX_ATTEMPTS = 16          # a cancelled task is skipped whatever attempt it arrives as
 MAX_RETRY_S = 60.0          # a silent broker is asked again after 2x, 4x... the expiry, up to this
 
+# Exit statuses that tell our supervisor why we left (any other status, or a signal, is a
+# crash, and a crashed worker is replaced): asked to leave (SIGTERM, `nbcluster stop
+# --worker`, Ctrl-C) is not replaced; done `max_tasks_per_child` tasks is.
+EXIT_ASKED_TO_LEAVE = 86
+EXIT_MAX_TASKS = 87
+SUPERVISOR_ENV = "NBCLUSTER_SUPERVISOR"   # our supervisor's token, sent in our hello
+
 
 _TEXT_STREAMS = ("stdout", "stderr")   # consecutive text of one stream is sent as one item
 
@@ -119,7 +126,8 @@ class Worker:
     """A worker connected to the broker at `endpoint` with cluster `key`."""
 
     def __init__(self, endpoint: str, key: bytes, labels: list[str] | None = None,
-                 slots: int = 1, watch_stdin: bool = False, curve: "CurveKeys | None" = None):
+                 slots: int = 1, watch_stdin: bool = False, curve: "CurveKeys | None" = None,
+                 max_tasks: int | None = None):
         self.endpoint, self.labels, self.slots = endpoint, sorted(labels or []), slots
         self.signer = protocol.Signer(key)
         runtime.set_worker(key, endpoint, curve)
@@ -127,6 +135,10 @@ class Worker:
         self.watch_stdin = watch_stdin
         self.id = "?"
         self.info = {"host": socket.gethostname(), "pid": os.getpid()}
+        if os.environ.get(SUPERVISOR_ENV):   # the broker asks it whether we are alive
+            self.info["supervisor"] = os.environ[SUPERVISOR_ENV]
+        self.max_tasks, self.tasks_run = max_tasks, 0   # leave (to be replaced) after max_tasks
+        self.leave_status = EXIT_ASKED_TO_LEAVE
         self.output = _Output()
         self.functions = serialize.FunctionCache()
         self.shm = SharedMemory(key) if shm_available() else None
@@ -244,6 +256,7 @@ class Worker:
                                    payload[pos:pos + nframes], local)
             pos += nframes
             finished += 1
+            self._count_task(result)
             if result is not None:
                 items.append(result[0])
                 frames += result[1]
@@ -253,6 +266,18 @@ class Worker:
                 items, frames, finished = [], [], 0
                 last_sent = time.monotonic()
         self.functions.trim()
+        if self.draining and self.leave_status == EXIT_MAX_TASKS:
+            self._leave_now()
+
+    def _count_task(self, result: tuple | None) -> None:
+        """After max_tasks tasks run (not skipped), leave: our supervisor starts a fresh worker."""
+        if result is None or self.max_tasks is None:
+            return
+        self.tasks_run += 1
+        if self.tasks_run >= self.max_tasks:
+            with self.lock:
+                if not self.draining:   # asked to leave already: not to be replaced
+                    self.draining, self.leave_status = True, EXIT_MAX_TASKS
 
     def _run_one(self, gid: int, attempt: int, fn_digest: bytes | None, frames: list,
                  local: bool) -> tuple | None:
@@ -308,7 +333,7 @@ class Worker:
         the broker queues our unstarted tasks again."""
         self._send(self.task_sock, {"t": "bye"})
         time.sleep(0.2)   # let ZeroMQ's I/O thread put it on the wire
-        os._exit(0)
+        os._exit(self.leave_status)
 
     def _send_done(self, items: list, frames: list, finished: int, session: int,
                    epoch: int) -> None:
@@ -397,8 +422,12 @@ class Worker:
                 os.read(self._wake_r, 4096)
                 if self.stopping:
                     self._send(self.ctl, {"t": "bye"})
-                    os._exit(0)
-            for frames in pending_messages(self.ctl) if self.ctl in events else ():
+                    time.sleep(0.1)   # let ZeroMQ's I/O thread put it on the wire
+                    os._exit(EXIT_ASKED_TO_LEAVE)
+            # Read the socket whatever woke us: a poll that returned for the wake pipe, then
+            # waited for the GIL while a task held it in C, finds the broker's heartbeats
+            # here, not in `events`; unread, they would look like a silent broker.
+            for frames in pending_messages(self.ctl):
                 last_heard, tries, next_try = now, 0, now + self.expiry_s
                 self._on_control_message(frames)
             if self.current_tag is not None and self.output.items:
@@ -458,7 +487,7 @@ class Worker:
                         self.cancelled.update((gid, a) for a in range(_MAX_ATTEMPTS))
         elif kind == "stop":
             with self.lock:
-                self.draining = True
+                self.draining, self.leave_status = True, EXIT_ASKED_TO_LEAVE
             os.write(self._registered_w, b"x")   # wakes the main thread if it is idle
         elif kind == "given":
             with self.lock:
@@ -575,6 +604,8 @@ def main(argv: list[str] | None = None) -> None:
                    "connection file says, e.g. tcp://head-node:5555")
     p.add_argument("--labels", default="", help="comma-separated labels, e.g. gpu,bigmem")
     p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    p.add_argument("--max-tasks-per-child", type=int, default=None,
+                   help="leave after this many tasks (our supervisor starts a fresh worker)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.__stderr__,
                         format="nbcluster worker %(asctime)s %(levelname)s %(message)s")
@@ -585,7 +616,8 @@ def main(argv: list[str] | None = None) -> None:
             read_or_exit(args.connect, "nbcluster worker", args.endpoint)
         endpoint, key, curve = args.endpoint or info.best_endpoint(), info.key, info.curve
     worker = Worker(endpoint, key, [x for x in args.labels.split(",") if x],
-                    watch_stdin=args.watch_stdin, curve=curve)
+                    watch_stdin=args.watch_stdin, curve=curve,
+                    max_tasks=args.max_tasks_per_child)
     signal.signal(signal.SIGTERM, lambda *_: worker.leave())
     signal.signal(signal.SIGINT, signal.default_int_handler)  # cancelling a task needs it
     try:

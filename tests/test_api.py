@@ -14,7 +14,7 @@ def test_exported_names():
     assert sorted(nbcluster.__all__) == sorted([
         "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
-        "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+        "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
         "Mirror", "mirror", "progress", "panel", "register_joblib"])
@@ -41,7 +41,8 @@ def test_lower_layers_never_import_upward():
                 found |= {node.module} if node.module else {a.name for a in node.names}
         return found
     assert imports("protocol") <= {"errors"}
-    assert imports("broker_state") <= {"errors", "broker_functions"}
+    assert imports("broker_state") <= {"errors", "broker_functions", "broker_supervisors"}
+    assert imports("broker_supervisors") <= {"errors", "broker_state"}   # (a type hint)
     assert imports("broker_functions") <= {"errors"}
     assert imports("broker") <= {"protocol", "broker_state", "errors", "connection", "transport",
                                  "curve"}

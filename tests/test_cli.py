@@ -69,14 +69,17 @@ def test_a_worker_started_by_hand_joins_with_the_connection_file(cluster, client
                              str(cluster.connection_file), "--labels", "gpu,big"],
                             stdin=subprocess.DEVNULL)
     try:
-        fut = client.options(labels={"gpu"}).submit(lambda: os.getpid())
-        assert fut.result(20) == proc.pid
-        [w] = [w for w in client.workers() if w["pid"] == proc.pid]
+        # `nbcluster worker` is the supervisor; the worker is its child
+        pid, parent = client.options(labels={"gpu"}).submit(
+            lambda: (os.getpid(), os.getppid())).result(20)
+        assert parent == proc.pid
+        [w] = [w for w in client.workers() if w["pid"] == pid]
         assert w["labels"] == ["big", "gpu"]
         proc.terminate()                       # SIGTERM: leaves gracefully
         assert proc.wait(60) == 0
-        wait_for(lambda: proc.pid not in [w["pid"] for w in client.workers()],
+        wait_for(lambda: pid not in [w["pid"] for w in client.workers()],
                  timeout=60, what="the worker gone from the list")
+        assert gone(pid)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -298,3 +301,26 @@ def test_readers_resolve_a_wildcard_endpoint_where_they_are():
     there = ConnectionInfo(here.endpoints, here.key, host="head-node")
     assert there.best_endpoint() == "tcp://head-node:5555"       # the broker's host, by name
     assert ConnectionInfo.from_json(there.to_json()).endpoints == here.endpoints
+
+
+def test_worker_command_keeps_its_limits(cluster, client):
+    """`nbcluster worker --max-tasks-per-child 2`: its supervisor replaces the worker every
+    2 tasks; a memory limit that is not a size is refused before anything starts."""
+    bad = cli("worker", "--connect", str(cluster.connection_file), "--memory-limit", "lots")
+    assert bad.returncode == 2 and "not a memory size: 'lots'" in bad.stderr, bad.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "nbcluster.cli", "worker", "--connect",
+                             str(cluster.connection_file), "--labels", "kept",
+                             "--max-tasks-per-child", "2", "--memory-limit", "4GiB"],
+                            stdin=subprocess.DEVNULL)
+    try:
+        kept = client.options(labels={"kept"})
+        ran = [kept.submit(lambda: (os.getpid(), os.getppid())).result(60) for _ in range(4)]
+        pids = [pid for pid, _ in ran]
+        assert [pids.index(p) for p in pids] == [0, 0, 2, 2], ran
+        assert {parent for _, parent in ran} == {proc.pid}
+        proc.terminate()
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -110,13 +110,26 @@ def test_mp_context_is_accepted(kind):
         assert ex.submit(pow, 2, 3).result(30) == 8
 
 
-def test_max_tasks_per_child_is_refused_until_workers_are_restarted():
-    """Intended difference (docs/executor.md): it needs a supervisor that restarts workers."""
-    with pytest.raises(NotImplementedError, match="supervisor"):
-        nbcluster.Executor(2, max_tasks_per_child=10)
-    with cf.ProcessPoolExecutor(1, max_tasks_per_child=1,
-                                mp_context=multiprocessing.get_context("spawn")) as ex:
-        assert ex.submit(abs, -1).result(60) == 1
+@pytest.mark.timeout(180)
+def test_max_tasks_per_child_replaces_each_worker_after_that_many_tasks(kind):
+    """One worker, two tasks each: the pids go a, a, b, b, c, c; nothing is lost."""
+    with executor_class(kind)(1, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(os.getpid).result(120) for _ in range(6)]
+    assert [pids.index(p) for p in pids] == [0, 0, 2, 2, 4, 4], pids
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                          ("2", TypeError)])
+def test_max_tasks_per_child_is_checked_as_the_stdlib_does(kind, value, error):
+    with pytest.raises(error, match="max_tasks_per_child"):
+        executor_class(kind)(1, max_tasks_per_child=value,
+                             mp_context=multiprocessing.get_context("spawn"))
+
+
+def test_max_tasks_per_child_with_client_is_refused(shared_cluster):
+    """Intended difference (docs/executor.md): a shared cluster's workers are not ours."""
+    with pytest.raises(ValueError, match="max_tasks_per_child"):
+        nbcluster.Executor(client=shared_cluster.client(), max_tasks_per_child=3)
 
 
 # ---- submit ---------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def test_workers_as_a_slurm_job_join_and_are_cancelled(slurm, tmp_path):
     with LocalCluster(0, ip="0.0.0.0") as cluster:
         client = cluster.client()
         job = SlurmWorkers(cluster.info, nodes=1, n_per_node=2, labels=["slurm"],
-                           python=sys.executable)
+                           python=sys.executable, max_tasks_per_child=50)
         try:
             assert job.job_id.isdigit()
             deadline = time.monotonic() + 60
@@ -108,6 +108,13 @@ def test_workers_as_a_slurm_job_join_and_are_cancelled(slurm, tmp_path):
                 time.sleep(0.5)
             assert job.state() == "RUNNING"
             assert client.map(abs, range(-10, 0), labels={"slurm"}) == list(range(10, 0, -1))
+            # the node's `nbcluster worker` replaces each worker after 50 tasks
+            first = {w["pid"] for w in client.workers()}
+            client.map(abs, range(300), labels={"slurm"}, chunksize=1)
+            deadline = time.monotonic() + 60
+            while not {w["pid"] for w in client.workers()} - first:
+                assert time.monotonic() < deadline, "no worker was replaced"
+                time.sleep(0.5)
         finally:
             job.close()
         deadline = time.monotonic() + 30

@@ -116,3 +116,32 @@ def test_the_ssh_command_adds_workers_to_a_running_cluster(ssh_hosts, tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_ssh_workers_are_kept_by_their_hosts_supervisor(ssh_hosts, tmp_path):
+    """The limits reach the remote `nbcluster worker` (the host's supervisor)."""
+    from pathlib import Path
+
+    from nbcluster import MemoryLimitExceeded
+    hosts, options = ssh_hosts
+    # ssh passes no environment: a Python that imports the nbcluster under test, not the
+    # installed one
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\nexec env PYTHONPATH={Path(__file__).resolve().parent.parent} "
+                      f"{sys.executable} \"$@\"\n")
+    python.chmod(0o700)
+    with SSHCluster([f"root@{hosts.address('host1')}"], n_per_host=1, python=str(python),
+                    ssh_options=options, max_tasks_per_child=2,
+                    memory_limit="300MiB") as cluster:
+        client = cluster.client()
+        pids = [client.submit(os.getpid).result(60) for _ in range(4)]
+        assert [pids.index(p) for p in pids] == [0, 0, 2, 2], pids
+
+        def allocate():   # defined here: pickled by value (no `tests` on the hosts)
+            chunks = []
+            for _ in range(512):
+                chunks.append(bytearray(8 << 20))
+                time.sleep(0.005)
+        with pytest.raises(MemoryLimitExceeded, match="memory limit 300.0 MiB exceeded"):
+            client.submit(allocate).result(60)
+        assert client.submit(os.getpid).result(60) not in pids

@@ -1,0 +1,107 @@
+"""A supervisor process started by LocalCluster, and what it says about its workers.
+
+    LocalCluster ──stdin pipe──► python -m nbcluster.supervisor --announce --watch-stdin ...
+                 ◄──stdout────── "started PID" / "exited PID REASON"  (read by a thread here)
+
+The supervisor starts, watches and replaces the workers (see nbcluster.supervisor); this
+side only keeps the list of live worker pids and how each one that ended did so. Closing
+the pipe makes the supervisor kill its workers' process groups and exit, also when we are
+killed ourselves.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from typing import NamedTuple
+
+from .errors import NBClusterError
+
+__all__ = ["SupervisedWorkers", "WorkerProcess"]
+
+CLOSE_TIMEOUT_S = 10.0
+
+
+class WorkerProcess(NamedTuple):
+    """A worker process started by a LocalCluster's supervisor."""
+
+    pid: int
+
+
+class SupervisedWorkers:
+    """`n` workers under one supervisor process, connecting with `connect_args`."""
+
+    def __init__(self, n: int, connect_args: list[str], labels: list[str], env: dict, *,
+                 memory_limit: int | None = None, max_tasks_per_child: int | None = None,
+                 respawn: bool = True):
+        args = [sys.executable, "-m", "nbcluster.supervisor", "--announce", "--watch-stdin",
+                "-n", str(n), *connect_args]
+        if labels:
+            args += ["--labels", ",".join(labels)]
+        if memory_limit:
+            args += ["--memory-limit", str(memory_limit)]
+        if max_tasks_per_child:
+            args += ["--max-tasks-per-child", str(max_tasks_per_child)]
+        if not respawn:
+            args.append("--no-respawn")
+        self.live: list[int] = []            # worker pids, oldest first
+        self.exits: dict[int, str] = {}      # pid -> how it ended
+        self.started = 0
+        self._changed = threading.Condition()
+        # A session of its own: Ctrl-C in the caller's terminal is the caller's, not ours.
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env=env, close_fds=True, start_new_session=True)
+        self._reader = threading.Thread(target=self._read, name="nbcluster-supervisor",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            kind, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
+            pid_text, _, reason = rest.partition(" ")
+            if not pid_text.isdigit():
+                continue
+            with self._changed:
+                if kind == "started":
+                    self.live.append(int(pid_text))
+                    self.started += 1
+                elif kind == "exited":
+                    self.exits[int(pid_text)] = reason
+                    if int(pid_text) in self.live:
+                        self.live.remove(int(pid_text))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_started(self, n: int, timeout: float) -> list[WorkerProcess]:
+        """The first n workers, once started (within timeout seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.started < n:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise NBClusterError(f"the supervisor started {self.started} of {n} "
+                                         f"workers within {timeout:.0f} s (exit code "
+                                         f"{self.proc.poll()})")
+                self._changed.wait(min(left, 0.5))
+            return [WorkerProcess(pid) for pid in self.live[:n]]
+
+    def pids(self) -> list[int]:
+        with self._changed:
+            return list(self.live)
+
+    def close(self) -> None:
+        """Stop the supervisor (it kills its workers' process groups) and wait for it."""
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(CLOSE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:   # its workers end when their stdin (from it) closes
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(CLOSE_TIMEOUT_S)
+        self.proc.stdout.close()

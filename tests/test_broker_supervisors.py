@@ -1,0 +1,118 @@
+"""The broker's side of supervisors (nbcluster/broker_supervisors.py), with a fake clock:
+vouches keep a silent worker, `exited` drops it at once and names the cause."""
+
+import pytest
+
+from nbcluster.errors import ProtocolError
+
+from .test_broker_state import HB, Sim, results, runs
+
+TOKEN = "tok"
+
+
+def supervised(sim, identity, pid, credit=1, token=TOKEN):
+    out = sim.msg(identity, "hello", role="worker", labels=[], host="h", pid=pid,
+                  supervisor=token)
+    if credit:
+        sim.msg(identity, "ready", n=credit)
+    return out[-1].header["id"]
+
+
+def setup(n_workers=1, credit=1):
+    sim = Sim()
+    sim.client()
+    assert sim.msg(b"s", "hello", role="supervisor", token=TOKEN, host="h", pid=9,
+                   workers=n_workers)[0].header["t"] == "welcome"
+    wids = [supervised(sim, f"w{i}".encode(), 100 + i, credit) for i in range(n_workers)]
+    return sim, wids
+
+
+def test_a_silent_worker_vouched_for_by_its_supervisor_is_kept():
+    sim, [wid] = setup()
+    sim.submit(1)
+    for _ in range(30):   # 30 heartbeats without a word from the worker (its GIL is held)
+        sim.msg(b"s", "hb", alive=[100])
+        sim.tick(HB)
+    assert wid in sim.state.workers and sim.state.tasks[1].attempt == 0
+    sim.tick(HB)          # the supervisor no longer vouches for it (stopped, or gone)...
+    sim.tick(HB)
+    sim.tick(HB)
+    sim.tick(HB)
+    assert wid not in sim.state.workers   # ...so it expires like any silent worker
+
+
+def test_a_vouch_counts_only_for_the_pids_listed_and_the_supervisors_own_workers():
+    sim, [wid] = setup()
+    stranger = supervised(sim, b"x", 100, token="other")   # same pid, another supervisor
+    for _ in range(5):
+        sim.msg(b"s", "hb", alive=[100, 555])
+        sim.tick(HB)
+    assert wid in sim.state.workers and stranger not in sim.state.workers
+
+
+def test_exited_drops_the_worker_at_once_and_the_lost_task_names_why():
+    sim, [wid] = setup()
+    sim.state.max_lost = 0
+    sim.submit(1)
+    out = sim.msg(b"s", "exited", pid=100, reason="killed by SIGKILL", memory=False, left=False)
+    assert wid not in sim.state.workers
+    [item] = [i for s in out if s.header["t"] == "results" for i in s.header["items"]]
+    assert item[1] == "lost" and item[3]["reasons"] == ["killed by SIGKILL"]
+
+
+def test_a_memory_exit_fails_the_started_task_and_requeues_the_others_uncharged():
+    sim, [wid] = setup(credit=3)
+    for cid in (1, 2, 3):
+        sim.submit(cid)
+    held = sorted(sim.state.workers[wid].tasks)
+    assert len(held) == 3
+    sim.msg(b"w0", "started", items=[[held[0], 0]])
+    out = sim.msg(b"s", "exited", pid=100, reason="memory limit 1.0 GiB exceeded (rss 1.1 GiB)",
+                  memory=True, left=False)
+    lost = [i for s in out if s.header["t"] == "results" for i in s.header["items"]]
+    assert [(i[0], i[1]) for i in lost] == [(1, "lost")]
+    assert lost[0][3]["memory"].startswith("memory limit 1.0 GiB")
+    for gid in held[1:]:
+        t = sim.state.tasks[gid]
+        assert t.worker is None and t.lost_on == [] and t.attempt == 1
+    supervised(sim, b"w9", 200, credit=2)     # the replacement runs them
+    assert sorted(g for _, g, _ in runs(sim.sent, b"w9")) == held[1:]
+
+
+def test_a_worker_that_left_on_purpose_charges_nothing():
+    sim, [wid] = setup()
+    sim.submit(1)
+    sim.msg(b"s", "exited", pid=100, reason="replaced after 3 tasks (max_tasks_per_child)",
+            memory=False, left=True)
+    assert sim.state.tasks[1].lost_on == [] and sim.state.tasks[1].worker is None
+
+
+def test_exited_for_an_unknown_pid_and_bad_fields():
+    sim, [wid] = setup()
+    assert sim.msg(b"s", "exited", pid=4242, reason="exited with status 0") == []
+    assert wid in sim.state.workers
+    with pytest.raises(ProtocolError):
+        sim.msg(b"s", "exited", pid="100", reason="x")
+    with pytest.raises(ProtocolError):
+        sim.msg(b"s", "hb", alive=["100"])
+    with pytest.raises(ProtocolError):
+        sim.msg(b"s2", "hello", role="supervisor", host="h", pid=1)   # no token
+
+
+def test_a_silent_supervisor_is_forgotten_and_answered_with_reconnect():
+    sim, [wid] = setup()
+    sim.tick(4 * HB, alive=[b"c", b"w0"])
+    assert sim.state.status(sim.now)["supervisors"] == []
+    assert [s.header["t"] for s in sim.msg(b"s", "hb", alive=[100])] == ["reconnect"]
+    assert results(sim.sent) == []
+
+
+def test_supervisors_get_heartbeats_and_a_hello_again_keeps_their_vouches():
+    sim, [wid] = setup()
+    assert b"s" in [s.identity for s in sim.tick(HB) if s.header["t"] == "hb"]
+    sim.tick(HB)
+    sim.msg(b"s", "hb", alive=[100])     # a vouch at 2 s
+    sim.tick(HB)
+    sim.msg(b"s", "hello", role="supervisor", token=TOKEN, host="h", pid=9, workers=1)
+    sim.tick(HB + HB // 2)   # the worker silent 4.5 s, vouched for 2.5 s ago: kept
+    assert wid in sim.state.workers
