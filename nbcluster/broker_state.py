@@ -92,7 +92,8 @@ class Worker:
     info: dict = field(default_factory=dict)
     stopping: bool = False   # asked to leave: finishes its task, gets no new ones
     fns: set = field(default_factory=set)   # digests of the function payloads sent to it
-    session: Any = None      # its hello's `session`, echoed in welcome and run (see _hello)
+    session: Any = None      # its latest hello's `session`, echoed in welcome and run
+    ledger: int = 0          # the session of the hello that made it: its credit carries it (`l`)
 
 
 @dataclass
@@ -139,6 +140,7 @@ class BrokerState:
         self._gids = itertools.count(first_gid or secrets.randbits(62) + 1)
         self._wids = itertools.count(1)
         self.next_heartbeat = 0
+        self.last_tick: int | None = None
         self.shutdown_requested = False   # a client asked the whole cluster to stop
         self.functions = FunctionStore()
 
@@ -158,10 +160,10 @@ class BrokerState:
 
     def tick(self, now: int) -> list[Send]:
         """Heartbeats out and expiry of silent peers; call at least every heartbeat."""
-        out: list[Send] = []
+        self._forgive_stall(now)
         limit = now - self.expiry_ms
-        for w in [w for w in self.workers.values() if w.last_seen < limit]:
-            out += self._drop_worker(w, lost=True, now=now)
+        out = self._drop_workers([w for w in self.workers.values() if self._silent(w, limit)],
+                                 lost=True)
         for c in [c for c in self.clients.values()
                   if c.last_seen < now - self.client_expiry_ms]:
             out += self._drop_client(c)
@@ -171,6 +173,22 @@ class BrokerState:
             out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
                     for c in self.clients.values()]
         return out
+
+    def _silent(self, w: Worker, limit: int) -> bool:
+        """Has w said nothing since `limit`? (Then it is lost.)"""
+        return w.last_seen < limit
+
+    def _forgive_stall(self, now: int) -> None:
+        """Silence counts only while we were awake. We tick every heartbeat; a longer gap
+        since the last tick means we were stopped (SIGSTOP) or starved, and what peers sent
+        meanwhile is still waiting for us, unread: that gap is added to every peer's
+        last_seen, so no peer is expired for our own stall."""
+        if self.last_tick is not None:
+            stall = now - self.last_tick - self.heartbeat_ms
+            if stall > 0:
+                for peer in [*self.workers.values(), *self.clients.values()]:
+                    peer.last_seen = min(now, peer.last_seen + stall)
+        self.last_tick = now
 
     def next_deadline(self) -> int:
         return self.next_heartbeat
@@ -183,31 +201,69 @@ class BrokerState:
         other = h.get("task_identity", identity) if role == "worker" else identity
         if not isinstance(other, bytes) or not 0 < len(other) <= 255:
             raise ProtocolError("a second identity must be 1 to 255 bytes")
-        out = self._forget(identity, now) + (self._forget(other, now) if other != identity else [])
         welcome = {"t": "welcome", "heartbeat_ms": self.heartbeat_ms, "liveness":
                    self.expiry_ms // self.heartbeat_ms, "broker": self.info, "epoch": self.epoch}
-        if role == "client":
-            self.clients[identity] = Client(identity, host, pid, now)
-            return out + [Send(identity, welcome)]
-        if role != "worker":
+        if role not in ("client", "worker"):
             raise ProtocolError(f"unknown role {role!r}")
         # The worker's `session` numbers its hellos: echoed in the welcome and in every run, it
-        # lets the worker tell a run of its latest hello (to run, even when the welcome on its
-        # other socket is not read yet) from one of an earlier hello (dropped here meanwhile).
+        # lets the worker tell a run sent after its latest hello from an older one.
+        session = _field(h, "session", int, 0) if role == "worker" else 0
+        resume = h.get("resume")
+        old = self.workers.get(self.worker_by_identity.get(identity, ""))
+        if old is not None and resume == [old.id, self.epoch] and (old.ctl, old.identity) == \
+                (identity, other):
+            # The same registration, still alive (the worker heard nothing from us for a
+            # while: we were stalled, or the link was): it goes on, tasks, credit and all.
+            old.session, old.last_seen = session, now
+            return [Send(identity, {**welcome, "id": old.id, "session": session,
+                                    "resumed": True})]
+        out, dropped = self._forget({identity, other})
+        if role == "client":
+            self.clients[identity] = Client(identity, host, pid, now)
+            return out + self._dispatch_all() + [Send(identity, welcome)]
         w = Worker(id=f"w{next(self._wids)}", identity=other, ctl=identity, host=host, pid=pid,
                    labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
-                   joined=now, last_seen=now, session=_field(h, "session", int, 0))
+                   joined=now, last_seen=now, session=session, ledger=session)
         self.workers[w.id] = w
         self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
-        return out + [Send(identity, {**welcome, "id": w.id, "session": w.session})]
+        lost_here = {*dropped, *(resume[:1] if isinstance(resume, list) else ())}
+        kept = self._take_back(w, h.get("running", []), lost_here)
+        return out + self._dispatch_all() + [Send(identity, {**welcome, "id": w.id,
+                                                             "session": w.session, "kept": kept})]
 
-    def _forget(self, identity: bytes, now: int) -> list[Send]:
-        """A peer says hello again on an identity we know: its old session is over."""
-        if identity in self.clients:
-            return self._drop_client(self.clients[identity])
-        wid = self.worker_by_identity.get(identity)
-        return self._drop_worker(self.workers[wid], lost=True, now=now) if wid else []
+    def _forget(self, identities: set) -> tuple[list[Send], list[str]]:
+        """A peer says hello again on identities we know: their old sessions are over. Returns
+        the messages to send and the ids of the workers dropped (their tasks queued again,
+        not yet dispatched: the new registration may take some back)."""
+        out = [s for i in identities if i in self.clients for s in self._drop_client(self.clients[i])]
+        gone = [self.workers[wid] for wid in {self.worker_by_identity.get(i) for i in identities}
+                if wid]
+        return out + self._drop_workers(gone, lost=True, dispatch=False), [w.id for w in gone]
+
+    def _take_back(self, w: Worker, running, lost_here: set) -> list:
+        """Tasks the worker's hello says it is running, dropped with its earlier registration
+        and still queued (no other worker has them): the new registration keeps them, at
+        the attempt it runs, and the loss is not charged. Without this a broker stall or a
+        cut link would run them twice. Returns them as [gid, attempt]."""
+        if not isinstance(running, list):
+            raise ProtocolError("running must be a list of [gid, attempt]")
+        kept = []
+        for item in running:
+            gid, attempt = item if isinstance(item, list) and len(item) == 2 else (None, None)
+            t = self.tasks.get(gid) if isinstance(gid, int) else None
+            if t is None or t.worker is not None or t.target is not None \
+                    or not isinstance(attempt, int) or t.attempt != attempt + 1 \
+                    or not t.labels <= w.labels or t.host not in (None, w.host):
+                continue   # done, running elsewhere (or was), or not this worker's to run
+            if t.lost_on and t.lost_on[-1] in lost_here:
+                t.lost_on.pop()
+                t.lost_pids.pop()
+            t.attempt = attempt   # its gid stays in its queue: _pop_for skips held tasks
+            t.worker = w.id
+            w.tasks.add(gid)
+            kept.append([gid, attempt])
+        return kept
 
     def _touch(self, identity: bytes, now: int):
         wid = self.worker_by_identity.get(identity)
@@ -216,12 +272,17 @@ class BrokerState:
             peer.last_seen = now
         return peer
 
-    def _drop_worker(self, w: Worker, lost: bool, now: int) -> list[Send]:
-        del self.workers[w.id]
-        self.worker_by_identity.pop(w.identity, None)
-        self.worker_by_identity.pop(w.ctl, None)
+    def _drop_workers(self, workers: list[Worker], lost: bool, dispatch: bool = True) -> list[Send]:
+        """Forget these workers. All go first, then their tasks are queued again (or fail),
+        so none is handed to a worker that is going too: a task is charged only for the
+        workers it was really lost on. Then the queues are dispatched once."""
+        for w in workers:
+            del self.workers[w.id]
+            self.worker_by_identity.pop(w.identity, None)
+            self.worker_by_identity.pop(w.ctl, None)
         out: list[Send] = []
-        for gid in sorted(w.tasks, reverse=True):   # queued at the front: oldest ends first
+        held = sorted(((gid, w) for w in workers for gid in w.tasks), key=lambda x: x[0])
+        for gid, w in reversed(held):   # queued at the front: oldest ends first
             t = self.tasks[gid]
             t.worker = None
             if lost:
@@ -232,10 +293,12 @@ class BrokerState:
             else:
                 t.attempt += 1
                 self._enqueue(t, front=True)
-        for gid in self.pinned.pop(w.id):
-            if gid in self.tasks:
-                out += self._finish(self.tasks[gid], "lost", {"lost_on": [w.id], "pids": [w.pid]})
-        return out + self._dispatch_all()
+        for w in workers:
+            for gid in self.pinned.pop(w.id):
+                if gid in self.tasks:
+                    out += self._finish(self.tasks[gid], "lost",
+                                        {"lost_on": [w.id], "pids": [w.pid]})
+        return (out + self._dispatch_all()) if dispatch and workers else out
 
     def _drop_client(self, c: Client) -> list[Send]:
         del self.clients[c.identity]
@@ -336,8 +399,15 @@ class BrokerState:
 
     # ---- workers ------------------------------------------------------------------------
     def _ready(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
-        w.credit = max(0, min(w.credit + _field(h, "n", int, 0), 1 << 20))
+        n = _field(h, "n", int, 0)
+        if self._credit_is_ours(w, h):
+            w.credit = max(0, min(w.credit + n, 1 << 20))
         return self._dispatch(w)
+
+    def _credit_is_ours(self, w: Worker, h: dict) -> bool:
+        """Credit a worker asked for before it registered again (`l`, its ledger, is that of
+        an earlier registration) is not this registration's: its ledger starts afresh."""
+        return h.get("l", w.ledger) == w.ledger
 
     def _done(self, w: Worker, h: dict, payload: list, mac, now: int) -> list[Send]:
         items = _field(h, "items", list)
@@ -375,7 +445,7 @@ class BrokerState:
             frames = [f for r in results for f in r[1]]
             out.append(Send(identity, header, frames, results[0][2] if len(results) == 1 else None))
         n = h.get("ready", 0)
-        if isinstance(n, int) and n > 0:
+        if isinstance(n, int) and n > 0 and self._credit_is_ours(w, h):
             w.credit = min(w.credit + n, 1 << 20)
         return out + self._dispatch(w)
 
@@ -420,7 +490,7 @@ class BrokerState:
             self._dispatch_all()
 
     def _worker_bye(self, w: Worker, h, payload, mac, now: int) -> list[Send]:
-        return self._drop_worker(w, lost=False, now=now)
+        return self._drop_workers([w], lost=False)
 
     # ---- queues and dispatch ----------------------------------------------------------------
     def _enqueue(self, t: Task, front: bool = False) -> None:
