@@ -210,13 +210,9 @@ class BrokerState:
         session = _field(h, "session", int, 0) if role == "worker" else 0
         resume = h.get("resume")
         old = self.workers.get(self.worker_by_identity.get(identity, ""))
-        if old is not None and resume == [old.id, self.epoch] and (old.ctl, old.identity) == \
-                (identity, other):
-            # The same registration, still alive (the worker heard nothing from us for a
-            # while: we were stalled, or the link was): it goes on, tasks, credit and all.
-            old.session, old.last_seen = session, now
-            return [Send(identity, {**welcome, "id": old.id, "session": session,
-                                    "resumed": True})]
+        if old is not None and (old.ctl, old.identity) == (identity, other) and \
+                isinstance(resume, list) and len(resume) == 2 and resume[1] == self.epoch:
+            return [Send(identity, self._resume(old, resume[0], session, now, welcome))]
         out, dropped = self._forget({identity, other})
         if role == "client":
             self.clients[identity] = Client(identity, host, pid, now)
@@ -229,8 +225,21 @@ class BrokerState:
         self.pinned[w.id] = deque()
         lost_here = {*dropped, *(resume[:1] if isinstance(resume, list) else ())}
         kept = self._take_back(w, h.get("running", []), lost_here)
-        return out + self._dispatch_all() + [Send(identity, {**welcome, "id": w.id,
-                                                             "session": w.session, "kept": kept})]
+        return out + self._dispatch_all() + [Send(identity, {
+            **welcome, "id": w.id, "session": w.session, "ledger": w.ledger, "kept": kept})]
+
+    def _resume(self, w: Worker, known: str, session: int, now: int, welcome: dict) -> dict:
+        """The worker process of registration w (same sockets) says hello again, naming a
+        registration of ours (`known`): it heard nothing for a while (we were stalled, or
+        the link was). w goes on, tasks, credit and all. If w is not the one it knows (it
+        said hello twice before reading the welcome that made w), it learns w's ledger and
+        the tasks w holds (`kept`), as from a new registration's welcome."""
+        w.session, w.last_seen = session, now
+        welcome = {**welcome, "id": w.id, "session": session, "ledger": w.ledger,
+                   "resumed": True}
+        if known != w.id:
+            welcome["kept"] = [[gid, self.tasks[gid].attempt] for gid in sorted(w.tasks)]
+        return welcome
 
     def _forget(self, identities: set) -> tuple[list[Send], list[str]]:
         """A peer says hello again on identities we know: their old sessions are over. Returns

@@ -459,15 +459,17 @@ class Worker:
 
     def _welcome(self, header: dict) -> None:
         """The welcome of our latest hello (call under the lock). Resumed: our registration
-        and ledger go on. Else a new ledger starts, holding the tasks the broker kept for us:
+        and ledger go on. Else (or resumed, but a registration whose welcome we never read)
+        a new ledger starts, holding the tasks the broker kept for us:
         the one still running counts in it; one that ended meanwhile is given back (refetch)
         as its result may have reached the broker before our hello, and been dropped."""
         self.registered = True
         self.given_arrived.notify_all()   # tasks waiting to know whether they are still ours
-        if header.get("resumed"):
+        ledger = header.get("ledger", self.session)
+        if header.get("resumed") and ledger == self.ledger:
             return
         self.registration = (self.id, header.get("epoch"))
-        self.ledger = self.session
+        self.ledger = ledger
         self.granted = self.done = 0
         self.cancelled.clear()
         self.awaiting_given = False   # a given for the old registration came before, or never

@@ -179,3 +179,23 @@ def test_a_hello_that_does_not_name_the_live_registration_replaces_it():
     [(_, gid, _)] = runs(sim.submit(1))
     welcome = hello(sim, b"wc", 2)
     assert welcome["id"] != wid and sim.state.tasks[gid].lost_on == [wid]
+
+
+def test_a_registration_whose_welcome_the_worker_never_read_is_resumed_with_its_ledger():
+    """The worker said hello twice before reading the first welcome (the broker answered
+    late): its second hello names the registration it knows, which we dropped. The live one
+    the first hello made is resumed, not dropped (that would charge its task a loss and run
+    it again), and the welcome gives its ledger and the tasks it holds."""
+    sim = Sim()
+    sim.client()
+    wid, epoch = registered(sim)
+    sim.worker(b"busy", credit=0)
+    [(_, gid, _)] = runs(sim.submit(1))
+    sim.tick(3 * HB + 100, alive=[b"c", b"busy"])            # wid dropped, the task queued
+    first = hello(sim, b"wc", 2, resume=[wid, epoch], running=[(gid, 0)])
+    assert first["kept"] == [[gid, 0]] and first["ledger"] == 2
+    second = hello(sim, b"wc", 3, resume=[wid, epoch], running=[(gid, 0)])
+    assert second["resumed"] is True and second["id"] == first["id"]
+    assert second["ledger"] == 2 and second["kept"] == [[gid, 0]] and second["session"] == 3
+    t = sim.state.tasks[gid]
+    assert (t.worker, t.attempt, t.lost_on) == (first["id"], 0, [])
