@@ -42,6 +42,7 @@ __all__ = ["BrokerState", "Send"]
 
 HEARTBEAT_MS = 1000      # peers and broker send a heartbeat this often
 LIVENESS = 3             # a worker silent for this many heartbeats is dead
+QUIET_HEARTBEATS = 1.5   # one silent longer may be dead: tasks wait until it speaks again
 CLIENT_EXPIRY_MS = 30_000  # a client may be silent longer: a notebook kernel can hold the GIL
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
 BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several per message
@@ -140,12 +141,13 @@ class BrokerState:
         self._gids = itertools.count(first_gid or secrets.randbits(62) + 1)
         self._wids = itertools.count(1)
         self.next_heartbeat = 0
-        self.last_tick: int | None = None
+        self.awake_at: int | None = None   # when we last handled a message or ticked
         self.shutdown_requested = False   # a client asked the whole cluster to stop
         self.functions = FunctionStore()
 
     # ---- entry points -------------------------------------------------------------------
     def handle(self, identity: bytes, header: dict, payload: list, mac, now: int) -> list[Send]:
+        self._forgive_stall(now)
         kind = header["t"]
         if kind == "hello":
             return self._hello(identity, header, now)
@@ -180,15 +182,15 @@ class BrokerState:
 
     def _forgive_stall(self, now: int) -> None:
         """Silence counts only while we were awake. We tick every heartbeat; a longer gap
-        since the last tick means we were stopped (SIGSTOP) or starved, and what peers sent
-        meanwhile is still waiting for us, unread: that gap is added to every peer's
-        last_seen, so no peer is expired for our own stall."""
-        if self.last_tick is not None:
-            stall = now - self.last_tick - self.heartbeat_ms
+        since we last ticked or handled a message means we were stopped (SIGSTOP) or
+        starved, and what peers sent meanwhile is still waiting for us, unread: that gap is
+        added to every peer's last_seen, so no peer is expired for our own stall."""
+        if self.awake_at is not None:
+            stall = now - self.awake_at - self.heartbeat_ms
             if stall > 0:
                 for peer in [*self.workers.values(), *self.clients.values()]:
                     peer.last_seen = min(now, peer.last_seen + stall)
-        self.last_tick = now
+        self.awake_at = max(now, self.awake_at or now)
 
     def next_deadline(self) -> int:
         return self.next_heartbeat
@@ -404,6 +406,9 @@ class BrokerState:
         info = h.get("info")
         if isinstance(peer, Worker) and isinstance(info, dict):
             peer.info = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+        # A worker that was quiet got no tasks meanwhile (see _dispatch_all): now it may.
+        if isinstance(peer, Worker) and peer.credit and not peer.stopping:
+            return self._dispatch(peer)
         return []
 
     # ---- workers ------------------------------------------------------------------------
@@ -538,7 +543,11 @@ class BrokerState:
     def _dispatch_all(self) -> list[Send]:
         """Hand queued tasks out one at a time, each to the least loaded worker that can take
         it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
-        hungry = [w for w in self.workers.values() if w.credit > 0 and not w.stopping]
+        # Not to a worker quiet for a while: it may be dead, and a task handed to it would be
+        # charged a loss it never had (it gets work when it speaks again, see _heartbeat).
+        quiet = (self.awake_at or 0) - int(self.heartbeat_ms * QUIET_HEARTBEATS)
+        hungry = [w for w in self.workers.values()
+                  if w.credit > 0 and not w.stopping and not self._silent(w, quiet)]
         taken: dict[str, list[Task]] = {}
         while hungry:
             w = min(hungry, key=lambda w: len(w.tasks))

@@ -199,3 +199,32 @@ def test_a_registration_whose_welcome_the_worker_never_read_is_resumed_with_its_
     assert second["ledger"] == 2 and second["kept"] == [[gid, 0]] and second["session"] == 3
     t = sim.state.tasks[gid]
     assert (t.worker, t.attempt, t.lost_on) == (first["id"], 0, [])
+
+
+def test_a_lost_task_is_not_handed_to_a_worker_that_went_quiet_with_it():
+    """Workers killed together stop heartbeating a little apart, so they expire over two
+    ticks: the task of the first must not go to one that is about to expire (it would be
+    charged a loss there too), but to the live worker."""
+    sim = Sim()
+    sim.client()
+    sim.worker(b"d0")
+    [(_, gid, _)] = runs(sim.submit(1))
+    late = [sim.worker(b"d%d" % i) for i in range(1, 8)]
+    live = sim.worker(b"live", credit=1)
+    sim.tick(900, alive=[b"c", b"live", *(b"d%d" % i for i in range(1, 8))])  # their last word
+    sim.tick(2300, alive=[b"c", b"live"])      # d0 silent 3.2 s: lost; the others 2.3 s
+    assert "w1" not in sim.state.workers and all(wid in sim.state.workers for wid in late)
+    t = sim.state.tasks[gid]
+    assert (t.worker, t.lost_on) == (live, ["w1"])
+    sim.tick(1000, alive=[b"c", b"live"])      # the others expire now
+    assert not set(late) & set(sim.state.workers) and sim.state.tasks[gid].lost_on == ["w1"]
+
+
+def test_a_quiet_worker_gets_work_again_once_it_speaks():
+    sim = Sim()
+    sim.client()
+    wid = sim.worker(b"w")
+    sim.tick(2000, alive=[b"c"])               # quiet 2 s (a loaded machine), not lost
+    assert runs(sim.submit(1)) == []
+    out = sim.msg(b"w", "hb")
+    assert runs(out) == [(b"w", 1, 0)] and sim.state.tasks[1].worker == wid
