@@ -11,7 +11,11 @@ Tasks: a client submits tasks; each waits in a queue keyed by the labels it asks
 the queue of the one worker it targets) until a worker holding those labels has credit.
 Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
 been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
-unless they were lost `max_lost` times already, which fails them with "lost". Results are
+unless they were lost `max_lost` times already, which fails them with "lost". Silence is
+counted only while we are awake (a stall of ours expires nobody), workers lost together go
+together (a task is never handed to one of them), and a worker that registers again keeps
+its registration, or the task it still runs (see `_hello`): a task runs twice only if its
+worker was really lost. Results are
 accepted only from the worker holding the task at the current attempt, so a late result of
 a task that was re-run elsewhere is dropped: each result reaches its client at most once.
 
