@@ -214,7 +214,7 @@ class BrokerState:
         # The worker's `session` numbers its hellos: echoed in the welcome and in every run, it
         # lets the worker tell a run sent after its latest hello from an older one.
         session = _field(h, "session", int, 0) if role == "worker" else 0
-        resume = h.get("resume")
+        resume, running = h.get("resume"), _field(h, "running", list, [])
         old = self.workers.get(self.worker_by_identity.get(identity, ""))
         if old is not None and (old.ctl, old.identity) == (identity, other) and \
                 isinstance(resume, list) and len(resume) == 2 and resume[1] == self.epoch:
@@ -229,8 +229,9 @@ class BrokerState:
         self.workers[w.id] = w
         self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
-        lost_here = {*dropped, *(resume[:1] if isinstance(resume, list) else ())}
-        kept = self._take_back(w, h.get("running", []), lost_here)
+        known = resume[0] if isinstance(resume, list) and resume else None
+        lost_here = {*dropped, *([known] if isinstance(known, str) else [])}
+        kept = self._take_back(w, running, lost_here)
         return out + self._dispatch_all() + [Send(identity, {
             **welcome, "id": w.id, "session": w.session, "ledger": w.ledger, "kept": kept})]
 
@@ -256,13 +257,11 @@ class BrokerState:
                 if wid]
         return out + self._drop_workers(gone, lost=True, dispatch=False), [w.id for w in gone]
 
-    def _take_back(self, w: Worker, running, lost_here: set) -> list:
+    def _take_back(self, w: Worker, running: list, lost_here: set) -> list:
         """Tasks the worker's hello says it is running, dropped with its earlier registration
         and still queued (no other worker has them): the new registration keeps them, at
         the attempt it runs, and the loss is not charged. Without this a broker stall or a
         cut link would run them twice. Returns them as [gid, attempt]."""
-        if not isinstance(running, list):
-            raise ProtocolError("running must be a list of [gid, attempt]")
         kept = []
         for item in running:
             gid, attempt = item if isinstance(item, list) and len(item) == 2 else (None, None)

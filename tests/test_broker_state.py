@@ -254,6 +254,7 @@ def test_heartbeats_go_out_every_interval():
     {"t": "run"},
     {"t": "hello", "role": "king"},
     {"t": "hello", "role": "worker", "labels": "gpu"},
+    {"t": "hello", "role": "worker", "running": 3},
 ])
 def test_malformed_headers_raise_protocol_error_and_change_nothing(header):
     sim = Sim()
