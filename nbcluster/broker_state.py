@@ -252,7 +252,8 @@ class BrokerState:
         """A peer says hello again on identities we know: their old sessions are over. Returns
         the messages to send and the ids of the workers dropped (their tasks queued again,
         not yet dispatched: the new registration may take some back)."""
-        out = [s for i in identities if i in self.clients for s in self._drop_client(self.clients[i])]
+        out = [s for i in identities if i in self.clients
+               for s in self._drop_client(self.clients[i])]
         gone = [self.workers[wid] for wid in {self.worker_by_identity.get(i) for i in identities}
                 if wid]
         return out + self._drop_workers(gone, lost=True, dispatch=False), [w.id for w in gone]

@@ -74,14 +74,16 @@ STEP = st.tuples(st.sampled_from(STEPS + REGISTERING), st.integers(0, 1), st.int
 @given(st.lists(STEP, max_size=80))
 def test_credit_ledgers_agree_and_idle_workers_keep_their_window(steps):
     """Prefetch, give-backs, cancels of running, prefetched and queued tasks, workers
-    registering again, in any order the sockets allow: the broker's credit matches each worker's ledger after every step,
-    and once all is delivered every idle worker has its whole window as credit."""
+    registering again, in any order the sockets allow: the broker's credit matches each
+    worker's ledger after every step, and once all is delivered every idle worker has its
+    whole window as credit."""
     run_cluster(steps)
 
 
 # Re-registration needs a task running when its worker is dropped and says hello: a mix
 # where tasks start more often than they end, and workers thaw often.
-REGISTRATION_STEPS = [*STEPS, *REGISTERING, *["main", "recv_task", "recv_ctl", "up_ctl", "thaw"] * 6]
+REGISTRATION_STEPS = [*STEPS, *REGISTERING,
+                      *["main", "recv_task", "recv_ctl", "up_ctl", "thaw"] * 6]
 
 
 def random_steps(seed: int, kinds: list = STEPS) -> list:

@@ -178,7 +178,8 @@ def run_message(wid: str, session: int, tasks: list) -> tuple[dict, list]:
     fns = {t[1].digest: t[1] for t in tasks}
     header = {"t": "run", "w": wid, "e": EPOCH, "s": session, "tasks": [t[0] for t in tasks],
               "fns": [[d, len(fn.frames)] for d, fn in fns.items()]}
-    return header, [*(f for fn in fns.values() for f in fn.frames), *(f for t in tasks for f in t[2])]
+    return header, [*(f for fn in fns.values() for f in fn.frames),
+                    *(f for t in tasks for f in t[2])]
 
 
 @pytest.mark.timeout(120)
