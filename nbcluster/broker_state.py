@@ -215,6 +215,7 @@ class BrokerState:
         # lets the worker tell a run sent after its latest hello from an older one.
         session = _field(h, "session", int, 0) if role == "worker" else 0
         resume, running = h.get("resume"), _field(h, "running", list, [])
+        labels, slots = _labels(h.get("labels", [])), _field(h, "slots", int, 1)   # checked first
         old = self.workers.get(self.worker_by_identity.get(identity, ""))
         if old is not None and (old.ctl, old.identity) == (identity, other) and \
                 isinstance(resume, list) and len(resume) == 2 and resume[1] == self.epoch:
@@ -224,8 +225,8 @@ class BrokerState:
             self.clients[identity] = Client(identity, host, pid, now)
             return out + self._dispatch_all() + [Send(identity, welcome)]
         w = Worker(id=f"w{next(self._wids)}", identity=other, ctl=identity, host=host, pid=pid,
-                   labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
-                   joined=now, last_seen=now, session=session, ledger=session)
+                   labels=labels, slots=slots, joined=now, last_seen=now, session=session,
+                   ledger=session)
         self.workers[w.id] = w
         self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
