@@ -110,7 +110,8 @@ class Broker:
                         log.info("stopping: asked to by a client")
                         return
                 if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
-                    self._send(self.state.tick(now))
+                    self._drain()   # what peers sent is read before their silence is judged
+                    self._send(self.state.tick(_now_ms()))
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
                 if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):

@@ -11,7 +11,11 @@ Tasks: a client submits tasks; each waits in a queue keyed by the labels it asks
 the queue of the one worker it targets) until a worker holding those labels has credit.
 Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
 been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
-unless they were lost `max_lost` times already, which fails them with "lost". Results are
+unless they were lost `max_lost` times already, which fails them with "lost". Silence is
+counted only while we are awake (a stall of ours expires nobody), workers lost together go
+together (a task is never handed to one of them), and a worker that registers again keeps
+its registration, or the task it still runs (see `_hello`): a task runs twice only if its
+worker was really lost. Results are
 accepted only from the worker holding the task at the current attempt, so a late result of
 a task that was re-run elsewhere is dropped: each result reaches its client at most once.
 
@@ -43,6 +47,7 @@ __all__ = ["BrokerState", "Send"]
 
 HEARTBEAT_MS = 1000      # peers and broker send a heartbeat this often
 LIVENESS = 3             # a worker silent for this many heartbeats is dead
+QUIET_HEARTBEATS = 1.5   # one silent longer may be dead: tasks wait until it speaks again
 CLIENT_EXPIRY_MS = 30_000  # a client may be silent longer: a notebook kernel can hold the GIL
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
 BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several per message
@@ -94,7 +99,8 @@ class Worker:
     info: dict = field(default_factory=dict)
     stopping: bool = False   # asked to leave: finishes its task, gets no new ones
     fns: set = field(default_factory=set)   # digests of the function payloads sent to it
-    session: Any = None      # its hello's `session`, echoed in welcome and run (see _hello)
+    session: Any = None      # its latest hello's `session`, echoed in welcome and run
+    ledger: int = 0          # the session of the hello that made it: its credit carries it (`l`)
     supervisor: str = ""     # the token of the supervisor that vouches for it (see broker_supervisors)
 
 
@@ -142,12 +148,14 @@ class BrokerState:
         self._gids = itertools.count(first_gid or secrets.randbits(62) + 1)
         self._wids = itertools.count(1)
         self.next_heartbeat = 0
+        self.awake_at: int | None = None   # when we last handled a message or ticked
         self.shutdown_requested = False   # a client asked the whole cluster to stop
         self.functions = FunctionStore()
         self.supervisors = Supervisors()
 
     # ---- entry points -------------------------------------------------------------------
     def handle(self, identity: bytes, header: dict, payload: list, mac, now: int) -> list[Send]:
+        self._forgive_stall(now)
         kind = header["t"]
         if kind == "hello":
             return self._hello(identity, header, now)
@@ -165,10 +173,10 @@ class BrokerState:
 
     def tick(self, now: int) -> list[Send]:
         """Heartbeats out and expiry of silent peers; call at least every heartbeat."""
-        out: list[Send] = []
+        self._forgive_stall(now)
         limit = now - self.expiry_ms
-        for w in [w for w in self.workers.values() if self._silent(w, limit)]:
-            out += self._drop_worker(w, lost=True, now=now)
+        out = self._drop_workers([w for w in self.workers.values() if self._silent(w, limit)],
+                                 lost=True)
         self.supervisors.expire(limit)
         for c in [c for c in self.clients.values()
                   if c.last_seen < now - self.client_expiry_ms]:
@@ -185,6 +193,20 @@ class BrokerState:
         """Neither w's own heartbeats nor its supervisor's vouch arrived since limit."""
         return w.last_seen < limit and self.supervisors.vouched_at(w.supervisor, w.pid) < limit
 
+    def _forgive_stall(self, now: int) -> None:
+        """Silence counts only while we were awake. We tick every heartbeat; a longer gap
+        since we last ticked or handled a message means we were stopped (SIGSTOP) or
+        starved, and what peers sent meanwhile is still waiting for us, unread: that gap is
+        added to every peer's last_seen (and supervisor's vouch), so no peer is expired for
+        our own stall."""
+        if self.awake_at is not None:
+            stall = now - self.awake_at - self.heartbeat_ms
+            if stall > 0:
+                for peer in [*self.workers.values(), *self.clients.values()]:
+                    peer.last_seen = min(now, peer.last_seen + stall)
+                self.supervisors.forgive(stall, now)
+        self.awake_at = max(now, self.awake_at or now)
+
     def next_deadline(self) -> int:
         return self.next_heartbeat
 
@@ -196,35 +218,82 @@ class BrokerState:
         other = h.get("task_identity", identity) if role == "worker" else identity
         if not isinstance(other, bytes) or not 0 < len(other) <= 255:
             raise ProtocolError("a second identity must be 1 to 255 bytes")
-        out = self._forget(identity, now) + (self._forget(other, now) if other != identity else [])
         welcome = {"t": "welcome", "heartbeat_ms": self.heartbeat_ms, "liveness":
                    self.expiry_ms // self.heartbeat_ms, "broker": self.info, "epoch": self.epoch}
-        if role == "client":
-            self.clients[identity] = Client(identity, host, pid, now)
-            return out + [Send(identity, welcome)]
         if role == "supervisor":
             self.supervisors.hello(identity, h, now)
-            return out + [Send(identity, welcome)]
-        if role != "worker":
+            return [Send(identity, welcome)]
+        if role not in ("client", "worker"):
             raise ProtocolError(f"unknown role {role!r}")
         # The worker's `session` numbers its hellos: echoed in the welcome and in every run, it
-        # lets the worker tell a run of its latest hello (to run, even when the welcome on its
-        # other socket is not read yet) from one of an earlier hello (dropped here meanwhile).
+        # lets the worker tell a run sent after its latest hello from an older one.
+        session = _field(h, "session", int, 0) if role == "worker" else 0
+        resume, running = h.get("resume"), _field(h, "running", list, [])
+        labels, slots = _labels(h.get("labels", [])), _field(h, "slots", int, 1)   # checked first
+        old = self.workers.get(self.worker_by_identity.get(identity, ""))
+        if old is not None and (old.ctl, old.identity) == (identity, other) and \
+                isinstance(resume, list) and len(resume) == 2 and resume[1] == self.epoch:
+            return [Send(identity, self._resume(old, resume[0], session, now, welcome))]
+        out, dropped = self._forget({identity, other})
+        if role == "client":
+            self.clients[identity] = Client(identity, host, pid, now)
+            return out + self._dispatch_all() + [Send(identity, welcome)]
         w = Worker(id=f"w{next(self._wids)}", identity=other, ctl=identity, host=host, pid=pid,
-                   labels=_labels(h.get("labels", [])), slots=_field(h, "slots", int, 1),
-                   joined=now, last_seen=now, session=_field(h, "session", int, 0))
-        w.supervisor = _field(h, "supervisor", str, "")
+                   labels=labels, slots=slots, joined=now, last_seen=now, session=session,
+                   ledger=session, supervisor=_field(h, "supervisor", str, ""))
         self.workers[w.id] = w
         self.worker_by_identity[identity] = self.worker_by_identity[other] = w.id
         self.pinned[w.id] = deque()
-        return out + [Send(identity, {**welcome, "id": w.id, "session": w.session})]
+        known = resume[0] if isinstance(resume, list) and resume else None
+        lost_here = {*dropped, *([known] if isinstance(known, str) else [])}
+        kept = self._take_back(w, running, lost_here)
+        return out + self._dispatch_all() + [Send(identity, {
+            **welcome, "id": w.id, "session": w.session, "ledger": w.ledger, "kept": kept})]
 
-    def _forget(self, identity: bytes, now: int) -> list[Send]:
-        """A peer says hello again on an identity we know: its old session is over."""
-        if identity in self.clients:
-            return self._drop_client(self.clients[identity])
-        wid = self.worker_by_identity.get(identity)
-        return self._drop_worker(self.workers[wid], lost=True, now=now) if wid else []
+    def _resume(self, w: Worker, known: str, session: int, now: int, welcome: dict) -> dict:
+        """The worker process of registration w (same sockets) says hello again, naming a
+        registration of ours (`known`): it heard nothing for a while (we were stalled, or
+        the link was). w goes on, tasks, credit and all. If w is not the one it knows (it
+        said hello twice before reading the welcome that made w), it learns w's ledger and
+        the tasks w holds (`kept`), as from a new registration's welcome."""
+        w.session, w.last_seen = session, now
+        welcome = {**welcome, "id": w.id, "session": session, "ledger": w.ledger,
+                   "resumed": True}
+        if known != w.id:
+            welcome["kept"] = [[gid, self.tasks[gid].attempt] for gid in sorted(w.tasks)]
+        return welcome
+
+    def _forget(self, identities: set) -> tuple[list[Send], list[str]]:
+        """A peer says hello again on identities we know: their old sessions are over. Returns
+        the messages to send and the ids of the workers dropped (their tasks queued again,
+        not yet dispatched: the new registration may take some back)."""
+        out = [s for i in identities if i in self.clients
+               for s in self._drop_client(self.clients[i])]
+        gone = [self.workers[wid] for wid in {self.worker_by_identity.get(i) for i in identities}
+                if wid]
+        return out + self._drop_workers(gone, lost=True, dispatch=False), [w.id for w in gone]
+
+    def _take_back(self, w: Worker, running: list, lost_here: set) -> list:
+        """Tasks the worker's hello says it is running, dropped with its earlier registration
+        and still queued (no other worker has them): the new registration keeps them, at
+        the attempt it runs, and the loss is not charged. Without this a broker stall or a
+        cut link would run them twice. Returns them as [gid, attempt]."""
+        kept = []
+        for item in running:
+            gid, attempt = item if isinstance(item, list) and len(item) == 2 else (None, None)
+            t = self.tasks.get(gid) if isinstance(gid, int) else None
+            if t is None or t.worker is not None or t.target is not None \
+                    or not isinstance(attempt, int) or t.attempt != attempt + 1 \
+                    or not t.labels <= w.labels or t.host not in (None, w.host):
+                continue   # done, running elsewhere (or was), or not this worker's to run
+            if t.lost_on and t.lost_on[-1] in lost_here:
+                t.lost_on.pop()
+                t.lost_pids.pop()
+            t.attempt = attempt   # its gid stays in its queue: _pop_for skips held tasks
+            t.worker = w.id
+            w.tasks.add(gid)
+            kept.append([gid, attempt])
+        return kept
 
     def _touch(self, identity: bytes, now: int):
         wid = self.worker_by_identity.get(identity)
@@ -233,12 +302,17 @@ class BrokerState:
             peer.last_seen = now
         return peer
 
-    def _drop_worker(self, w: Worker, lost: bool, now: int) -> list[Send]:
-        del self.workers[w.id]
-        self.worker_by_identity.pop(w.identity, None)
-        self.worker_by_identity.pop(w.ctl, None)
+    def _drop_workers(self, workers: list[Worker], lost: bool, dispatch: bool = True) -> list[Send]:
+        """Forget these workers. All go first, then their tasks are queued again (or fail),
+        so none is handed to a worker that is going too: a task is charged only for the
+        workers it was really lost on. Then the queues are dispatched once."""
+        for w in workers:
+            del self.workers[w.id]
+            self.worker_by_identity.pop(w.identity, None)
+            self.worker_by_identity.pop(w.ctl, None)
         out: list[Send] = []
-        for gid in sorted(w.tasks, reverse=True):   # queued at the front: oldest ends first
+        held = sorted(((gid, w) for w in workers for gid in w.tasks), key=lambda x: x[0])
+        for gid, w in reversed(held):   # queued at the front: oldest ends first
             t = self.tasks[gid]
             t.worker = None
             if lost:
@@ -249,10 +323,12 @@ class BrokerState:
             else:
                 t.attempt += 1
                 self._enqueue(t, front=True)
-        for gid in self.pinned.pop(w.id):
-            if gid in self.tasks:
-                out += self._finish(self.tasks[gid], "lost", {"lost_on": [w.id], "pids": [w.pid]})
-        return out + self._dispatch_all()
+        for w in workers:
+            for gid in self.pinned.pop(w.id):
+                if gid in self.tasks:
+                    out += self._finish(self.tasks[gid], "lost",
+                                        {"lost_on": [w.id], "pids": [w.pid]})
+        return (out + self._dispatch_all()) if dispatch and workers else out
 
     def _drop_client(self, c: Client) -> list[Send]:
         del self.clients[c.identity]
@@ -349,12 +425,22 @@ class BrokerState:
         info = h.get("info")
         if isinstance(peer, Worker) and isinstance(info, dict):
             peer.info = {k: v for k, v in info.items() if isinstance(v, (int, float, str))}
+        # A worker that was quiet got no tasks meanwhile (see _dispatch_all): now it may.
+        if isinstance(peer, Worker) and peer.credit and not peer.stopping:
+            return self._dispatch(peer)
         return []
 
     # ---- workers ------------------------------------------------------------------------
     def _ready(self, w: Worker, h: dict, payload, mac, now: int) -> list[Send]:
-        w.credit = max(0, min(w.credit + _field(h, "n", int, 0), 1 << 20))
+        n = _field(h, "n", int, 0)
+        if self._credit_is_ours(w, h):
+            w.credit = max(0, min(w.credit + n, 1 << 20))
         return self._dispatch(w)
+
+    def _credit_is_ours(self, w: Worker, h: dict) -> bool:
+        """Credit a worker asked for before it registered again (`l`, its ledger, is that of
+        an earlier registration) is not this registration's: its ledger starts afresh."""
+        return h.get("l", w.ledger) == w.ledger
 
     def _done(self, w: Worker, h: dict, payload: list, mac, now: int) -> list[Send]:
         items = _field(h, "items", list)
@@ -392,7 +478,7 @@ class BrokerState:
             frames = [f for r in results for f in r[1]]
             out.append(Send(identity, header, frames, results[0][2] if len(results) == 1 else None))
         n = h.get("ready", 0)
-        if isinstance(n, int) and n > 0:
+        if isinstance(n, int) and n > 0 and self._credit_is_ours(w, h):
             w.credit = min(w.credit + n, 1 << 20)
         return out + self._dispatch(w)
 
@@ -438,7 +524,7 @@ class BrokerState:
             self._dispatch_all()
 
     def _worker_bye(self, w: Worker, h, payload, mac, now: int) -> list[Send]:
-        return self._drop_worker(w, lost=False, now=now)
+        return self._drop_workers([w], lost=False)
 
     # ---- queues and dispatch ----------------------------------------------------------------
     def _enqueue(self, t: Task, front: bool = False) -> None:
@@ -477,7 +563,11 @@ class BrokerState:
     def _dispatch_all(self) -> list[Send]:
         """Hand queued tasks out one at a time, each to the least loaded worker that can take
         it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
-        hungry = [w for w in self.workers.values() if w.credit > 0 and not w.stopping]
+        # Not to a worker quiet for a while: it may be dead, and a task handed to it would be
+        # charged a loss it never had (it gets work when it speaks again, see _heartbeat).
+        quiet = (self.awake_at or 0) - int(self.heartbeat_ms * QUIET_HEARTBEATS)
+        hungry = [w for w in self.workers.values()
+                  if w.credit > 0 and not w.stopping and not self._silent(w, quiet)]
         taken: dict[str, list[Task]] = {}
         while hungry:
             w = min(hungry, key=lambda w: len(w.tasks))

@@ -88,6 +88,13 @@ class Supervisors:
         sup = self.by_token.get(token) if token else None
         return sup.vouched if sup is not None and pid in sup.alive else NEVER
 
+    def forgive(self, stall: int, now: int) -> None:
+        """The broker was stalled this long: their silence meanwhile is not theirs."""
+        for sup in self.by_identity.values():
+            sup.last_seen = min(now, sup.last_seen + stall)
+            if sup.vouched != NEVER:
+                sup.vouched = min(now, sup.vouched + stall)
+
     def expire(self, limit: int) -> None:
         """Forget supervisors silent since before limit (their vouches are void anyway)."""
         for sup in [s for s in self.by_identity.values() if s.last_seen < limit]:
@@ -135,7 +142,7 @@ class Supervisors:
             return []
         self.remember(w.id, reason)
         if h.get("left") is True:
-            return state._drop_worker(w, lost=False, now=now)
+            return state._drop_workers([w], lost=False)
         out: list[Any] = []
         if h.get("memory") is True:
             t = _running_task(state, w)
@@ -144,8 +151,8 @@ class Supervisors:
                 t.worker = None
                 out += state._finish(t, "lost", {"lost_on": [w.id], "pids": [w.pid],
                                                  "memory": reason})
-            return out + state._drop_worker(w, lost=False, now=now)
-        return state._drop_worker(w, lost=True, now=now)
+            return out + state._drop_workers([w], lost=False)
+        return state._drop_workers([w], lost=True)
 
 
 def _running_task(state: "BrokerState", w) -> Any:

@@ -148,9 +148,14 @@ class Worker:
         self.awaiting_given = False
         self.given_arrived = threading.Condition(self.lock)
         self.registered = False
-        self.registration: tuple | None = None   # (worker id, broker epoch) once welcomed
-        self.session = 0                      # bumped by every hello: older runs are stale
+        # (worker id, broker epoch) of our registration; kept while we say hello again, as
+        # the broker may resume it (see _hello and _ours).
+        self.registration: tuple | None = None
+        self.session = 0                      # bumped by every hello (runs echo it as `s`)
+        self.ledger = 0                       # the session whose welcome started our ledger:
         self.granted = self.done = 0          # credit given to the broker / tasks finished
+        self.running_ledger: int | None = None   # the ledger the running task counts in
+        self.to_release: list = []            # kept tasks we finished before knowing (_welcome)
         self.cancelled: set[tuple] = set()    # (gid, attempt) not to run: cancelled, given back
         self.current_tag: tuple | None = None  # (gid, attempt) of the running task
         self.started_at = 0.0
@@ -190,9 +195,13 @@ class Worker:
                     os.read(self._registered_r, 4096)
                     if self.draining:
                         self._leave_now()
-                    n = self._top_up()
+                    with self.lock:
+                        release, self.to_release = self.to_release, []
+                    if release:   # on this socket, after their results (see _welcome)
+                        self._send(self.task_sock, {"t": "refetch", "tasks": release})
+                    n, ledger = self._top_up()
                     if n:
-                        self._send(self.task_sock, {"t": "ready", "n": n})
+                        self._send(self.task_sock, {"t": "ready", "n": n, "l": ledger})
                 for frames in pending_messages(self.task_sock):
                     self._on_task_message(frames)
             except KeyboardInterrupt:
@@ -215,20 +224,9 @@ class Worker:
         # before our latest hello, and would end the registration that hello made (its tasks
         # counted as lost on us). Our heartbeats on the control socket, ordered with our
         # hellos, get a reconnect there within a heartbeat if the broker forgot us.
-        if header["t"] == "run":
-            # Only a run answering our latest hello (`s`): the broker dropped the registrations
-            # of earlier ones, and queued their tasks again. Not "our current registration":
-            # its welcome comes on the other socket and may not be read yet, and a run
-            # dropped for that is a task the broker holds here forever.
-            with self.lock:
-                current = header.get("s") == self.session and self.registration in (
-                    None, (header.get("w"), header.get("e")))
-                # Before its welcome we asked this registration for nothing: such a run was
-                # bought with credit of an earlier hello's ledger, so its tasks do not count.
-                session = self.session if self.registration else 0
-            if current:
-                self._run_batch(header["tasks"], payload, header.get("fns", []), session,
-                                header["e"])
+        if header["t"] == "run":   # each task is checked as it comes up: see _ours
+            self._run_batch(header["tasks"], payload, header.get("fns", []),
+                            (header.get("w"), header.get("e"), header.get("s")))
 
     def _on_sigint(self, signum, frame) -> None:
         """SIGINT: a real Ctrl-C, or the I/O thread interrupting a cancelled task. The latter
@@ -238,32 +236,44 @@ class Worker:
         if target is None or target == self.current_tag:
             raise KeyboardInterrupt
 
-    def _run_batch(self, tasks: list, payload: list, fns: list, session: int, epoch: int) -> None:
+    def _ours(self, batch: tuple) -> bool | None:
+        """Is a task of a run for `batch` (its w, e, s) ours to run (call under the lock)?
+        None: not known until the welcome of our latest hello is read (resumed or not)."""
+        wid, epoch, session = batch
+        if session == self.session:
+            # Sent after the broker read our latest hello: ours, even if that hello's welcome
+            # (on the other socket) is not read yet; dropped, the task would be held here
+            # for good.
+            return not self.registered or self.registration == (wid, epoch)
+        if self.registration != (wid, epoch):
+            return False   # an earlier registration's: the broker has queued it again
+        return True if self.registered else None
+
+    def _run_batch(self, tasks: list, payload: list, fns: list, batch: tuple) -> None:
         """Run the tasks of one `run` message; results go back in batches of at least
         RESULT_BATCH_S worth of work, and at the end. The message starts with the payloads of
         functions we did not have (`fns`); they are kept before any task runs, so a task that
         is skipped (cancelled, given back) does not lose the function of the ones after it."""
-        pos, items, frames, finished = 0, [], [], 0
+        pos, items, frames, epoch = 0, [], [], batch[1]
         for digest, n in fns:
             self.functions.put(digest, payload[pos:pos + n])
             pos += n
         last_sent = time.monotonic()
         for i, (gid, attempt, nframes, local, *fn) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
-                self._send_done(items, frames, finished, session, epoch)
+                self._send_done(items, frames, epoch)
                 self._leave_now()
             result = self._run_one(gid, attempt, fn[0] if fn else None,
-                                   payload[pos:pos + nframes], local)
+                                   payload[pos:pos + nframes], local, batch)
             pos += nframes
-            finished += 1
             self._count_task(result)
             if result is not None:
                 items.append(result[0])
                 frames += result[1]
             big = result is not None and sum(memoryview(f).nbytes for f in result[1]) >= BIG_RESULT_BYTES
             if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
-                self._send_done(items, frames, finished, session, epoch)
-                items, frames, finished = [], [], 0
+                self._send_done(items, frames, epoch)
+                items, frames = [], []
                 last_sent = time.monotonic()
         self.functions.trim()
         if self.draining and self.leave_status == EXIT_MAX_TASKS:
@@ -280,21 +290,32 @@ class Worker:
                     self.draining, self.leave_status = True, EXIT_MAX_TASKS
 
     def _run_one(self, gid: int, attempt: int, fn_digest: bytes | None, frames: list,
-                 local: bool) -> tuple | None:
-        """Run one task; its result goes through shared memory if its client is `local`.
-        fn_digest names its function; without one, the function is the task's first frame."""
+                 local: bool, batch: tuple) -> tuple | None:
+        """Run one task of a run for `batch`; its result goes through shared memory if its
+        client is `local`. fn_digest names its function; without one, the function is the
+        task's first frame. The task counts in our ledger as finished once it ends (or is
+        skipped), if it counts in it still (see _welcome)."""
         if fn_digest is None:   # an inline function pickle: the task's first frame
             fn_digest, frames = bytes(frames[0]), frames[1:]
             self.functions.put(fn_digest, [fn_digest])
         missing = fn_digest not in self.functions
         with self.lock:
-            while self.awaiting_given:   # see __init__: else a task could run here and elsewhere
+            # Wait for the `given` (see __init__: else a task could run here and elsewhere),
+            # and for our welcome if only it can say whether the task is still ours.
+            while ((ours := self._ours(batch)) is None or ours and self.awaiting_given) \
+                    and not self.draining:
                 self.given_arrived.wait(1.0)
+            if not ours or self.draining:   # leaving: our `bye` queues it again
+                return None   # not run, not counted: that registration and its ledger are over
+            wake = False
             if (gid, attempt) in self.cancelled:
                 self.cancelled.discard((gid, attempt))
+                self.done += 1
                 return None
-            wake = False
-            if not missing:
+            if missing:
+                self.done += 1
+            else:
+                self.running_ledger = self.ledger
                 self.current_tag = (gid, attempt)
                 self.started_at = time.monotonic()
                 wake, self.io_sleeping = self.io_sleeping, False
@@ -326,6 +347,9 @@ class Worker:
         elapsed = time.perf_counter() - start
         t = self.task_time
         self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
+        with self.lock:   # a cancel's SIGINT no longer lands here: the task is not current
+            if self.running_ledger == self.ledger:
+                self.done += 1
         return [gid, attempt, status, len(payload), {"s": elapsed}], payload
 
     def _leave_now(self) -> None:
@@ -335,35 +359,31 @@ class Worker:
         time.sleep(0.2)   # let ZeroMQ's I/O thread put it on the wire
         os._exit(self.leave_status)
 
-    def _send_done(self, items: list, frames: list, finished: int, session: int,
-                   epoch: int) -> None:
+    def _send_done(self, items: list, frames: list, epoch: int) -> None:
         if self.shm is not None and self.shm.created:
             self.shm.remove_orphans()
         output = self.output.take()      # a task's output goes before its result
         if output:
             self._send(self.task_sock, {"t": "output", "items": output})
         # `e`: the epoch of the broker that sent these tasks; another broker drops the items.
-        header = {"t": "done", "e": epoch, "items": items,
-                  "ready": self._top_up(finished, session)}
-        if items or header["ready"]:
+        n, ledger = self._top_up()
+        header = {"t": "done", "e": epoch, "items": items, "ready": n, "l": ledger}
+        if items or n:
             self._send(self.task_sock, header, frames)
 
     # ---- both threads -----------------------------------------------------------------------
     def _send(self, sock: zmq.Socket, header: dict, payload: list = ()) -> None:
         sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
 
-    def _top_up(self, finished: int = 0, session: int | None = None) -> int:
-        """Record finished tasks; return the credit to ask for so we hold a full window.
-        Tasks of an earlier registration (`session`) do not count: that broker (or that
-        registration) is gone, with the credit it had."""
+    def _top_up(self) -> tuple[int, int]:
+        """The credit to ask for so we hold a full window, and the ledger it is for (`l`:
+        the broker ignores credit of a ledger that is not its registration's)."""
         with self.lock:
-            if session is None or session == self.session:
-                self.done += finished
             if not self.registered:
-                return 0
+                return 0, self.ledger
             n = max(0, self._window() - (self.granted - self.done))
             self.granted += n
-            return n
+            return n, self.ledger
 
     def _window(self) -> int:
         t = self.task_time
@@ -453,17 +473,42 @@ class Worker:
                 last_sent = now
 
     def _hello(self) -> None:
+        """Register, or register again: then we name our registration (`resume`) and the
+        task we run (`running`). The broker resumes the registration if it still holds it,
+        else makes a new one that keeps that task if nobody else has it (welcome `kept`).
+        Until the welcome, no task of the old registration starts (see _ours)."""
         with self.lock:
             self.registered = False
-            self.registration = None
             self.session += 1
-            self.granted = self.done = 0
-            self.cancelled.clear()
-            self.awaiting_given = False   # a new registration: no answer will come
-            self.given_arrived.notify_all()
-        self._send(self.ctl, {"t": "hello", "role": "worker", "labels": self.labels,
-                              "slots": self.slots, "task_identity": self.task_identity,
-                              "session": self.session, **self.info})
+            hello = {"t": "hello", "role": "worker", "labels": self.labels, "slots": self.slots,
+                     "task_identity": self.task_identity, "session": self.session,
+                     "running": [list(self.current_tag)] if self.current_tag else [], **self.info}
+            if self.registration is not None:
+                hello["resume"] = list(self.registration)
+        self._send(self.ctl, hello)
+
+    def _welcome(self, header: dict) -> None:
+        """The welcome of our latest hello (call under the lock). Resumed: our registration
+        and ledger go on. Else (or resumed, but a registration whose welcome we never read)
+        a new ledger starts, holding the tasks the broker kept for us:
+        the one still running counts in it; one that ended meanwhile is given back (refetch)
+        as its result may have reached the broker before our hello, and been dropped."""
+        self.registered = True
+        self.given_arrived.notify_all()   # tasks waiting to know whether they are still ours
+        ledger = header.get("ledger", self.session)
+        if header.get("resumed") and ledger == self.ledger:
+            return
+        self.registration = (self.id, header.get("epoch"))
+        self.ledger = ledger
+        self.granted = self.done = 0
+        self.cancelled.clear()
+        self.awaiting_given = False   # a given for the old registration came before, or never
+        for tag in header.get("kept", []):
+            if tuple(tag) == self.current_tag:
+                self.running_ledger = self.ledger
+                self.granted += 1
+            else:
+                self.to_release.append(tag)
 
     def _on_control_message(self, frames) -> None:
         if protocol.is_denied(frames) and not self.registered:
@@ -507,8 +552,7 @@ class Worker:
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
             with self.lock:
-                self.registered = True
-                self.registration = (self.id, header.get("epoch"))
+                self._welcome(header)
             os.write(self._registered_w, b"x")   # the main thread asks for work
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
@@ -543,7 +587,8 @@ class Worker:
         """The running task is long: hand back the tasks prefetched behind it."""
         with self.lock:
             tag = self.current_tag
-            if tag is None or self.gave_back_for == tag[0] or now - self.started_at < LONG_TASK_S:
+            if tag is None or self.gave_back_for == tag[0] or now - self.started_at < LONG_TASK_S \
+                    or not self.registered:   # registering again: its `given` might not come
                 return
             self.gave_back_for = tag[0]
             self.task_time = max(self.task_time or 0.0, LONG_TASK_S)   # stop prefetching

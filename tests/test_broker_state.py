@@ -27,13 +27,17 @@ class Sim:
         return out
 
     def tick(self, ms=0, alive=(b"c",)):
-        """Advance the clock by ms; the peers in `alive` sent a heartbeat just before."""
-        self.now += ms
-        for identity in alive:
-            if identity in self.state.clients or identity in self.state.worker_by_identity:
-                self.msg(identity, "hb")
-        out = self.state.tick(self.now)
-        self.state.check_invariants()
+        """Advance the clock by ms, ticking at least every heartbeat as the broker does (a
+        longer gap is a broker stall, see test_a_broker_stall_expires_nobody); the peers in
+        `alive` send a heartbeat before each tick."""
+        out = []
+        for step in [HB] * (ms // HB) + [ms % HB] if ms else [0]:
+            self.now += step
+            for identity in alive:
+                if identity in self.state.clients or identity in self.state.worker_by_identity:
+                    self.msg(identity, "hb")
+            out += self.state.tick(self.now)
+            self.state.check_invariants()
         self.sent += out
         return out
 
@@ -250,6 +254,7 @@ def test_heartbeats_go_out_every_interval():
     {"t": "run"},
     {"t": "hello", "role": "king"},
     {"t": "hello", "role": "worker", "labels": "gpu"},
+    {"t": "hello", "role": "worker", "running": 3},
 ])
 def test_malformed_headers_raise_protocol_error_and_change_nothing(header):
     sim = Sim()

@@ -163,3 +163,90 @@ def test_only_a_reconnect_on_the_control_socket_makes_a_worker_register_again():
         worker.kill()
         worker.wait(10)
         broker.close()
+
+
+def task_run(fn, gid: int, *args) -> tuple:
+    """A run message's task entry, its function and its frames for fn(*args)."""
+    prepared = serialize.prepare(fn)
+    frames = serialize.dumps((args, {}))
+    return [gid, 0, len(frames), False, prepared.digest], prepared, frames
+
+
+def run_message(wid: str, session: int, tasks: list) -> tuple[dict, list]:
+    """A `run` of several task_run()s for registration wid of hello `session`: the
+    functions' payloads first, then the tasks' frames."""
+    fns = {t[1].digest: t[1] for t in tasks}
+    header = {"t": "run", "w": wid, "e": EPOCH, "s": session, "tasks": [t[0] for t in tasks],
+              "fns": [[d, len(fn.frames)] for d, fn in fns.items()]}
+    return header, [*(f for fn in fns.values() for f in fn.frames),
+                    *(f for t in tasks for f in t[2])]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("resumed", [True, False])
+def test_a_batch_interrupted_by_registering_again_runs_on_only_if_resumed(tmp_path, resumed):
+    """A worker runs task A of a batch [A, B] when it hears nothing for its expiry and says
+    hello again, naming its registration and A. Resumed, B is still its own and runs. Not
+    resumed (a new registration that kept A), the broker has queued B again: B must not run
+    here, and A's result counts in the new ledger."""
+    gate = tmp_path / "gate"
+
+    def record(path, gate=None):
+        import os
+        import time
+        open(path, "w").close()
+        deadline = time.monotonic() + 60
+        while gate and not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return path
+
+    broker, worker = fake_broker_and_worker()
+    try:
+        ctl, hello = broker.recv(30)
+        assert hello["t"] == "hello" and "resume" not in hello and hello["running"] == []
+        short_expiry = {**welcome("w1", hello["session"]), "liveness": 2, "ledger": 1}
+        broker.send(ctl, short_expiry)
+        while True:   # its task socket must have spoken before we can route to it
+            _, ready = broker.recv(30)
+            if ready["t"] == "ready":
+                break
+        assert ready["l"] == 1
+        header, frames = run_message("w1", hello["session"], [
+            task_run(record, 1, str(tmp_path / "A"), str(gate)),
+            task_run(record, 2, str(tmp_path / "B"))])
+        broker.send(hello["task_identity"], header, frames)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "A").exists():
+            assert time.monotonic() < deadline, "task A never started"
+            beat(broker, ctl, 0.1)
+        while True:   # silence: the worker says hello again within its expiry (2 s)
+            _, again = broker.recv(30)
+            if again["t"] == "hello":
+                break
+        assert again["resume"] == ["w1", EPOCH] and again["running"] == [[1, 0]]
+        assert again["session"] == hello["session"] + 1
+        answer = {**welcome("w1" if resumed else "w2", again["session"]), "ledger": 1}
+        answer.update({"resumed": True} if resumed else {"ledger": again["session"],
+                                                         "kept": [[1, 0]]})
+        broker.send(ctl, answer)
+        beat(broker, ctl, 0.3)
+        gate.touch()
+        header, frames = run_message(answer["id"], again["session"], [
+            task_run(record, 3, str(tmp_path / "C"))])
+        broker.send(hello["task_identity"], header, frames)
+        done, deadline = {}, time.monotonic() + 30
+        while 3 not in done:
+            assert time.monotonic() < deadline, f"no result for task C (results: {done})"
+            broker.send(ctl, {"t": "hb"})
+            try:
+                _, header = broker.recv(0.1)
+            except TimeoutError:
+                continue
+            if header["t"] == "done":
+                done.update({item[0]: header["l"] for item in header["items"]})
+        assert (tmp_path / "B").exists() == resumed
+        assert done == ({1: 1, 2: 1, 3: 1} if resumed else {1: 2, 3: 2})
+    finally:
+        worker.kill()
+        worker.wait(10)
+        broker.close()
