@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .broker_functions import FunctionStore, is_digest
-from .broker_supervisors import Supervisors
+from .broker_supervisors import NEVER, Supervisors
 from .errors import ProtocolError
 
 __all__ = ["BrokerState", "Send"]
@@ -78,6 +78,7 @@ class Task:
     worker: str | None = None
     lost_on: list = field(default_factory=list)     # ids of the workers it was lost on
     lost_pids: list = field(default_factory=list)   # and their process ids
+    lost_at: int = NEVER     # when it was last lost: it goes only to a worker heard since
     fn: bytes | None = None  # digest of its function's payload (see broker_functions)
     started: int = -1        # the attempt its worker reported as started
 
@@ -318,6 +319,7 @@ class BrokerState:
             if lost:
                 t.lost_on.append(w.id)
                 t.lost_pids.append(w.pid)
+                t.lost_at = self.awake_at or 0
             if t.target is not None or len(t.lost_on) > self.max_lost:
                 out += self._finish(t, "lost", {"lost_on": t.lost_on, "pids": t.lost_pids})
             else:
@@ -534,19 +536,41 @@ class BrokerState:
 
     def _pop_for(self, w: Worker) -> Task | None:
         """The next task for w: one targeting it, else the oldest whose labels it has."""
-        best = self._skip_stale(self.pinned[w.id])
-        if not best:
+        heard = self._heard(w)
+        best = self.pinned[w.id]
+        at = self._first_for(best, heard)
+        if at < 0:
+            best = None
             for (labels, host), q in self.queues.items():
-                if labels <= w.labels and host in (None, w.host) and self._skip_stale(q) \
-                        and (not best or q[0] < best[0]):
-                    best = q
-        return self.tasks[best.popleft()] if best else None
+                if labels <= w.labels and host in (None, w.host):
+                    i = self._first_for(q, heard)
+                    if i >= 0 and (best is None or q[i] < best[at]):
+                        best, at = q, i
+        if best is None:
+            return None
+        gid = best[at]
+        del best[at]
+        return self.tasks[gid]
 
-    def _skip_stale(self, q: deque) -> deque:
-        """Drop gids of cancelled or finished tasks from the head of q; return q."""
+    def _first_for(self, q: deque, heard: int) -> int:
+        """The index in q of the first task a worker last heard from at `heard` may take, or
+        -1. Gids of cancelled or finished tasks at the head are dropped. A task lost after
+        `heard` is not for that worker: workers that die together (SIGKILL of a process
+        group, a host going down) are reported or expire one by one, and a task handed to
+        one not yet known dead would be charged a loss it never had. It waits for a worker
+        that has spoken since (every live worker does within a heartbeat). Lost tasks are
+        queued at the front, so the scan stops after the few lost just now."""
         while q and not self._is_queued(q[0]):
             q.popleft()
-        return q
+        for i, gid in enumerate(q):
+            t = self.tasks.get(gid)
+            if t is not None and t.worker is None and t.lost_at <= heard:
+                return i
+        return -1
+
+    def _heard(self, w: Worker) -> int:
+        """When w was last known alive: its own message or its supervisor's vouch."""
+        return max(w.last_seen, self.supervisors.vouched_at(w.supervisor, w.pid))
 
     def _is_queued(self, gid: int) -> bool:
         t = self.tasks.get(gid)

@@ -116,3 +116,27 @@ def test_supervisors_get_heartbeats_and_a_hello_again_keeps_their_vouches():
     sim.msg(b"s", "hello", role="supervisor", token=TOKEN, host="h", pid=9, workers=1)
     sim.tick(HB + HB // 2)   # the worker silent 4.5 s, vouched for 2.5 s ago: kept
     assert wid in sim.state.workers
+
+
+def test_workers_reported_dead_one_by_one_cost_their_task_one_loss_and_it_waits_for_a_live_one():
+    """8 workers SIGKILLed at once are reported one `exited` at a time: the task of the first
+    must not be handed to the next (dead, not yet reported), charged a loss each time; it
+    goes to a worker heard from after the loss (issue 12: `lost 4 time(s)`)."""
+    sim, wids = setup(n_workers=9, credit=0)
+    live = wids[0]
+    sim.msg(b"w1", "ready", n=1)
+    sim.submit(1)
+    [gid] = sim.state.workers[wids[1]].tasks
+    for i in range(2, 9):   # the others of the 8 wait with credit, as idle workers do
+        sim.msg(f"w{i}".encode(), "ready", n=1)
+    sim.msg(b"w0", "ready", n=1)     # the live one, heard before the deaths
+    sim.sent.clear()
+    sim.now += 1
+    for i in range(1, 9):
+        sim.msg(b"s", "exited", pid=100 + i, reason="killed by SIGKILL", memory=False, left=False)
+    t = sim.state.tasks[gid]
+    assert t.lost_on == [wids[1]] and t.worker is None, "charged only for the worker it ran on"
+    assert not runs(sim.sent)
+    sim.now += 1
+    out = sim.msg(b"w0", "hb")      # the live one speaks: it gets the task
+    assert [g for _, g, _ in runs(out, b"w0")] == [gid] and t.worker == live
