@@ -74,7 +74,8 @@ class Broker:
         self.max_message_bytes = max_message_bytes
         self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
                                  info={"host": socket.gethostname(), "pid": os.getpid(),
-                                       "version": protocol.VERSION})
+                                       "version": protocol.VERSION,
+                                       "max_message_bytes": max_message_bytes})
         self.ctx = zmq.Context(io_threads=1)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)

@@ -96,9 +96,10 @@ def encode(signer: Signer, header: dict, payload: Sequence[Frame] = (), mac=None
     return [MAGIC, sig, head, *payload]
 
 
-def decode(signer: Signer, frames: Sequence[Frame], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-           keep_mac: bool = False):
-    """Check and parse a received message.
+def decode(signer: Signer, frames: Sequence[Frame],
+           max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES, keep_mac: bool = False):
+    """Check and parse a received message; max_bytes None: of any size (what a peer hears
+    from its broker, which enforces its own limit on what it takes in).
 
     Returns (header, payload) or, with keep_mac, (header, payload, payload_mac) so the
     caller can sign a forwarded message without reading the payload again.
@@ -117,7 +118,7 @@ def decode(signer: Signer, frames: Sequence[Frame], max_bytes: int = DEFAULT_MAX
             raise ProtocolError(f"protocol version {magic[3]} (this peer speaks {VERSION})")
         raise ProtocolError("not an nbcluster message (bad magic frame)")
     total = sum(memoryview(f).nbytes for f in frames)
-    if total > max_bytes:
+    if max_bytes is not None and total > max_bytes:
         raise ProtocolError(f"oversized message: {total} bytes, limit {max_bytes}")
     sig, head = bytes(frames[1]), bytes(frames[2])
     if len(head) > MAX_HEADER_BYTES:

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import protocol, runtime, serialize, tracebacks
+from . import message_limit, protocol, runtime, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
-from .errors import ProtocolError
+from .errors import MessageTooLarge, ProtocolError
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -130,6 +130,7 @@ class Worker:
         self.output = _Output()
         self.functions = serialize.FunctionCache()
         self.shm = SharedMemory(key) if shm_available() else None
+        self.max_message_bytes = protocol.DEFAULT_MAX_MESSAGE_BYTES   # the broker's (welcome)
         self.lock = threading.Lock()          # guards the state below, shared by both threads
         # A give-back asked for and not yet answered: the tasks we hold may be queued elsewhere
         # already, so none of them starts here until the broker's `given` says which.
@@ -195,7 +196,7 @@ class Worker:
 
     def _on_task_message(self, frames) -> None:
         try:
-            header, payload = protocol.decode(self.signer, frames)
+            header, payload = protocol.decode(self.signer, frames, max_bytes=None)
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
             return
@@ -236,6 +237,7 @@ class Worker:
             self.functions.put(digest, payload[pos:pos + n])
             pos += n
         last_sent = time.monotonic()
+        batch_bytes = 0
         for i, (gid, attempt, nframes, local, *fn) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
                 self._send_done(items, frames, finished, session, epoch)
@@ -243,14 +245,20 @@ class Worker:
             result = self._run_one(gid, attempt, fn[0] if fn else None,
                                    payload[pos:pos + nframes], local)
             pos += nframes
+            nbytes = 0 if result is None else sum(memoryview(f).nbytes for f in result[1])
+            if items and batch_bytes + nbytes + message_limit.HEADROOM_BYTES > \
+                    self.max_message_bytes:   # together they would be over the broker's limit
+                self._send_done(items, frames, finished, session, epoch)
+                items, frames, finished, batch_bytes = [], [], 0, 0
             finished += 1
             if result is not None:
                 items.append(result[0])
                 frames += result[1]
-            big = result is not None and sum(memoryview(f).nbytes for f in result[1]) >= BIG_RESULT_BYTES
-            if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
+                batch_bytes += nbytes
+            if i == len(tasks) - 1 or batch_bytes >= BIG_RESULT_BYTES or \
+                    time.monotonic() - last_sent >= RESULT_BATCH_S:
                 self._send_done(items, frames, finished, session, epoch)
-                items, frames, finished = [], [], 0
+                items, frames, finished, batch_bytes = [], [], 0, 0
                 last_sent = time.monotonic()
         self.functions.trim()
 
@@ -295,6 +303,7 @@ class Worker:
             except Exception as e:
                 raise TypeError(f"the result ({serialize.describe(result)}) cannot be pickled: "
                                 f"{e}") from e
+            self._check_size(payload, result)
         except BaseException as e:  # noqa: BLE001 - any failure of user code is the task's result
             status = "err"
             payload = serialize.dumps(tracebacks.capture(e, skip=1))
@@ -302,6 +311,18 @@ class Worker:
         t = self.task_time
         self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
         return [gid, attempt, status, len(payload), {"s": elapsed}], payload
+
+    def _check_size(self, payload: list, result: Any) -> None:
+        """A result over the broker's limit would be dropped on the way, its task never
+        answered: it fails the task instead (its shared-memory files go)."""
+        try:
+            message_limit.check(f"the result ({serialize.describe(result, 60)})",
+                                sum(memoryview(f).nbytes for f in payload),
+                                self.max_message_bytes)
+        except MessageTooLarge:
+            for name in serialize.shm_names(payload):
+                self.shm.remove(name)
+            raise
 
     def _leave_now(self) -> None:
         """Say bye on the task socket, after the results sent on it (so they arrive first);
@@ -441,7 +462,7 @@ class Worker:
             log.error("the broker at %s rejected our key: check the cluster key", self.endpoint)
             os._exit(2)
         try:
-            header, payload = protocol.decode(self.signer, frames)
+            header, payload = protocol.decode(self.signer, frames, max_bytes=None)
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
             return
@@ -477,6 +498,7 @@ class Worker:
             runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
+            self.max_message_bytes = message_limit.limit_from_welcome(header)
             with self.lock:
                 self.registered = True
                 self.registration = (self.id, header.get("epoch"))
