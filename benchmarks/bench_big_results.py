@@ -73,15 +73,19 @@ def across(sizes: list[int]) -> None:
                              env=env, stdout=subprocess.PIPE)
         assert broker.stdout.readline().startswith(b"ready")
         info = ConnectionInfo.read(file)
-        hosts.spawn("host1", [sys.executable, "-m", "nbcluster.worker", "--connect", str(file),
-                              "--endpoint", f"tcp://{hosts.broker_address_for('host1')}:5555"],
-                    env=env)
+        # A host name of its own (a UTS namespace), or the broker would take the worker for
+        # one on the client's host and results would go through shared memory.
+        worker = [sys.executable, "-m", "nbcluster.worker", "--connect", str(file),
+                  "--endpoint", f"tcp://{hosts.broker_address_for('host1')}:5555"]
+        hosts.spawn("host1", ["unshare", "--uts", "sh", "-c",
+                              'hostname nbc-bench-host1 && exec "$@"', "-", *worker], env=env)
         with nbcluster.Client(f"tcp://{hosts.address('broker')}:5555", key,
                               curve=info.curve) as client:
             deadline = time.monotonic() + 30
             while not client.workers():
                 assert time.monotonic() < deadline, "the worker did not join"
                 time.sleep(0.05)
+            assert client.workers()[0]["host"] == "nbc-bench-host1"
             measure(client, sizes, "tcp")
         file.unlink(missing_ok=True)
     finally:

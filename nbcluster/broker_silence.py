@@ -54,15 +54,20 @@ class BrokerSilence:
             f"to and its tasks go on (to wait longer: Client(..., broker_timeout=seconds) or "
             f"connect(..., broker_timeout=seconds))", self.endpoint, self.last_wall)
 
-    def timeout_error(self, what: str, waited: float | None, now: float) -> BrokerTimeout:
-        """A request (`what`: "status") the broker did not answer."""
-        waited_text = "" if waited is None else f" within {waited:g} s"
-        if self.silent_for(now) < 2.0:
-            heard = "though it is alive (it sent a message in the last 2 s): it may be " \
-                    "overloaded, or the reply too big to build in time"
+    def timeout_error(self, what: str, waited: float, now: float, expiry_s: float
+                      ) -> BrokerTimeout:
+        """A request (`what`: "a status query") the broker did not answer in `waited` s;
+        expiry_s: how long a broker may be silent and still be alive."""
+        if self.lost(now):   # not waited for
+            return BrokerTimeout(
+                f"{what} got no answer: the broker at {self.endpoint} has sent no word "
+                f"{self._since(now)}, longer than this client's broker_timeout "
+                f"({self.broker_timeout:g} s): is the broker running, and can this host reach "
+                f"it?")
+        if self.silent_for(now) > expiry_s:
+            why = f"no word from it {self._since(now)}: is the broker running?"
         else:
-            heard = f"and no word from it at all {self._since(now)}: is the broker running, " \
-                    f"and can this host reach it?"
-        lost = " (longer than broker_timeout: given up)" if self.lost(now) else ""
-        return BrokerTimeout(f"the broker at {self.endpoint} did not answer {what}"
-                             f"{waited_text}, {heard}{lost}")
+            why = (f"though it is alive (last word {self.silent_for(now):.1f} s ago): it may be "
+                   f"overloaded")
+        return BrokerTimeout(f"the broker at {self.endpoint} did not answer {what} within "
+                             f"{waited:.3g} s, {why}")

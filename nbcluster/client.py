@@ -378,13 +378,15 @@ class Client:
             self._replies[rid] = reply
             self._outbox.append(("msg", {**header, "rid": rid}, [], None))
         self._wake()
+        start = time.monotonic()
         try:
             return reply.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except TimeoutError:   # ours, or the I/O thread's once broker_timeout is over
             self._replies.pop(rid, None)
+            now = time.monotonic()
             what = {"query": "a status query", "stop": "a stop request"}.get(header["t"], "")
-            raise self._silence.timeout_error(what or repr(header["t"]), timeout,
-                                              time.monotonic()) from None
+            raise self._silence.timeout_error(what or repr(header["t"]), now - start, now,
+                                              self.expiry_s) from None
 
     def workers(self) -> list[dict]:
         """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""
@@ -491,7 +493,7 @@ class Client:
             fut._settle(error=self._silence.lost_error(f"task {fut.key}", now))
         for reply in replies:
             if not reply.done():
-                reply.set_exception(self._silence.timeout_error("a request", None, now))
+                reply.set_exception(TimeoutError())   # _request says what and why
 
     def _send(self, header: dict, payload: list = ()) -> None:
         self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)

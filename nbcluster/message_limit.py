@@ -10,6 +10,8 @@ limit. (Arguments and results that go through shared memory are only a short nam
 
 from __future__ import annotations
 
+from typing import Callable
+
 from .errors import MessageTooLarge
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES
 
@@ -31,13 +33,15 @@ def limit_from_welcome(header: dict, default: int = DEFAULT_MAX_MESSAGE_BYTES) -
         else default
 
 
-def check(what: str, nbytes: int, limit: int) -> None:
+def check(what: "str | Callable[[], str]", nbytes: int, limit: int) -> None:
     """Raise MessageTooLarge unless a message carrying nbytes of payload fits the limit.
 
     Args:
-        what: names the payload in the message, e.g. "the result of task 7".
+        what: names the payload in the message, e.g. "the result of task 7"; or a function
+            that does, called only if it does not fit (a repr of a big result costs seconds).
     """
     if nbytes + HEADROOM_BYTES > limit:
+        what = what if isinstance(what, str) else what()
         raise MessageTooLarge(
             f"{what} is {nbytes:,} bytes pickled, over the broker's limit of {limit:,} bytes "
             f"per message (max_message_bytes, less {HEADROOM_BYTES:,} for the message "

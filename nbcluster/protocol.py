@@ -27,7 +27,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["VERSION", "MAGIC", "DENIED", "is_denied", "Signer", "encode", "decode", "new_key"]
+__all__ = ["VERSION", "MAGIC", "DENIED", "TOO_BIG", "is_denied", "Signer", "encode", "decode", "new_key"]
 
 VERSION = 2
 MAGIC = b"NBC" + bytes([VERSION])
@@ -39,6 +39,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
 # The broker's answer to a message whose signature is wrong. It cannot be signed (the peer
 # does not hold the key), so it is a fixed, unsigned message that carries nothing.
 DENIED = [MAGIC, b"", b"denied"]
+# Its answer to a message over its size limit (it does not read, so cannot check, such a
+# message's signature): the sender learns, in its log, why the message had no effect.
+TOO_BIG = [MAGIC, b"", b"too big"]
 
 _LEN = struct.Struct(">Q")
 
@@ -113,6 +116,9 @@ def decode(signer: Signer, frames: Sequence[Frame],
     if len(frames) > MAX_FRAMES:
         raise ProtocolError(f"too many frames: {len(frames)}")
     magic = bytes(frames[0])
+    if len(frames) == 3 and [magic, *(bytes(f) for f in frames[1:])] == TOO_BIG:
+        raise ProtocolError("the broker refused a message of ours as larger than its limit "
+                            "(max_message_bytes): that message had no effect")
     if magic != MAGIC:
         if len(magic) == 4 and magic[:3] == MAGIC[:3]:
             raise ProtocolError(f"protocol version {magic[3]} (this peer speaks {VERSION})")

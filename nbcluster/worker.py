@@ -316,7 +316,7 @@ class Worker:
         """A result over the broker's limit would be dropped on the way, its task never
         answered: it fails the task instead (its shared-memory files go)."""
         try:
-            message_limit.check(f"the result ({serialize.describe(result, 60)})",
+            message_limit.check(lambda: f"the result ({_describe_big(result)})",
                                 sum(memoryview(f).nbytes for f in payload),
                                 self.max_message_bytes)
         except MessageTooLarge:
@@ -544,6 +544,15 @@ class Worker:
             self.awaiting_given |= holding
         if holding:
             self._send(self.ctl, {"t": "giveback", "keep": tag[0]})
+
+
+def _describe_big(result: Any) -> str:
+    """A short description of a result too big to send (whose full repr could take seconds)."""
+    if isinstance(result, memoryview):
+        return f"a memoryview of {result.nbytes:,} bytes"
+    if isinstance(result, (bytes, bytearray, str)):
+        return f"{serialize.describe(result[:40])}..."
+    return serialize.describe(result, 60)
 
 
 def read_line(fd: int) -> str:

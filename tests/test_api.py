@@ -15,6 +15,7 @@ def test_exported_names():
         "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
         "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+        "BrokerLost", "BrokerTimeout", "MessageTooLarge",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
         "Mirror", "mirror", "progress", "panel", "register_joblib"])
