@@ -1,0 +1,97 @@
+"""Messages over the broker's max_message_bytes: the sender hears why, nothing hangs.
+
+A result over the limit fails its task with MessageTooLarge and the worker takes the next
+one; arguments over it fail at submit; results that fit one by one but not together still
+arrive; a raw oversized message does not stall the broker, and its sender is told."""
+
+import pytest
+import zmq
+
+from nbcluster import MessageTooLarge, NBClusterError, protocol
+from nbcluster.testing import throwaway_cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+LIMIT = 1 << 20
+RESULT_WAIT_S = 60   # generous: a hang is what a failure looks like
+
+
+def text_of(n):
+    """A result of n bytes pickled in-band (a str never goes out of band or to shm)."""
+    return "x" * n
+
+
+def test_a_result_over_the_limit_fails_its_task_and_frees_the_worker():
+    with throwaway_cluster(1, max_message_bytes=LIMIT) as cluster:
+        client = cluster.client()
+        assert client.max_message_bytes == LIMIT   # learned from the broker's welcome
+        fut = client.submit(text_of, 2 * LIMIT)
+        with pytest.raises(MessageTooLarge) as info:
+            fut.result(RESULT_WAIT_S)
+        message = str(info.value)
+        assert f"{LIMIT:,}" in message and "2,097,1" in message           # limit and size
+        assert "max_message_bytes" in message and "--max-message-bytes" in message
+        # the one worker is free again: it takes the next task (before: "running 1" forever)
+        assert client.submit(text_of, 10).result(RESULT_WAIT_S) == "x" * 10
+        [worker] = client.workers()
+        assert worker["running"] == 0
+
+
+def test_results_that_fit_alone_but_not_together_all_arrive():
+    """A worker sends the results of short tasks in batches: a batch never goes over the
+    limit (before, a batch of 50 KB results went over 256 KiB and was dropped: they hung)."""
+    with throwaway_cluster(1, max_message_bytes=256 * 1024) as cluster:
+        client = cluster.client()
+        futures = [client.submit(text_of, 50_000) for _ in range(200)]
+        assert all(f.result(RESULT_WAIT_S) == "x" * 50_000 for f in futures)
+
+
+def test_arguments_over_the_limit_fail_at_submit_and_nothing_is_sent():
+    with throwaway_cluster(1, max_message_bytes=LIMIT) as cluster:
+        client = cluster.client()
+        with pytest.raises(MessageTooLarge, match="max_message_bytes"):
+            client.submit(len, text_of(2 * LIMIT))
+        with pytest.raises(MessageTooLarge):
+            client.map(len, [text_of(2 * LIMIT)])
+        big = text_of(2 * LIMIT)
+        with pytest.raises(MessageTooLarge, match="function"):   # captured by the function
+            client.submit(lambda: len(big))
+        assert client.sent["tasks"] == 0
+        assert client.submit(len, "abc").result(RESULT_WAIT_S) == 3
+
+
+def raw_dealer(ctx, cluster):
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(cluster.endpoint)
+    return sock
+
+
+def test_an_oversized_message_is_refused_with_a_word_and_the_broker_serves_on():
+    signer_key = None
+    with throwaway_cluster(1, max_message_bytes=LIMIT) as cluster:
+        signer_key = cluster.key
+        client = cluster.client()
+        ctx = zmq.Context()
+        try:
+            sock = raw_dealer(ctx, cluster)
+            signer = protocol.Signer(signer_key)
+            # every frame under the limit, the whole over it: the broker answers TOO_BIG
+            half = b"y" * (LIMIT // 2 + 1)
+            sock.send_multipart(protocol.encode(signer, {"t": "hb"}, [half, half]))
+            assert sock.poll(RESULT_WAIT_S * 1000), "no answer to an oversized message"
+            reply = sock.recv_multipart()
+            with pytest.raises(NBClusterError, match="max_message_bytes"):
+                protocol.decode(signer, reply)
+            # a frame over the limit: libzmq drops the connection (nobody can answer); the
+            # peer reconnects by itself and is served again
+            sock.send_multipart(protocol.encode(signer, {"t": "hb"}, [b"z" * (2 * LIMIT)]))
+            sock.send_multipart(protocol.encode(signer, {"t": "hello", "role": "client"}))
+            assert sock.poll(RESULT_WAIT_S * 1000), "the peer was not served again"
+            header, _ = protocol.decode(signer, sock.recv_multipart(), max_bytes=None)
+            assert header["t"] in ("welcome", "hb")
+            sock.close()
+            # the broker serves everyone else meanwhile
+            assert client.submit(len, "abcd").result(RESULT_WAIT_S) == 4
+        finally:
+            ctx.term()
