@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nbcluster import BrokerLost, BrokerTimeout, NBClusterError
+from nbcluster import BrokerLost, BrokerTimeout, NBClusterError, parallel
 from nbcluster.client import Client
 from nbcluster.testing import throwaway_cluster, wait_for
 
@@ -26,16 +26,19 @@ def test_futures_fail_with_broker_lost_when_the_broker_is_gone():
         running_task = client.submit(time.sleep, 120)
         queued_task = client.submit(time.sleep, 120)
         executor_task = client.executor().submit(time.sleep, 120)
-        mapped: dict = {}
+        outcomes: dict = {}
 
-        def run_map():
+        def run(name, fn):
             try:
-                mapped["value"] = client.map(time.sleep, [120] * 3)
+                outcomes[name] = fn()
             except BaseException as e:   # noqa: BLE001 - what the test looks at
-                mapped["error"] = e
+                outcomes[name] = e
 
-        mapper = threading.Thread(target=run_map, daemon=True)
-        mapper.start()
+        mappers = [threading.Thread(target=run, args=args, daemon=True) for args in (
+            ("map", lambda: client.map(time.sleep, [120] * 3)),
+            ("parallel", lambda: parallel([120] * 3, client).map(time.sleep).to_list()))]
+        for mapper in mappers:
+            mapper.start()
         wait_for(lambda: client.status()["workers"][0]["running"], what="a task running")
         killed_at = time.time()
         os.kill(cluster.pids()["broker"][0], signal.SIGKILL)   # and not restarted
@@ -53,9 +56,11 @@ def test_futures_fail_with_broker_lost_when_the_broker_is_gone():
             assert error.endpoint == cluster.endpoint and cluster.endpoint in str(error)
             assert killed_at - 5 < error.silent_since <= time.time()
             assert "broker_timeout" in str(error) and "is running" in str(error)
-        mapper.join(RESULT_WAIT_S)
-        assert not mapper.is_alive(), "map still waits for a broker that is gone"
-        assert isinstance(mapped.get("error"), BrokerLost), mapped
+        for mapper in mappers:
+            mapper.join(RESULT_WAIT_S)
+            assert not mapper.is_alive(), "a map still waits for a broker that is gone"
+        assert isinstance(outcomes["map"], BrokerLost), outcomes
+        assert isinstance(outcomes["parallel"], BrokerLost), outcomes
 
         # every later wait ends too: a new task fails, a request says the broker is gone
         with pytest.raises(BrokerLost):
