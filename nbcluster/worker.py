@@ -33,7 +33,7 @@ import zmq
 from . import message_limit, protocol, runtime, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
-from .errors import MessageTooLarge, ProtocolError
+from .errors import ProtocolError
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -315,14 +315,15 @@ class Worker:
     def _check_size(self, payload: list, result: Any) -> None:
         """A result over the broker's limit would be dropped on the way, its task never
         answered: it fails the task instead (its shared-memory files go)."""
-        try:
-            message_limit.check(lambda: f"the result ({_describe_big(result)})",
-                                sum(memoryview(f).nbytes for f in payload),
-                                self.max_message_bytes)
-        except MessageTooLarge:
-            for name in serialize.shm_names(payload):
-                self.shm.remove(name)
-            raise
+        nbytes = sum(memoryview(f).nbytes for f in payload)
+        if nbytes + message_limit.HEADROOM_BYTES <= self.max_message_bytes:
+            return
+        for name in serialize.shm_names(payload):
+            self.shm.remove(name)
+        what = f"the result ({_describe_big(result)})"
+        # The error's traceback shows this frame's locals: not the GiB of them.
+        del payload, result
+        message_limit.check(what, nbytes, self.max_message_bytes)
 
     def _leave_now(self) -> None:
         """Say bye on the task socket, after the results sent on it (so they arrive first);
@@ -552,6 +553,8 @@ def _describe_big(result: Any) -> str:
         return f"a memoryview of {result.nbytes:,} bytes"
     if isinstance(result, (bytes, bytearray, str)):
         return f"{serialize.describe(result[:40])}..."
+    if isinstance(result, (list, tuple, dict, set, frozenset)):
+        return f"a {type(result).__name__} of {len(result):,} items"
     return serialize.describe(result, 60)
 
 

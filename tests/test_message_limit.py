@@ -37,6 +37,23 @@ def test_a_result_over_the_limit_fails_its_task_and_frees_the_worker():
         assert worker["running"] == 0
 
 
+def two_bytearrays():
+    """A result whose buffers stay in frames even on one host (each under shm's 1 MiB)."""
+    return [bytearray(600_000), bytearray(600_000)]
+
+
+def test_a_too_big_result_is_described_in_a_few_words_not_in_full():
+    """The error names the result and its traceback shows locals, each in a few hundred
+    characters, not the megabytes of the result (a repr of a GiB would take seconds)."""
+    with throwaway_cluster(1, max_message_bytes=LIMIT) as cluster:
+        client = cluster.client()
+        with pytest.raises(MessageTooLarge, match="a list of 2 items") as info:
+            client.submit(two_bytearrays).result(RESULT_WAIT_S)
+        assert len(str(info.value)) < 2000
+        assert all(len(text) < 1000 for frame in info.value.frames
+                   for text in frame.locals.values())
+
+
 def test_results_that_fit_alone_but_not_together_all_arrive():
     """A worker sends the results of short tasks in batches: a batch never goes over the
     limit (before, a batch of 50 KB results went over 256 KiB and was dropped: they hung)."""
