@@ -112,3 +112,35 @@ def test_an_oversized_message_is_refused_with_a_word_and_the_broker_serves_on():
             assert client.submit(len, "abcd").result(RESULT_WAIT_S) == 4
         finally:
             ctx.term()
+
+
+def test_nbcluster_start_takes_the_limit(tmp_path):
+    """`nbcluster start --max-message-bytes N`, which the error message points to."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from nbcluster.testing import wait_for
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "nbcluster.cli", *args], text=True,
+                              capture_output=True, timeout=90, stdin=subprocess.DEVNULL)
+
+    conn = str(tmp_path / "cluster.json")
+    out = cli("start", "-n", "1", "--daemon", "--max-message-bytes", str(3 * LIMIT),
+              "--connection-file", conn, "--log-file", str(tmp_path / "log"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    daemon = int(out.stdout.split("(pid ")[1].split(")")[0])
+    try:
+        status = json.loads(cli("status", "--json", "--connection-file", conn).stdout)
+        assert status["broker"]["max_message_bytes"] == 3 * LIMIT
+    finally:
+        cli("stop", "--connection-file", conn)
+        try:
+            wait_for(lambda: subprocess.run(["kill", "-0", str(daemon)],
+                                            capture_output=True).returncode, timeout=60,
+                     what="the daemon gone")
+        except TimeoutError:
+            os.kill(daemon, signal.SIGKILL)
