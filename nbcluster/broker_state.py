@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -168,8 +168,9 @@ class BrokerState:
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_ms
             out += [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()]
-            out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
-                    for c in self.clients.values()]
+            hosts = Counter(w.host for w in self.workers.values())   # `here`: see the client
+            out += [Send(c.identity, {"t": "hb", "workers": len(self.workers),
+                                      "here": hosts[c.host]}) for c in self.clients.values()]
         return out
 
     def next_deadline(self) -> int:

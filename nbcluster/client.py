@@ -111,6 +111,7 @@ class Client:
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)
+        self._workers_here: int | None = None   # workers on this host (from heartbeats)
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
@@ -602,6 +603,7 @@ class Client:
             self._wake()
         elif kind == "hb":
             self.n_workers = header.get("workers", self.n_workers)
+            self._workers_here = header.get("here")
         elif kind == "reply":
             reply = self._replies.pop(header.get("rid"), None)
             if reply is not None:
@@ -696,8 +698,9 @@ class Client:
 
     @property
     def _local_shm(self) -> SharedMemory | None:
-        """Shared memory for arguments, when the broker (hence local workers) is on this host."""
-        return self._shm if self.local else None
+        """Shared memory for arguments, when the broker is on this host, unless it said no
+        worker is (a task whose data is in shm waits for a worker on this host)."""
+        return self._shm if self.local and self._workers_here != 0 else None
 
     # ---- closing ----------------------------------------------------------------------------
     def close(self) -> None:

@@ -15,7 +15,7 @@ import pytest
 from nbcluster import Client, MessageTooLarge, protocol, serialize
 from nbcluster.connection import KEY_ENV, ConnectionInfo
 from nbcluster.shm import SharedMemory, cluster_prefix
-from nbcluster.testing import throwaway_cluster
+from nbcluster.testing import throwaway_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -196,6 +196,12 @@ def test_big_bytes_from_another_host_arrive_as_frames_of_their_own(remote, kind)
         value = client.submit(make, kind, n).result(RESULT_WAIT_S)
         assert type(value) is arrived_type(kind) and len(value) == n
         assert digest(value) == digest(make_like(value, n))
+    # and arguments the other way. This client shares the broker's host name (and /dev/shm)
+    # but no worker does: once the broker's heartbeat has said so, arguments go in frames
+    # (in shared memory, the task would wait for a worker on this host forever)
+    wait_for(lambda: client._workers_here == 0, what="a heartbeat saying no worker is here")
+    assert client.submit(lambda b: (type(b).__name__, len(b)), make(kind, 8 * MIB)).result(
+        RESULT_WAIT_S) == (arrived_type(kind).__name__, 8 * MIB)
     # over the broker's limit (48 MiB): the task fails and says so; the worker goes on
     with pytest.raises(MessageTooLarge, match="max_message_bytes"):
         client.submit(make, kind, 64 * MIB).result(RESULT_WAIT_S)
