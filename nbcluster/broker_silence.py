@@ -40,7 +40,7 @@ class BrokerSilence:
         return self.silent_for(now) > self.broker_timeout
 
     def _since(self, now: float) -> str:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.last_wall))
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.last_wall))
         return f"since {when} ({self.silent_for(now):.0f} s ago)"
 
     def lost_error(self, what: str, now: float) -> BrokerLost:

@@ -55,6 +55,10 @@ def test_lower_layers_never_import_upward():
     # what runs inside tasks on workers stays below the client
     assert imports("pipeline") <= {"serialize", "tracebacks"}
     assert imports("runtime") == set()
+    # what peers use to stay within the broker's limits and to notice it is gone
+    assert imports("oob_bytes") == set()
+    assert imports("message_limit") <= {"errors", "protocol"}
+    assert imports("broker_silence") <= {"errors"}
     assert imports("shuffle") <= {"protocol", "runtime", "serialize", "tracebacks", "errors",
                                   "curve"}
     assert imports("cells") <= {"runtime", "tracebacks"}
