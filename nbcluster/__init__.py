@@ -9,9 +9,9 @@
 from .client import Client, connect
 from .collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pgroup_by, pmap,
                           pmap_indexed, pnone, preject)
-from .errors import (AuthenticationError, NBClusterError, PicklingError, ProtocolError,
-                     MemoryLimitExceeded, RemoteError, RemoteErrorGroup, RemoteFrame,
-                     TaskCancelled, WorkerLost)
+from .errors import (AuthenticationError, BrokerLost, BrokerTimeout, MemoryLimitExceeded,
+                     MessageTooLarge, NBClusterError, PicklingError, ProtocolError, RemoteError,
+                     RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
 from .executor import BrokenExecutor, Executor
 from .futures import TaskFuture
 from .bars import progress
@@ -26,6 +26,7 @@ __all__ = [
     "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
     "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
     "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+    "BrokerLost", "BrokerTimeout", "MessageTooLarge",
     "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
     "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
     "Mirror", "mirror", "progress", "panel", "register_joblib",

@@ -74,7 +74,8 @@ class Broker:
         self.max_message_bytes = max_message_bytes
         self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
                                  info={"host": socket.gethostname(), "pid": os.getpid(),
-                                       "version": protocol.VERSION})
+                                       "version": protocol.VERSION,
+                                       "max_message_bytes": max_message_bytes})
         self.ctx = zmq.Context(io_threads=1)
         self.router = self.ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -133,6 +134,8 @@ class Broker:
                 self._log(f"dropped a message from peer {identity.hex()}: {e}")
                 if "signature" in str(e):
                     self._deny(identity)
+                elif "oversized message" in str(e):
+                    self._deny(identity, protocol.TOO_BIG)
                 continue
             except Exception:  # a bug of ours must not take the cluster down
                 log.exception("internal error handling a message from %s", identity.hex())
@@ -147,13 +150,14 @@ class Broker:
             except zmq.ZMQError as e:
                 self._log(f"could not send to {s.identity.hex()}: {e}")
 
-    def _deny(self, identity: bytes) -> None:
+    def _deny(self, identity: bytes, reply: list = protocol.DENIED) -> None:
+        """Send a fixed, unsigned reply (DENIED, TOO_BIG), at most once a second per peer."""
         now = _now_ms()
         if now - self._denied_at.get(identity, -10_000) >= 1000:
             if len(self._denied_at) > 10_000:
                 self._denied_at.clear()
             self._denied_at[identity] = now
-            self.router.send_multipart([identity, *protocol.DENIED])
+            self.router.send_multipart([identity, *reply])
 
     def _log(self, line: str) -> None:
         second, count = self._log_budget

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -186,8 +186,9 @@ class BrokerState:
             self.next_heartbeat = now + self.heartbeat_ms
             out += [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()]
             out += [Send(i, {"t": "hb"}) for i in self.supervisors.by_identity]
-            out += [Send(c.identity, {"t": "hb", "workers": len(self.workers)})
-                    for c in self.clients.values()]
+            hosts = Counter(w.host for w in self.workers.values())   # `here`: see the client
+            out += [Send(c.identity, {"t": "hb", "workers": len(self.workers),
+                                      "here": hosts[c.host]}) for c in self.clients.values()]
         return out
 
     def _silent(self, w: Worker, limit: int) -> bool:

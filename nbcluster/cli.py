@@ -89,7 +89,9 @@ def start(args) -> int:
         with nbcluster.LocalCluster(args.workers, labels, connection_file=args.connection_file,
                                     ip=args.ip, port=args.port, insecure=args.insecure,
                                     memory_limit=args.memory_limit,
-                                    max_tasks_per_child=args.max_tasks_per_child) as cluster:
+                                    max_tasks_per_child=args.max_tasks_per_child,
+                                    **({"max_message_bytes": args.max_message_bytes}
+                                       if args.max_message_bytes else {})) as cluster:
             print(f"nbcluster: broker at {' '.join(cluster.endpoints)}, "
                   f"{counted(cluster.n_workers, 'worker')}"
                   + (" (CurveZMQ on)" if cluster.info.curve else ""), flush=True)
@@ -157,7 +159,9 @@ def _daemonize(args) -> int:
             "--log-file", log_file, *(["-n", str(args.workers)] if args.workers is not None
                                       else []),
             *(["--ip", args.ip] if args.ip else []), *(["--insecure"] if args.insecure else []),
-            *_limit_args(args)]
+            *_limit_args(args),
+            *(["--max-message-bytes", str(args.max_message_bytes)]
+              if args.max_message_bytes else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ip", default=None, help="also listen here, e.g. 0.0.0.0 (Curve on)")
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free one)")
     p.add_argument("--daemon", action="store_true", help="return once ready, keep running")
+    p.add_argument("--max-message-bytes", type=int, default=None, metavar="N",
+                   help="the broker refuses larger messages (a task with its arguments, a "
+                        "result); default 4 GiB")
     p.add_argument("--insecure", action="store_true",
                    help="beyond loopback without encryption (not recommended)")
     p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)

@@ -39,11 +39,16 @@ def _connect(path: str):
 
 def _status(path: str) -> dict | None:
     """The broker's status of the cluster of path, or None (said on stderr)."""
+    from .errors import NBClusterError
     client = _connect(path)
     if client is None:
         return None
     with client:
-        return client.status()
+        try:
+            return client.status()
+        except NBClusterError as e:   # BrokerTimeout: it says which broker and how long
+            print(f"nbcluster: {e}", file=sys.stderr)
+            return None
 
 
 def list_workers(path: str, as_json: bool) -> int:

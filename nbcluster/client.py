@@ -33,14 +33,16 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
-from . import protocol, serialize, tracebacks
+from . import message_limit, protocol, serialize, tracebacks
 from .bars import progress
+from .broker_silence import DEFAULT_BROKER_TIMEOUT_S, BrokerSilence
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
 from .connection import ConnectionInfo
 from .curve import CurveKeys
 from .english import counted
-from .errors import (AuthenticationError, MemoryLimitExceeded, NBClusterError, PicklingError,
-                     ProtocolError, RemoteErrorGroup, TaskCancelled, WorkerLost,
+from .errors import (AuthenticationError, BrokerTimeout, MemoryLimitExceeded, MessageTooLarge,
+                     NBClusterError, PicklingError, ProtocolError, RemoteErrorGroup,
+                     TaskCancelled, WorkerLost,
                      summarize_failures)
 from .futures import TaskFuture
 from .options import TaskOptions, refuse_misplaced_options
@@ -65,10 +67,12 @@ class Client:
         key: the cluster key.
         timeout: seconds to wait for the broker to accept us.
         labels: labels every task of this client asks for (on top of each task's own).
+        broker_timeout: seconds a task waits for a broker that went silent (so a restarted
+            one takes it up again) before it fails with BrokerLost.
 
     Raises:
         AuthenticationError: the broker rejected our key.
-        NBClusterError: no broker answered within `timeout`.
+        BrokerTimeout: no broker answered within `timeout` (a TimeoutError).
 
     Attributes:
         sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments), and
@@ -77,8 +81,11 @@ class Client:
 
     def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
                  labels: Iterable[str] = (), remember: bool = True,
-                 curve: "CurveKeys | None" = None):
+                 curve: "CurveKeys | None" = None,
+                 broker_timeout: float = DEFAULT_BROKER_TIMEOUT_S):
         self.endpoint = endpoint
+        self._silence = BrokerSilence(endpoint, broker_timeout)
+        self.max_message_bytes = protocol.DEFAULT_MAX_MESSAGE_BYTES   # the broker's (welcome)
         self.labels = sorted(labels)   # every task of this client asks for these too
         self.signer = protocol.Signer(key)
         self._key = key
@@ -105,6 +112,7 @@ class Client:
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)
+        self._workers_here: int | None = None   # workers on this host (from heartbeats)
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
@@ -120,8 +128,8 @@ class Client:
             self._welcome.result(timeout)
         except concurrent.futures.TimeoutError:
             self.close()
-            raise NBClusterError(f"no nbcluster broker answered at {endpoint} within {timeout} s; "
-                                 "is the cluster running?") from None
+            raise BrokerTimeout(f"no nbcluster broker answered at {endpoint} within {timeout} s; "
+                                "is the cluster running?") from None
         except AuthenticationError:
             self.close()
             raise
@@ -187,10 +195,16 @@ class Client:
         if self._closed:
             raise RuntimeError("this client is closed")
         self._raise_if_broken()
+        shm_files = serialize.shm_names(frames)
+        try:
+            self._check_fits(fn, frames)
+        except MessageTooLarge:
+            for name in shm_files:
+                self._shm.remove(name)
+            raise
         key = next(self._keys)
         fut = TaskFuture(self, key)
         fut.input_bytes = sum(memoryview(f).nbytes for f in frames)
-        shm_files = serialize.shm_names(frames)
         # A task whose data is in this host's shared memory must run on this host.
         spec = [key, len(frames), sorted(labels or ()), target, int(retries),
                 self.host if shm_files else None, fn.digest]
@@ -206,6 +220,13 @@ class Client:
             self._outbox.append(("task", spec, frames, fn))
         self._wake()
         return fut
+
+    def _check_fits(self, fn: "serialize.Prepared", frames: list) -> None:
+        """Raise MessageTooLarge if a task (with its function, which goes along with the
+        first task that needs it) is over the broker's limit: sent, it would be dropped."""
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        message_limit.check(f"a task of {fn.name} (arguments {nbytes:,} bytes, function "
+                            f"{fn.nbytes:,} bytes)", nbytes + fn.nbytes, self.max_message_bytes)
 
     def _wake(self) -> None:
         """Wake the I/O thread. Never blocks, so the I/O thread may wake itself: a full pipe
@@ -255,6 +276,13 @@ class Client:
                 raise PicklingError(f"cannot pickle element {culprit} "
                                     f"({serialize.describe(items[culprit])}): {e}") from e
         labels = self._labels(labels)
+        try:   # before any chunk goes, so no chunk is left in shared memory
+            for frames in chunks:
+                self._check_fits(runner, frames)
+        except MessageTooLarge:
+            for name in (n for frames in chunks for n in serialize.shm_names(frames)):
+                self._shm.remove(name)
+            raise
         futures: list[TaskFuture] = []
         with cancel_on_error(futures):   # interrupted while submitting: cancel what went out
             for frames in chunks:
@@ -342,7 +370,9 @@ class Client:
         broker. Returns the ids of the workers asked to stop."""
         return self._request({"t": "stop", "workers": None, "broker": True}, timeout)["stopping"]
 
-    def _request(self, header: dict, timeout: float) -> Any:
+    def _request(self, header: dict, timeout: float | None) -> Any:
+        """The broker's reply; BrokerTimeout if none comes within timeout (or, with timeout
+        None, once the broker has been silent longer than broker_timeout)."""
         self._raise_if_broken()
         reply: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
@@ -350,7 +380,15 @@ class Client:
             self._replies[rid] = reply
             self._outbox.append(("msg", {**header, "rid": rid}, [], None))
         self._wake()
-        return reply.result(timeout)
+        start = time.monotonic()
+        try:
+            return reply.result(timeout)
+        except TimeoutError:   # ours, or the I/O thread's once broker_timeout is over
+            self._replies.pop(rid, None)
+            now = time.monotonic()
+            what = {"query": "a status query", "stop": "a stop request"}.get(header["t"], "")
+            raise self._silence.timeout_error(what or repr(header["t"]), now - start, now,
+                                              self.expiry_s) from None
 
     def workers(self) -> list[dict]:
         """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""
@@ -421,7 +459,7 @@ class Client:
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         self._hello()
-        last_heard = last_sent = time.monotonic()
+        last_heard = last_sent = time.monotonic()   # last_heard: of the warning below
         while not self._closed:
             timeout = max(0.0, last_sent + self.heartbeat_s - time.monotonic())
             events = dict(poller.poll(timeout * 1000))
@@ -434,13 +472,30 @@ class Client:
                     last_sent = now
             if self._sock in events:
                 last_heard = now
+                self._silence.heard(now)
                 self._drain()
             if now - last_sent >= self.heartbeat_s:
                 self._send({"t": "hb"})
                 last_sent = now
             if now - last_heard > self.expiry_s and self._welcome.done():
-                log.warning("no word from the broker for %.1f s", now - last_heard)
+                log.warning("no word from the broker for %.1f s", self._silence.silent_for(now))
                 last_heard = now
+            if self._silence.lost(now) and (self._futures or self._replies):
+                self._fail_pending_broker_lost(now)
+
+    def _fail_pending_broker_lost(self, now: float) -> None:
+        """(I/O thread) The broker has been silent past broker_timeout: every pending task
+        fails with BrokerLost (and is cancelled, should that broker come back), every
+        request waiting for a reply with BrokerTimeout."""
+        with self._lock:
+            futures = list(self._futures.values())
+            replies, self._replies = list(self._replies.values()), {}
+        self._cancel_remote([fut.key for fut in futures])
+        for fut in futures:
+            fut._settle(error=self._silence.lost_error(f"task {fut.key}", now))
+        for reply in replies:
+            if not reply.done():
+                reply.set_exception(TimeoutError())   # _request says what and why
 
     def _send(self, header: dict, payload: list = ()) -> None:
         self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
@@ -466,6 +521,10 @@ class Client:
             new_fn = fn.digest not in self._fns_sent
             self._fns_sent.add(fn.digest)
             nbytes = sum(memoryview(f).nbytes for f in payload)
+            if specs and size + nbytes + (fn.nbytes if new_fn else 0) + \
+                    message_limit.HEADROOM_BYTES > self.max_message_bytes:   # the broker's limit
+                self._send_tasks(specs, frames, fns)
+                specs, frames, fns, size = [], [], [], 0
             if nbytes >= BIG_TASK_BYTES:
                 self._send_tasks(specs, frames, fns)
                 specs, frames, fns, size = [], [], [], 0
@@ -504,7 +563,7 @@ class Client:
                     "wrong (use the key from the cluster's connection file)"))
                 continue
             try:
-                header, payload = protocol.decode(self.signer, frames)
+                header, payload = protocol.decode(self.signer, frames, max_bytes=None)
                 self._on_message(header, payload)
             except ProtocolError as e:
                 log.warning("dropped a message from the broker: %s", e)
@@ -545,11 +604,13 @@ class Client:
             self._wake()
         elif kind == "hb":
             self.n_workers = header.get("workers", self.n_workers)
+            self._workers_here = header.get("here")
         elif kind == "reply":
             reply = self._replies.pop(header.get("rid"), None)
             if reply is not None:
                 reply.set_result(header["data"])
         elif kind == "welcome":
+            self.max_message_bytes = message_limit.limit_from_welcome(header)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
             self.local = self._shm is not None and header.get("broker", {}).get("host") == self.host
@@ -644,8 +705,9 @@ class Client:
 
     @property
     def _local_shm(self) -> SharedMemory | None:
-        """Shared memory for arguments, when the broker (hence local workers) is on this host."""
-        return self._shm if self.local else None
+        """Shared memory for arguments, when the broker is on this host, unless it said no
+        worker is (a task whose data is in shm waits for a worker on this host)."""
+        return self._shm if self.local and self._workers_here != 0 else None
 
     # ---- closing ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -752,12 +814,14 @@ def _picklable(obj) -> bool:
 
 
 def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | None = None,
-            timeout: float = CONNECT_TIMEOUT_S) -> Client:
+            timeout: float = CONNECT_TIMEOUT_S,
+            broker_timeout: float = DEFAULT_BROKER_TIMEOUT_S) -> Client:
     """A Client for a running cluster, from its connection file or a tcp:// / ipc:// URL.
 
     Args:
         path_or_url: a connection file, or the broker's endpoint (then `key` is required).
         key: the cluster key (bytes or hex); overrides the connection file's.
+        broker_timeout: see `Client`.
 
     Raises:
         FileNotFoundError: no connection file there.
@@ -776,4 +840,4 @@ def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | N
         curve = info.curve
     if isinstance(key, str):
         key = bytes.fromhex(key)
-    return Client(endpoint, key, timeout=timeout, curve=curve)
+    return Client(endpoint, key, timeout=timeout, curve=curve, broker_timeout=broker_timeout)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator
 from . import pipeline as pl
 from . import waiting
 from .client import Client
-from .errors import TaskCancelled
+from .errors import BrokerLost, TaskCancelled
 from .remote import FailureTally
 from .futures import TaskFuture
 from .bars import progress_bar
@@ -188,6 +188,8 @@ class _Run:
         self.stats.elements += n
         try:
             outcome = fut.result()
+        except BrokerLost:   # not a failure of these elements: no other chunk can finish
+            raise
         except Exception as e:   # the whole chunk failed (WorkerLost, cancelled, unpickling)
             self.failures.add(e)
             self.bar.update(failed=n)

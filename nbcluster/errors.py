@@ -7,6 +7,9 @@
      ├── MemoryLimitExceeded    a task's worker grew past its memory limit (also MemoryError)
      ├── TaskCancelled          (also concurrent.futures.CancelledError)
      ├── AuthenticationError    the broker refused our key
+     ├── BrokerLost             no word from the broker for longer than the client's broker_timeout
+     ├── BrokerTimeout          (also TimeoutError) the broker did not answer a request in time
+     ├── MessageTooLarge        (also ValueError) arguments or a result over max_message_bytes
      ├── ProtocolError          a peer sent bytes that are not a valid nbcluster message
      └── PicklingError          a function, argument or result could not be pickled
     RemoteErrorGroup            several tasks failed (an ExceptionGroup of the above)
@@ -31,6 +34,9 @@ __all__ = [
     "MemoryLimitExceeded",
     "TaskCancelled",
     "AuthenticationError",
+    "BrokerLost",
+    "BrokerTimeout",
+    "MessageTooLarge",
     "ProtocolError",
     "PicklingError",
 ]
@@ -245,6 +251,37 @@ class TaskCancelled(NBClusterError, concurrent.futures.CancelledError):
 
 class AuthenticationError(NBClusterError):
     """The broker rejected this peer's signature: the cluster key is wrong."""
+
+
+class BrokerLost(NBClusterError):
+    """The client heard nothing from its broker for longer than its `broker_timeout`: the
+    task's result cannot come (a broker restarted within that time is reconnected to, and
+    its tasks go on). The message names the broker and since when it has been silent.
+
+    Not a TimeoutError: ``fut.result(timeout=...)`` raising TimeoutError means "not done
+    yet", and a task whose broker is lost is done.
+
+    Attributes:
+        endpoint: the broker's address.
+        silent_since: wall-clock time (``time.time()``) of the last word from it.
+    """
+
+    def __init__(self, message: str, endpoint: str = "", silent_since: float = 0.0):
+        super().__init__(message)
+        self.endpoint, self.silent_since = endpoint, silent_since
+
+    def __reduce__(self):
+        return (BrokerLost, (self.args[0], self.endpoint, self.silent_since))
+
+
+class BrokerTimeout(NBClusterError, TimeoutError):
+    """The broker did not answer a request (connecting, `status()`, `workers()`...) within
+    its timeout; the message names the broker, the request and how long we waited."""
+
+
+class MessageTooLarge(NBClusterError, ValueError):
+    """A task's arguments (at submit) or its result (on its worker) are larger than the
+    broker's `max_message_bytes`; the message names both sizes and how to raise the limit."""
 
 
 class ProtocolError(NBClusterError):

@@ -23,6 +23,7 @@ from typing import Iterable
 from . import protocol, shm
 from .bars import progress_bar
 from .broker_process import BrokerProcess
+from .broker_silence import DEFAULT_BROKER_TIMEOUT_S
 from .client import Client, remember_latest
 from .connection import KEY_ENV, ConnectionInfo
 from .curve import is_loopback
@@ -155,9 +156,11 @@ class LocalCluster:
                     time.sleep(0.005)
         bar.close()
 
-    def client(self) -> Client:
-        """A new Client connected to this cluster (closed with the cluster)."""
-        client = Client(self.endpoint, self.key, remember=False, curve=self.info.curve)
+    def client(self, broker_timeout: float = DEFAULT_BROKER_TIMEOUT_S) -> Client:
+        """A new Client connected to this cluster (closed with the cluster); see `Client`
+        for broker_timeout."""
+        client = Client(self.endpoint, self.key, remember=False, curve=self.info.curve,
+                        broker_timeout=broker_timeout)
         remember_latest(client)
         client.exit_reason = self.exit_reason
         self._clients.append(client)

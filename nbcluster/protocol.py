@@ -27,7 +27,7 @@ import msgpack
 
 from .errors import ProtocolError
 
-__all__ = ["VERSION", "MAGIC", "DENIED", "is_denied", "Signer", "encode", "decode", "new_key"]
+__all__ = ["VERSION", "MAGIC", "DENIED", "TOO_BIG", "is_denied", "Signer", "encode", "decode", "new_key"]
 
 VERSION = 2
 MAGIC = b"NBC" + bytes([VERSION])
@@ -39,6 +39,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
 # The broker's answer to a message whose signature is wrong. It cannot be signed (the peer
 # does not hold the key), so it is a fixed, unsigned message that carries nothing.
 DENIED = [MAGIC, b"", b"denied"]
+# Its answer to a message over its size limit (it does not read, so cannot check, such a
+# message's signature): the sender learns, in its log, why the message had no effect.
+TOO_BIG = [MAGIC, b"", b"too big"]
 
 _LEN = struct.Struct(">Q")
 
@@ -96,9 +99,10 @@ def encode(signer: Signer, header: dict, payload: Sequence[Frame] = (), mac=None
     return [MAGIC, sig, head, *payload]
 
 
-def decode(signer: Signer, frames: Sequence[Frame], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-           keep_mac: bool = False):
-    """Check and parse a received message.
+def decode(signer: Signer, frames: Sequence[Frame],
+           max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES, keep_mac: bool = False):
+    """Check and parse a received message; max_bytes None: of any size (what a peer hears
+    from its broker, which enforces its own limit on what it takes in).
 
     Returns (header, payload) or, with keep_mac, (header, payload, payload_mac) so the
     caller can sign a forwarded message without reading the payload again.
@@ -112,12 +116,15 @@ def decode(signer: Signer, frames: Sequence[Frame], max_bytes: int = DEFAULT_MAX
     if len(frames) > MAX_FRAMES:
         raise ProtocolError(f"too many frames: {len(frames)}")
     magic = bytes(frames[0])
+    if len(frames) == 3 and [magic, *(bytes(f) for f in frames[1:])] == TOO_BIG:
+        raise ProtocolError("the broker refused a message of ours as larger than its limit "
+                            "(max_message_bytes): that message had no effect")
     if magic != MAGIC:
         if len(magic) == 4 and magic[:3] == MAGIC[:3]:
             raise ProtocolError(f"protocol version {magic[3]} (this peer speaks {VERSION})")
         raise ProtocolError("not an nbcluster message (bad magic frame)")
     total = sum(memoryview(f).nbytes for f in frames)
-    if total > max_bytes:
+    if max_bytes is not None and total > max_bytes:
         raise ProtocolError(f"oversized message: {total} bytes, limit {max_bytes}")
     sig, head = bytes(frames[1]), bytes(frames[2])
     if len(head) > MAX_HEADER_BYTES:

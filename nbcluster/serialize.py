@@ -1,9 +1,11 @@
 """Turning Python objects into message frames and back (clients and workers; never the broker).
 
 cloudpickle with pickle protocol 5: functions defined in __main__ or a notebook, lambdas and
-closures travel by value with what they captured; large buffers (numpy arrays, bytes,
-bytearrays) are not copied into the pickle but travel as out-of-band frames, sent and
-received zero-copy and arriving writable.
+closures travel by value with what they captured; large buffers (numpy arrays) are not
+copied into the pickle but travel as out-of-band frames, sent and received zero-copy and
+arriving writable. Large bytes, bytearrays and memoryviews go out of band too, and are
+copied once on arrival into an object of their type (see oob_bytes: a memoryview arrives as
+bytes). To a receiver on this host, buffers go through shared memory (see shm).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import cloudpickle
 
+from . import oob_bytes
 from .errors import PicklingError
 from .shm import REF_PREFIX, SHM_MIN_BYTES, SharedMemory
 
@@ -29,6 +32,9 @@ __all__ = ["dumps", "loads", "FunctionCache", "describe", "Prepared", "prepare",
            "frames_digest"]
 
 OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
+LIFT_FIRST_ITEMS = 16      # bytes objects are looked for among this many container items...
+LIFT_AGAIN_BYTES = 1 << 20  # ...and among all of them (up to the next) if the pickle is this big
+LIFT_MAX_ITEMS = 10_000_000
 FN_DIGEST_BYTES = 16       # a function payload is named by a blake2b hash this long
 
 
@@ -293,7 +299,19 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
         buffers.append(shm.put(raw) if shm is not None and raw.nbytes >= SHM_MIN_BYTES else raw)
         return False
 
-    return [_cloudpickle(obj, refs, oob), *buffers]
+    # Large bytes-like objects out of band too (see oob_bytes): looked for in a few items
+    # first, and everywhere only if the pickle came out big (then it is pickled again).
+    keep = refs.name_of if refs is not None else None
+    lifted, complete = oob_bytes.lift(obj, OOB_MIN_BYTES, LIFT_FIRST_ITEMS, keep)
+    data = _cloudpickle(lifted, refs, oob)
+    if not complete and len(data) >= LIFT_AGAIN_BYTES:
+        lifted, complete = oob_bytes.lift(obj, OOB_MIN_BYTES, LIFT_MAX_ITEMS, keep)
+        if complete and lifted is not obj:
+            for name in shm_names([b"", *buffers]):
+                shm.remove(name)
+            buffers.clear()
+            data = _cloudpickle(lifted, refs, oob)
+    return [data, *buffers]
 
 
 def loads(frames: list, shm: SharedMemory | None = None, remove: bool = False) -> Any:

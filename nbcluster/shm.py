@@ -27,6 +27,7 @@ SHM_DIR = "/dev/shm"
 SHM_MIN_BYTES = 1 << 20
 REF_PREFIX = b"nbc-shm:"
 ORPHAN_AFTER_S = 300.0
+WRITE_CHUNK = 1 << 30   # bytes per write (Linux writes at most ~2 GiB at once)
 
 
 def available() -> bool:
@@ -51,10 +52,13 @@ class SharedMemory:
         name = f"{self.prefix}-{os.urandom(12).hex()}"
         fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            size = buf.nbytes
-            os.ftruncate(fd, size)
-            with mmap.mmap(fd, size) as m:
-                m[:] = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+            view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
+            os.ftruncate(fd, view.nbytes)
+            # Written, not copied into a mapping: a write releases the GIL, so a worker
+            # copying a GiB here still heartbeats meanwhile.
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(fd, view[done:done + WRITE_CHUNK], done)
         finally:
             os.close(fd)
         self.created[name] = time.monotonic()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import protocol, runtime, serialize, tracebacks
+from . import message_limit, protocol, runtime, serialize, tracebacks
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
 from .errors import ProtocolError
@@ -142,6 +142,7 @@ class Worker:
         self.output = _Output()
         self.functions = serialize.FunctionCache()
         self.shm = SharedMemory(key) if shm_available() else None
+        self.max_message_bytes = protocol.DEFAULT_MAX_MESSAGE_BYTES   # the broker's (welcome)
         self.lock = threading.Lock()          # guards the state below, shared by both threads
         # A give-back asked for and not yet answered: the tasks we hold may be queued elsewhere
         # already, so none of them starts here until the broker's `given` says which.
@@ -216,7 +217,7 @@ class Worker:
 
     def _on_task_message(self, frames) -> None:
         try:
-            header, payload = protocol.decode(self.signer, frames)
+            header, payload = protocol.decode(self.signer, frames, max_bytes=None)
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
             return
@@ -259,6 +260,7 @@ class Worker:
             self.functions.put(digest, payload[pos:pos + n])
             pos += n
         last_sent = time.monotonic()
+        batch_bytes = 0
         for i, (gid, attempt, nframes, local, *fn) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
                 self._send_done(items, frames, epoch)
@@ -267,13 +269,19 @@ class Worker:
                                    payload[pos:pos + nframes], local, batch)
             pos += nframes
             self._count_task(result)
+            nbytes = 0 if result is None else sum(memoryview(f).nbytes for f in result[1])
+            if items and batch_bytes + nbytes + message_limit.HEADROOM_BYTES > \
+                    self.max_message_bytes:   # together they would be over the broker's limit
+                self._send_done(items, frames, epoch)
+                items, frames, batch_bytes = [], [], 0
             if result is not None:
                 items.append(result[0])
                 frames += result[1]
-            big = result is not None and sum(memoryview(f).nbytes for f in result[1]) >= BIG_RESULT_BYTES
-            if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
+                batch_bytes += nbytes
+            if i == len(tasks) - 1 or batch_bytes >= BIG_RESULT_BYTES or \
+                    time.monotonic() - last_sent >= RESULT_BATCH_S:
                 self._send_done(items, frames, epoch)
-                items, frames = [], []
+                items, frames, batch_bytes = [], [], 0
                 last_sent = time.monotonic()
         self.functions.trim()
         if self.draining and self.leave_status == EXIT_MAX_TASKS:
@@ -341,6 +349,7 @@ class Worker:
             except Exception as e:
                 raise TypeError(f"the result ({serialize.describe(result)}) cannot be pickled: "
                                 f"{e}") from e
+            self._check_size(payload, result)
         except BaseException as e:  # noqa: BLE001 - any failure of user code is the task's result
             status = "err"
             payload = serialize.dumps(tracebacks.capture(e, skip=1))
@@ -351,6 +360,19 @@ class Worker:
             if self.running_ledger == self.ledger:
                 self.done += 1
         return [gid, attempt, status, len(payload), {"s": elapsed}], payload
+
+    def _check_size(self, payload: list, result: Any) -> None:
+        """A result over the broker's limit would be dropped on the way, its task never
+        answered: it fails the task instead (its shared-memory files go)."""
+        nbytes = sum(memoryview(f).nbytes for f in payload)
+        if nbytes + message_limit.HEADROOM_BYTES <= self.max_message_bytes:
+            return
+        for name in serialize.shm_names(payload):
+            self.shm.remove(name)
+        what = f"the result ({_describe_big(result)})"
+        # The error's traceback shows this frame's locals: not the GiB of them.
+        del payload, result
+        message_limit.check(what, nbytes, self.max_message_bytes)
 
     def _leave_now(self) -> None:
         """Say bye on the task socket, after the results sent on it (so they arrive first);
@@ -515,7 +537,7 @@ class Worker:
             log.error("the broker at %s rejected our key: check the cluster key", self.endpoint)
             os._exit(2)
         try:
-            header, payload = protocol.decode(self.signer, frames)
+            header, payload = protocol.decode(self.signer, frames, max_bytes=None)
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
             return
@@ -551,6 +573,7 @@ class Worker:
             runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
+            self.max_message_bytes = message_limit.limit_from_welcome(header)
             with self.lock:
                 self._welcome(header)
             os.write(self._registered_w, b"x")   # the main thread asks for work
@@ -596,6 +619,17 @@ class Worker:
             self.awaiting_given |= holding
         if holding:
             self._send(self.ctl, {"t": "giveback", "keep": tag[0]})
+
+
+def _describe_big(result: Any) -> str:
+    """A short description of a result too big to send (whose full repr could take seconds)."""
+    if isinstance(result, memoryview):
+        return f"a memoryview of {result.nbytes:,} bytes"
+    if isinstance(result, (bytes, bytearray, str)):
+        return f"{serialize.describe(result[:40])}..."
+    if isinstance(result, (list, tuple, dict, set, frozenset)):
+        return f"a {type(result).__name__} of {len(result):,} items"
+    return serialize.describe(result, 60)
 
 
 def read_line(fd: int) -> str:

@@ -15,6 +15,7 @@ def test_exported_names():
         "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
         "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+        "BrokerLost", "BrokerTimeout", "MessageTooLarge",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",
         "Mirror", "mirror", "progress", "panel", "register_joblib"])
@@ -55,6 +56,10 @@ def test_lower_layers_never_import_upward():
     # what runs inside tasks on workers stays below the client
     assert imports("pipeline") <= {"serialize", "tracebacks"}
     assert imports("runtime") == set()
+    # what peers use to stay within the broker's limits and to notice it is gone
+    assert imports("oob_bytes") == set()
+    assert imports("message_limit") <= {"errors", "protocol"}
+    assert imports("broker_silence") <= {"errors"}
     assert imports("shuffle") <= {"protocol", "runtime", "serialize", "tracebacks", "errors",
                                   "curve"}
     assert imports("cells") <= {"runtime", "tracebacks"}
