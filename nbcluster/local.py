@@ -188,9 +188,11 @@ class LocalCluster:
             c.close()
         with self._lock:
             supervisors = list(self._supervisors)
-        for s in supervisors:   # each kills its workers' process groups, then exits
+        for s in supervisors:   # each kills its workers' process groups, then exits...
+            s.begin_close()
+        self.broker.stop()       # ...meanwhile the broker stops, not to be started again
+        for s in supervisors:
             s.close()
-        self.broker.stop()       # and it is not started again
         if shm.available():
             shm.SharedMemory(self.key).remove_all_of_cluster()
         shutil.rmtree(self._dir, ignore_errors=True)

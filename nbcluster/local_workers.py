@@ -92,12 +92,16 @@ class SupervisedWorkers:
         with self._changed:
             return list(self.live)
 
-    def close(self) -> None:
-        """Stop the supervisor (it kills its workers' process groups) and wait for it."""
+    def begin_close(self) -> None:
+        """Ask the supervisor to stop (it kills its workers' process groups), not waiting."""
         try:
             self.proc.stdin.close()
         except (OSError, ValueError):
             pass
+
+    def close(self) -> None:
+        """Stop the supervisor and wait for it."""
+        self.begin_close()
         try:
             self.proc.wait(CLOSE_TIMEOUT_S)
         except subprocess.TimeoutExpired:   # its workers end when their stdin (from it) closes

@@ -109,6 +109,7 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._signals: list[int] = []
+        self.orphaned = False   # our stdin closed: whoever started us is gone or closing
 
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> int:
@@ -124,8 +125,10 @@ class Supervisor:
         finally:
             self._kill_all()
             self._send({"t": "bye"})
-            time.sleep(0.05)   # let ZeroMQ's I/O thread put it on the wire
-            self.sock.close(linger=0)
+            # Stopped by our parent closing our stdin (LocalCluster closing, ssh gone), the
+            # cluster is going too: no waiting for these to go out. Stopped by a signal, the
+            # broker lives on: give the exits and the bye time to reach it (ms).
+            self.sock.close(linger=0 if self.orphaned else 500)
             self.ctx.term()
 
     def _loop(self) -> int:
@@ -176,6 +179,7 @@ class Supervisor:
                 os.read(self._wake_r, 4096)
             if self.watch_stdin and 0 in events and not _stdin_open():
                 log.debug("stdin closed: stopping the workers")
+                self.orphaned = True
                 return 0
             for frames in pending_messages(self.sock) if self.sock in events else ():
                 last_heard = time.monotonic()
