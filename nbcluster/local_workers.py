@@ -6,11 +6,13 @@
 The supervisor starts, watches and replaces the workers (see nbcluster.supervisor); this
 side only keeps the list of live worker pids and how each one that ended did so. Closing
 the pipe makes the supervisor kill its workers' process groups and exit, also when we are
-killed ourselves.
+killed ourselves. A supervisor that dies while we did not ask it to (kill -9) takes its
+workers with it (they watch its pipe); it is started again, so the cluster does not shrink.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -18,10 +20,14 @@ import time
 from typing import NamedTuple
 
 from .errors import NBClusterError
+from .procinfo import exit_reason
 
 __all__ = ["SupervisedWorkers", "WorkerProcess"]
 
+log = logging.getLogger("nbcluster.local")
+
 CLOSE_TIMEOUT_S = 10.0
+MAX_RESTART_DELAY_S = 8.0   # a supervisor that keeps dying is started again this often at most
 
 
 class WorkerProcess(NamedTuple):
@@ -50,15 +56,45 @@ class SupervisedWorkers:
         self.exits: dict[int, str] = {}      # pid -> how it ended
         self.started = 0
         self._changed = threading.Condition()
-        # A session of its own: Ctrl-C in the caller's terminal is the caller's, not ours.
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     env=env, close_fds=True, start_new_session=True)
+        self._closing = False
+        self._args, self._env = args, env
+        self.proc = self._spawn()
         self._reader = threading.Thread(target=self._read, name="nbcluster-supervisor",
                                         daemon=True)
         self._reader.start()
 
+    def _spawn(self) -> subprocess.Popen:
+        # A session of its own: Ctrl-C in the caller's terminal is the caller's, not ours.
+        return subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=self._env, close_fds=True, start_new_session=True)
+
     def _read(self) -> None:
-        for line in self.proc.stdout:
+        """Follow the supervisor's lines; start it again if it dies unasked (killed, or a
+        crash: status 0 means its workers all left as they were asked to)."""
+        delay = 0.25
+        while True:
+            proc = self.proc
+            self._follow(proc)
+            code = proc.wait()
+            with self._changed:
+                for pid in self.live:   # they watch its pipe: they are gone with it
+                    self.exits.setdefault(pid, "its supervisor died")
+                self.live.clear()
+                self._changed.notify_all()
+                if self._closing or code == 0:   # 0: its workers all left, as asked
+                    return
+            log.warning("the workers' supervisor (pid %d) %s: starting it again in %g s",
+                        proc.pid, exit_reason(code), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_RESTART_DELAY_S)
+            with self._changed:
+                if self._closing:
+                    return
+                proc.stdout.close()
+                self.proc = self._spawn()
+
+    def _follow(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
             kind, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
             pid_text, _, reason = rest.partition(" ")
             if not pid_text.isdigit():
@@ -72,8 +108,6 @@ class SupervisedWorkers:
                     if int(pid_text) in self.live:
                         self.live.remove(int(pid_text))
                 self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
 
     def wait_started(self, n: int, timeout: float) -> list[WorkerProcess]:
         """The first n workers, once started (within timeout seconds)."""
@@ -94,8 +128,11 @@ class SupervisedWorkers:
 
     def begin_close(self) -> None:
         """Ask the supervisor to stop (it kills its workers' process groups), not waiting."""
+        with self._changed:
+            self._closing = True
+            proc = self.proc
         try:
-            self.proc.stdin.close()
+            proc.stdin.close()
         except (OSError, ValueError):
             pass
 

@@ -43,6 +43,22 @@ def is_running(pid: int) -> bool:
     return bool(state) and state not in _STOPPED
 
 
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group pgid (from /proc)."""
+    members = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()   # state, ppid, pgrp, ...
+            if len(fields) > 2 and fields[2] == str(pgid):
+                members.append(int(name))
+    return members
+
+
 def parse_bytes(size: int | float | str | None) -> int | None:
     """A memory size: a number of bytes, or a string like "2GiB", "500 MB", "1.5g".
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from . import message_limit, protocol, runtime, serialize, tracebacks
+from .procinfo import group_members
 from .shm import SharedMemory, available as shm_available
 from .transport import dealer, pending_messages
 from .errors import ProtocolError
@@ -459,7 +460,7 @@ class Worker:
             events = dict(poller.poll(wait * 1000))
             now = time.monotonic()
             if self.watch_stdin and 0 in events and not _stdin_open():
-                os._exit(0)  # our parent (LocalCluster) is gone
+                _end_with_our_group()   # our parent (the supervisor) is gone
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
                 if self.stopping:
@@ -641,6 +642,22 @@ def read_line(fd: int) -> str:
             break
         data += chunk
     return data.decode()
+
+
+def _end_with_our_group() -> None:
+    """Exit with status 0, killing whatever we forked, if we lead our process group (a
+    supervisor starts us so, and kills the group when we end; with the supervisor itself
+    gone, nobody else would). A worker started otherwise shares its parent's group: it
+    exits alone."""
+    me = os.getpid()
+    if os.getpgid(0) == me:
+        for pid in group_members(me):
+            if pid != me:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+    os._exit(0)
 
 
 def _stdin_open() -> bool:

@@ -219,3 +219,29 @@ def test_worker_lost_names_sigkill_for_a_client_that_did_not_start_the_cluster()
             with pytest.raises(WorkerLost) as info:
                 fut.result(60)
             assert f"{victim}: killed by SIGKILL" in str(info.value), str(info.value)
+
+
+def test_a_sigkilled_supervisor_takes_its_workers_and_their_children_and_is_restarted():
+    """With its supervisor SIGKILLed, nobody kills the worker's process group: the worker,
+    seeing its stdin (the supervisor's pipe) close, takes its group with it. LocalCluster
+    starts the supervisor again, so the cluster does not lose its workers for good."""
+    cluster = throwaway_cluster(1)
+    children = []
+    try:
+        client = cluster.client()
+        children.append(client.submit(fork_sleeper).result(60))
+        assert not gone(children[0])
+        [supervisor] = cluster.pids()["supervisors"]
+        [worker] = cluster.pids()["workers"]
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: gone(children[0]), timeout=60,
+                 what="the forked child gone with its worker, its supervisor killed")
+        # LocalCluster starts its supervisor again: the cluster has its worker back
+        wait_for(lambda: cluster.pids()["supervisors"] != [supervisor], timeout=60,
+                 what="a new supervisor")
+        assert client.submit(os.getpid).result(60) not in (worker, supervisor)
+    finally:
+        cluster.close()
+        for pid in children:   # only ours, by pid, and only if the test failed
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
