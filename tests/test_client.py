@@ -123,7 +123,10 @@ def test_output_arrives_while_the_task_runs(client, tmp_path):
     gate = tmp_path / "gate"
     f = client.submit(prints_then_waits, str(gate))
     f.on_output = lambda stream, text, worker: first_line.set()
+    if f.output:   # it arrived before the handler was set (the I/O thread keeps it first)
+        first_line.set()
     assert first_line.wait(60) and not f.done()   # the task is still waiting for the gate
+    assert ("stdout", "started\n") in [(s, t) for s, t, _ in f.output]
     gate.touch()
     f.result(60)
 
