@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import nbcluster  # noqa: E402
-from nbcluster import protocol  # noqa: E402
-from nbcluster.connection import KEY_ENV, ConnectionInfo  # noqa: E402
+from nbcluster.wire import protocol  # noqa: E402
+from nbcluster.wire.connection import KEY_ENV, ConnectionInfo  # noqa: E402
 
 KINDS = ("bytes", "bytearray", "memoryview", "numpy")
 TIMEOUT_S = 180.0

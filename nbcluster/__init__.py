@@ -6,19 +6,19 @@
         nbcluster.parallel(words).map(str.lower).reject(is_stopword).group_by(len)
 """
 
-from .client import Client, connect
-from .collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pgroup_by, pmap,
-                          pmap_indexed, pnone, preject)
+from .client.client import Client, connect
+from .patterns.collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pgroup_by,
+                                   pmap, pmap_indexed, pnone, preject)
 from .errors import (AuthenticationError, BrokerLost, BrokerTimeout, MemoryLimitExceeded,
                      MessageTooLarge, NBClusterError, PicklingError, ProtocolError, RemoteError,
                      RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
-from .executor import BrokenExecutor, Executor
-from .futures import TaskFuture
-from .bars import progress
-from .local import LocalCluster
-from .mapreduce import MapReduce, map_reduce
-from .mirror import Mirror, mirror
-from .joblib_hook import register_joblib   # also: joblib's "nbcluster" backend, once joblib loads
+from .client.executor import BrokenExecutor, Executor
+from .client.futures import TaskFuture
+from .client.bars import progress
+from .cluster.local import LocalCluster
+from .patterns.mapreduce import MapReduce, map_reduce
+from .patterns.mirror import Mirror, mirror
+from .patterns.joblib_hook import (register_joblib)   # also: joblib's "nbcluster" backend, once joblib loads
 
 from .version import __version__
 

@@ -13,7 +13,7 @@ import signal
 import time
 from typing import Callable
 
-from .local import LocalCluster
+from .cluster.local import LocalCluster
 
 __all__ = ["throwaway_cluster", "kill_worker", "worker_pid", "wait_for"]
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from nbcluster import Client, protocol
-from nbcluster.connection import KEY_ENV, ConnectionInfo
+from nbcluster import Client
+from nbcluster.wire import protocol
+from nbcluster.wire.connection import KEY_ENV, ConnectionInfo
 
 from .netns import Hosts, skip_reason
 
@@ -62,7 +63,7 @@ def wait_workers(client: Client, n: int, timeout: float = 20) -> list[dict]:
 
 def where_am_i(_=None) -> str:
     """The address of this process's network namespace beyond loopback."""
-    from nbcluster.connection import host_addresses
+    from nbcluster.wire.connection import host_addresses
     return host_addresses()[0]
 
 

@@ -4,7 +4,7 @@ asked for again when missing. Invariants are checked after every step."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nbcluster.broker_state import BrokerState
+from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
 F, G = b"F" * 16, b"G" * 16

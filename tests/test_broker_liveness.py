@@ -4,7 +4,7 @@ Issue 12: a task must be charged only for workers it was really lost on, a stall
 itself must expire nobody, and a worker that registers again keeps the tasks it runs.
 """
 
-from nbcluster.broker_state import BrokerState
+from nbcluster.broker.state import BrokerState
 
 from .test_broker_state import HB, Sim, results, runs
 

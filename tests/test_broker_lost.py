@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nbcluster import BrokerLost, BrokerTimeout, NBClusterError, parallel
-from nbcluster.client import Client
+from nbcluster.client.client import Client
 from nbcluster.testing import wait_for
 
 from .test_restart import Processes, gated, release, running

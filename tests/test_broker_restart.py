@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import nbcluster
-from nbcluster.client import Client
-from nbcluster.connection import ConnectionInfo
+from nbcluster.client.client import Client
+from nbcluster.wire.connection import ConnectionInfo
 from nbcluster.testing import throwaway_cluster, wait_for
 
 from .netns import skip_reason

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from nbcluster.broker_state import BrokerState
+from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
 HB = 1000

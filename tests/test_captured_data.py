@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import nbcluster
-from nbcluster import protocol
-from nbcluster.broker import Broker
-from nbcluster.client import Client
-from nbcluster.connection import KEY_ENV
+from nbcluster.wire import protocol
+from nbcluster.broker.loop import Broker
+from nbcluster.client.client import Client
+from nbcluster.wire.connection import KEY_ENV
 from nbcluster.testing import throwaway_cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -83,7 +83,7 @@ def test_a_changed_global_is_seen_rebound_or_changed_in_place(client):
 def _forget_functions():
     """(On a worker) empty its function cache, as if it had dropped every function."""
     import gc
-    from nbcluster.serialize import FunctionCache
+    from nbcluster.wire.serialize import FunctionCache
     caches = [o for o in gc.get_objects() if isinstance(o, FunctionCache)]
     for cache in caches:
         cache._entries.clear()
@@ -139,7 +139,7 @@ def test_the_client_sends_a_function_again_when_the_broker_dropped_it(tmp_path):
 
 
 def test_a_payload_is_reused_while_unchanged_and_never_stale():
-    from nbcluster import serialize
+    from nbcluster.wire import serialize
     data = np.arange(1 << 17, dtype=np.float64)
 
     def pick(i):

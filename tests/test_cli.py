@@ -179,8 +179,8 @@ def test_worker_command_starts_n_workers_and_sigterm_stops_them(cluster, client)
 
 
 def test_the_broker_refuses_to_listen_beyond_loopback_without_encryption():
-    from nbcluster.broker import Broker
-    from nbcluster.protocol import new_key
+    from nbcluster.broker.loop import Broker
+    from nbcluster.wire.protocol import new_key
     with pytest.raises(nbcluster.NBClusterError, match="without encryption"):
         Broker(["tcp://0.0.0.0:0"], new_key())
     env = {**os.environ, "NBCLUSTER_KEY": new_key().hex()}
@@ -235,8 +235,8 @@ def test_a_bad_connection_file_is_one_clear_line(tmp_path):
 
 
 def test_doctor_suggests_no_firewall_for_loopback(tmp_path):
-    from nbcluster.connection import ConnectionInfo
-    from nbcluster.protocol import new_key
+    from nbcluster.wire.connection import ConnectionInfo
+    from nbcluster.wire.protocol import new_key
     conn = tmp_path / "cluster.json"
     port = free_port()   # nothing listens there
     conn.write_text(json.dumps({"version": 1, "endpoints": [f"tcp://127.0.0.1:{port}"],
@@ -249,7 +249,7 @@ def test_doctor_suggests_no_firewall_for_loopback(tmp_path):
 
 
 def test_a_worker_whose_broker_never_answers_says_so_and_backs_off():
-    from nbcluster.protocol import new_key
+    from nbcluster.wire.protocol import new_key
     endpoint = f"tcp://127.0.0.1:{free_port()}"   # nothing listens there
     proc = subprocess.Popen([sys.executable, "-m", "nbcluster.cli", "worker", "--connect",
                              endpoint], env={**os.environ, "NBCLUSTER_KEY": new_key().hex()},
@@ -293,8 +293,8 @@ def test_a_wildcard_connection_file_outlives_a_vanished_interface(tmp_path):
 
 
 def test_readers_resolve_a_wildcard_endpoint_where_they_are():
-    from nbcluster.connection import ConnectionInfo
-    from nbcluster.protocol import new_key
+    from nbcluster.wire.connection import ConnectionInfo
+    from nbcluster.wire.protocol import new_key
     here = ConnectionInfo(["ipc:///nonexistent/broker", "tcp://0.0.0.0:5555"], new_key(),
                           host=socket.gethostname())
     assert here.best_endpoint() == "tcp://127.0.0.1:5555"        # loopback always works here

@@ -10,9 +10,9 @@ import pytest
 
 import nbcluster
 from nbcluster import RemoteErrorGroup
-from nbcluster.collections import (Parallel, parallel, pall, pany, pfilter, pflat_map,
+from nbcluster.patterns.collections import (Parallel, parallel, pall, pany, pfilter, pflat_map,
                                    pgroup_by, pmap, pmap_indexed, pnone, preject)
-from nbcluster.pipeline import COLLECT, FILTER, MAP, Pipeline
+from nbcluster.patterns.pipeline import COLLECT, FILTER, MAP, Pipeline
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -141,7 +141,7 @@ def test_failures_come_back_as_one_group_naming_elements_and_workers(client):
 def test_the_default_client_is_the_latest_one(cluster):
     client = cluster.client()
     assert pmap(abs, [-1, -2], progress=False) == [1, 2]
-    assert nbcluster.session.current_client() is client
+    assert nbcluster.patterns.session.current_client() is client
 
 
 def test_with_no_client_a_local_cluster_is_started_and_announced():

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from nbcluster import Client, NBClusterError
-from nbcluster.curve import CurveKeys
+from nbcluster.wire.curve import CurveKeys
 
 from .netns import skip_reason
 from .test_across_hosts import PORT, Cluster, wait_workers

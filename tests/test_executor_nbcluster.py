@@ -114,7 +114,7 @@ class RecordingBar:
 @pytest.fixture
 def recorded_bars():
     """The bars operations make during the test, as RecordingBars, in order."""
-    from nbcluster import bars
+    from nbcluster.client import bars
     made: list[RecordingBar] = []
     old = bars._factory[0]
     bars.set_progress_factory(lambda *a: made.append(RecordingBar(*a)) or made[-1])
@@ -163,7 +163,7 @@ def test_a_collection_bar_counts_as_running_only_started_chunks(shared_cluster, 
 
 def test_broker_forwards_a_started_note_only_from_the_worker_holding_the_task():
     """The state machine's side of RUNNING: checked like output, by worker and attempt."""
-    from nbcluster.broker_state import BrokerState
+    from nbcluster.broker.state import BrokerState
     from nbcluster.errors import ProtocolError
 
     state = BrokerState()

@@ -14,7 +14,7 @@ import pytest
 from joblib import Parallel, delayed, parallel_backend, parallel_config
 
 import nbcluster
-from nbcluster.joblib_backend import NBClusterBackend
+from nbcluster.patterns.joblib_backend import NBClusterBackend
 from nbcluster.testing import throwaway_cluster, wait_for
 
 N_WORKERS = 2

@@ -126,6 +126,8 @@ def test_progress_widget_reaches_the_total_without_flooding():
                       "print(len(r), 'in', round(time.monotonic() - t0, 1), 's')"])
     assert "150 in" in text(nb.cells[1])
     bars = [s for s in widget_states(nb) if s["_model"] == "IntProgressModel"]
+    # a loaded machine may also show cell 0's "workers joining" bar (after 0.5 s): not ours
+    bars = [b for b in bars if b["max"] != 2]
     assert [(b["value"], b["max"], b["bar_style"]) for b in bars] == [(150, 150, "success")]
     labels = [s["value"] for s in widget_states(nb) if s["_model"] == "HTMLModel"]
     assert any("150/150" in v and "150 done" in v for v in labels)
@@ -139,7 +141,7 @@ def test_cancel_from_the_bar_stops_the_remaining_tasks():
     import threading
 
     import nbcluster
-    from nbcluster import bars
+    from nbcluster.client import bars
     from nbcluster.testing import throwaway_cluster, wait_for
 
     cancels = []
@@ -258,7 +260,7 @@ def test_the_bar_counts_as_running_only_what_the_workers_can_hold():
     many tasks are in flight. (A count above 0 needs futures that know they started, which
     the RUNNING state of futures brings; before it, this bar shows 0 running.)"""
     import nbcluster
-    from nbcluster import bars
+    from nbcluster.client import bars
     from nbcluster.testing import throwaway_cluster
 
     shown: list[int] = []

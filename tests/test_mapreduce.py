@@ -11,8 +11,8 @@ import time
 import pytest
 
 from nbcluster import RemoteErrorGroup
-from nbcluster.mapreduce import MapReduce, _KeyedJob, map_reduce, split_evenly
-from nbcluster.shuffle import MapOutcome, Missing, ReduceTask, stable_hash
+from nbcluster.patterns.mapreduce import MapReduce, _KeyedJob, map_reduce, split_evenly
+from nbcluster.patterns.shuffle import MapOutcome, Missing, ReduceTask, stable_hash
 from nbcluster.testing import kill_worker, throwaway_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -149,7 +149,7 @@ def test_a_fetch_from_a_dead_worker_fails_fast_and_names_the_output(client):
 
 
 def _store_something(sid):
-    from nbcluster.shuffle import MapTask
+    from nbcluster.patterns.shuffle import MapTask
     return MapTask(sid, lambda x: {x: 1}, None, 1)(7, 0, 0, ["a", "b"])
 
 
@@ -161,7 +161,7 @@ def test_a_bucket_holding_other_map_outputs_than_expected_is_refused(client):
 
 
 def _store_two_and_reduce(sid):
-    from nbcluster.shuffle import MapTask
+    from nbcluster.patterns.shuffle import MapTask
     task = MapTask(sid, lambda x: {x: 1}, sum, 1)
     where = task(7, 0, 0, ["a", "b"])
     task(8, 0, 2, ["a"])
@@ -173,7 +173,8 @@ def _store_two_and_reduce(sid):
 def test_cancel_from_the_bar_stops_a_map_reduce(client):
     import threading
 
-    from nbcluster import TaskCancelled, bars
+    from nbcluster import TaskCancelled
+    from nbcluster.client import bars
 
     cancels = []
 

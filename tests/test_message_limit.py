@@ -7,7 +7,8 @@ arrive; a raw oversized message does not stall the broker, and its sender is tol
 import pytest
 import zmq
 
-from nbcluster import MessageTooLarge, NBClusterError, protocol
+from nbcluster import MessageTooLarge, NBClusterError
+from nbcluster.wire import protocol
 from nbcluster.testing import throwaway_cluster
 
 pytestmark = pytest.mark.timeout(120)

@@ -20,8 +20,8 @@ import time
 import pytest
 import zmq
 
-from nbcluster import protocol, serialize
-from nbcluster.connection import KEY_ENV
+from nbcluster.wire import protocol, serialize
+from nbcluster.wire.connection import KEY_ENV
 
 EPOCH = 12345
 

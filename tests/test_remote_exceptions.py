@@ -26,7 +26,7 @@ import nbcluster
 from nbcluster import RemoteError, RemoteErrorGroup
 from nbcluster.errors import RemoteTraceback
 from nbcluster.testing import wait_for
-from nbcluster.tracebacks import DETAILED_PER_SIGNATURE
+from nbcluster.wire.tracebacks import DETAILED_PER_SIGNATURE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -328,7 +328,7 @@ for name in ALL_CASES:
                         all(facts(name, e) == facts(name, local(name)) for e in errs),
                         sorted(e.remote_traceback.worker["id"] for e in errs),
                         all("raise_case" in e.traceback and e.frames for e in errs)]
-from nbcluster.session import current_client
+from nbcluster.patterns.session import current_client
 def from_this_cell(d):
     return d["nope"]
 try:
@@ -438,7 +438,7 @@ def test_an_exception_from_a_module_only_workers_have_is_a_remote_error(client, 
 
 def test_a_remote_error_raised_again_on_a_worker_comes_back_as_its_type():
     """A task that waits on another task's future re-raises that remote error."""
-    from nbcluster import remote, tracebacks
+    from nbcluster.wire import remote, tracebacks
     inner = remote.rebuild(tracebacks.capture(local("JSONDecodeError")))
     try:
         raise inner

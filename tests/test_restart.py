@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from nbcluster import protocol
-from nbcluster.client import Client
+from nbcluster.wire import protocol
+from nbcluster.client.client import Client
 from nbcluster.testing import wait_for
 
 pytestmark = pytest.mark.timeout(180)

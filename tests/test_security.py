@@ -9,8 +9,9 @@ import msgpack
 import pytest
 import zmq
 
-from nbcluster import AuthenticationError, protocol
-from nbcluster.client import Client
+from nbcluster import AuthenticationError
+from nbcluster.wire import protocol
+from nbcluster.client.client import Client
 from nbcluster.testing import throwaway_cluster
 
 pytestmark = pytest.mark.timeout(60)

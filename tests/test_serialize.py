@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from nbcluster import serialize
+from nbcluster.wire import serialize
 from nbcluster.errors import PicklingError
 
 # Functions as a notebook defines them: in a __main__ that cannot be imported, so
@@ -70,7 +70,7 @@ def test_unpicklable_argument_is_named():
 
 
 def test_shared_memory_round_trip_and_refusals():
-    from nbcluster.shm import REF_PREFIX, SharedMemory
+    from nbcluster.wire.shm import REF_PREFIX, SharedMemory
     shm = SharedMemory(b"k" * 32)
     a = np.arange(300_000, dtype=np.float64)        # 2.4 MB: goes to shared memory
     frames = serialize.dumps(a, shm)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nbcluster import LocalCluster
-from nbcluster.launchers import SlurmWorkers
+from nbcluster.cluster.launchers import SlurmWorkers
 
 pytestmark = [pytest.mark.timeout(180)]
 

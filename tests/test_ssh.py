@@ -11,7 +11,7 @@ import time
 import pytest
 
 from nbcluster import NBClusterError
-from nbcluster.launchers import SSHCluster, SSHWorkers
+from nbcluster.cluster.launchers import SSHCluster, SSHWorkers
 
 from .netns import Hosts, sh, skip_reason
 
@@ -72,7 +72,7 @@ def test_workers_over_ssh_run_tasks_and_stop_with_the_cluster(ssh_hosts):
         client = cluster.client()
         assert len(client.workers()) == 4
         def where_am_i(_):   # defined here: pickled by value (no `tests` on the hosts)
-            from nbcluster.connection import host_addresses
+            from nbcluster.wire.connection import host_addresses
             return host_addresses()[0]
         seen = set(client.map(where_am_i, range(40), chunksize=1))
         assert seen == {hosts.address("host1"), hosts.address("host2")}

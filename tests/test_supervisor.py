@@ -12,7 +12,7 @@ import pytest
 
 import nbcluster
 from nbcluster import MemoryLimitExceeded, WorkerLost
-from nbcluster.procinfo import is_running
+from nbcluster.worker.procinfo import is_running
 from nbcluster.testing import kill_worker, throwaway_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from nbcluster import Client, WorkerLost, protocol
-from nbcluster.connection import KEY_ENV, ConnectionInfo
+from nbcluster import Client, WorkerLost
+from nbcluster.wire import protocol
+from nbcluster.wire.connection import KEY_ENV, ConnectionInfo
 from nbcluster.testing import wait_for
 
 from .netns import skip_reason
@@ -25,7 +26,7 @@ PORT = 5555
 
 
 def where_am_i(_=None) -> str:
-    from nbcluster.connection import host_addresses
+    from nbcluster.wire.connection import host_addresses
     return host_addresses()[0]
 
 

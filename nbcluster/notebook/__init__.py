@@ -23,7 +23,8 @@ def has_frontend(shell: Any = None) -> bool:
 
 def load_ipython_extension(shell) -> None:
     """`%load_ext nbcluster`: the magics; in a notebook, widgets for bars and errors."""
-    from .. import bars, report
+    from ..client import bars
+    from .. import report
     from ..errors import NBClusterError
     from .magics import ClusterMagics
 
@@ -31,8 +32,8 @@ def load_ipython_extension(shell) -> None:
     magics = ClusterMagics(shell, rich)
     shell.register_magics(magics)
     if rich:
-        from ..client import Client
-        from ..local import LocalCluster
+        from ..client.client import Client
+        from ..cluster.local import LocalCluster
         from .bars import WidgetBar
         bars.set_progress_factory(WidgetBar)
         report.set_viewer(_show_explorer)
@@ -53,7 +54,8 @@ def load_ipython_extension(shell) -> None:
 
 
 def unload_ipython_extension(shell) -> None:
-    from .. import bars, report
+    from ..client import bars
+    from .. import report
     bars.set_progress_factory(bars._Tqdm)
     report.set_viewer(report._print_report)
     shell.set_custom_exc((), None)
@@ -68,7 +70,7 @@ def _show_explorer(error: BaseException) -> None:
 def _show_panel(obj) -> bool:
     """The worker panel for a cell's value that is a Client or LocalCluster."""
     from IPython.display import display
-    from ..client import Client
+    from ..client.client import Client
     from .panel import WorkerPanel
     display(WorkerPanel(obj if isinstance(obj, Client) else obj.default_client()))
     return True
@@ -76,7 +78,7 @@ def _show_panel(obj) -> bool:
 
 def panel(client=None):
     """A live panel of the workers of client (default: the current one)."""
-    from ..session import current_client
+    from ..patterns.session import current_client
     from .panel import WorkerPanel
     return WorkerPanel(current_client(client))
 

@@ -16,7 +16,7 @@ from typing import Callable
 import ipywidgets as widgets
 from IPython.display import display
 
-from ..bars import SHOW_AFTER_S
+from ..client.bars import SHOW_AFTER_S
 
 __all__ = ["WidgetBar"]
 

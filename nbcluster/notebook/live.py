@@ -21,7 +21,7 @@ from typing import Any
 
 from IPython.display import display
 
-from ..futures import TaskFuture
+from ..client.futures import TaskFuture
 
 __all__ = ["WorkerOutputs"]
 

@@ -21,13 +21,15 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from .. import cells, client as client_module, report
-from ..client import Client, connect
-from ..collections import parallel
-from ..english import counted
+from ..worker import cells
+from ..client import client as client_module
+from .. import report
+from ..client.client import Client, connect
+from ..patterns.collections import parallel
+from ..client.english import counted
 from ..errors import RemoteErrorGroup
-from ..remote import FailureTally
-from ..local import LocalCluster
+from ..wire.remote import FailureTally
+from ..cluster.local import LocalCluster
 from .live import WorkerOutputs
 
 __all__ = ["ClusterMagics", "CONNECTION_ENV", "DEFAULT_CONNECTION_FILE"]
@@ -166,7 +168,7 @@ class ClusterMagics(Magics):
         described = {w["id"]: w for w in workers}
         outputs = WorkerOutputs(futures, described, self.rich)
         if len(futures) >= BAR_FROM_WORKERS:
-            from ..bars import progress
+            from ..client.bars import progress
             progress(futures.values(), desc="%%cluster", wait=False)
         if opts.get("--noblock"):
             return CellRun(futures, outputs)

@@ -12,8 +12,8 @@ import time
 
 import ipywidgets as widgets
 
-from ..client import Client
-from ..english import counted
+from ..client.client import Client
+from ..client.english import counted
 
 __all__ = ["WorkerPanel"]
 

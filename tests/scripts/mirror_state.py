@@ -1,7 +1,7 @@
 """Run by test_mirror: mirror workers see this script's state as at the fork, and rebinding."""
 import json, os, sys, time
 import nbcluster
-from nbcluster.collections import parallel
+from nbcluster.patterns.collections import parallel
 
 BIG = list(range(2_000_000))          # ~ 10 MB pickled: must not travel
 def total(i):

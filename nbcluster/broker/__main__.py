@@ -1,0 +1,5 @@
+"""`python -m nbcluster.broker`: the broker process."""
+
+from .loop import main
+
+main()

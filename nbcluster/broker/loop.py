@@ -1,0 +1,233 @@
+"""The broker process: a ZeroMQ ROUTER loop around `BrokerState`.
+
+    client (DEALER) ── submit/cancel/query ──►┐                ┌── ready n / done / output ── worker (DEALER)
+                    ◄── results/output/reply ─┤  ROUTER socket ├── run / cancel ──────────►
+                                              └────────────────┘
+                      every frame checked by `protocol.decode`; bookkeeping in `BrokerState`
+
+One thread. Each received message is checked (version, size, signature, header) and handed
+to the state machine; what it returns is signed and sent. Payload frames travel as received
+(zero-copy), and a single large task or result is re-signed without reading its payload
+again. A message that fails the check is dropped with one log line; a peer whose signature
+is wrong gets the fixed DENIED reply (at most once a second) so a client with the wrong key
+fails fast instead of hanging. Nothing a peer sends can stop the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import socket
+import sys
+import time
+
+import zmq
+
+from ..wire import protocol
+from .state import BrokerState
+from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
+from ..errors import NBClusterError, ProtocolError
+from ..wire.transport import pending_messages
+
+__all__ = ["Broker", "main"]
+
+log = logging.getLogger("nbcluster.broker")
+MAX_LOG_LINES_PER_S = 20
+SHUTDOWN_GRACE_MS = 30_000   # asked to stop, the broker waits this long for workers to leave
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+class Broker:
+    """A broker bound to `endpoints`, serving until `stop()` or until its parent goes away.
+
+    Args:
+        endpoints: ZeroMQ endpoints to bind, e.g. ``["ipc:///tmp/x/broker", "tcp://127.0.0.1:0"]``.
+        key: the cluster key; every message must be signed with it.
+        max_message_bytes: larger messages are refused (by libzmq per frame, and here in total).
+        curve: (the cluster's CurveKeys, the server's secret key): serve CURVE only, and
+            admit only the cluster's client key.
+        insecure: allow endpoints beyond loopback without curve (a warning is logged).
+
+    Raises:
+        NBClusterError: an endpoint beyond loopback without curve and not insecure.
+    """
+
+    def __init__(self, endpoints: list[str], key: bytes, *, max_message_bytes: int =
+                 protocol.DEFAULT_MAX_MESSAGE_BYTES, heartbeat_ms: int = 1000, liveness: int = 3,
+                 max_lost: int = 3, client_expiry_ms: int = 30_000,
+                 curve: "tuple[CurveKeys, bytes] | None" = None, insecure: bool = False):
+        exposed = [ep for ep in endpoints if not is_loopback(ep)]
+        if exposed and curve is None:
+            if not insecure:
+                raise NBClusterError(
+                    f"refusing to listen on {', '.join(exposed)} without encryption: anyone "
+                    "who can reach it could watch the traffic (the cluster key stops them "
+                    "running code, not reading it); give the broker Curve keys (nbcluster "
+                    "start/broker do when --ip is not loopback), or pass --insecure")
+            log.warning("listening on %s WITHOUT encryption (--insecure): messages are signed "
+                        "but readable by anyone on the network", ", ".join(exposed))
+        self.signer = protocol.Signer(key)
+        self.max_message_bytes = max_message_bytes
+        self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
+                                 info={"host": socket.gethostname(), "pid": os.getpid(),
+                                       "version": protocol.VERSION,
+                                       "max_message_bytes": max_message_bytes})
+        self.ctx = zmq.Context(io_threads=1)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.SNDHWM, 0)   # never silently drop a result to a slow client
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.auth = None
+        if curve is not None:
+            keys, server_secret = curve
+            self.auth = serve(self.ctx, self.router, keys.server_public, server_secret,
+                              keys.client_public)
+        self.endpoints = []
+        for ep in endpoints:
+            self.router.bind(ep)
+            self.endpoints.append(self.router.getsockopt(zmq.LAST_ENDPOINT).decode())
+        self._stopping = False
+        self._denied_at: dict[bytes, int] = {}
+        self._log_budget = (0, 0)
+
+    def serve(self, watch_fd: int | None = None) -> None:
+        """Run until stop(); with watch_fd, also until that fd reaches EOF (parent gone)."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        if watch_fd is not None:
+            poller.register(watch_fd, zmq.POLLIN)
+        try:
+            shutdown_deadline = None
+            while not self._stopping:
+                now = _now_ms()
+                if self.state.shutdown_requested:   # once the workers are gone (or 30 s)
+                    shutdown_deadline = shutdown_deadline or now + SHUTDOWN_GRACE_MS
+                    if not self.state.workers or now > shutdown_deadline:
+                        log.info("stopping: asked to by a client")
+                        return
+                if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
+                    self._drain()   # what peers sent is read before their silence is judged
+                    self._send(self.state.tick(_now_ms()))
+                timeout = max(0, self.state.next_deadline() - now)
+                events = dict(poller.poll(timeout))
+                if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):
+                    log.debug("parent went away: stopping")
+                    return
+                if self.router in events:
+                    self._drain()
+        finally:
+            self.close()
+
+    def _drain(self) -> None:
+        for frames in pending_messages(self.router, limit=1000):  # bounded: ticks still happen
+            identity, body = frames[0].bytes, frames[1:]
+            try:
+                header, payload, mac = protocol.decode(self.signer, body, self.max_message_bytes,
+                                                       keep_mac=True)
+                out = self.state.handle(identity, header, payload, mac, _now_ms())
+            except ProtocolError as e:
+                self._log(f"dropped a message from peer {identity.hex()}: {e}")
+                if "signature" in str(e):
+                    self._deny(identity)
+                elif "oversized message" in str(e):
+                    self._deny(identity, protocol.TOO_BIG)
+                continue
+            except Exception:  # a bug of ours must not take the cluster down
+                log.exception("internal error handling a message from %s", identity.hex())
+                continue
+            self._send(out)
+
+    def _send(self, sends) -> None:
+        for s in sends:
+            try:
+                self.router.send_multipart([s.identity, *protocol.encode(
+                    self.signer, s.header, s.payload, s.mac)], copy=False)
+            except zmq.ZMQError as e:
+                self._log(f"could not send to {s.identity.hex()}: {e}")
+
+    def _deny(self, identity: bytes, reply: list = protocol.DENIED) -> None:
+        """Send a fixed, unsigned reply (DENIED, TOO_BIG), at most once a second per peer."""
+        now = _now_ms()
+        if now - self._denied_at.get(identity, -10_000) >= 1000:
+            if len(self._denied_at) > 10_000:
+                self._denied_at.clear()
+            self._denied_at[identity] = now
+            self.router.send_multipart([identity, *reply])
+
+    def _log(self, line: str) -> None:
+        second, count = self._log_budget
+        now = int(time.monotonic())
+        if now != second:
+            second, count = now, 0
+        if count < MAX_LOG_LINES_PER_S:
+            log.warning(line)
+        self._log_budget = (second, count + 1)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        self.router.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()
+        self.ctx.term()
+
+
+def _fd_alive(fd: int) -> bool:
+    """False once the pipe at fd is closed by its writer (our parent died or let us go)."""
+    try:
+        return bool(os.read(fd, 4096)) if select.select([fd], [], [], 0)[0] else True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m nbcluster.broker`: used by LocalCluster and `nbcluster broker`."""
+    import argparse
+
+    from ..wire.connection import ConnectionInfo, advertised, key_from_env
+
+    p = argparse.ArgumentParser(
+        prog="nbcluster broker", epilog="example: NBCLUSTER_KEY=<64 hex digits> nbcluster broker "
+        "--bind tcp://0.0.0.0:5555 --connection-file cluster.json  (CurveZMQ on: not loopback)")
+    p.add_argument("--bind", action="append", required=True, help="endpoint to bind (repeat)")
+    p.add_argument("--connection-file", help="write the connection file here once bound")
+    p.add_argument("--watch-stdin", action="store_true", help="exit when stdin closes")
+    p.add_argument("--heartbeat-ms", type=int, default=1000)
+    p.add_argument("--liveness", type=int, default=3)
+    p.add_argument("--max-lost", type=int, default=3)
+    p.add_argument("--client-expiry-ms", type=int, default=30_000,
+                   help="forget a client silent this long (its tasks are dropped)")
+    p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without encryption (not recommended)")
+    p.add_argument("--curve-keys-on-stdin", action="store_true",
+                   help="serve the Curve keys of a JSON line read from stdin (how a restarted "
+                   "broker keeps its keys: see nbcluster.broker_process)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
+    key = key_from_env()
+    curve = None
+    try:
+        if args.curve_keys_on_stdin:   # from our keeper, which restarts us with the same ones
+            curve = read_server_keys(0)
+        elif not args.insecure and not all(is_loopback(ep) for ep in args.bind):
+            curve = CurveKeys.generate()   # the server's secret key stays in this process
+        broker = Broker(args.bind, key, max_message_bytes=args.max_message_bytes,
+                        heartbeat_ms=args.heartbeat_ms, liveness=args.liveness,
+                        max_lost=args.max_lost, client_expiry_ms=args.client_expiry_ms,
+                        curve=curve, insecure=args.insecure)
+    except (NBClusterError, zmq.ZMQError) as e:
+        print(f"nbcluster broker: {e}", file=sys.stderr)
+        sys.exit(2)
+    if args.connection_file:
+        ConnectionInfo(endpoints=advertised(broker.endpoints), key=key,
+                       curve=curve[0] if curve else None).write(args.connection_file)
+    print("ready", " ".join(broker.endpoints), flush=True)
+    broker.serve(watch_fd=0 if args.watch_stdin else None)

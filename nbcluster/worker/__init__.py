@@ -1,0 +1,9 @@
+"""The processes on a worker host: the worker and the supervisor that starts and keeps them.
+
+`loop` is the worker (pulls tasks and runs them), `cells` the IPython shell that runs notebook
+cells, `supervisor` one small process per host, `procinfo` what it reads from /proc.
+Run them with `python -m nbcluster.worker` and `python -m nbcluster.worker.supervisor`.
+
+May import: `nbcluster.wire`, `nbcluster.errors`, `nbcluster.runtime`, `nbcluster.version`.
+Never client, cluster, patterns or notebook code.
+"""

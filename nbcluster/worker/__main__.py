@@ -1,0 +1,5 @@
+"""`python -m nbcluster.worker`: one worker process."""
+
+from .loop import main
+
+main()
