@@ -18,12 +18,15 @@ from .client.bars import progress
 from .cluster.local import LocalCluster
 from .patterns.mapreduce import MapReduce, map_reduce
 from .patterns.mirror import Mirror, mirror
-from .patterns.joblib_hook import (register_joblib)   # also: joblib's "nbcluster" backend, once joblib loads
+from .cluster.launchers import SlurmWorkers, SSHCluster, SSHWorkers
+from .patterns.joblib_hook import register_joblib   # also joblib's "nbcluster" backend, once loaded
+from .patterns.session import default_client
 
 from .version import __version__
 
 __all__ = [
-    "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
+    "Client", "connect", "default_client", "LocalCluster", "SSHCluster", "SSHWorkers",
+    "SlurmWorkers", "Executor", "BrokenExecutor", "TaskFuture",
     "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
     "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
     "BrokerLost", "BrokerTimeout", "MessageTooLarge",

@@ -12,7 +12,8 @@ PACKAGE = Path(nbcluster.__file__).parent
 
 def test_exported_names():
     assert sorted(nbcluster.__all__) == sorted([
-        "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
+        "Client", "connect", "default_client", "LocalCluster", "SSHCluster", "SSHWorkers",
+        "SlurmWorkers", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
         "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
         "BrokerLost", "BrokerTimeout", "MessageTooLarge",

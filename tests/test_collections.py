@@ -141,7 +141,7 @@ def test_failures_come_back_as_one_group_naming_elements_and_workers(client):
 def test_the_default_client_is_the_latest_one(cluster):
     client = cluster.client()
     assert pmap(abs, [-1, -2], progress=False) == [1, 2]
-    assert nbcluster.patterns.session.current_client() is client
+    assert nbcluster.default_client() is client
 
 
 def test_with_no_client_a_local_cluster_is_started_and_announced():

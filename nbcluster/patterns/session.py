@@ -15,7 +15,7 @@ import threading
 from ..client import client as client_module
 from ..client.client import Client
 
-__all__ = ["current_client"]
+__all__ = ["default_client", "current_client"]
 
 _lock = threading.Lock()
 
@@ -33,3 +33,10 @@ def current_client(client: Client | None = None) -> Client:
             print(f"nbcluster: started a local cluster of {latest.n_workers} workers "
                   "(create a LocalCluster or Client to choose)", file=sys.stderr)
         return latest if isinstance(latest, Client) else latest.default_client()
+
+
+def default_client() -> Client:
+    """The client that `parallel`, `pmap`, `map_reduce` and the magics use when given none:
+    the Client (or LocalCluster) made last and still open; if there is none, a LocalCluster
+    with one worker per core, started now and stopped at exit."""
+    return current_client()
