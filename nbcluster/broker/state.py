@@ -15,7 +15,7 @@ ProtocolError, which the broker loop logs and drops.
     tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out
 
     the handlers ──► queues: tasks waiting, by labels or target worker
-                 ──► dispatch: queued tasks to workers with credit; finished tasks' results
+                 ──► dispatch: queued tasks to workers with credit; a task lost for good
     status, check_invariants ──► inspection
 
 `BrokerState` owns the tables every job reads (tasks, workers, clients); each job is a
