@@ -18,7 +18,7 @@ lost info). A worker killed for its memory fails the task it had started with th
 had not started are queued again, not charged. A worker that left on purpose (asked to, or
 after max_tasks_per_child) charges nothing either.
 
-Pure bookkeeping like broker_state (no sockets, no clock): `handle` returns the Sends.
+Pure bookkeeping like `BrokerState` (no sockets, no clock): `handle` returns the Sends.
 """
 
 from __future__ import annotations
@@ -28,13 +28,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
+from .dispatch import finish
+from .peers import drop_workers
+from .records import NEVER, Header, Send, Task, Worker
 
 if TYPE_CHECKING:
-    from .state import BrokerState, Send
+    from .state import BrokerState
 
-__all__ = ["Supervisors", "SupervisorPeer", "NEVER"]
+__all__ = ["Supervisors", "SupervisorPeer"]
 
-NEVER = -(1 << 62)       # the vouch time of a worker no supervisor vouches for
 MAX_REASONS = 10_000     # exit reasons remembered (by worker id), oldest forgotten first
 
 
@@ -45,8 +47,8 @@ class SupervisorPeer:
     host: str
     pid: int
     last_seen: int
-    alive: frozenset = frozenset()   # pids it last said are alive and not stopped...
-    vouched: int = NEVER             # ...at this time
+    alive: frozenset[int] = frozenset()   # pids it last said are alive and not stopped...
+    vouched: int = NEVER                  # ...at this time
 
 
 class Supervisors:
@@ -58,7 +60,7 @@ class Supervisors:
         self.by_token: dict[str, SupervisorPeer] = {}
         self.reasons: OrderedDict[str, str] = OrderedDict()   # worker id -> how it ended
 
-    def hello(self, identity: bytes, h: dict, now: int) -> SupervisorPeer:
+    def hello(self, identity: bytes, h: Header, now: int) -> SupervisorPeer:
         token, host, pid = h.get("token"), h.get("host", ""), h.get("pid", 0)
         if not (isinstance(token, str) and 0 < len(token) <= 64 and isinstance(host, str)
                 and isinstance(pid, int)):
@@ -100,7 +102,7 @@ class Supervisors:
         for sup in [s for s in self.by_identity.values() if s.last_seen < limit]:
             self.forget(sup.identity)
 
-    def explain(self, info: dict) -> dict:
+    def explain(self, info: dict[str, Any]) -> dict[str, Any]:
         """A lost task's info, with how each worker it was lost on ended, where known."""
         lost_on = info.get("lost_on") or []
         reasons = [self.reasons.get(wid) for wid in lost_on]
@@ -111,12 +113,12 @@ class Supervisors:
         while len(self.reasons) > MAX_REASONS:
             self.reasons.popitem(last=False)
 
-    def status(self) -> list[dict]:
+    def status(self) -> list[dict[str, Any]]:
         return [{"host": s.host, "pid": s.pid, "alive": sorted(s.alive)}
                 for s in self.by_identity.values()]
 
     # ---- messages ---------------------------------------------------------------------------
-    def handle(self, state: "BrokerState", sup: SupervisorPeer, h: dict, now: int) -> list["Send"]:
+    def handle(self, state: BrokerState, sup: SupervisorPeer, h: Header, now: int) -> list[Send]:
         kind = h["t"]
         if kind == "hb":
             alive = h.get("alive", [])
@@ -131,7 +133,7 @@ class Supervisors:
             return []
         raise ProtocolError(f"unexpected {kind!r} message from a supervisor")
 
-    def _exited(self, state: "BrokerState", sup: SupervisorPeer, h: dict, now: int) -> list["Send"]:
+    def _exited(self, state: BrokerState, sup: SupervisorPeer, h: Header, now: int) -> list[Send]:
         pid, reason = h.get("pid"), h.get("reason")
         if not isinstance(pid, int) or not isinstance(reason, str):
             raise ProtocolError("exited needs a pid and a reason")
@@ -142,23 +144,23 @@ class Supervisors:
             return []
         self.remember(w.id, reason)
         if h.get("left") is True:
-            return state._drop_workers([w], lost=False)
-        out: list[Any] = []
+            return drop_workers(state, [w], lost=False)
+        out: list[Send] = []
         if h.get("memory") is True:
             t = _running_task(state, w)
             if t is not None:   # its task fails with the reason; the others go back, uncharged
                 w.tasks.discard(t.gid)
                 t.worker = None
-                out += state._finish(t, "lost", {"lost_on": [w.id], "pids": [w.pid],
+                out += finish(state, t, "lost", {"lost_on": [w.id], "pids": [w.pid],
                                                  "memory": reason})
-            return out + state._drop_workers([w], lost=False)
-        return state._drop_workers([w], lost=True)
+            return out + drop_workers(state, [w], lost=False)
+        return drop_workers(state, [w], lost=True)
 
 
-def _running_task(state: "BrokerState", w) -> Any:
+def _running_task(state: BrokerState, w: Worker) -> Task | None:
     """The task w was running: one it reported as started, else the oldest it holds (a
     worker runs its tasks in the order it got them, and a long task is reported as started
     within milliseconds)."""
     held = [state.tasks[g] for g in sorted(w.tasks)]
     started = [t for t in held if t.started == t.attempt]
-    return (started or held or [None])[0]
+    return (started or held)[0] if held else None

@@ -1,0 +1,109 @@
+"""Handing queued tasks to workers with credit, and ending tasks.
+
+    worker ── ready n ──► credit += n
+    queues ── pop_for ──► assign (credit - 1) ──► run: small tasks batched, the function
+                                                  payloads the worker lacks first
+    finish(task, status) ──► results to its client (if it is still here)
+
+Workers pull: each task handed over spends one credit. `dispatch` fills one worker's credit
+(it asked for work); `dispatch_all` spreads what is queued over every worker with credit,
+least loaded first, after anything that may have freed a task or a worker.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .records import Header, Send, Task, Worker
+
+if TYPE_CHECKING:
+    from .state import BrokerState
+
+__all__ = ["dispatch", "dispatch_all", "finish"]
+
+BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several per message
+
+
+def dispatch(state: BrokerState, w: Worker) -> list[Send]:
+    """Hand w as many tasks as its credit allows."""
+    taken = []
+    while w.credit > 0 and (t := state.queue.pop_for(w, state.liveness.heard(w))) is not None:
+        _assign(t, w)
+        taken.append(t)
+    return _run_messages(state, w, taken)
+
+
+def dispatch_all(state: BrokerState) -> list[Send]:
+    """Hand queued tasks out one at a time, each to the least loaded worker that can take
+    it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
+    # Not to a worker quiet for a while: it may be dead, and a task handed to it would be
+    # charged a loss it never had (it gets work when it speaks again, see heartbeat).
+    quiet = state.liveness.quiet_since()
+    hungry = [w for w in state.workers.values()
+              if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)]
+    taken: dict[str, list[Task]] = {}
+    while hungry:
+        w = min(hungry, key=lambda w: len(w.tasks))
+        t = state.queue.pop_for(w, state.liveness.heard(w))
+        if t is None:
+            hungry.remove(w)
+            continue
+        _assign(t, w)
+        taken.setdefault(w.id, []).append(t)
+        if w.credit == 0:
+            hungry.remove(w)
+    return [s for wid, tasks in taken.items()
+            for s in _run_messages(state, state.workers[wid], tasks)]
+
+
+def finish(state: BrokerState, t: Task, status: str, info: dict[str, Any]) -> list[Send]:
+    """The task ends with `status` and no result (it was lost): its client is told."""
+    if status == "lost":   # how the workers it was lost on ended, where a supervisor said
+        info = state.supervisors.explain(info)
+    del state.tasks[t.gid]
+    state.functions.unref(t.fn)
+    client = state.clients.get(t.client)
+    if client is None:
+        return []
+    del client.tasks[t.cid]
+    return [Send(t.client, {"t": "results", "items": [[t.cid, status, 0, info]]})]
+
+
+def _local(state: BrokerState, t: Task, w: Worker) -> bool:
+    """Is the task's client on the worker's host (so results may go through shm)?"""
+    client = state.clients.get(t.client)
+    return client is not None and bool(client.host) and client.host == w.host
+
+
+def _assign(t: Task, w: Worker) -> None:
+    w.credit -= 1
+    t.worker = w.id
+    w.tasks.add(t.gid)
+
+
+def _run_messages(state: BrokerState, w: Worker, tasks: list[Task]) -> list[Send]:
+    """Small tasks go together in one message; a large one alone, re-signed without
+    reading its payload again. Function payloads the worker lacks go first in the message
+    of the first task that needs them."""
+    out, small = [], []
+    for t in tasks:
+        if t.size >= BATCH_BYTES:
+            fns, frames = state.functions.deliver(w.fns, [t.fn])
+            out.append(Send(w.identity, _run_header(state, w, [t], fns), [*frames, *t.payload],
+                            None if fns else t.mac))
+        else:
+            small.append(t)
+    if small:
+        fns, frames = state.functions.deliver(w.fns, [t.fn for t in small])
+        out.append(Send(w.identity, _run_header(state, w, small, fns),
+                        [*frames, *(f for t in small for f in t.payload)]))
+    return out
+
+
+def _run_header(state: BrokerState, w: Worker, tasks: list[Task],
+                fns: list[list[bytes | int]]) -> Header:
+    header: Header = {"t": "run", "w": w.id, "e": state.epoch, "s": w.session, "tasks": [
+        [t.gid, t.attempt, len(t.payload), _local(state, t, w), t.fn] for t in tasks]}
+    if fns:
+        header["fns"] = fns
+    return header

@@ -1,0 +1,90 @@
+"""Looking at the broker's state from outside: the status a `query` gets, and the invariants
+the tests check after every step.
+
+Both only read the state. `status` answers a client's `query` (`Client.status()`, `nbcluster
+status`; its fields are listed in docs/protocol.md, under `reply`); `check_invariants` is how
+the tests, property-based ones included, find bookkeeping that does not add up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .state import BrokerState
+
+__all__ = ["status", "check_invariants"]
+
+
+def status(state: BrokerState, now: int) -> dict[str, Any]:
+    """Workers, queue lengths, and the label sets that no live worker can serve."""
+    workers = [{"id": w.id, "host": w.host, "pid": w.pid, "labels": sorted(w.labels),
+                "slots": w.slots, "running": len(w.tasks), "done": w.done,
+                "state": "busy" if w.tasks else "idle", "info": w.info,
+                "age_s": (now - w.joined) / 1000,
+                # its tasks as [client pid, the client's task id], oldest first
+                "tasks": [[state.clients[t.client].pid if t.client in state.clients else 0,
+                           t.cid] for t in (state.tasks[g] for g in sorted(w.tasks))]}
+               for w in state.workers.values()]
+    queued = [t for t in state.tasks.values() if t.worker is None]
+    waiting: dict[str, int] = {}
+    for t in queued:
+        if t.target is None and not any(t.labels <= w.labels and t.host in (None, w.host)
+                                        for w in state.workers.values()):
+            key = ",".join(sorted(t.labels) + ([f"host={t.host}"] if t.host else []))
+            waiting[key] = waiting.get(key, 0) + 1
+    return {"workers": workers, "queued": len(queued), "running": len(state.tasks) - len(queued),
+            "clients": len(state.clients), "waiting_for_labels": waiting,
+            "client_tasks": [{"host": c.host, "pid": c.pid,
+                              "queued": sum(1 for g in c.tasks.values()
+                                            if state.tasks[g].worker is None),
+                              "running": sum(1 for g in c.tasks.values()
+                                             if state.tasks[g].worker is not None)}
+                             for c in state.clients.values()],
+            "functions": state.functions.status(), "broker": state.info,
+            "supervisors": state.supervisors.status()}
+
+
+def check_invariants(state: BrokerState,
+                     workers: dict[str, tuple[int, int, bool]] | None = None) -> None:
+    """Raise AssertionError if the bookkeeping is inconsistent (used by the tests).
+
+    Args:
+        workers: each worker's own ledger, worker id -> (expected credit, window, idle).
+            The expected credit is what its ledger leaves for us: `granted - done`, less
+            the credit in its `ready`s still on the way to us, less credit we voided that
+            it has not yet heard of, less the tasks we sent it that it has not finished.
+            Our credit must be exactly that, and an idle worker (nothing in flight, no
+            task) must have at least its whole window as credit (more, when its window
+            shrank because its tasks got longer): else it waits for work forever.
+    """
+    for wid, (expected, window, idle) in (workers or {}).items():
+        w = state.workers[wid]
+        assert w.credit == expected, f"{wid}: our credit {w.credit}, its ledger says {expected}"
+        assert not idle or (not w.tasks and w.credit >= window), \
+            f"{wid} is idle with credit {w.credit} and {len(w.tasks)} tasks; its window is {window}"
+    held = {}
+    for w in state.workers.values():
+        assert state.worker_by_identity[w.identity] == state.worker_by_identity[w.ctl] == w.id
+        assert w.credit >= 0
+        for gid in w.tasks:
+            assert state.tasks[gid].worker == w.id, (gid, w.id)
+            assert gid not in held
+            held[gid] = w.id
+    assert len(state.worker_by_identity) == sum(len({w.identity, w.ctl})
+                                               for w in state.workers.values())
+    owned = set()
+    for c in state.clients.values():
+        for cid, gid in c.tasks.items():
+            t = state.tasks[gid]
+            assert (t.client, t.cid) == (c.identity, cid)
+            owned.add(gid)
+    assert owned == set(state.tasks), "every task belongs to a live client"
+    queued = state.queue.gids()
+    for t in state.tasks.values():
+        if t.worker is None:
+            assert t.gid in queued, f"task {t.gid} is neither queued nor held"
+        else:
+            assert held.get(t.gid) == t.worker
+    assert set(state.queue.pinned) == set(state.workers)
+    state.functions.check_invariants(t.fn for t in state.tasks.values())
