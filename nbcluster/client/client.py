@@ -18,12 +18,16 @@ the I/O thread dies anyway (a bug of ours), every pending future fails at once w
 NBClusterError saying why, and so does every later call.
 
 This module holds the Client's public face: making one (and `connect`), submitting, map,
-broadcast, cancel, asking the broker, closing. The rest is one job per module, each a part
-of the Client sharing its state (all set up in `Client.__init__`):
+broadcast, cancel, asking the broker, closing. The rest is one job per module. Three are
+parts of the Client (mixins), sharing the state `Client.__init__` sets up; each declares
+what it uses:
 
     outbox.py     user threads: register a task's future, callback, shm files; queue it
     io_thread.py  the I/O thread: the socket, batching sends, heartbeats, a silent broker
     inbox.py      each message from the broker: results settle futures, output, reconnect
+
+and the Client uses:
+
     callbacks.py  the thread that runs result callbacks
     chunks.py     what `map` ships, and gathering its results
     latest.py     the client made last, for operations given none
