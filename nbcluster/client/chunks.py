@@ -1,12 +1,18 @@
-"""Many elements in one task: what `Client.map` ships, and how its failures come back."""
+"""Many elements in one task: what `Client.map` ships, and how its results and failures
+come back (`gather_chunks`, on the client)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import concurrent.futures
+from typing import TYPE_CHECKING, Any, Callable
 
+from ..errors import TaskCancelled, WorkerLost
 from ..wire import tracebacks
 
-__all__ = ["ChunkRunner", "ChunkFailures", "auto_chunksize"]
+if TYPE_CHECKING:
+    from .futures import TaskFuture
+
+__all__ = ["ChunkRunner", "ChunkFailures", "auto_chunksize", "gather_chunks"]
 
 CHUNKS_PER_WORKER = 4   # enough chunks to balance uneven elements, few enough to be cheap
 
@@ -54,3 +60,39 @@ class ChunkRunner:
 def auto_chunksize(n_items: int, n_workers: int) -> int:
     """A chunk size giving each worker a few chunks: cheap per element, still balanced."""
     return max(1, -(-n_items // (max(1, n_workers) * CHUNKS_PER_WORKER)))
+
+
+def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
+    """The results of map chunk futures in input order, or one RemoteErrorGroup of the
+    failures. A failure that repeats is a mistake: then the group comes as soon as it is
+    known, with the first few of each kind in full and a count of the rest, and the chunks
+    not done are cancelled."""
+    from ..wire.remote import FailureTally
+    tally, pending, not_run = FailureTally(), set(futures), 0
+    try:
+        while pending and not tally.systematic:
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    out = fut.result()
+                except (WorkerLost, TaskCancelled) as e:
+                    tally.add(e)
+                    continue
+                if isinstance(out, ChunkFailures):
+                    tally.add_task(out.errors, out.counted, out.stopped)
+                    not_run += out.not_run
+    finally:
+        if pending:   # stopped at a repeated failure, or interrupted: queued or running
+            futures[0]._client.cancel(list(pending))
+    if tally:
+        if pending:
+            not_run = n_items - sum(len(_chunk_results(f)) for f in futures if f not in pending
+                                    and not f.cancelled() and f.exception() is None) + not_run
+        raise tally.group(n_items, "elements", not_run)
+    return [x for fut in futures for x in fut.result()]
+
+
+def _chunk_results(fut: TaskFuture) -> list:
+    out = fut.result()
+    return out.results if isinstance(out, ChunkFailures) else out

@@ -57,7 +57,7 @@ class TaskOptions:
                 f"callback={self.callback!r}>")
 
 
-def refuse_misplaced_options(fn: Callable, kwargs: dict) -> None:
+def refuse_misplaced_options(fn: Callable[..., object] | Prepared, kwargs: dict) -> None:
     """Raise TypeError if kwargs holds an option name (labels=...) that fn does not take."""
     names = [n for n in OPTION_NAMES if n in kwargs]
     if names and not _takes_keywords(fn, names):
@@ -68,7 +68,7 @@ def refuse_misplaced_options(fn: Callable, kwargs: dict) -> None:
             f"client.options({name}=...).submit(fn, ...)")
 
 
-def _takes_keywords(fn: Callable, names: list[str]) -> bool:
+def _takes_keywords(fn: Callable[..., object] | Prepared, names: list[str]) -> bool:
     """Does fn accept these keywords? True when its signature cannot be known."""
     if isinstance(fn, Prepared):
         return True

@@ -25,7 +25,8 @@ from ..client.bars import progress_bar
 from .broker_process import BrokerProcess
 from ..client.broker_silence import DEFAULT_BROKER_TIMEOUT_S
 from ..client import executor
-from ..client.client import Client, remember_latest
+from ..client.client import Client
+from ..client.latest import remember_latest
 from ..wire.connection import KEY_ENV, ConnectionInfo
 from ..wire.curve import is_loopback
 from ..errors import NBClusterError

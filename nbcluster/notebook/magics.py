@@ -22,7 +22,7 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from ..worker import cells
-from ..client import client as client_module
+from ..client.latest import latest as made_last
 from .. import report
 from ..client.client import Client, connect
 from ..patterns.collections import parallel
@@ -51,7 +51,7 @@ class ClusterMagics(Magics):
     def client(self) -> Client:
         """The client magics use: the latest one made, else the cluster in the connection
         file, else a new local cluster (saying which)."""
-        latest = client_module.latest()
+        latest = made_last()
         if latest is not None:
             return latest if isinstance(latest, Client) else latest.default_client()
         path = os.path.expanduser(os.environ.get(CONNECTION_ENV, DEFAULT_CONNECTION_FILE))
@@ -137,7 +137,7 @@ class ClusterMagics(Magics):
             self.cluster.close()
             print("nbcluster: the local cluster is stopped")
         else:
-            latest = client_module.latest()
+            latest = made_last()
             if isinstance(latest, Client):
                 latest.close()
                 print("nbcluster: disconnected (the cluster itself keeps running)")

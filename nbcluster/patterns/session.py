@@ -12,7 +12,7 @@ import atexit
 import sys
 import threading
 
-from ..client import client as client_module
+from ..client.latest import latest as made_last
 from ..client.client import Client
 
 __all__ = ["default_client", "current_client"]
@@ -25,7 +25,7 @@ def current_client(client: Client | None = None) -> Client:
     if client is not None:
         return client
     with _lock:
-        latest = client_module.latest()
+        latest = made_last()
         if latest is None:
             from ..cluster.local import LocalCluster
             latest = LocalCluster()

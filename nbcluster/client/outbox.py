@@ -1,0 +1,164 @@
+"""What user threads queue for the broker, and the bookkeeping that goes with it.
+
+    submit/map ──► _submit_frames: future, pending task, callback ─┐
+    cancel     ──► _cancel_remote: forget the task, queue "cancel" ├─► _outbox + _wake()
+    status/stop──► _request: a reply future, queue the request    ─┘     (io_thread.py sends)
+
+Everything a result or reply needs is registered, under `_lock`, before its message is
+queued, so no answer can arrive before the client knows what it answers. `_pending` keeps
+every task the client has no result for (spec, argument frames, function): what it submits
+again when a restarted broker asks it to reconnect (inbox.py).
+
+A mixin of `Client`: the state it shares with the rest of the client is declared below.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from ..errors import MessageTooLarge, NBClusterError
+from ..wire import message_limit, serialize
+from .futures import TaskFuture
+
+if TYPE_CHECKING:
+    from ..wire.shm import SharedMemory
+    from .broker_silence import BrokerSilence
+    from .callbacks import ResultCallbacks
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    """Queueing tasks, cancels and requests for the I/O thread (a mixin of `Client`)."""
+
+    # Set up by Client.__init__; _lock guards the outbox and the bookkeeping dicts.
+    labels: list[str]
+    host: str
+    local: bool
+    max_message_bytes: int
+    expiry_s: float
+    _refs: serialize.MainRefs | None
+    _keys: itertools.count[int]
+    _lock: threading.Lock
+    _outbox: collections.deque[tuple[str, Any, list, Any]]
+    _futures: dict[int, TaskFuture]
+    _pending: dict[int, tuple]
+    _result_callbacks: dict[int, Callable[[Any], object]]
+    _replies: dict[int, concurrent.futures.Future]
+    _cancelling: set[int]
+    _callbacks: ResultCallbacks
+    _closed: bool
+    _broken: NBClusterError | None
+    _silence: BrokerSilence
+    _shm: SharedMemory | None
+    _shm_files: dict[int, list[str]]
+    _workers_here: int | None
+    # A method of the IOThread (io_thread.py).
+    _wake: Callable[[], None]
+
+    def _submit_call(self, fn: Callable[..., object] | serialize.Prepared, args: tuple,
+                     kwargs: dict[str, Any], labels: Iterable[str] | None = None,
+                     retries: int = 0, callback: Callable[[Any], object] | None = None
+                     ) -> TaskFuture:
+        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
+        return self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries,
+                                   callback)
+
+    def _labels(self, labels: Iterable[str] | None) -> list[str]:
+        return sorted({*self.labels, *(labels or ())})
+
+    def _submit_frames(self, fn: serialize.Prepared, frames: list, labels: Iterable[str] | None,
+                       target: str | None, retries: int,
+                       callback: Callable[[Any], object] | None = None) -> TaskFuture:
+        """Queue a task: fn's payload (sent once per session) and the argument frames. A
+        `callback` is registered before the task can be sent, so no result can beat it."""
+        if self._closed:
+            raise RuntimeError("this client is closed")
+        self._raise_if_broken()
+        shm_files = serialize.shm_names(frames)
+        try:
+            self._check_fits(fn, frames)
+        except MessageTooLarge:
+            for name in shm_files:
+                self._shm.remove(name)
+            raise
+        key = next(self._keys)
+        fut = TaskFuture(self, key)
+        fut.input_bytes = sum(memoryview(f).nbytes for f in frames)
+        # A task whose data is in this host's shared memory must run on this host.
+        spec = [key, len(frames), sorted(labels or ()), target, int(retries),
+                self.host if shm_files else None, fn.digest]
+        if callback is not None:
+            self._callbacks.start()
+        with self._lock:
+            if shm_files:
+                self._shm_files[key] = shm_files
+            if callback is not None:
+                self._result_callbacks[key] = callback
+            self._futures[key] = fut
+            self._pending[key] = (spec, frames, fn)
+            self._outbox.append(("task", spec, frames, fn))
+        self._wake()
+        return fut
+
+    def _check_fits(self, fn: serialize.Prepared, frames: list) -> None:
+        """Raise MessageTooLarge if a task (with its function, which goes along with the
+        first task that needs it) is over the broker's limit: sent, it would be dropped."""
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        message_limit.check(f"a task of {fn.name} (arguments {nbytes:,} bytes, function "
+                            f"{fn.nbytes:,} bytes)", nbytes + fn.nbytes, self.max_message_bytes)
+
+    def _raise_if_broken(self) -> None:
+        if self._broken is not None:
+            raise NBClusterError(self._broken.args[0]) from self._broken.__cause__
+
+    def _cancel_remote(self, keys: list[int]) -> None:
+        with self._lock:
+            for k in keys:
+                self._pending.pop(k, None)
+                if self._futures.pop(k, None) is not None:
+                    self._cancelling.add(k)
+                self._result_callbacks.pop(k, None)
+                self._release_shm(k)
+            last = self._outbox[-1] if self._outbox else None
+            if last is not None and last[0] == "msg" and last[1]["t"] == "cancel":
+                last[1]["ids"].extend(keys)   # many cancels in a row (a map's): one message
+            else:
+                self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, [], None))
+        self._wake()
+
+    def _request(self, header: dict[str, Any], timeout: float | None) -> Any:
+        """The broker's reply; BrokerTimeout if none comes within timeout (or, with timeout
+        None, once the broker has been silent longer than broker_timeout)."""
+        self._raise_if_broken()
+        reply: concurrent.futures.Future = concurrent.futures.Future()
+        with self._lock:
+            rid = next(self._keys)
+            self._replies[rid] = reply
+            self._outbox.append(("msg", {**header, "rid": rid}, [], None))
+        self._wake()
+        start = time.monotonic()
+        try:
+            return reply.result(timeout)
+        except TimeoutError:   # ours, or the I/O thread's once broker_timeout is over
+            self._replies.pop(rid, None)
+            now = time.monotonic()
+            what = {"query": "a status query", "stop": "a stop request"}.get(header["t"], "")
+            raise self._silence.timeout_error(what or repr(header["t"]), now - start, now,
+                                              self.expiry_s) from None
+
+    def _release_shm(self, key: int) -> None:
+        """Remove the shared-memory files of a task's arguments (it is over)."""
+        for name in self._shm_files.pop(key, ()):
+            self._shm.remove(name)
+
+    @property
+    def _local_shm(self) -> SharedMemory | None:
+        """Shared memory for arguments, when the broker is on this host, unless it said no
+        worker is (a task whose data is in shm waits for a worker on this host)."""
+        return self._shm if self.local and self._workers_here != 0 else None
