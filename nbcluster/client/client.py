@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
-from ..wire import message_limit, protocol, remote, serialize
+from ..wire import functions, message_limit, pickling, protocol, remote, serialize
 from .bars import progress
 from .broker_silence import DEFAULT_BROKER_TIMEOUT_S, BrokerSilence
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize
@@ -89,7 +89,7 @@ class Client:
         self.signer = protocol.Signer(key)
         self._key = key
         self._curve = curve
-        self._refs: serialize.MainRefs | None = None   # set by Mirror: objects its workers have
+        self._refs: pickling.MainRefs | None = None   # set by Mirror: objects its workers have
         self._ctx = zmq.Context(io_threads=1)
         self._sock = dealer(self._ctx, endpoint, curve=curve)
         self._keys = itertools.count(1)
@@ -172,22 +172,22 @@ class Client:
     def _submit_call(self, fn: Callable, args: tuple, kwargs: dict, labels=None,
                      retries: int = 0, callback: Callable[[Any], Any] | None = None
                      ) -> TaskFuture:
-        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
+        prepared, arg_frames = functions.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
         return self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries,
                                    callback)
 
-    def prepare(self, fn: Callable) -> "serialize.Prepared":
+    def prepare(self, fn: Callable) -> "functions.Prepared":
         """fn pickled once, to pass to `submit` in place of fn when submitting it many times.
 
         Raises:
             PicklingError: fn cannot be pickled.
         """
-        return serialize.prepare(fn, self._refs)
+        return functions.prepare(fn, self._refs)
 
     def _labels(self, labels: Iterable[str] | None) -> list[str]:
         return sorted({*self.labels, *(labels or ())})
 
-    def _submit_frames(self, fn: "serialize.Prepared", frames: list, labels, target: str | None,
+    def _submit_frames(self, fn: "functions.Prepared", frames: list, labels, target: str | None,
                        retries: int, callback: Callable[[Any], Any] | None = None) -> TaskFuture:
         """Queue a task: fn's payload (sent once per session) and the argument frames. A
         `callback` is registered before the task can be sent, so no result can beat it."""
@@ -220,7 +220,7 @@ class Client:
         self._wake()
         return fut
 
-    def _check_fits(self, fn: "serialize.Prepared", frames: list) -> None:
+    def _check_fits(self, fn: "functions.Prepared", frames: list) -> None:
         """Raise MessageTooLarge if a task (with its function, which goes along with the
         first task that needs it) is over the broker's limit: sent, it would be dropped."""
         nbytes = sum(memoryview(f).nbytes for f in frames)
@@ -259,7 +259,7 @@ class Client:
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self.n_workers or len(self.workers()))
         try:   # one payload for every chunk: it travels once to each worker
-            runner = serialize.dumps_function(ChunkRunner(fn), self._refs)
+            runner = functions.dumps_function(ChunkRunner(fn), self._refs)
         except Exception as e:
             raise PicklingError(
                 f"cannot pickle the function {serialize.describe(fn)}: {e}") from e
@@ -316,7 +316,7 @@ class Client:
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
-        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        prepared, arg_frames = functions.dumps_call(fn, args, kwargs)
         return {wid: self._submit_frames(prepared, arg_frames, None, wid, 0)
                 for wid in worker_ids}
 

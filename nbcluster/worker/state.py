@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .. import runtime
-from ..wire import protocol, serialize
+from ..wire import functions, protocol
 from ..wire.shm import SharedMemory, available as shm_available
 from ..wire.transport import dealer
 from .output import OutputBuffer
@@ -59,7 +59,7 @@ class WorkerState:
         self.max_tasks, self.tasks_run = max_tasks, 0   # leave (to be replaced) after max_tasks
         self.leave_status = EXIT_ASKED_TO_LEAVE
         self.output = OutputBuffer()
-        self.functions = serialize.FunctionCache()
+        self.functions = functions.FunctionCache()
         self.shm = SharedMemory(key) if shm_available() else None
         self.max_message_bytes = protocol.DEFAULT_MAX_MESSAGE_BYTES   # the broker's (welcome)
         self.lock = threading.Lock()          # guards the state below, shared by both threads
