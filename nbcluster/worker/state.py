@@ -76,7 +76,8 @@ class WorkerState:
         self.granted = self.done = 0          # credit given to the broker / tasks finished
         self.running_ledger: int | None = None   # the ledger the running task counts in
         self.to_release: list[Any] = []       # kept tasks we finished before knowing (_welcome)
-        self.cancelled: set[tuple[int, int]] = set()   # (gid, attempt) not to run: cancelled, given back
+        # (gid, attempt) not to run: cancelled, given back
+        self.cancelled: set[tuple[int, int]] = set()
         self.current_tag: tuple[int, int] | None = None  # (gid, attempt) of the running task
         self.started_at = 0.0
         self.gave_back_for: int | None = None
