@@ -5,7 +5,7 @@ a child process its secrets (a connection file's JSON, the broker's Curve keys).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import zmq
 
@@ -30,7 +30,7 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
     return sock
 
 
-def pending_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[list]:
+def pending_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[list[Any]]:
     """The messages waiting on sock (zero-copy frames), without blocking and without the
     cost of an exception at the end."""
     for _ in range(limit):
