@@ -83,7 +83,7 @@ def test_a_changed_global_is_seen_rebound_or_changed_in_place(client):
 def _forget_functions():
     """(On a worker) empty its function cache, as if it had dropped every function."""
     import gc
-    from nbcluster.wire.serialize import FunctionCache
+    from nbcluster.wire.functions import FunctionCache
     caches = [o for o in gc.get_objects() if isinstance(o, FunctionCache)]
     for cache in caches:
         cache._entries.clear()
@@ -139,16 +139,16 @@ def test_the_client_sends_a_function_again_when_the_broker_dropped_it(tmp_path):
 
 
 def test_a_payload_is_reused_while_unchanged_and_never_stale():
-    from nbcluster.wire import serialize
+    from nbcluster.wire import functions, serialize
     data = np.arange(1 << 17, dtype=np.float64)
 
     def pick(i):
         return float(data[i])
-    first = serialize.dumps_function(pick)
-    assert serialize.dumps_function(pick) is first        # compared, not hashed again
+    first = functions.dumps_function(pick)
+    assert functions.dumps_function(pick) is first        # compared, not hashed again
     data[5] = -1.0                                        # changed in place
-    changed = serialize.dumps_function(pick)
+    changed = functions.dumps_function(pick)
     assert changed.digest != first.digest and serialize.loads(changed.frames)(5) == -1.0
     assert serialize.loads(first.frames)(5) == 5.0        # what was sent stays as it was
     data[5] = 5.0
-    assert serialize.dumps_function(pick).digest == first.digest
+    assert functions.dumps_function(pick).digest == first.digest

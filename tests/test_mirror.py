@@ -63,10 +63,10 @@ def test_mirror_workers_exit_when_their_parent_is_killed(tmp_path):
 def test_state_pickles_as_a_name_and_fails_clearly_where_it_is_missing():
     import __main__
 
-    from nbcluster.wire import serialize
+    from nbcluster.wire import pickling, serialize
     __main__.SOME_STATE = list(range(10_000))
     try:
-        refs = serialize.MainRefs()
+        refs = pickling.MainRefs()
         frames = serialize.dumps({"x": __main__.SOME_STATE}, refs=refs)
         assert len(frames[0]) < 60                     # a name, not 10,000 numbers
         assert serialize.loads(frames)["x"] is __main__.SOME_STATE

@@ -20,7 +20,7 @@ import time
 import pytest
 import zmq
 
-from nbcluster.wire import protocol, serialize
+from nbcluster.wire import functions, protocol, serialize
 from nbcluster.wire.connection import KEY_ENV
 
 EPOCH = 12345
@@ -87,7 +87,7 @@ def test_a_run_that_overtakes_its_welcome_still_runs():
         task_identity = hellos[1]["task_identity"]
         broker.send(ctl, welcome("w1", hellos[0].get("session")))   # hello 1's answer...
         beat(broker, ctl, 0.5)                  # ...read by the worker (it may ask for work)
-        fn = serialize.prepare(operator.add)
+        fn = functions.prepare(operator.add)
         args = serialize.dumps(((2, 3), {}))
         gid = 777
         broker.send(task_identity, {          # w2's task overtakes w2's welcome
@@ -167,7 +167,7 @@ def test_only_a_reconnect_on_the_control_socket_makes_a_worker_register_again():
 
 def task_run(fn, gid: int, *args) -> tuple:
     """A run message's task entry, its function and its frames for fn(*args)."""
-    prepared = serialize.prepare(fn)
+    prepared = functions.prepare(fn)
     frames = serialize.dumps((args, {}))
     return [gid, 0, len(frames), False, prepared.digest], prepared, frames
 

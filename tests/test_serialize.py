@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from nbcluster.wire import serialize
+from nbcluster.wire import functions, pickling, serialize
 from nbcluster.errors import PicklingError
 
 # Functions as a notebook defines them: in a __main__ that cannot be imported, so
@@ -19,11 +19,11 @@ uses_offset, uses_table = NOTEBOOK["uses_offset"], NOTEBOOK["uses_table"]
 
 
 def run(fn, *args):
-    return serialize.loads(serialize.dumps_function(fn).frames)(*args)
+    return serialize.loads(functions.dumps_function(fn).frames)(*args)
 
 
 def test_cached_bytes_are_reused_while_globals_are_unchanged():
-    assert serialize.dumps_function(uses_offset) is serialize.dumps_function(uses_offset)
+    assert functions.dumps_function(uses_offset) is functions.dumps_function(uses_offset)
 
 
 def test_a_rebound_global_is_seen():
@@ -45,13 +45,13 @@ def test_mutable_globals_and_closures_are_never_cached():
     assert run(f) == 1
     box[0] = 2
     assert run(f) == 2
-    assert serialize._captured_values(f) is None
+    assert functions._captured_values(f) is None
 
 
 def test_closure_over_immutable_value_is_cached_and_correct():
     n = 7
     f = lambda x: x * n  # noqa: E731
-    assert serialize.dumps_function(f) is serialize.dumps_function(f)
+    assert functions.dumps_function(f) is functions.dumps_function(f)
     assert run(f, 2) == 14
 
 
@@ -66,7 +66,7 @@ def test_large_buffers_travel_out_of_band():
 
 def test_unpicklable_argument_is_named():
     with pytest.raises(PicklingError, match=r"keyword argument lock="):
-        serialize.dumps_call(print, (1,), {"lock": threading.Lock()})
+        functions.dumps_call(print, (1,), {"lock": threading.Lock()})
 
 
 def test_shared_memory_round_trip_and_refusals():
@@ -118,9 +118,9 @@ def test_a_function_from_a_cell_keeps_its_file_and_lines_in_another_process(how)
         ns = {"__name__": "__main__"}
         exec(compile(CELL_SOURCE, CELL, "exec"), ns)
         fn = ns["from_a_cell"]
-        prepared = (serialize.dumps_function(fn) if how == "function" else
-                    serialize.prepare(fn) if how == "prepared" else
-                    serialize.prepare(fn, serialize.MainRefs()))
+        prepared = (functions.dumps_function(fn) if how == "function" else
+                    functions.prepare(fn) if how == "prepared" else
+                    functions.prepare(fn, pickling.MainRefs()))
         data = prepared.frames[0]   # no out-of-band buffers: the pickle is the whole payload
     finally:
         del linecache.cache[CELL]
@@ -136,10 +136,10 @@ def test_source_lines_never_hide_a_file_the_receiver_can_read(tmp_path):
     path = str(tmp_path / "real.py")
     with open(path, "w") as f:
         f.write("line one\nline two\n")
-    serialize.remember_source(path, 1, ["stale one\n"])
+    pickling.remember_source(path, 1, ["stale one\n"])
     assert linecache_lines(path) == ["line one\n", "line two\n"]
-    serialize.remember_source("<cell-a>", 3, ["c\n", "d\n"])
-    serialize.remember_source("<cell-a>", 1, ["a\n"])    # another function of the same cell
+    pickling.remember_source("<cell-a>", 3, ["c\n", "d\n"])
+    pickling.remember_source("<cell-a>", 1, ["a\n"])    # another function of the same cell
     assert linecache_lines("<cell-a>") == ["a\n", "\n", "c\n", "d\n"]
 
 

@@ -47,7 +47,7 @@ import zmq
 
 from ..errors import (AuthenticationError, BrokerTimeout, MessageTooLarge, NBClusterError,
                       PicklingError, RemoteErrorGroup, summarize_failures)
-from ..wire import protocol, serialize
+from ..wire import functions, pickling, protocol, serialize
 from ..wire.connection import ConnectionInfo
 from ..wire.curve import CurveKeys
 from ..wire.shm import SharedMemory, available as shm_available
@@ -105,7 +105,7 @@ class Client(Outbox, IOThread, Inbox):
         self.signer = protocol.Signer(key)
         self._key = key
         self._curve = curve
-        self._refs: serialize.MainRefs | None = None   # set by Mirror: objects its workers have
+        self._refs: pickling.MainRefs | None = None   # set by Mirror: objects its workers have
         self._ctx = zmq.Context(io_threads=1)
         self._sock = dealer(self._ctx, endpoint, curve=curve)
         self._keys = itertools.count(1)
@@ -157,7 +157,7 @@ class Client(Outbox, IOThread, Inbox):
         return self._closed or self._broken is not None
 
     # ---- submitting -------------------------------------------------------------------------
-    def submit(self, fn: Callable[..., object] | serialize.Prepared, /, *args: object,
+    def submit(self, fn: Callable[..., object] | functions.Prepared, /, *args: object,
                **kwargs: object) -> TaskFuture:
         """Run fn(*args, **kwargs) on a worker. Every keyword goes to fn; nbcluster's own
         options (labels, retries, callback) go through `options()`:
@@ -186,13 +186,13 @@ class Client(Outbox, IOThread, Inbox):
         """
         return TaskOptions(self, labels=labels, retries=retries, callback=callback)
 
-    def prepare(self, fn: Callable[..., object]) -> serialize.Prepared:
+    def prepare(self, fn: Callable[..., object]) -> functions.Prepared:
         """fn pickled once, to pass to `submit` in place of fn when submitting it many times.
 
         Raises:
             PicklingError: fn cannot be pickled.
         """
-        return serialize.prepare(fn, self._refs)
+        return functions.prepare(fn, self._refs)
 
     def map(self, fn: Callable[..., R], *iterables: Iterable[object], chunksize: int | None = None,
             labels: Iterable[str] | None = None, retries: int = 0) -> list[R]:
@@ -215,7 +215,7 @@ class Client(Outbox, IOThread, Inbox):
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self.n_workers or len(self.workers()))
         try:   # one payload for every chunk: it travels once to each worker
-            runner = serialize.dumps_function(ChunkRunner(fn), self._refs)
+            runner = functions.dumps_function(ChunkRunner(fn), self._refs)
         except Exception as e:
             raise PicklingError(
                 f"cannot pickle the function {serialize.describe(fn)}: {e}") from e
@@ -259,14 +259,14 @@ class Client(Outbox, IOThread, Inbox):
             raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
         return {wid: f.result() for wid, f in futures.items()}
 
-    def broadcast_futures(self, fn: Callable[..., object] | serialize.Prepared, /,
+    def broadcast_futures(self, fn: Callable[..., object] | functions.Prepared, /,
                           *args: object, **kwargs: object) -> dict[str, TaskFuture]:
         """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
         that has this client's labels."""
         return self.submit_to([w["id"] for w in self.workers()
                                if set(self.labels) <= set(w.get("labels", ()))], fn, *args, **kwargs)
 
-    def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., object] | serialize.Prepared,
+    def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., object] | functions.Prepared,
                   /, *args: object, **kwargs: object) -> dict[str, TaskFuture]:
         """Run fn(*args, **kwargs) once on each of these workers: {worker_id: future}. A task
         whose worker is gone fails with WorkerLost (it does not move to another worker).
@@ -274,7 +274,7 @@ class Client(Outbox, IOThread, Inbox):
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
-        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs)
+        prepared, arg_frames = functions.dumps_call(fn, args, kwargs)
         return {wid: self._submit_frames(prepared, arg_frames, None, wid, 0)
                 for wid in worker_ids}
 

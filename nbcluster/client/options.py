@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ..wire.serialize import Prepared, describe
+from ..wire.functions import Prepared
+from ..wire.serialize import describe
 
 if TYPE_CHECKING:
     from .client import Client

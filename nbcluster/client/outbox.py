@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import MessageTooLarge, NBClusterError
-from ..wire import message_limit, serialize
+from ..wire import functions, message_limit, pickling, serialize
 from .futures import TaskFuture
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ class Outbox:
     local: bool
     max_message_bytes: int
     expiry_s: float
-    _refs: serialize.MainRefs | None
+    _refs: pickling.MainRefs | None
     _keys: itertools.count[int]
     _lock: threading.Lock
     _outbox: collections.deque[tuple[str, Any, list, Any]]
@@ -61,18 +61,18 @@ class Outbox:
     # A method of the IOThread (io_thread.py).
     _wake: Callable[[], None]
 
-    def _submit_call(self, fn: Callable[..., object] | serialize.Prepared, args: tuple,
+    def _submit_call(self, fn: Callable[..., object] | functions.Prepared, args: tuple,
                      kwargs: dict[str, Any], labels: Iterable[str] | None = None,
                      retries: int = 0, callback: Callable[[Any], object] | None = None
                      ) -> TaskFuture:
-        prepared, arg_frames = serialize.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
+        prepared, arg_frames = functions.dumps_call(fn, args, kwargs, self._local_shm, self._refs)
         return self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries,
                                    callback)
 
     def _labels(self, labels: Iterable[str] | None) -> list[str]:
         return sorted({*self.labels, *(labels or ())})
 
-    def _submit_frames(self, fn: serialize.Prepared, frames: list, labels: Iterable[str] | None,
+    def _submit_frames(self, fn: functions.Prepared, frames: list, labels: Iterable[str] | None,
                        target: str | None, retries: int,
                        callback: Callable[[Any], object] | None = None) -> TaskFuture:
         """Queue a task: fn's payload (sent once per session) and the argument frames. A
@@ -106,7 +106,7 @@ class Outbox:
         self._wake()
         return fut
 
-    def _check_fits(self, fn: serialize.Prepared, frames: list) -> None:
+    def _check_fits(self, fn: functions.Prepared, frames: list) -> None:
         """Raise MessageTooLarge if a task (with its function, which goes along with the
         first task that needs it) is over the broker's limit: sent, it would be dropped."""
         nbytes = sum(memoryview(f).nbytes for f in frames)

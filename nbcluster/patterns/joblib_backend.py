@@ -34,7 +34,7 @@ from typing import Any, Callable
 import joblib.parallel
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
-from ..wire import serialize, tracebacks
+from ..wire import functions, tracebacks
 from ..client.client import Client
 from ..errors import PicklingError
 from .session import current_client
@@ -236,7 +236,7 @@ def _name_the_call(batch, error: PicklingError) -> PicklingError:
     """The PicklingError for a batch, naming its first call that cannot be pickled."""
     for fn, args, kwargs in getattr(batch, "items", ()):
         try:
-            serialize.dumps_call(fn, args, kwargs)
+            functions.dumps_call(fn, args, kwargs)
         except PicklingError as e:
             return PicklingError(f"in a joblib call: {e}")
     return error

@@ -25,7 +25,7 @@ import time
 import warnings
 from typing import Iterable
 
-from ..wire import serialize
+from ..wire import pickling
 from ..client.client import Client
 from .collections import parallel
 from ..errors import NBClusterError
@@ -74,7 +74,7 @@ class Mirror(Client):
 
     # ---- forking --------------------------------------------------------------------------
     def _fork_all(self) -> None:
-        self._refs = serialize.MainRefs()
+        self._refs = pickling.MainRefs()
         labels = [self._label, "mirror", *self._extra_labels]
         for _ in range(self.n_target):
             self._fork_one(labels)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import zmq
 
 from ..errors import NBClusterError
+from .transport import read_line
 
 __all__ = ["CurveKeys", "is_loopback", "read_server_keys", "serve", "server_keys_line"]
 
@@ -73,14 +73,8 @@ def read_server_keys(fd: int) -> tuple[CurveKeys, bytes]:
     Raises:
         NBClusterError: no such line on fd.
     """
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        chunk = os.read(fd, 1)
-        if not chunk:
-            break
-        line += chunk
     try:
-        data = json.loads(line)
+        data = json.loads(read_line(fd))
         return CurveKeys.from_json(data), data["server_secret"].encode()
     except (ValueError, KeyError, TypeError, AttributeError):
         raise NBClusterError("expected the Curve keys as a JSON line on stdin") from None

@@ -53,7 +53,7 @@ def _rebuild(buffer, kind: str) -> bytes | bytearray:
     return buffer if type(buffer) is bytes else bytes(buffer)
 
 
-def lift(obj: Any, min_bytes: int, budget: int, keep: Callable[[Any], bool] | None = None
+def lift(obj: Any, min_bytes: int, budget: int, keep: Callable[[Any], object] | None = None
          ) -> tuple[Any, bool]:
     """(obj with every bytes-like object of min_bytes or more replaced by a stand-in, whether
     the walk was complete). It looks at up to `budget` container items; past that, or at a
@@ -98,7 +98,7 @@ def _scan(obj: Any, budget: int, min_bytes: int) -> int:
 
 
 class _Walker:
-    def __init__(self, min_bytes: int, budget: int, keep: Callable[[Any], bool] | None):
+    def __init__(self, min_bytes: int, budget: int, keep: Callable[[Any], object] | None):
         self.min_bytes, self.budget, self.keep = min_bytes, budget, keep
         self.done: dict[int, Any] = {}   # id -> its replacement (itself if unchanged)
         self.open: set[int] = set()      # ids of the containers being walked

@@ -18,7 +18,7 @@ import threading
 import types
 from typing import Any
 
-from . import serialize
+from . import pickling
 from ..errors import (RemoteError, RemoteErrorGroup, RemoteFrame, RemoteTraceback, failed_workers,
                       summarize_failures)
 from .tracebacks import DETAILED_PER_SIGNATURE
@@ -35,7 +35,7 @@ def rebuild(data: dict, index: Any = None, item: str | None = None) -> BaseExcep
     parts = None
     if data.get("exception") is not None:
         try:
-            parts = serialize.unpickle_bytes(data["exception"])
+            parts = pickling.loads(data["exception"])
         except BaseException as e:  # noqa: BLE001 - unpickling runs remote code; never raise
             info.why = f"the exception could not be unpickled here: {type(e).__name__}: {e}"
     if parts is not None:

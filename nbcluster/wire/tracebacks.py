@@ -10,7 +10,7 @@ import traceback
 import types
 from typing import Any
 
-from . import serialize
+from . import pickling, serialize
 from ..errors import RemoteFrame
 from ..runtime import WORKER
 
@@ -98,7 +98,7 @@ def _pickle_exception(exc: BaseException) -> tuple[bytes | None, str]:
     try:
         rv = exc.__reduce_ex__(5)
         parts = (type(exc), rv[0], rv[1], rv[2] if len(rv) > 2 else None)
-        return serialize.pickle_bytes(parts), ""
+        return pickling.dumps(parts), ""
     except Exception as e:   # noqa: BLE001 - e.g. an attribute holding a lock
         return None, f"the exception could not be pickled on its worker: {type(e).__name__}: {e}"
 

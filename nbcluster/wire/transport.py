@@ -1,15 +1,18 @@
-"""ZeroMQ sockets as nbcluster's peers use them (clients and workers; the broker has its own)."""
+"""How nbcluster's processes reach each other: ZeroMQ sockets as its peers use them (clients
+and workers; the broker has its own), and the one line on stdin through which a parent hands
+a child process its secrets (a connection file's JSON, the broker's Curve keys)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+import os
+from typing import TYPE_CHECKING, Any, Iterator
 
 import zmq
 
 if TYPE_CHECKING:
     from .curve import CurveKeys
 
-__all__ = ["dealer", "pending_messages"]
+__all__ = ["dealer", "pending_messages", "read_line"]
 
 
 def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
@@ -27,10 +30,22 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
     return sock
 
 
-def pending_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[list]:
+def pending_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[list[Any]]:
     """The messages waiting on sock (zero-copy frames), without blocking and without the
     cost of an exception at the end."""
     for _ in range(limit):
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             return
         yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
+
+
+def read_line(fd: int) -> str:
+    """One line from fd, read byte by byte so nothing after it is buffered away (the rest
+    of stdin may be the child's to read); at end of file, what came before it."""
+    data = bytearray()
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode()

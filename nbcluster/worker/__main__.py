@@ -1,5 +1,5 @@
 """`python -m nbcluster.worker`: one worker process."""
 
-from .loop import main
+from .main import main
 
 main()

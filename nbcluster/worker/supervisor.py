@@ -43,8 +43,8 @@ import zmq
 from ..wire import protocol
 from ..errors import ProtocolError
 from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
-from ..wire.transport import dealer, pending_messages
-from .loop import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV, read_line
+from ..wire.transport import dealer, pending_messages, read_line
+from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
 __all__ = ["Supervisor", "main"]
 
