@@ -34,6 +34,15 @@ def test_map_of_several_iterables_and_explicit_chunksize(client):
     assert client.map(str, []) == []
 
 
+def test_map_chunks_gives_a_future_per_chunk_and_its_old_name_warns(client):
+    futures, n = client.map_chunks(lambda x: -x, range(10), chunksize=4)
+    assert n == 10 and [f.result(60) for f in futures] == [[0, -1, -2, -3], [-4, -5, -6, -7],
+                                                           [-8, -9]]
+    with pytest.deprecated_call(match="map_chunks"):
+        futures, n = client.map_futures(abs, [-1, -2], chunksize=1)
+    assert n == 2 and [f.result(60) for f in futures] == [[1], [2]]
+
+
 def test_10k_individually_submitted_tasks(client):
     futures = [client.submit(lambda i: i * i, i) for i in range(10_000)]
     assert [f.result(30) for f in futures] == [i * i for i in range(10_000)]

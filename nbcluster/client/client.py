@@ -41,6 +41,7 @@ import itertools
 import os
 import socket
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import zmq
@@ -202,15 +203,22 @@ class Client(Outbox, IOThread, Inbox):
             RemoteErrorGroup: some elements failed; it holds one error per failed element
                 (with `.index` and `.item`) and names every worker involved.
         """
-        futures, n = self.map_futures(fn, *iterables, chunksize=chunksize, labels=labels,
-                                      retries=retries)
+        futures, n = self.map_chunks(fn, *iterables, chunksize=chunksize, labels=labels,
+                                     retries=retries)
         with cancel_on_error(futures):   # Ctrl-C: the chunks not run yet leave the queue
             return gather_chunks(futures, n)
 
-    def map_futures(self, fn: Callable[..., object], *iterables: Iterable[object],
-                    chunksize: int | None = None, labels: Iterable[str] | None = None,
-                    retries: int = 0) -> tuple[list[TaskFuture], int]:
-        """Submit a map in chunks; returns (chunk futures, number of elements)."""
+    def map_futures(self, *args: Any, **kwargs: Any) -> tuple[list[TaskFuture], int]:
+        """Deprecated name of `map_chunks` (it promised a future per element)."""
+        warnings.warn("Client.map_futures is renamed Client.map_chunks: it returns one future "
+                      "per chunk", DeprecationWarning, stacklevel=2)
+        return self.map_chunks(*args, **kwargs)
+
+    def map_chunks(self, fn: Callable[..., object], *iterables: Iterable[object],
+                   chunksize: int | None = None, labels: Iterable[str] | None = None,
+                   retries: int = 0) -> tuple[list[TaskFuture], int]:
+        """Submit a map in chunks, without waiting: (one future per chunk, whose result is the
+        list of its elements' results, number of elements)."""
         items = list(zip(*iterables))
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self.n_workers or len(self.workers()))

@@ -169,7 +169,7 @@ class Executor(concurrent.futures.Executor):
         end_time = None if timeout is None else timeout + time.monotonic()
         with self._lock:
             self._check_open()
-            futures, _ = self._client.map_futures(self._wrap(fn), *iterables, chunksize=chunksize)
+            futures, _ = self._client.map_chunks(self._wrap(fn), *iterables, chunksize=chunksize)
             for fut in futures:
                 self._track(fut)
         return self._results(futures, end_time)
