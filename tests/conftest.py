@@ -2,6 +2,9 @@ import pytest
 
 from nbcluster.testing import throwaway_cluster
 
+# The helpers' asserts explain themselves as the tests' own do (they were in test modules).
+pytest.register_assert_rewrite("tests.support")
+
 
 @pytest.fixture
 def cluster():
@@ -16,8 +19,8 @@ def client(cluster):
 
 @pytest.fixture
 def hosts():
-    """A broker namespace and two host namespaces (tests/netns.py); deleted afterwards."""
-    from .netns import Hosts
+    """A broker namespace and two host namespaces (tests/support/netns.py); deleted afterwards."""
+    from .support.netns import Hosts
     h = Hosts()
     try:
         yield h
