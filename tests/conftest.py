@@ -17,6 +17,14 @@ def client(cluster):
     return cluster.client()
 
 
+@pytest.fixture(scope="module")
+def shared_cluster():
+    """One 2-worker cluster for a module's tests that leave it as they found it (a test that
+    cancels or kills takes `cluster`, a fresh one)."""
+    with throwaway_cluster(2) as c:
+        yield c
+
+
 @pytest.fixture
 def hosts():
     """A broker namespace and two host namespaces (tests/support/netns.py); deleted afterwards."""

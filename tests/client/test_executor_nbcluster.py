@@ -10,15 +10,9 @@ import os
 import pytest
 
 import nbcluster
-from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.testing import wait_for
 
 from ..support.executor_tasks import GATE_TIMEOUT_S, echo, gated, open_gate
-
-
-@pytest.fixture(scope="module")
-def shared_cluster():
-    with throwaway_cluster(2) as cluster:
-        yield cluster
 
 
 def wait_running(fut, what="the task running"):
