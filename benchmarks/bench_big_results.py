@@ -61,8 +61,7 @@ def here(sizes: list[int]) -> None:
 
 
 def across(sizes: list[int]) -> None:
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from netns import Hosts
+    from tests.support.netns import Hosts   # the repository is on sys.path (above)
     hosts = Hosts()
     try:
         key, folder = protocol.new_key(), Path(os.environ.get("TMPDIR", "/tmp"))

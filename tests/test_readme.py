@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from .test_notebooks import cell_text
+from .support.notebooks import cell_text
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()

@@ -104,7 +104,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 
     def _dynamic_function_reduce(self, func: types.FunctionType) -> tuple[Any, ...]:
         # cloudpickle calls this for functions pickled by value only (cloudpickle 3.0, 3.1;
-        # tests/test_serialize.py notices if it stops): nothing is added for other objects
+        # tests/wire/test_serialize.py notices if it stops): nothing is added for other objects
         rv = super()._dynamic_function_reduce(func)
         source = _source_of(func.__code__)
         return rv if source is None else (_with_source, (source, rv[0], rv[1]), *rv[2:])

@@ -11,7 +11,7 @@ from nbcluster import BrokerLost, BrokerTimeout, NBClusterError, parallel
 from nbcluster.client.client import Client
 from nbcluster.testing import wait_for
 
-from .test_restart import Processes, gated, release, running
+from ..support.processes import Processes, gated, release, running
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -21,23 +21,17 @@ from pathlib import Path
 import pytest
 
 import nbcluster
-from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.testing import wait_for
 
-from .executor_tasks import (GATE_TIMEOUT_S, box, divide, echo, gated, init_fail, init_record,
+from ..support import ROOT
+from ..support.executor_tasks import (GATE_TIMEOUT_S, box, divide, echo, gated, init_fail, init_record,
                              initialized, initialized_with, open_gate, raise_key_error,
                              raise_value_error, rendezvous)
 
-ROOT = Path(__file__).resolve().parent.parent
 KINDS = ["stdlib", "nbcluster"]
 
 
 # ---- fixtures -----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shared_cluster():
-    with throwaway_cluster(2) as cluster:
-        yield cluster
-
-
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param

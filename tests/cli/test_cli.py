@@ -272,7 +272,7 @@ def test_a_worker_whose_broker_never_answers_says_so_and_backs_off():
 def test_a_wildcard_connection_file_outlives_a_vanished_interface(tmp_path):
     """A network interface that comes and goes (here a test namespace's veth, as when tests
     run in parallel) must not leave the connection file naming a dead address."""
-    from .netns import Hosts, skip_reason
+    from ..support.netns import Hosts, skip_reason
     if skip_reason():
         pytest.skip(skip_reason())
     conn = str(tmp_path / "cluster.json")

@@ -1,5 +1,5 @@
 """A model of worker.py's credit ledger and registration, message by message, wired to the
-broker's real state machine (for tests/test_credit.py).
+broker's real state machine (for tests/broker/test_credit.py).
 
 The worker: a main thread that runs the tasks of `run` messages in order, an I/O thread that
 handles cancel, given, welcome and reconnect and may say hello again at any time (it heard
@@ -8,7 +8,7 @@ not ordered with each other). The broker may expire a worker (the others heartbe
 paths of re-registration are met: resumed, or a new registration that keeps the running task.
 """
 
-from .test_broker_state import HB, Sim
+from .broker_sim import HB, Sim
 
 PREFETCH = 3   # the model's prefetch while its tasks are short (worker.py: up to MAX_PREFETCH)
 

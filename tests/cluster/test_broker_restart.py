@@ -18,7 +18,7 @@ from nbcluster.client.client import Client
 from nbcluster.wire.connection import ConnectionInfo
 from nbcluster.testing import throwaway_cluster, wait_for
 
-from .netns import skip_reason
+from ..support.netns import skip_reason
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -15,16 +15,9 @@ from joblib import Parallel, delayed, parallel_backend, parallel_config
 
 import nbcluster
 from nbcluster.patterns.joblib_backend import NBClusterBackend
-from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.testing import wait_for
 
-N_WORKERS = 2
-
-
-@pytest.fixture(scope="module")
-def shared_cluster():
-    """One cluster for the read-only side-by-side cases (a fresh one for anything that cancels)."""
-    with throwaway_cluster(N_WORKERS) as c:
-        yield c
+N_WORKERS = 2   # as many as shared_cluster (tests/conftest.py) has
 
 
 @pytest.fixture(scope="module")

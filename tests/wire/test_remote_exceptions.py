@@ -315,12 +315,12 @@ def test_remote_source_lines_show_for_functions_pickled_by_value(client):
 # ---- %%cluster ----------------------------------------------------------------------------
 KERNEL_CHECK = """
 import json
-from tests.test_remote_exceptions import ALL_CASES, facts, local
+from tests.wire.test_remote_exceptions import ALL_CASES, facts, local
 from nbcluster import RemoteError, RemoteErrorGroup
 report = {}
 for name in ALL_CASES:
     try:
-        get_ipython().run_cell_magic("cluster", "", f"from tests.test_remote_exceptions import raise_case\\nraise_case({name!r})")
+        get_ipython().run_cell_magic("cluster", "", f"from tests.wire.test_remote_exceptions import raise_case\\nraise_case({name!r})")
         report[name] = "no error"
     except RemoteErrorGroup as group:
         errs = group.exceptions
@@ -341,8 +341,7 @@ print("REPORT", json.dumps(report))
 
 @pytest.mark.timeout(400)
 def test_cluster_cell_failures_are_the_real_exceptions():
-    from .test_magics import run
-    from .test_notebooks import cell_text
+    from ..support.notebooks import cell_text, run
     nb, _ = run([KERNEL_CHECK])
     out = cell_text(nb.cells[1])
     assert "REPORT " in out, out

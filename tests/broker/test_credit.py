@@ -1,4 +1,4 @@
-"""Credit: the broker's state machine against a model of worker.py's ledger (worker_model.py).
+"""Credit: the broker's state machine against a model of worker.py's ledger (tests/support/worker_model.py).
 
 The worker side is modelled message by message (a main thread running tasks, an I/O thread
 handling cancel, given and registration, one FIFO channel per socket and direction, the two
@@ -15,7 +15,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from .worker_model import Cluster
+from ..support.worker_model import Cluster
 
 STEPS = ["submit", "cancel", "cancel_running", "recv_task", "recv_ctl", "main", "finish_short",
          "finish_long", "giveback", "up_task", "up_ctl"]

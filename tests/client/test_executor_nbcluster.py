@@ -1,4 +1,4 @@
-"""nbcluster.Executor's own side, beyond the stdlib's contract (tests/test_executor_contract.py):
+"""nbcluster.Executor's own side, beyond the stdlib's contract (tests/client/test_executor_contract.py):
 running on an existing cluster, its own cluster's lifetime, interrupt(), Client.submit's
 keywords and options, the RUNNING state as the progress bar and the broker see it."""
 
@@ -10,15 +10,9 @@ import os
 import pytest
 
 import nbcluster
-from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.testing import wait_for
 
-from .executor_tasks import GATE_TIMEOUT_S, echo, gated, open_gate
-
-
-@pytest.fixture(scope="module")
-def shared_cluster():
-    with throwaway_cluster(2) as cluster:
-        yield cluster
+from ..support.executor_tasks import GATE_TIMEOUT_S, echo, gated, open_gate
 
 
 def wait_running(fut, what="the task running"):

@@ -6,65 +6,7 @@ from hypothesis import given, settings, strategies as st
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
-HB = 1000
-
-
-class Sim:
-    """A BrokerState plus a clock; checks the invariants after every step."""
-
-    def __init__(self, **kw):
-        kw.setdefault("first_gid", 1)   # readable gids; the random default is tested apart
-        self.state = BrokerState(heartbeat_ms=HB, liveness=3, **kw)
-        self.now = 0
-        self.sent = []
-
-    def msg(self, identity, t, payload=(), **header):
-        if t == "done":
-            header.setdefault("e", self.state.epoch)   # a worker echoes the run's epoch
-        out = self.state.handle(identity, {"t": t, **header}, list(payload), None, self.now)
-        self.state.check_invariants()
-        self.sent += out
-        return out
-
-    def tick(self, ms=0, alive=(b"c",)):
-        """Advance the clock by ms, ticking at least every heartbeat as the broker does (a
-        longer gap is a broker stall, see test_a_broker_stall_expires_nobody); the peers in
-        `alive` send a heartbeat before each tick."""
-        out = []
-        for step in [HB] * (ms // HB) + [ms % HB] if ms else [0]:
-            self.now += step
-            for identity in alive:
-                if identity in self.state.clients or identity in self.state.worker_by_identity:
-                    self.msg(identity, "hb")
-            out += self.state.tick(self.now)
-            self.state.check_invariants()
-        self.sent += out
-        return out
-
-    def worker(self, identity, labels=(), credit=1, ctl=None):
-        extra = {"task_identity": identity} if ctl else {}
-        out = self.msg(ctl or identity, "hello", role="worker", labels=list(labels), host="h",
-                       pid=1, **extra)
-        wid = out[-1].header["id"]
-        if credit:
-            self.msg(identity, "ready", n=credit)
-        return wid
-
-    def client(self, identity=b"c"):
-        self.msg(identity, "hello", role="client", host="h", pid=2)
-
-    def submit(self, cid, identity=b"c", labels=(), target=None, retries=0, payload=(b"fn", b"args")):
-        return self.msg(identity, "submit", payload, tasks=[[cid, len(payload), list(labels), target, retries]])
-
-
-def runs(out, identity=None):
-    return [(s.identity, g, a) for s in out if s.header["t"] == "run"
-            for g, a, *_ in s.header["tasks"] if identity in (None, s.identity)]
-
-
-def results(out):
-    return [(s.identity, item[0], item[1]) for s in out if s.header["t"] == "results"
-            for item in s.header["items"]]
+from ..support.broker_sim import Sim, results, runs
 
 
 def test_submit_dispatch_result():

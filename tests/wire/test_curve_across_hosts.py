@@ -17,8 +17,8 @@ import zmq
 from nbcluster import Client, NBClusterError
 from nbcluster.wire.curve import CurveKeys
 
-from .netns import skip_reason
-from .test_across_hosts import PORT, Cluster, wait_workers
+from ..support.netns import skip_reason
+from ..support.netns_cluster import PORT, Cluster, wait_workers
 
 pytestmark = [pytest.mark.timeout(120)]
 

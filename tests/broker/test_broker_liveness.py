@@ -6,7 +6,7 @@ itself must expire nobody, and a worker that registers again keeps the tasks it 
 
 from nbcluster.broker.state import BrokerState
 
-from .test_broker_state import HB, Sim, results, runs
+from ..support.broker_sim import HB, Sim, results, runs
 
 
 def hello(sim, ctl, session, resume=None, running=(), task=None):

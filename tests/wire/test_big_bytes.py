@@ -166,7 +166,7 @@ def remote(tmp_path):
     """A client here, a broker and one worker in network namespaces; the worker on a host of
     its own name (a UTS namespace too: with ours, the broker would take it for a worker on
     the client's host and send results through shared memory)."""
-    from .netns import Hosts, skip_reason
+    from ..support.netns import Hosts, skip_reason
     if skip_reason() and not os.environ.get("NBCLUSTER_REQUIRE_NETNS"):
         pytest.skip(skip_reason())
     hosts = Hosts()

@@ -1,4 +1,4 @@
-"""A host's supervisor across network namespaces (tests/netns.py): `nbcluster worker -n 2`
+"""A host's supervisor across network namespaces (tests/support/netns.py): `nbcluster worker -n 2`
 on another host replaces a worker that was SIGKILLed there, and the client, which did not
 start it, hears how it ended."""
 
@@ -15,7 +15,7 @@ from nbcluster.wire import protocol
 from nbcluster.wire.connection import KEY_ENV, ConnectionInfo
 from nbcluster.testing import wait_for
 
-from .netns import skip_reason
+from ..support.netns import skip_reason
 
 pytestmark = [pytest.mark.timeout(120)]
 

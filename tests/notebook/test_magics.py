@@ -10,33 +10,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from .test_notebooks import cell_text as text
+from ..support.notebooks import cell_text as text, run
 
 pytestmark = pytest.mark.timeout(180)
-
-
-class TimedClient(NotebookClient):
-    """Records (arrival time, cell index, message) of every iopub message."""
-
-    def __init__(self, nb, **kw):
-        super().__init__(nb, **kw)
-        self.messages: list[tuple[float, int, dict]] = []
-        self.cell_done: dict[int, float] = {}
-
-    def process_message(self, msg, cell, cell_index):
-        self.messages.append((time.monotonic(), cell_index, msg))
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            self.cell_done[cell_index] = time.monotonic()
-        return super().process_message(msg, cell, cell_index)
-
-
-def run(cells: list[str]) -> tuple[nbformat.NotebookNode, TimedClient]:
-    sources = ["%load_ext nbcluster\n%cluster start -n 2", *cells, "%cluster stop"]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in sources])
-    client = TimedClient(nb, timeout=120, kernel_name="python3", allow_errors=True)
-    client.execute()
-    assert "stopped" in text(nb.cells[-1])
-    return nb, client
 
 
 def html(cell) -> str:

@@ -6,15 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from nbcluster.testing import wait_for
 
-pytestmark = pytest.mark.timeout(90)
+from ..support import SCRIPTS
 
-SCRIPTS = Path(__file__).parent / "scripts"
+pytestmark = pytest.mark.timeout(90)
 
 
 def _alive(pid: int) -> bool:

@@ -16,6 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from ..support import ROOT
+
 pytestmark = pytest.mark.timeout(900)
 
 # Generous waits: a loaded 2-core machine (CI, two busy loops) can take a minute and more to
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.timeout(900)
 WAIT_MS = 180_000
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "nbcluster-browser-test"
 
 if not os.path.exists(CHROMIUM) and not os.environ.get("NBCLUSTER_REQUIRE_BROWSER"):

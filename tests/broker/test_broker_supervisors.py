@@ -5,7 +5,7 @@ import pytest
 
 from nbcluster.errors import ProtocolError
 
-from .test_broker_state import HB, Sim, results, runs
+from ..support.broker_sim import HB, Sim, results, runs
 
 TOKEN = "tok"
 

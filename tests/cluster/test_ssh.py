@@ -13,7 +13,8 @@ import pytest
 from nbcluster import NBClusterError
 from nbcluster.cluster.launchers import SSHCluster, SSHWorkers
 
-from .netns import Hosts, sh, skip_reason
+from ..support import ROOT
+from ..support.netns import Hosts, sh, skip_reason
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -120,14 +121,12 @@ def test_the_ssh_command_adds_workers_to_a_running_cluster(ssh_hosts, tmp_path):
 
 def test_ssh_workers_are_kept_by_their_hosts_supervisor(ssh_hosts, tmp_path):
     """The limits reach the remote `nbcluster worker` (the host's supervisor)."""
-    from pathlib import Path
-
     from nbcluster import MemoryLimitExceeded
     hosts, options = ssh_hosts
     # ssh passes no environment: a Python that imports the nbcluster under test, not the
     # installed one
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nexec env PYTHONPATH={Path(__file__).resolve().parent.parent} "
+    python.write_text(f"#!/bin/sh\nexec env PYTHONPATH={ROOT} "
                       f"{sys.executable} \"$@\"\n")
     python.chmod(0o700)
     with SSHCluster([f"root@{hosts.address('host1')}"], n_per_host=1, python=str(python),

@@ -1,0 +1,1 @@
+"""Tests of nbcluster/cli/: the `nbcluster` command."""

@@ -1,0 +1,1 @@
+"""Tests of nbcluster/notebook/: the magics in a kernel, the widgets in JupyterLab."""

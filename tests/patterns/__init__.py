@@ -1,0 +1,1 @@
+"""Tests of nbcluster/patterns/: collections, MapReduce, mirror workers, joblib."""

@@ -1,0 +1,2 @@
+"""Tests of nbcluster/wire/: serialization, big bytes, message limits, remote exceptions,
+signing and keys, Curve across hosts."""

@@ -1,0 +1,1 @@
+"""Tests of nbcluster/worker/: registration, faults of workers, the host's supervisor."""
