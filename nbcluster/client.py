@@ -143,7 +143,7 @@ class Client:
 
     # ---- submitting -------------------------------------------------------------------------
     def submit(self, fn: Callable, /, *args, **kwargs) -> TaskFuture:
-        """Run fn(*args, **kwargs) on a worker. Every keyword goes to fn; nbcluster's own
+        """Run `fn(*args, **kwargs)` on a worker. Every keyword goes to fn; nbcluster's own
         options (labels, retries, callback) go through `options()`:
         ``client.options(labels={"gpu"}).submit(fn, x)``.
 
@@ -242,7 +242,7 @@ class Client:
 
     def map(self, fn: Callable, *iterables: Iterable, chunksize: int | None = None,
             labels: Iterable[str] | None = None, retries: int = 0) -> list:
-        """[fn(*args) for args in zip(*iterables)], computed on the cluster, in input order.
+        """`[fn(*args) for args in zip(*iterables)]`, computed on the cluster, in input order.
 
         Raises:
             RemoteErrorGroup: some elements failed; it holds one error per failed element
@@ -290,7 +290,7 @@ class Client:
         return futures, len(items)
 
     def broadcast(self, fn: Callable, /, *args, **kwargs) -> dict[str, Any]:
-        """Run fn(*args, **kwargs) once on every worker; returns {worker_id: result}.
+        """Run `fn(*args, **kwargs)` once on every worker; returns {worker_id: result}.
 
         Raises:
             RemoteErrorGroup: it failed on some workers (one error per worker).
@@ -311,7 +311,7 @@ class Client:
 
     def submit_to(self, worker_ids: Iterable[str], fn: Callable, /, *args, **kwargs
                   ) -> dict[str, TaskFuture]:
-        """Run fn(*args, **kwargs) once on each of these workers: {worker_id: future}. A task
+        """Run `fn(*args, **kwargs)` once on each of these workers: {worker_id: future}. A task
         whose worker is gone fails with WorkerLost (it does not move to another worker).
 
         Raises:
