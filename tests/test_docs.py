@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -76,6 +77,13 @@ def build_site(out: Path) -> None:
             except ProcessLookupError:
                 pass
     assert not leftovers, f"the docs build left processes behind: {leftovers}"
+
+
+def test_the_test_extra_has_what_the_docs_extra_has():
+    """The README's test command installs .[test] only, and the suite builds the docs."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["docs"] and set(extras["docs"]) <= set(extras["test"])
 
 
 def page_text(path: Path) -> str:
