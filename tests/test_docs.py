@@ -2,6 +2,7 @@
 tutorials executed with their outputs, the command line and the magics, and no process of
 the build (kernels, the clusters they start) left behind."""
 
+import contextlib
 import html
 import os
 import posixpath
@@ -22,7 +23,7 @@ import nbcluster
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 MARK_ENV = "NBCLUSTER_DOCS_BUILD"   # set in the build's environment: its descendants inherit it
-BUILD_TIMEOUT_S = 480               # executes the tutorials: ~40 s idle, minutes on a loaded machine
+BUILD_TIMEOUT_S = 480               # runs the tutorials: ~40 s idle, minutes on a loaded machine
 LEFTOVER_WAIT_S = 30
 
 
@@ -72,10 +73,8 @@ def build_site(out: Path) -> None:
             time.sleep(0.5)
         leftovers = processes_marked(mark)
         for pid in leftovers:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     assert not leftovers, f"the docs build left processes behind: {leftovers}"
 
 
@@ -105,7 +104,8 @@ def test_docs_site_builds_with_every_public_name_and_executed_tutorials(tmp_path
                   for objects in inventory.values() for name, item in objects.items()}
     missing = [n for n in nbcluster.__all__ if f"nbcluster.{n}" not in documented]
     assert not missing, f"not in the docs: {missing}"
-    elsewhere = [n for n in nbcluster.__all__ if not documented[f"nbcluster.{n}"].startswith("api/")]
+    elsewhere = [n for n in nbcluster.__all__
+                 if not documented[f"nbcluster.{n}"].startswith("api/")]
     assert not elsewhere, f"documented outside the API reference: {elsewhere}"
 
     assert NOTEBOOKS
