@@ -1,5 +1,7 @@
 """Helpers for testing code that uses nbcluster (and for nbcluster's own tests).
 
+For example::
+
     from nbcluster.testing import throwaway_cluster, kill_worker
     with throwaway_cluster(2, heartbeat_ms=200) as cluster:
         ...

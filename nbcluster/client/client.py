@@ -160,7 +160,7 @@ class Client(Outbox, IOThread, Inbox):
     # ---- submitting -------------------------------------------------------------------------
     def submit(self, fn: Callable[..., object] | functions.Prepared, /, *args: object,
                **kwargs: object) -> TaskFuture:
-        """Run fn(*args, **kwargs) on a worker. Every keyword goes to fn; nbcluster's own
+        """Run `fn(*args, **kwargs)` on a worker. Every keyword goes to fn; nbcluster's own
         options (labels, retries, callback) go through `options()`:
         ``client.options(labels={"gpu"}).submit(fn, x)``.
 
@@ -197,7 +197,7 @@ class Client(Outbox, IOThread, Inbox):
 
     def map(self, fn: Callable[..., R], *iterables: Iterable[object], chunksize: int | None = None,
             labels: Iterable[str] | None = None, retries: int = 0) -> list[R]:
-        """[fn(*args) for args in zip(*iterables)], computed on the cluster, in input order.
+        """`[fn(*args) for args in zip(*iterables)]`, computed on the cluster, in input order.
 
         Raises:
             RemoteErrorGroup: some elements failed; it holds one error per failed element
@@ -254,7 +254,7 @@ class Client(Outbox, IOThread, Inbox):
 
     def broadcast(self, fn: Callable[..., R], /, *args: object, **kwargs: object
                   ) -> dict[str, R]:
-        """Run fn(*args, **kwargs) once on every worker; returns {worker_id: result}.
+        """Run `fn(*args, **kwargs)` once on every worker; returns {worker_id: result}.
 
         Raises:
             RemoteErrorGroup: it failed on some workers (one error per worker).
@@ -276,7 +276,7 @@ class Client(Outbox, IOThread, Inbox):
 
     def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., object] | functions.Prepared,
                   /, *args: object, **kwargs: object) -> dict[str, TaskFuture]:
-        """Run fn(*args, **kwargs) once on each of these workers: {worker_id: future}. A task
+        """Run `fn(*args, **kwargs)` once on each of these workers: {worker_id: future}. A task
         whose worker is gone fails with WorkerLost (it does not move to another worker).
 
         Raises:

@@ -154,7 +154,7 @@ class Executor(concurrent.futures.Executor):
 
     # ---- submitting ---------------------------------------------------------------------
     def submit(self, fn: Callable, /, *args, **kwargs) -> TaskFuture:
-        """Run fn(*args, **kwargs) on a worker; every keyword goes to fn."""
+        """Run `fn(*args, **kwargs)` on a worker; every keyword goes to fn."""
         with self._lock:
             self._check_open()
             return self._track(self._client._submit_call(self._wrap(fn), args, kwargs))

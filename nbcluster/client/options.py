@@ -49,7 +49,7 @@ class TaskOptions:
         self.retries, self.callback = retries, callback
 
     def submit(self, fn: Callable, /, *args, **kwargs) -> "TaskFuture":
-        """Run fn(*args, **kwargs) on a worker, with these options; every keyword goes to fn."""
+        """Run `fn(*args, **kwargs)` on a worker, with these options; every keyword goes to fn."""
         return self.client._submit_call(fn, args, kwargs, labels=self.labels,
                                         retries=self.retries, callback=self.callback)
 
