@@ -84,8 +84,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
-    import joblib
     import dask.bag as db
+    import joblib
+
     import nbcluster
     from nbcluster import map_reduce, pfilter, pmap
 

@@ -6,20 +6,44 @@
         nbcluster.parallel(words).map(str.lower).reject(is_stopword).group_by(len)
 """
 
+from .client.bars import progress
 from .client.client import Client, connect
-from .patterns.collections import (Parallel, pall, pany, parallel, pfilter, pflat_map, pgroup_by,
-                                   pmap, pmap_indexed, pnone, preject)
-from .errors import (AuthenticationError, BrokerLost, BrokerTimeout, MemoryLimitExceeded,
-                     MessageTooLarge, NBClusterError, PicklingError, ProtocolError, RemoteError,
-                     RemoteErrorGroup, RemoteFrame, TaskCancelled, WorkerLost)
 from .client.executor import BrokenExecutor, Executor
 from .client.futures import TaskFuture
-from .client.bars import progress
 from .cluster.local import LocalCluster
+from .errors import (
+    AuthenticationError,
+    BrokerLost,
+    BrokerTimeout,
+    MemoryLimitExceeded,
+    MessageTooLarge,
+    NBClusterError,
+    PicklingError,
+    ProtocolError,
+    RemoteError,
+    RemoteErrorGroup,
+    RemoteFrame,
+    TaskCancelled,
+    WorkerLost,
+)
+from .patterns.collections import (
+    Parallel,
+    pall,
+    pany,
+    parallel,
+    pfilter,
+    pflat_map,
+    pgroup_by,
+    pmap,
+    pmap_indexed,
+    pnone,
+    preject,
+)
+from .patterns.joblib_hook import (
+    register_joblib,  # also: joblib's "nbcluster" backend, once joblib loads
+)
 from .patterns.mapreduce import MapReduce, map_reduce
 from .patterns.mirror import Mirror, mirror
-from .patterns.joblib_hook import (register_joblib)   # also: joblib's "nbcluster" backend, once joblib loads
-
 from .version import __version__
 
 __all__ = [

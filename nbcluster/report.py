@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 __all__ = ["FailureGroup", "failures", "group_failures", "text_report", "explore",
            "set_viewer"]

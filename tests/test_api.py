@@ -1,6 +1,5 @@
 """The public face: exported names and import cost (the layers: test_layers.py)."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path

@@ -2,7 +2,8 @@
 asked for again when missing. Invariants are checked after every step."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError

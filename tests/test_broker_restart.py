@@ -15,8 +15,8 @@ import pytest
 
 import nbcluster
 from nbcluster.client.client import Client
-from nbcluster.wire.connection import ConnectionInfo
 from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.wire.connection import ConnectionInfo
 
 from .netns import skip_reason
 

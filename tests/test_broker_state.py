@@ -1,7 +1,8 @@
 """The broker's bookkeeping, driven message by message with a fake clock (milliseconds)."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError

@@ -289,6 +289,7 @@ def test_workers_import_what_the_client_can_import(tmp_path):
 
 def test_large_buffers_use_shared_memory_and_leave_no_file(cluster, client):
     import os
+
     from nbcluster.wire import shm
     prefix = shm.cluster_prefix(cluster.key)
     a = np.arange(2_000_000, dtype=np.float64)

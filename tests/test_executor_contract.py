@@ -23,9 +23,21 @@ import pytest
 import nbcluster
 from nbcluster.testing import throwaway_cluster, wait_for
 
-from .executor_tasks import (GATE_TIMEOUT_S, box, divide, echo, gated, init_fail, init_record,
-                             initialized, initialized_with, open_gate, raise_key_error,
-                             raise_value_error, rendezvous)
+from .executor_tasks import (
+    GATE_TIMEOUT_S,
+    box,
+    divide,
+    echo,
+    gated,
+    init_fail,
+    init_record,
+    initialized,
+    initialized_with,
+    open_gate,
+    raise_key_error,
+    raise_value_error,
+    rendezvous,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ["stdlib", "nbcluster"]

@@ -310,7 +310,8 @@ def test_grid_search_runs_on_the_workers_and_matches_loky(shared_client, tmp_pat
             self.C, self.gamma, self.log_dir = C, gamma, log_dir
 
         def fit(self, X, y):
-            import os, uuid
+            import os
+            import uuid
             self.model_ = SVC(C=self.C, gamma=self.gamma).fit(X, y)
             self.classes_ = self.model_.classes_
             open(os.path.join(self.log_dir, f"{os.getpid()}-{uuid.uuid4().hex}"), "w").close()

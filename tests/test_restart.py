@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from nbcluster.wire import protocol
 from nbcluster.client.client import Client
 from nbcluster.testing import wait_for
+from nbcluster.wire import protocol
 
 pytestmark = pytest.mark.timeout(180)
 

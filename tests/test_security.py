@@ -10,9 +10,9 @@ import pytest
 import zmq
 
 from nbcluster import AuthenticationError
-from nbcluster.wire import protocol
 from nbcluster.client.client import Client
 from nbcluster.testing import throwaway_cluster
+from nbcluster.wire import protocol
 
 pytestmark = pytest.mark.timeout(60)
 

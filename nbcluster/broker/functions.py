@@ -16,8 +16,8 @@ peer holds the cluster key, so a peer's hash is trusted as its task is).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..errors import ProtocolError
 

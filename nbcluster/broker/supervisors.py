@@ -116,7 +116,7 @@ class Supervisors:
                 for s in self.by_identity.values()]
 
     # ---- messages ---------------------------------------------------------------------------
-    def handle(self, state: "BrokerState", sup: SupervisorPeer, h: dict, now: int) -> list["Send"]:
+    def handle(self, state: BrokerState, sup: SupervisorPeer, h: dict, now: int) -> list[Send]:
         kind = h["t"]
         if kind == "hb":
             alive = h.get("alive", [])
@@ -131,7 +131,7 @@ class Supervisors:
             return []
         raise ProtocolError(f"unexpected {kind!r} message from a supervisor")
 
-    def _exited(self, state: "BrokerState", sup: SupervisorPeer, h: dict, now: int) -> list["Send"]:
+    def _exited(self, state: BrokerState, sup: SupervisorPeer, h: dict, now: int) -> list[Send]:
         pid, reason = h.get("pid"), h.get("reason")
         if not isinstance(pid, int) or not isinstance(reason, str):
             raise ProtocolError("exited needs a pid and a reason")
@@ -155,7 +155,7 @@ class Supervisors:
         return state._drop_workers([w], lost=True)
 
 
-def _running_task(state: "BrokerState", w) -> Any:
+def _running_task(state: BrokerState, w) -> Any:
     """The task w was running: one it reported as started, else the oldest it holds (a
     worker runs its tasks in the order it got them, and a long task is reported as started
     within milliseconds)."""

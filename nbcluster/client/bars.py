@@ -10,7 +10,8 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 __all__ = ["ProgressBar", "progress_bar", "set_progress_factory", "progress"]
 
@@ -33,7 +34,7 @@ Factory = Callable[[int | None, str, Callable[[], None] | None], ProgressBar]
 
 class _Tqdm:
     def __init__(self, total: int | None, desc: str, cancel: Callable[[], None] | None = None):
-        from tqdm.auto import tqdm   # imported on first use: scripts that show no bar skip it
+        from tqdm.auto import tqdm  # imported on first use: scripts that show no bar skip it
         self._bar = tqdm(total=total, desc=desc, unit="it", delay=SHOW_AFTER_S, file=sys.stderr,
                          dynamic_ncols=True, leave=False)
         self.failed = 0

@@ -20,11 +20,12 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
+from ..errors import NBClusterError
 from ..wire import remote
 from .chunks import ChunkFailures
-from ..errors import NBClusterError
 from .futures import TaskFuture
 
 __all__ = ["Executor", "BrokenExecutor"]
@@ -43,7 +44,7 @@ class BrokenExecutor(NBClusterError, concurrent.futures.BrokenExecutor):
 own_cluster: Callable[..., Any]
 
 _global_shutdown = False
-_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 
 def _python_exit() -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Callable
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING, RUNNING
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["TaskFuture"]
 
@@ -82,7 +83,7 @@ class TaskFuture(concurrent.futures.Future):
         self._client._cancel_remote([self.key])
         return True
 
-    def add_running_callback(self, fn: Callable[["TaskFuture"], Any]) -> None:
+    def add_running_callback(self, fn: Callable[[TaskFuture], Any]) -> None:
         """Call fn(future) when the task starts running on a worker (at once if it is running
         now; never if it finishes or is cancelled first). fn runs on the client's I/O thread:
         keep it short."""

@@ -12,7 +12,8 @@ callback, never call it), with a message that shows the new way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..wire.serialize import Prepared, describe
 
@@ -34,7 +35,7 @@ class TaskOptions:
         callback: called on the client with the result when the task succeeds.
     """
 
-    def __init__(self, client: "Client", *, labels: Iterable[str] | None = None,
+    def __init__(self, client: Client, *, labels: Iterable[str] | None = None,
                  retries: int = 0, callback: Callable[[Any], Any] | None = None):
         if isinstance(labels, str):
             raise TypeError(f"labels must be a collection of strings, not the string {labels!r} "
@@ -47,7 +48,7 @@ class TaskOptions:
         self.labels = sorted(labels or ())
         self.retries, self.callback = retries, callback
 
-    def submit(self, fn: Callable, /, *args, **kwargs) -> "TaskFuture":
+    def submit(self, fn: Callable, /, *args, **kwargs) -> TaskFuture:
         """Run fn(*args, **kwargs) on a worker, with these options; every keyword goes to fn."""
         return self.client._submit_call(fn, args, kwargs, labels=self.labels,
                                         retries=self.retries, callback=self.callback)

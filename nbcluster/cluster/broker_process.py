@@ -28,9 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+from ..errors import NBClusterError
 from ..wire.connection import ConnectionInfo, advertised
 from ..wire.curve import CurveKeys, server_keys_line
-from ..errors import NBClusterError
 
 __all__ = ["BrokerProcess", "describe_exit"]
 

@@ -21,14 +21,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import urlparse
 
-from ..wire.connection import ConnectionInfo
 from ..errors import NBClusterError
-from .local import LocalCluster
+from ..wire.connection import ConnectionInfo
 from ..worker.procinfo import parse_bytes
+from .local import LocalCluster
 
 __all__ = ["SSHWorkers", "SSHCluster", "SlurmWorkers"]
 
@@ -132,7 +132,7 @@ class SSHWorkers:
                 p.terminate()
                 p.wait(5)
 
-    def __enter__(self) -> "SSHWorkers":
+    def __enter__(self) -> SSHWorkers:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -220,7 +220,7 @@ class SlurmWorkers:
         """Cancel the job (its workers end)."""
         subprocess.run(["scancel", self.job_id], capture_output=True)
 
-    def __enter__(self) -> "SlurmWorkers":
+    def __enter__(self) -> SlurmWorkers:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -17,20 +17,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from ..wire import protocol, shm
-from ..client.bars import progress_bar
-from .broker_process import BrokerProcess
-from ..client.broker_silence import DEFAULT_BROKER_TIMEOUT_S
 from ..client import executor
+from ..client.bars import progress_bar
+from ..client.broker_silence import DEFAULT_BROKER_TIMEOUT_S
 from ..client.client import Client, remember_latest
+from ..errors import NBClusterError
+from ..wire import protocol, shm
 from ..wire.connection import KEY_ENV, ConnectionInfo
 from ..wire.curve import is_loopback
-from ..errors import NBClusterError
-from .local_workers import SupervisedWorkers, WorkerProcess
 from ..worker.procinfo import parse_bytes
+from .broker_process import BrokerProcess
+from .local_workers import SupervisedWorkers, WorkerProcess
 
 __all__ = ["LocalCluster"]
 
@@ -206,7 +206,7 @@ class LocalCluster:
                 "workers": [pid for s in supervisors for pid in s.pids()],
                 "supervisors": [s.proc.pid for s in supervisors]}
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -23,8 +23,8 @@ def has_frontend(shell: Any = None) -> bool:
 
 def load_ipython_extension(shell) -> None:
     """`%load_ext nbcluster`: the magics; in a notebook, widgets for bars and errors."""
-    from ..client import bars
     from .. import report
+    from ..client import bars
     from ..errors import NBClusterError
     from .magics import ClusterMagics
 
@@ -54,8 +54,8 @@ def load_ipython_extension(shell) -> None:
 
 
 def unload_ipython_extension(shell) -> None:
-    from ..client import bars
     from .. import report
+    from ..client import bars
     bars.set_progress_factory(bars._Tqdm)
     report.set_viewer(report._print_report)
     shell.set_custom_exc((), None)
@@ -63,6 +63,7 @@ def unload_ipython_extension(shell) -> None:
 
 def _show_explorer(error: BaseException) -> None:
     from IPython.display import display
+
     from .explorer import ErrorExplorer
     display(ErrorExplorer(error))
 
@@ -70,6 +71,7 @@ def _show_explorer(error: BaseException) -> None:
 def _show_panel(obj) -> bool:
     """The worker panel for a cell's value that is a Client or LocalCluster."""
     from IPython.display import display
+
     from ..client.client import Client
     from .panel import WorkerPanel
     display(WorkerPanel(obj if isinstance(obj, Client) else obj.default_client()))

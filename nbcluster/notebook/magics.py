@@ -21,15 +21,15 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from ..worker import cells
-from ..client import client as client_module
 from .. import report
+from ..client import client as client_module
 from ..client.client import Client, connect
-from ..patterns.collections import parallel
 from ..client.english import counted
-from ..errors import RemoteErrorGroup
-from ..wire.remote import FailureTally
 from ..cluster.local import LocalCluster
+from ..errors import RemoteErrorGroup
+from ..patterns.collections import parallel
+from ..wire.remote import FailureTally
+from ..worker import cells
 from .live import WorkerOutputs
 
 __all__ = ["ClusterMagics", "CONNECTION_ENV", "DEFAULT_CONNECTION_FILE"]
@@ -118,8 +118,9 @@ class ClusterMagics(Magics):
     def _status(self) -> None:
         client = self.client()
         if self.rich:
-            from .panel import WorkerPanel
             from IPython.display import display
+
+            from .panel import WorkerPanel
             display(WorkerPanel(client))
             return None
         status = client.status()
@@ -187,7 +188,7 @@ class ClusterMagics(Magics):
         with a progress bar. Both are Python expressions, e.g. `%pmap lambda x: x * 2 data`."""
         fn_text, it_text = _split_two_expressions(_without_comment(line))
         ns = self.shell.user_ns
-        fn, iterable = eval(fn_text, ns), eval(it_text, ns)   # noqa: S307 - the user's own line
+        fn, iterable = eval(fn_text, ns), eval(it_text, ns)
         return parallel(iterable, client=self.client()).map(fn).to_list()
 
 

@@ -29,14 +29,15 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import joblib.parallel
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
-from ..wire import serialize, tracebacks
 from ..client.client import Client
 from ..errors import PicklingError
+from ..wire import serialize, tracebacks
 from .session import current_client
 
 __all__ = ["NBClusterBackend", "BACKEND_NAME"]

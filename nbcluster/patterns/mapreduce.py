@@ -25,17 +25,18 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-from . import shuffle
+from ..client.bars import progress_bar
 from ..client.chunks import auto_chunksize
 from ..client.client import Client
+from ..client.futures import TaskFuture
+from ..client.waiting import as_completed, wait  # interrupted, they cancel what is not done
 from ..errors import NBClusterError, TaskCancelled, locate
 from ..wire.remote import FailureTally
-from ..client.futures import TaskFuture
-from ..client.bars import progress_bar
+from . import shuffle
 from .session import current_client
-from ..client.waiting import as_completed, wait   # interrupted, they cancel what is not done
 
 __all__ = ["MapReduce", "map_reduce"]
 
@@ -78,7 +79,7 @@ class MapReduce:
                          name="nbcluster-mapreduce", daemon=True).start()
         return job
 
-    def _finish(self, job: "_JobFuture", futures: list[TaskFuture], callback) -> None:
+    def _finish(self, job: _JobFuture, futures: list[TaskFuture], callback) -> None:
         tally, pending = FailureTally(), set(futures)
         while pending and not tally.systematic:   # a repeated failure: the rest is cancelled
             done, pending = concurrent.futures.wait(
@@ -269,7 +270,7 @@ class _KeyedJob:
                     kind, n = live.pop(fut)
                     try:
                         outcome = fut.result()
-                    except Exception as e:   # noqa: BLE001
+                    except Exception as e:
                         if kind == "map":
                             raise NBClusterError(f"map task {n} failed when computed again: "
                                                  f"{e}") from e

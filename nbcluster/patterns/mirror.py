@@ -23,12 +23,12 @@ import signal
 import sys
 import time
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
-from ..wire import serialize
 from ..client.client import Client
-from .collections import parallel
 from ..errors import NBClusterError
+from ..wire import serialize
+from .collections import parallel
 from .session import current_client
 
 __all__ = ["Mirror", "mirror"]

@@ -12,7 +12,8 @@ element through every step before the next element starts.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..wire import tracebacks
 

@@ -16,24 +16,23 @@ outputs to compute again.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
-
-import pickle
 
 import cloudpickle
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..wire import curve, protocol, tracebacks
 from .. import runtime
 from ..errors import NBClusterError, ProtocolError
+from ..wire import curve, protocol, tracebacks
 
 __all__ = ["MapTask", "ReduceTask", "MapOutcome", "ReduceOutcome", "Missing", "stable_hash",
            "drop"]

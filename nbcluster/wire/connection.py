@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .curve import CurveKeys
 from ..errors import NBClusterError
+from .curve import CurveKeys
 
 __all__ = ["ConnectionInfo", "read_or_exit", "key_from_env", "KEY_ENV"]
 
@@ -77,7 +77,7 @@ class ConnectionInfo:
         return json.dumps(data)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "ConnectionInfo":
+    def read(cls, path: str | os.PathLike) -> ConnectionInfo:
         """The connection file at path.
 
         Raises:
@@ -98,7 +98,7 @@ class ConnectionInfo:
                 from None
 
     @classmethod
-    def from_json(cls, text: str) -> "ConnectionInfo":
+    def from_json(cls, text: str) -> ConnectionInfo:
         data = json.loads(text)
         return cls(endpoints=list(data["endpoints"]), key=bytes.fromhex(data["key"]),
                    host=data.get("host", ""),

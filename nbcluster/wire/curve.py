@@ -36,7 +36,7 @@ class CurveKeys:
     client_secret: bytes
 
     @classmethod
-    def generate(cls) -> tuple["CurveKeys", bytes]:
+    def generate(cls) -> tuple[CurveKeys, bytes]:
         """New keys, and the server's secret key (for the broker only)."""
         server_public, server_secret = zmq.curve_keypair()
         client_public, client_secret = zmq.curve_keypair()
@@ -48,7 +48,7 @@ class CurveKeys:
                 "client_secret": self.client_secret.decode()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "CurveKeys":
+    def from_json(cls, data: dict) -> CurveKeys:
         return cls(*(data[k].encode() for k in ("server_public", "client_public",
                                                 "client_secret")))
 

@@ -10,7 +10,7 @@ limit. (Arguments and results that go through shared memory are only a short nam
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import MessageTooLarge
 from .protocol import DEFAULT_MAX_MESSAGE_BYTES
@@ -33,7 +33,7 @@ def limit_from_welcome(header: dict, default: int = DEFAULT_MAX_MESSAGE_BYTES) -
         else default
 
 
-def check(what: "str | Callable[[], str]", nbytes: int, limit: int) -> None:
+def check(what: str | Callable[[], str], nbytes: int, limit: int) -> None:
     """Raise MessageTooLarge unless a message carrying nbytes of payload fits the limit.
 
     Args:

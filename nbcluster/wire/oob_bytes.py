@@ -18,7 +18,8 @@ arrives as one object; a container that holds itself is left as it is.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["lift"]
 

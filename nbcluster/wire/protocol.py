@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 

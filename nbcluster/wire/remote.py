@@ -18,9 +18,15 @@ import threading
 import types
 from typing import Any
 
+from ..errors import (
+    RemoteError,
+    RemoteErrorGroup,
+    RemoteFrame,
+    RemoteTraceback,
+    failed_workers,
+    summarize_failures,
+)
 from . import serialize
-from ..errors import (RemoteError, RemoteErrorGroup, RemoteFrame, RemoteTraceback, failed_workers,
-                      summarize_failures)
 from .tracebacks import DETAILED_PER_SIGNATURE
 
 __all__ = ["rebuild", "FailureTally"]

@@ -10,9 +10,9 @@ import traceback
 import types
 from typing import Any
 
-from . import serialize
 from ..errors import RemoteFrame
 from ..runtime import WORKER
+from . import serialize
 
 __all__ = ["capture", "signature", "ElementFailures"]
 

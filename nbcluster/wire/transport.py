@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -13,7 +14,7 @@ __all__ = ["dealer", "pending_messages"]
 
 
 def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
-           curve: "CurveKeys | None" = None) -> zmq.Socket:
+           curve: CurveKeys | None = None) -> zmq.Socket:
     """A DEALER connected to the broker (as a CURVE client when the cluster has keys):
     unbounded queues (a result is never dropped by a high-water mark), no lingering."""
     sock = ctx.socket(zmq.DEALER)

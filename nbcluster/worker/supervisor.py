@@ -40,11 +40,11 @@ from dataclasses import dataclass
 
 import zmq
 
-from ..wire import protocol
 from ..errors import ProtocolError
-from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
+from ..wire import protocol
 from ..wire.transport import dealer, pending_messages
 from .loop import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV, read_line
+from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
 
 __all__ = ["Supervisor", "main"]
 
@@ -246,7 +246,7 @@ class Supervisor:
         self._send({"t": "exited", "pid": pid, "reason": reason, "left": left,
                     "memory": child.over_limit is not None})
         self._announce(f"exited {pid} {reason}")
-        if self.stop_deadline is not None or status == EXIT_ASKED_TO_LEAVE and left:
+        if self.stop_deadline is not None or (status == EXIT_ASKED_TO_LEAVE and left):
             return
         if status == EXIT_MAX_TASKS or self.respawn:
             now = time.monotonic()
