@@ -267,7 +267,7 @@ def startup(name: str) -> tuple[float, float]:
                          env=env)
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
-    first, stop, kids, alive = out.stdout.split()[-4:]
+    first, stop, _kids, _alive = out.stdout.split()[-4:]
     return float(first), float(stop)
 
 
@@ -307,7 +307,7 @@ def main() -> None:
         try:
             results[name] = measure(PEERS[name](), args.quick)
             results[name]["first_result_s"], results[name]["stop_s"] = startup(name)
-        except Exception as e:  # one peer failing must not lose the others' figures
+        except Exception as e:  # noqa: BLE001 - one peer failing must not lose the others' figures
             print(f"  {name} failed: {e!r}", flush=True)
         print(f"  {json.dumps(results.get(name))}", flush=True)
 

@@ -39,12 +39,12 @@ from .patterns.collections import (
     pnone,
     preject,
 )
-from .patterns.joblib_hook import (
-    register_joblib,  # also: joblib's "nbcluster" backend, once joblib loads
-)
+
+# register_joblib: also joblib's "nbcluster" backend, registered once joblib loads
+from .patterns.joblib_hook import register_joblib
 from .patterns.mapreduce import MapReduce, map_reduce
 from .patterns.mirror import Mirror, mirror
-from .version import __version__
+from .version import __version__ as __version__
 
 __all__ = [
     "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",

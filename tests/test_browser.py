@@ -2,6 +2,7 @@
 bar reaching 100 %, the worker panel following a killed worker, the error explorer showing a
 frame's locals after a click. Screenshots go to test-artifacts/."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -104,7 +105,8 @@ def lab(tmp_path, netns):
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
          "--LabApp.extension_manager=readonly", f"--LabApp.app_settings_dir={settings}",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+        env=env, stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "lab.log", "w"))  # noqa: SIM115 - JupyterLab's, for its life
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT_MS / 1000
@@ -122,7 +124,7 @@ def lab(tmp_path, netns):
             except (OSError, subprocess.SubprocessError):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("JupyterLab did not start:\n"
-                                       + (tmp_path / "lab.log").read_text()[-3000:])
+                                       + (tmp_path / "lab.log").read_text()[-3000:]) from None
                 time.sleep(0.3)
         yield base
     finally:
@@ -189,14 +191,12 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, netns, request, tmp_path
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{lab}/lab/tree/magics.ipynb?token={TOKEN}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=WAIT_MS)
-            try:   # usually the kernel is idle within seconds...
+            # Usually the kernel is idle within seconds, but under load the indicator was
+            # seen to miss the kernel's first idle (the kernel was up, per the server's log):
+            # run_cell presses again until the cell runs, and fails clearly if it never does
+            with contextlib.suppress(playwright_api.Error):
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                        timeout=60_000)
-            except playwright_api.Error:
-                # ...but under load the indicator was seen to miss the kernel's first idle
-                # (the kernel was up, per the server's log): run_cell presses again until the
-                # cell runs, and fails clearly if it never does
-                pass
             run_cell(page, 0, timeout_s=WAIT_MS / 1000)
             assert "started a local cluster of 2 workers" in page.locator(
                 ".jp-Cell").nth(0).inner_text()

@@ -30,7 +30,7 @@ def test_map_keeps_order_on_100k_items(client):
 
 def test_map_of_several_iterables_and_explicit_chunksize(client):
     assert client.map(lambda a, b: a - b, range(50), range(0, 100, 2), chunksize=7) == \
-        [a - b for a, b in zip(range(50), range(0, 100, 2))]
+        [a - b for a, b in zip(range(50), range(0, 100, 2), strict=True)]
     assert client.map(str, []) == []
 
 
@@ -140,7 +140,7 @@ def test_100mb_numpy_round_trip(client):
 
 def test_remote_error_has_frames_locals_and_worker(client):
     def inner(d, k):
-        secret = "local value"
+        secret = "local value"   # noqa: F841 - the frame's locals are what is tested
         return d[k]
 
     def outer(k):

@@ -115,7 +115,7 @@ def test_retry_limit_zero_fails_on_first_loss():
 def test_workers_join_and_leave_while_a_map_runs():
     with throwaway_cluster(2) as cluster:
         client = cluster.client()
-        futures, n = client.map_futures(lambda i: (time.sleep(0.02), i * i)[1], range(300),
+        futures, _n = client.map_futures(lambda i: (time.sleep(0.02), i * i)[1], range(300),
                                         chunksize=1)
         time.sleep(0.3)
         cluster.add_workers(2)

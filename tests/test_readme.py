@@ -61,6 +61,6 @@ def test_notebook_snippets_run_in_a_kernel_as_pasted(tmp_path):
     NotebookClient(nb, timeout=240, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute(
                        env={**__import__("os").environ, "HOME": str(env_home)})
-    for block, cell in zip(blocks, nb.cells):
+    for block, cell in zip(blocks, nb.cells, strict=True):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"{block}\n--- output ---\n{cell_text(cell)}"

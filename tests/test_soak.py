@@ -8,6 +8,7 @@ counted from outside the cluster, whatever the cluster says.
 """
 
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -78,10 +79,8 @@ class _Faults:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.timeout(600)

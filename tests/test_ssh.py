@@ -42,7 +42,7 @@ def ssh_hosts(tmp_path):
                 "PermitRootLogin prohibit-password", "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", ""]))
             hosts.spawn(name, [SSHD, "-D", "-e", "-f", str(config)],
-                        stderr=open(tmp_path / f"{name}.log", "w"))
+                        stderr=open(tmp_path / f"{name}.log", "w"))  # noqa: SIM115 - sshd's, for its life
         options = ["-i", str(tmp_path / "id"), "-o", f"UserKnownHostsFile={tmp_path / 'known'}",
                    "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR"]
         deadline = time.monotonic() + 20
@@ -142,6 +142,6 @@ def test_ssh_workers_are_kept_by_their_hosts_supervisor(ssh_hosts, tmp_path):
             for _ in range(512):
                 chunks.append(bytearray(8 << 20))
                 time.sleep(0.005)
-        with pytest.raises(MemoryLimitExceeded, match="memory limit 300.0 MiB exceeded"):
+        with pytest.raises(MemoryLimitExceeded, match=r"memory limit 300\.0 MiB exceeded"):
             client.submit(allocate).result(60)
         assert client.submit(os.getpid).result(60) not in pids

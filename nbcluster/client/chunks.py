@@ -36,8 +36,8 @@ class ChunkRunner:
         for i, args in enumerate(items):
             try:
                 results.append(fn(*args) if self.star else fn(args))
-            except (Exception, SystemExit) as e:   # each element fails alone (a cancel
-                # interrupts with KeyboardInterrupt, which ends the chunk)
+            except (Exception, SystemExit) as e:   # noqa: BLE001 - each element fails alone
+                # (a cancel interrupts with KeyboardInterrupt, which ends the chunk)
                 results.append(None)
                 failures = failures or tracebacks.ElementFailures()
                 failures.add(start + i, args if not self.star or len(args) != 1 else args[0],

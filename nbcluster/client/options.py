@@ -13,7 +13,7 @@ callback, never call it), with a message that shows the new way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 from ..wire.serialize import Prepared, describe
 
@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 __all__ = ["TaskOptions", "refuse_misplaced_options"]
 
 OPTION_NAMES = ("labels", "retries", "callback")
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class TaskOptions:
@@ -36,7 +39,7 @@ class TaskOptions:
     """
 
     def __init__(self, client: Client, *, labels: Iterable[str] | None = None,
-                 retries: int = 0, callback: Callable[[Any], Any] | None = None):
+                 retries: int = 0, callback: Callable[[T], object] | None = None) -> None:
         if isinstance(labels, str):
             raise TypeError(f"labels must be a collection of strings, not the string {labels!r} "
                             f"(write labels={{{labels!r}}})")
@@ -48,7 +51,16 @@ class TaskOptions:
         self.labels = sorted(labels or ())
         self.retries, self.callback = retries, callback
 
-    def submit(self, fn: Callable, /, *args, **kwargs) -> TaskFuture:
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args,
+               **kwargs: P.kwargs) -> TaskFuture[T]: ...
+
+    @overload   # a function prepared once (Client.prepare): its result type is not known
+    def submit(self, fn: Prepared, /, *args: object,
+               **kwargs: object) -> TaskFuture[object]: ...
+
+    def submit(self, fn: Callable[..., T] | Prepared, /, *args: object,
+               **kwargs: object) -> TaskFuture[T]:
         """Run fn(*args, **kwargs) on a worker, with these options; every keyword goes to fn."""
         return self.client._submit_call(fn, args, kwargs, labels=self.labels,
                                         retries=self.retries, callback=self.callback)

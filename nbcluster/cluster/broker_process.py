@@ -19,6 +19,7 @@ again), so a restart costs them only the tasks' re-runs. The connection file is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -204,10 +205,8 @@ class BrokerProcess:
             self._stopping.set()
             proc = self._proc
         if proc is not None:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 proc.stdin.close()   # it watches its stdin: it leaves at once
-            except (OSError, ValueError):
-                pass
             try:
                 proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -233,7 +232,5 @@ class BrokerProcess:
     @staticmethod
     def _close_pipes(proc: subprocess.Popen) -> None:
         for pipe in (proc.stdin, proc.stdout):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 pipe.close()
-            except (OSError, ValueError):
-                pass

@@ -14,6 +14,7 @@ A host that cannot be reached is reported with ssh's own words, not waited on fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
@@ -121,10 +122,8 @@ class SSHWorkers:
     def close(self) -> None:
         """Stop the workers: closing ssh's stdin ends them on their hosts."""
         for p in self.procs.values():
-            try:
+            with contextlib.suppress(OSError):
                 p.stdin.close()
-            except OSError:
-                pass
         for p in self.procs.values():
             try:
                 p.wait(10)

@@ -12,6 +12,7 @@ workers with it (they watch its pipe); it is started again, so the cluster does 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -131,10 +132,8 @@ class SupervisedWorkers:
         with self._changed:
             self._closing = True
             proc = self.proc
-        try:
+        with contextlib.suppress(OSError, ValueError):
             proc.stdin.close()
-        except (OSError, ValueError):
-            pass
 
     def close(self) -> None:
         """Stop the supervisor and wait for it."""

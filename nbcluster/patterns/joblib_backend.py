@@ -187,7 +187,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
     def _submit(self, func: Callable[[], list]) -> concurrent.futures.Future:
         try:
             fut = self.client.submit(_run_batch, func)
-        except Exception as e:
+        except Exception as e:   # noqa: BLE001 - it becomes the batch's error, see below
             # A batch that cannot be pickled (or a closed client) must reach joblib as the
             # batch's error, as from loky: raised here, inside joblib's callback thread, it
             # would leave the call waiting forever for a batch that was never sent.

@@ -69,7 +69,7 @@ class Mirror(Client):
 
     def map(self, fn, *iterables, chunksize: int | None = None, labels=None, retries: int = 0):
         """[fn(*args) for args in zip(*iterables)] on the mirror workers, in order."""
-        return parallel(zip(*iterables), self, chunksize=chunksize, labels=labels,
+        return parallel(zip(*iterables, strict=False), self, chunksize=chunksize, labels=labels,
                         retries=retries, progress=False).map(_Star(fn)).to_list()
 
     # ---- forking --------------------------------------------------------------------------

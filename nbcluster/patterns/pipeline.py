@@ -90,7 +90,7 @@ class Pipeline:
             if failed:
                 keep = [i not in failed for i in range(len(values))]
                 values = list(itertools.compress(values, keep))
-            values = list(zip(keys, values))
+            values = list(zip(keys, values, strict=True))
         return ChunkOutcome(values if isinstance(values, list) else list(values), len(items), [])
 
     def _by_element(self, start: int, items: list, errors: tracebacks.ElementFailures
@@ -114,7 +114,7 @@ class Pipeline:
                 feed(item, start + pos, 0, sink)
             except _Decided:
                 return ChunkOutcome([True], pos + 1, [])
-            except Exception as e:   # this element fails alone; its partial output goes
+            except Exception as e:   # noqa: BLE001 - this element fails alone; its partial output goes
                 del out[mark:]
                 errors.add(start + pos, item, e, skip=2)
                 if errors.should_stop:
@@ -162,7 +162,7 @@ def _map_each(fn: Callable, args: tuple, errors: tracebacks.ElementFailures, ite
             out.append(fn(*(a[bad] for a in args)))
             pos = bad + 1
             continue
-        except Exception as e:
+        except Exception as e:   # noqa: BLE001 - user code: that element's failure
             bad = pos + len(out) - mark
             i = index[bad]
             errors.add(i, items[i - start], e, skip=1)

@@ -49,7 +49,7 @@ def stable_hash(key: Any) -> int:
         return zlib.crc32(key.encode("utf-8", "surrogatepass"))
     if isinstance(key, (bytes, bytearray)):
         return zlib.crc32(key)
-    if isinstance(key, bool) or isinstance(key, int):
+    if isinstance(key, (bool, int)):
         return int(key) & 0xFFFFFFFF
     if isinstance(key, float) and key.is_integer():   # 2.0 == 2: same key, same partition
         return int(key) & 0xFFFFFFFF
@@ -209,7 +209,7 @@ class MapTask:
             for pos, record in enumerate(records):
                 try:
                     _fold(into.groups, self.mapper(record), self.combiner)
-                except Exception as e:
+                except Exception as e:   # noqa: BLE001 - user code: that record's failure
                     failures.add(start + pos, record, e, skip=1)
                     if failures.should_stop:   # the job fails: the rest need not run
                         break
@@ -249,8 +249,8 @@ def _partition(groups: dict, n: int) -> list[dict]:
     except (TypeError, UnicodeEncodeError):
         hashes = list(map(stable_hash, keys))
     parts: list[dict] = [{} for _ in range(n)]
-    for k, v, h in zip(keys, groups.values(), hashes):   # a plain loop: 3x faster than
-        parts[h % n][k] = v                               # itertools.compress per part
+    for k, v, h in zip(keys, groups.values(), hashes, strict=True):   # a plain loop: 3x
+        parts[h % n][k] = v                  # faster than itertools.compress per part
     return parts
 
 
@@ -291,7 +291,7 @@ class ReduceTask:
         for k, values in groups.items():
             try:
                 results[k] = reducer(values)
-            except Exception as e:
+            except Exception as e:   # noqa: BLE001 - user code: that key's failure
                 failures.add(k, k, e, skip=1)
                 if failures.should_stop:   # the job fails: the rest need not run
                     break

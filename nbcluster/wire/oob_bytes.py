@@ -134,10 +134,10 @@ class _Walker:
     def _container(self, obj, t: type, depth: int):
         if t is dict:
             values = [self.visit(v, depth) for v in obj.values()]
-            if all(a is b for a, b in zip(values, obj.values())):
+            if all(a is b for a, b in zip(values, obj.values(), strict=True)):
                 return obj
-            return dict(zip(obj.keys(), values))
+            return dict(zip(obj.keys(), values, strict=True))
         items = [self.visit(x, depth) for x in obj]
-        if all(a is b for a, b in zip(items, obj)):
+        if all(a is b for a, b in zip(items, obj, strict=True)):
             return obj
         return items if t is list else tuple(items)

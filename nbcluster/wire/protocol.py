@@ -136,7 +136,7 @@ def decode(signer: Signer, frames: Sequence[Frame],
         raise ProtocolError("bad signature (unsigned, or signed with another key)")
     try:
         header = msgpack.unpackb(head, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises many types on bad input
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types on bad input
         raise ProtocolError(f"header is not valid msgpack: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("header is not a map with a string 't'")

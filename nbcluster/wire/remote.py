@@ -68,7 +68,7 @@ def _remote_instance(cls: type, make: Any, args: tuple, state: Any,
     if make is cls:
         try:
             err = remote_cls(*args)
-        except Exception:   # its __init__ wants other arguments (keyword-only ones, say)
+        except Exception:   # noqa: BLE001 - its __init__ wants other arguments (keyword-only)
             err = remote_cls.__new__(remote_cls, *args)
         if state is not None:
             err.__setstate__(state)

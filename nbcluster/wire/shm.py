@@ -15,6 +15,7 @@ LocalCluster removes every file of its cluster when it closes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
@@ -87,10 +88,8 @@ class SharedMemory:
 
     def remove(self, name: str) -> None:
         self.created.pop(name, None)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(SHM_DIR, name))
-        except FileNotFoundError:
-            pass
 
     def remove_orphans(self) -> None:
         """Remove files this process made long ago that nobody took."""

@@ -51,7 +51,7 @@ _repr.maxlist = _repr.maxdict = _repr.maxset = _repr.maxtuple = 10
 def _safe_repr(value: Any) -> str:
     try:
         return _repr.repr(value)
-    except Exception as e:  # a broken __repr__ must not hide the real error
+    except Exception as e:  # noqa: BLE001 - a broken __repr__ must not hide the real error
         return f"<unrepresentable {type(value).__name__}: {type(e).__name__}>"
 
 

@@ -28,6 +28,7 @@ the workers' own stdout then goes to our stderr, so nothing else is mixed into t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -229,10 +230,8 @@ class Supervisor:
         status = child.proc.returncode
         if child.pidfd is not None:
             os.close(child.pidfd)
-        try:
+        with contextlib.suppress(OSError):
             child.proc.stdin.close()
-        except OSError:
-            pass
         _kill_group(pid)
         left = status in (EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS) and child.over_limit is None
         if child.over_limit:
@@ -280,10 +279,8 @@ class Supervisor:
         log.info("asked to stop: asking %d worker(s) to leave", len(self.children))
         self.stop_deadline = now + STOP_GRACE_S
         for child in self.children.values():
-            try:
+            with contextlib.suppress(OSError):
                 child.proc.send_signal(signal.SIGTERM)
-            except OSError:
-                pass
 
     def _kill_all(self) -> None:
         """Kill every worker's process group (forked children too) and reap them."""
@@ -303,18 +300,14 @@ class Supervisor:
 
     def _announce(self, line: str) -> None:
         if self.announce_fd is not None:
-            try:
+            with contextlib.suppress(OSError):   # our reader is gone: we are about to be stopped
                 os.write(self.announce_fd, (line + "\n").encode())
-            except OSError:   # our reader is gone: we are about to be stopped
-                pass
 
 
 def _kill_group(pid: int) -> None:
     """SIGKILL the process group led by pid (the worker and whatever it forked)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _stdin_open() -> bool:

@@ -1,0 +1,128 @@
+"""The public API's signatures are fully typed: every parameter and return annotated, and no
+`Any` in them, neither written out nor hidden in a bare generic (`list`, `Callable`) that
+means `list[Any]`. Users' type checkers read these signatures (nbcluster ships py.typed)."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator
+
+import nbcluster
+
+# Methods of the stdlib classes ours extend (Future, Exception...) are typed by typeshed;
+# what we write is what a class defines itself or gets from an nbcluster base class.
+ENTRY_DUNDERS = {"__init__", "__call__", "__iter__", "__enter__", "__exit__", "__aiter__",
+                 "__await__", "__len__", "__getitem__"}
+
+
+def is_public(name: str) -> bool:
+    return not name.startswith("_") or name in ENTRY_DUNDERS
+
+
+def own_members(cls: type) -> Iterator[tuple[str, object]]:
+    """(name, member) of what cls and its nbcluster bases define, public ones only."""
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if not klass.__module__.startswith("nbcluster"):
+            continue
+        for name, member in vars(klass).items():
+            if name not in seen and is_public(name):
+                seen.add(name)
+                yield name, member
+
+
+def hidden_any(hint: object) -> str | None:
+    """Where hint holds Any (written, or as a bare generic); None if it holds none."""
+    if hint is typing.Any:
+        return "Any"
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is None and isinstance(hint, type) and not args:
+        if getattr(hint, "__parameters__", ()) or (
+                hasattr(hint, "__class_getitem__") and hint.__module__ in (
+                    "builtins", "collections.abc", "typing", "collections", "os", "re")):
+            return f"bare generic {hint.__qualname__} (means {hint.__qualname__}[Any, ...])"
+    if origin in (Callable, typing.Callable) and args and args[0] is Ellipsis:
+        args = args[1:]   # Callable[..., R]: the `...` is "any arguments", not Any
+    for arg in args:
+        if arg is Ellipsis or arg is None or isinstance(arg, (list, int, str)):
+            if isinstance(arg, list):
+                found = next((hidden_any(a) for a in arg if hidden_any(a)), None)
+                if found:
+                    return found
+            continue
+        found = hidden_any(arg)
+        if found:
+            return found
+    return None
+
+
+def problems_of(where: str, fn: Callable[..., object], *, bound: bool) -> list[str]:
+    fn = inspect.unwrap(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception as e:   # noqa: BLE001 - an annotation that does not resolve is a finding
+        return [f"{where}: annotations do not resolve: {e!r}"]
+    found = []
+    params = list(inspect.signature(fn).parameters.values())
+    for i, p in enumerate(params):
+        if bound and i == 0 and p.name in ("self", "cls"):
+            continue
+        if p.name not in hints:
+            found.append(f"{where}: parameter {p.name} is not annotated")
+        elif (why := hidden_any(hints[p.name])) is not None:
+            found.append(f"{where}: parameter {p.name}: {why}")
+    if fn.__name__ != "__init__":
+        if "return" not in hints:
+            found.append(f"{where}: return is not annotated")
+        elif (why := hidden_any(hints["return"])) is not None:
+            found.append(f"{where}: returns {why}")
+    return found
+
+
+def public_api_problems() -> list[str]:
+    found: list[str] = []
+    for name in nbcluster.__all__:
+        obj = getattr(nbcluster, name)
+        if isinstance(obj, type):
+            for attr, member in own_members(obj):
+                where = f"{name}.{attr}"
+                if isinstance(member, property):
+                    if member.fget is not None:
+                        found += problems_of(where, member.fget, bound=True)
+                elif isinstance(member, (staticmethod, classmethod)):
+                    found += problems_of(where, member.__func__,
+                                         bound=isinstance(member, classmethod))
+                elif isinstance(member, types.FunctionType):
+                    found += problems_of(where, member, bound=True)
+        elif callable(obj):
+            found += problems_of(name, obj, bound=False)
+    return found
+
+
+def test_public_signatures_are_typed_without_any():
+    found = public_api_problems()
+    assert not found, "\n".join([f"{len(found)} untyped or Any signatures:", *found])
+
+
+def test_the_check_finds_what_it_looks_for():
+    """The checker itself: it must see each kind of hole."""
+    def untyped(x, y: int):   # no return, x bare
+        return x
+
+    def with_any(x: typing.Any, y: list[typing.Any] | None) -> dict[str, typing.Any]:
+        return {}
+
+    def bare(x: list, y: Callable) -> tuple:
+        return ()
+
+    def fine(x: Callable[..., int], y: dict[str, list[int]] | None, *a: object,
+             **k: object) -> Iterator[bytes]:
+        yield b""
+
+    assert len(problems_of("untyped", untyped, bound=False)) == 2
+    assert len(problems_of("with_any", with_any, bound=False)) == 3
+    assert len(problems_of("bare", bare, bound=False)) == 3
+    assert problems_of("fine", fine, bound=False) == []
