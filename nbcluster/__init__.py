@@ -6,6 +6,10 @@
         nbcluster.parallel(words).map(str.lower).reject(is_stopword).group_by(len)
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .client.bars import progress
 from .client.client import Client, connect
 from .client.executor import BrokenExecutor, Executor
@@ -57,18 +61,24 @@ __all__ = [
 ]
 
 
-def load_ipython_extension(ipython):
+if TYPE_CHECKING:   # not imported at run time: `import nbcluster` stays light
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from .notebook.panel import WorkerPanel
+
+
+def load_ipython_extension(ipython: InteractiveShell) -> None:
     """`%load_ext nbcluster`: the magics %cluster, %%cluster and %pmap (see nbcluster.notebook)."""
     from .notebook import load_ipython_extension as load
     load(ipython)
 
 
-def unload_ipython_extension(ipython):
+def unload_ipython_extension(ipython: InteractiveShell) -> None:
     from .notebook import unload_ipython_extension as unload
     unload(ipython)
 
 
-def panel(client=None):
+def panel(client: Client | None = None) -> WorkerPanel:
     """A live panel of the cluster's workers (in a notebook)."""
     from .notebook import panel as make_panel
     return make_panel(client)

@@ -4,7 +4,10 @@ means `list[Any]`. Users' type checkers read these signatures (nbcluster ships p
 
 from __future__ import annotations
 
+import ast
+import functools
 import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -43,7 +46,7 @@ def hidden_any(hint: object) -> str | None:
         if getattr(hint, "__parameters__", ()) or (
                 hasattr(hint, "__class_getitem__") and hint.__module__ in (
                     "builtins", "collections.abc", "typing", "collections", "os", "re")):
-            return f"bare generic {hint.__qualname__} (means {hint.__qualname__}[Any, ...])"
+            return f"bare generic {hint.__qualname__} (its parameters mean Any)"
     if origin in (Callable, typing.Callable) and args and args[0] is Ellipsis:
         args = args[1:]   # Callable[..., R]: the `...` is "any arguments", not Any
     for arg in args:
@@ -59,10 +62,27 @@ def hidden_any(hint: object) -> str | None:
     return None
 
 
+@functools.cache
+def type_checking_names(module_name: str) -> dict[str, object]:
+    """The names a module imports under `if TYPE_CHECKING:` (kept out of its run time to
+    stay light), so that its annotations resolve here."""
+    module = sys.modules[module_name]
+    names: dict[str, object] = {}
+    for node in ast.parse(inspect.getsource(module)).body:
+        if isinstance(node, ast.If) and ast.unparse(node.test).endswith("TYPE_CHECKING"):
+            namespace = dict(vars(module))
+            exec(compile(ast.Module(node.body, []), module.__file__, "exec"), namespace)
+            names.update({k: v for k, v in namespace.items() if k not in vars(module)})
+    return names
+
+
 def problems_of(where: str, fn: Callable[..., object], *, bound: bool) -> list[str]:
     fn = inspect.unwrap(fn)
     try:
-        hints = typing.get_type_hints(fn)
+        module = fn.__module__
+        extra = type_checking_names(module) if module in sys.modules else {}
+        hints = typing.get_type_hints(fn, globalns={**vars(sys.modules[module]), **extra}
+                                      if module in sys.modules else None)
     except Exception as e:   # noqa: BLE001 - an annotation that does not resolve is a finding
         return [f"{where}: annotations do not resolve: {e!r}"]
     found = []

@@ -11,7 +11,9 @@ import concurrent.futures
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["ProgressBar", "progress_bar", "set_progress_factory", "progress"]
 
@@ -80,8 +82,8 @@ def progress_bar(total: int | None, desc: str, enabled: bool = True,
     return _factory[0](total, desc, cancel) if enabled else _NoBar()
 
 
-def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
-             wait: bool | None = None) -> list:
+def progress(futures: Iterable[concurrent.futures.Future[T]], desc: str = "tasks",
+             wait: bool | None = None) -> list[concurrent.futures.Future[T]]:
     """A progress bar following futures (with a button that cancels them in a notebook).
 
     Args:
@@ -93,8 +95,11 @@ def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
     """
     futures = list(futures)
     # The button stops the work: a TaskFuture that is running is interrupted, not left to run.
-    bar = progress_bar(len(futures), desc,
-                       cancel=lambda: [getattr(f, "interrupt", f.cancel)() for f in futures])
+    def cancel_all() -> None:
+        for f in futures:
+            getattr(f, "interrupt", f.cancel)()
+
+    bar = progress_bar(len(futures), desc, cancel=cancel_all)
     lock, left = threading.Lock(), [len(futures)]
     started: set[int] = set()   # ids of futures that were RUNNING: those count as running
 

@@ -57,7 +57,7 @@ class LocalCluster:
     """
 
     def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
-                 connection_file: str | os.PathLike | None = None, heartbeat_ms: int = 1000,
+                 connection_file: str | os.PathLike[str] | None = None, heartbeat_ms: int = 1000,
                  liveness: int = 3, max_lost: int = 3, client_expiry_ms: int = 30_000,
                  respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
@@ -209,7 +209,7 @@ class LocalCluster:
     def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

@@ -6,7 +6,12 @@ loaded by `%load_ext nbcluster` (or by calling `panel()` / `explore()`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:   # the heavy modules load when first used
+    from ..client.client import Client
+    from .explorer import ErrorExplorer
+    from .panel import WorkerPanel
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "panel", "explore",
            "has_frontend"]
@@ -78,14 +83,14 @@ def _show_panel(obj) -> bool:
     return True
 
 
-def panel(client=None):
+def panel(client: Client | None = None) -> WorkerPanel:
     """A live panel of the workers of client (default: the current one)."""
     from ..patterns.session import current_client
     from .panel import WorkerPanel
     return WorkerPanel(current_client(client))
 
 
-def explore(error: BaseException):
+def explore(error: BaseException) -> ErrorExplorer:
     """The error explorer widget for a RemoteError or RemoteErrorGroup."""
     from .explorer import ErrorExplorer
     return ErrorExplorer(error)
