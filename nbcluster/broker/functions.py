@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import ProtocolError
+from ..wire.protocol import Frame, Header
 
 __all__ = ["FunctionStore"]
 
@@ -29,7 +30,7 @@ MAX_DIGEST_BYTES = 64
 
 @dataclass
 class _Payload:
-    frames: list
+    frames: list[Frame]
     nbytes: int
     refs: int = 0        # queued or running tasks that need it
 
@@ -44,7 +45,7 @@ class FunctionStore:
         self.idle_bytes = 0
         self.stats = {"received": 0, "received_bytes": 0, "sent": 0, "sent_bytes": 0}
 
-    def receive(self, header: dict, payload: list) -> int:
+    def receive(self, header: Header, payload: list[Frame]) -> int:
         """Keep the payloads a `submit` carries (its `fns`: [[digest, nframes]], their frames
         first in the message); returns how many frames they took."""
         fns = header.get("fns", [])
@@ -101,10 +102,12 @@ class FunctionStore:
             digest, _ = self.idle.popitem(last=False)
             self.idle_bytes -= self.payloads.pop(digest).nbytes
 
-    def deliver(self, has: set, digests: Iterable[bytes | None]) -> tuple[list, list]:
+    def deliver(self, has: set[bytes], digests: Iterable[bytes | None]
+                ) -> tuple[list[list[bytes | int]], list[Frame]]:
         """(fns entries, frames) of the payloads among digests that a worker, which has the
         payloads in `has`, lacks; they are then counted as its own."""
-        fns, frames = [], []
+        fns: list[list[bytes | int]] = []
+        frames: list[Frame] = []
         for digest in digests:
             if digest is None or digest in has:
                 continue
@@ -116,7 +119,7 @@ class FunctionStore:
             self.stats["sent_bytes"] += p.nbytes
         return fns, frames
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, int]:
         return {"held": len(self.payloads),
                 "held_bytes": sum(p.nbytes for p in self.payloads.values()), **self.stats}
 
@@ -133,5 +136,5 @@ class FunctionStore:
         assert self.idle_bytes == sum(self.payloads[d].nbytes for d in self.idle)
 
 
-def is_digest(value) -> bool:
+def is_digest(value: object) -> bool:
     return isinstance(value, bytes) and 0 < len(value) <= MAX_DIGEST_BYTES

@@ -21,6 +21,7 @@ import select
 import socket
 import sys
 import time
+from collections.abc import Iterable
 
 import zmq
 
@@ -28,7 +29,7 @@ from ..errors import NBClusterError, ProtocolError
 from ..wire import protocol
 from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
 from ..wire.transport import pending_messages
-from .state import BrokerState
+from .state import BrokerState, Send
 
 __all__ = ["Broker", "main"]
 
@@ -90,7 +91,7 @@ class Broker:
         self.endpoints = []
         for ep in endpoints:
             self.router.bind(ep)
-            self.endpoints.append(self.router.getsockopt(zmq.LAST_ENDPOINT).decode())
+            self.endpoints.append(self.router.get_string(zmq.LAST_ENDPOINT))
         self._stopping = False
         self._denied_at: dict[bytes, int] = {}
         self._log_budget = (0, 0)
@@ -142,7 +143,7 @@ class Broker:
                 continue
             self._send(out)
 
-    def _send(self, sends) -> None:
+    def _send(self, sends: Iterable[Send]) -> None:
         for s in sends:
             try:
                 self.router.send_multipart([s.identity, *protocol.encode(
@@ -150,7 +151,7 @@ class Broker:
             except zmq.ZMQError as e:
                 self._log(f"could not send to {s.identity.hex()}: {e}")
 
-    def _deny(self, identity: bytes, reply: list = protocol.DENIED) -> None:
+    def _deny(self, identity: bytes, reply: list[bytes] = protocol.DENIED) -> None:
         """Send a fixed, unsigned reply (DENIED, TOO_BIG), at most once a second per peer."""
         now = _now_ms()
         if now - self._denied_at.get(identity, -10_000) >= 1000:

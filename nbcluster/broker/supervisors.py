@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
+from ..wire.protocol import Header
 
 if TYPE_CHECKING:
-    from .state import BrokerState, Send
+    from .state import BrokerState, Send, Task, Worker
 
 __all__ = ["Supervisors", "SupervisorPeer", "NEVER"]
 
@@ -45,7 +46,7 @@ class SupervisorPeer:
     host: str
     pid: int
     last_seen: int
-    alive: frozenset = frozenset()   # pids it last said are alive and not stopped...
+    alive: frozenset[int] = frozenset()   # pids it last said are alive and not stopped...
     vouched: int = NEVER             # ...at this time
 
 
@@ -58,7 +59,7 @@ class Supervisors:
         self.by_token: dict[str, SupervisorPeer] = {}
         self.reasons: OrderedDict[str, str] = OrderedDict()   # worker id -> how it ended
 
-    def hello(self, identity: bytes, h: dict, now: int) -> SupervisorPeer:
+    def hello(self, identity: bytes, h: Header, now: int) -> SupervisorPeer:
         token, host, pid = h.get("token"), h.get("host", ""), h.get("pid", 0)
         if not (isinstance(token, str) and 0 < len(token) <= 64 and isinstance(host, str)
                 and isinstance(pid, int)):
@@ -100,7 +101,7 @@ class Supervisors:
         for sup in [s for s in self.by_identity.values() if s.last_seen < limit]:
             self.forget(sup.identity)
 
-    def explain(self, info: dict) -> dict:
+    def explain(self, info: dict[str, Any]) -> dict[str, Any]:
         """A lost task's info, with how each worker it was lost on ended, where known."""
         lost_on = info.get("lost_on") or []
         reasons = [self.reasons.get(wid) for wid in lost_on]
@@ -111,12 +112,13 @@ class Supervisors:
         while len(self.reasons) > MAX_REASONS:
             self.reasons.popitem(last=False)
 
-    def status(self) -> list[dict]:
+    def status(self) -> list[dict[str, Any]]:
         return [{"host": s.host, "pid": s.pid, "alive": sorted(s.alive)}
                 for s in self.by_identity.values()]
 
     # ---- messages ---------------------------------------------------------------------------
-    def handle(self, state: BrokerState, sup: SupervisorPeer, h: dict, now: int) -> list[Send]:
+    def handle(self, state: BrokerState, sup: SupervisorPeer, h: Header, now: int
+               ) -> list[Send]:
         kind = h["t"]
         if kind == "hb":
             alive = h.get("alive", [])
@@ -131,7 +133,8 @@ class Supervisors:
             return []
         raise ProtocolError(f"unexpected {kind!r} message from a supervisor")
 
-    def _exited(self, state: BrokerState, sup: SupervisorPeer, h: dict, now: int) -> list[Send]:
+    def _exited(self, state: BrokerState, sup: SupervisorPeer, h: Header, now: int
+                ) -> list[Send]:
         pid, reason = h.get("pid"), h.get("reason")
         if not isinstance(pid, int) or not isinstance(reason, str):
             raise ProtocolError("exited needs a pid and a reason")
@@ -155,10 +158,11 @@ class Supervisors:
         return state._drop_workers([w], lost=True)
 
 
-def _running_task(state: BrokerState, w) -> Any:
+def _running_task(state: BrokerState, w: Worker) -> Task | None:
     """The task w was running: one it reported as started, else the oldest it holds (a
     worker runs its tasks in the order it got them, and a long task is reported as started
     within milliseconds)."""
     held = [state.tasks[g] for g in sorted(w.tasks)]
     started = [t for t in held if t.started == t.attempt]
-    return (started or held or [None])[0]
+    candidates = started or held
+    return candidates[0] if candidates else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..errors import MessageTooLarge
-from .protocol import DEFAULT_MAX_MESSAGE_BYTES
+from .protocol import DEFAULT_MAX_MESSAGE_BYTES, Header
 
 __all__ = ["HEADROOM_BYTES", "limit_from_welcome", "check"]
 
@@ -26,7 +26,7 @@ HOW_TO_RAISE = (
     "its path)")
 
 
-def limit_from_welcome(header: dict, default: int = DEFAULT_MAX_MESSAGE_BYTES) -> int:
+def limit_from_welcome(header: Header, default: int = DEFAULT_MAX_MESSAGE_BYTES) -> int:
     """The broker's limit, from its welcome (a broker that does not say: the default)."""
     limit = (header.get("broker") or {}).get("max_message_bytes")
     return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 \

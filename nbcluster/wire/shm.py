@@ -22,6 +22,8 @@ import os
 import re
 import time
 
+from .protocol import Frame
+
 __all__ = ["SharedMemory", "SHM_MIN_BYTES", "available"]
 
 SHM_DIR = "/dev/shm"
@@ -82,7 +84,7 @@ class SharedMemory:
         return memoryview(m)
 
     @staticmethod
-    def is_ref(frame) -> bool:
+    def is_ref(frame: Frame) -> bool:
         view = memoryview(frame)
         return view.nbytes < 256 and bytes(view[:len(REF_PREFIX)]) == REF_PREFIX
 
