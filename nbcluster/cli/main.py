@@ -166,7 +166,8 @@ def _daemonize(args) -> int:
               if args.max_message_bytes else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
+    lines: list[str] = []
+    assert proc.stdout is not None   # PIPE
     for line in proc.stdout:
         if line.strip() == "ready":
             print("".join(lines), end="")

@@ -66,7 +66,7 @@ class SSHWorkers:
                  max_tasks_per_child: int | None = None):
         self.hosts, self.info, self.n_per_host = list(hosts), info, n_per_host
         self.limits = limit_args(memory_limit, max_tasks_per_child)
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             self._start(info, n_per_host, labels, python, endpoint, ssh_options)
             if wait:
@@ -91,6 +91,7 @@ class SSHWorkers:
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 start_new_session=True)
             self.procs[host] = proc
+            assert proc.stdin is not None   # PIPE
             try:
                 proc.stdin.write(line)
                 proc.stdin.flush()
@@ -122,8 +123,9 @@ class SSHWorkers:
     def close(self) -> None:
         """Stop the workers: closing ssh's stdin ends them on their hosts."""
         for p in self.procs.values():
-            with contextlib.suppress(OSError):
-                p.stdin.close()
+            if p.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
         for p in self.procs.values():
             try:
                 p.wait(10)
@@ -261,7 +263,9 @@ def _source_address(host: str) -> str:
         raise NBClusterError(f"no route to {host}: {e}") from None
 
 
-def _stderr(proc: subprocess.Popen) -> str:
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    if proc.stderr is None:
+        return ""
     try:
         return proc.stderr.read().decode(errors="replace").strip().splitlines()[-1]
     except (OSError, IndexError, ValueError):

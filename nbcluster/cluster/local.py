@@ -133,6 +133,7 @@ class LocalCluster:
 
     def _read_ready_line(self) -> None:
         self.broker.wait_ready()
+        assert self.broker.info is not None   # wait_ready wrote it
         self.endpoints, self.info = self.broker.endpoints, self.broker.info
 
     def _wait_ready(self) -> None:
@@ -202,7 +203,7 @@ class LocalCluster:
         """Process ids of the broker, the live workers and their supervisors."""
         with self._lock:
             supervisors = list(self._supervisors)
-        return {"broker": [self.broker.pid],
+        return {"broker": [pid for pid in [self.broker.pid] if pid is not None],
                 "workers": [pid for s in supervisors for pid in s.pids()],
                 "supervisors": [s.proc.pid for s in supervisors]}
 

@@ -103,6 +103,7 @@ class WidgetBar:
             parts.append(_duration(elapsed))
         if self.overhead is not None:
             parts.append(f"overhead {self.overhead:.0%}")
+        assert self.box is not None   # built before the first push
         with self.box.hold_sync():
             self.bar.value = min(finished, self.bar.max)
             self.bar.bar_style = "danger" if self.failed else ""

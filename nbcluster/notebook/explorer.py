@@ -68,7 +68,7 @@ class ErrorExplorer(widgets.VBox):
     def _on_frame(self, change) -> None:
         if change["new"] is None:
             return
-        frame = self._failure().frames[change["new"]]
+        frame = getattr(self._failure(), "frames", [])[change["new"]]   # a RemoteError's
         rows = "".join(f"<tr><td style='text-align:left'><code>{html.escape(k)}</code></td>"
                        f"<td style='text-align:left'><code>{html.escape(v)}</code></td></tr>"
                        for k, v in frame.locals.items())

@@ -64,7 +64,8 @@ class _AfterJoblibImport:
             exec_module(module)
             _uninstall()
             _register_quietly()
-        loader.exec_module = exec_then_register
+        # wrapping this one loader's method is the point (mypy: assigning to a method)
+        loader.exec_module = exec_then_register   # type: ignore[method-assign]
         return spec
 
 

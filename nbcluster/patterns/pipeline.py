@@ -12,7 +12,7 @@ element through every step before the next element starts.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..wire import tracebacks
@@ -70,7 +70,8 @@ class Pipeline:
 
     def _by_step(self, start: int, items: list, errors: tracebacks.ElementFailures
                  ) -> ChunkOutcome:
-        values, index = items, range(start, start + len(items))
+        values = items
+        index: Sequence[int] = range(start, start + len(items))
         for kind, fn in self.steps:
             args = (values, index) if kind == MAP_INDEXED else (values,)
             out, failed = _map_each(fn, args, errors, items, start, index)

@@ -60,7 +60,7 @@ MAX_RESPAWN_DELAY_S = 10.0  # doubling up to this (a worker that cannot start at
 
 @dataclass
 class _Child:
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     pidfd: int | None
     started: float
     over_limit: str | None = None   # why we killed it, when its memory passed the limit
@@ -175,7 +175,7 @@ class Supervisor:
             wait = max(0.0, min(deadlines) - time.monotonic())
             if len(pidfds) < len(self.children):
                 wait = min(wait, 0.05)
-            events = dict(poller.poll(wait * 1000))
+            events = dict(poller.poll(int(wait * 1000)))
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
             if self.watch_stdin and 0 in events and not _stdin_open():
@@ -211,6 +211,7 @@ class Supervisor:
     def _spawn(self) -> None:
         proc = subprocess.Popen(self.worker_cmd, stdin=subprocess.PIPE, env=self.env,
                                 close_fds=True, start_new_session=True)
+        assert proc.stdin is not None   # PIPE
         if self.stdin_line:
             try:
                 proc.stdin.write(self.stdin_line)
@@ -230,8 +231,9 @@ class Supervisor:
         status = child.proc.returncode
         if child.pidfd is not None:
             os.close(child.pidfd)
-        with contextlib.suppress(OSError):
-            child.proc.stdin.close()
+        if child.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.proc.stdin.close()
         _kill_group(pid)
         left = status in (EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS) and child.over_limit is None
         if child.over_limit:
@@ -269,8 +271,9 @@ class Supervisor:
     def _check_memory(self) -> None:
         for pid, child in self.children.items():
             used = rss(pid)
-            if child.over_limit is None and used is not None and used > self.memory_limit:
-                child.over_limit = (f"memory limit {format_bytes(self.memory_limit)} exceeded "
+            limit = self.memory_limit
+            if child.over_limit is None and limit and used is not None and used > limit:
+                child.over_limit = (f"memory limit {format_bytes(limit)} exceeded "
                                     f"(rss {format_bytes(used)})")
                 log.warning("worker %d: %s: killing it", pid, child.over_limit)
                 _kill_group(pid)
