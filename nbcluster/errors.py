@@ -24,7 +24,7 @@ import collections
 import concurrent.futures
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import ClassVar, Self
 
 __all__ = [
     "NBClusterError",
@@ -131,6 +131,9 @@ class RemoteError(NBClusterError):
         self.exception = exception   # the remote exception, if it arrived but was not rebuilt
         self._nbcluster = RemoteTraceback(type_name, message, traceback, frames, worker)
         self.__cause__ = self._nbcluster
+
+    # On the class made for each remote type (see wire.remote): the remote type itself.
+    _remote_type: ClassVar[type[BaseException]]
 
     type_name = _Remote()
     message = _Remote()

@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import cloudpickle
@@ -33,6 +33,9 @@ from zmq.utils.monitor import recv_monitor_message
 from .. import runtime
 from ..errors import NBClusterError, ProtocolError
 from ..wire import curve, protocol, tracebacks
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ["MapTask", "ReduceTask", "MapOutcome", "ReduceOutcome", "Missing", "stable_hash",
            "drop"]
@@ -90,7 +93,7 @@ class _Store:
         self.buckets: dict[tuple[str, int], _Bucket] = {}
         self.lock = threading.Lock()
         self.endpoint: str | None = None
-        self.auth = None   # the ZAP authenticator of a Curve cluster's data server
+        self.auth: ThreadAuthenticator | None = None   # the ZAP authenticator of a Curve cluster's data server
 
     def bucket(self, sid: str, number: int, partitions: int, combined: bool) -> _Bucket:
         now = time.monotonic()
@@ -105,7 +108,9 @@ class _Store:
              ) -> tuple[bool, dict] | None:
         """(combined, partition p of a bucket), or None if it does not hold exactly `maps`."""
         bucket = self.buckets.get((sid, number))
-        part = bucket.part(partition, maps) if bucket is not None else None
+        if bucket is None:
+            return None
+        part = bucket.part(partition, maps)
         return None if part is None else (bucket.combined, part)
 
     def drop(self, sid: str) -> int:
@@ -116,7 +121,7 @@ class _Store:
         return len(keys)
 
     def _start_server(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
         keys = runtime.curve_keys()
@@ -214,6 +219,7 @@ class MapTask:
                     if failures.should_stop:   # the job fails: the rest need not run
                         break
             into.maps.add(map_index)
+        assert _store.endpoint is not None   # the bucket started the data server
         return MapOutcome(_store.endpoint, runtime.WORKER.get("id", "?"), bucket,
                           failures.detailed, failures.counted, failures.should_stop)
 
@@ -316,7 +322,7 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
         return parts, []
     signer = protocol.Signer(runtime.worker_key())
     keys = runtime.curve_keys()
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     poller = zmq.Poller()
     peers: dict[Any, tuple[str, Any]] = {}   # socket -> (endpoint, its DEALER socket)
     missing: list[int] = []
@@ -338,7 +344,7 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
         deadline = time.monotonic() + FETCH_TIMEOUT_S
         while any(wanted.values()):
             timeout = deadline - time.monotonic()
-            events = dict(poller.poll(max(0, timeout) * 1000)) if timeout > 0 else {}
+            events = dict(poller.poll(int(max(0, timeout) * 1000))) if timeout > 0 else {}
             if not events:
                 break
             for s in events:
@@ -353,13 +359,15 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
                     header, payload = protocol.decode(signer, frames, max_bytes=MAX_PART_BYTES)
                 except ProtocolError:
                     continue
-                i = wanted.get(endpoint, {}).pop(header.get("b"), None)
-                if i is None:
+                bucket_number = header.get("b")
+                asked = wanted.get(endpoint, {})
+                if not isinstance(bucket_number, int) or bucket_number not in asked:
                     continue
+                position = asked.pop(bucket_number)
                 if header.get("ok") and payload:
                     parts.append(pickle.loads(payload[0].buffer))
                 else:
-                    missing.append(i)
+                    missing.append(position)
         for buckets in wanted.values():
             missing += buckets.values()
     finally:

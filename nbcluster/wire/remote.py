@@ -126,7 +126,7 @@ def _make_remote_class(cls: type) -> type[RemoteError] | None:
 
 def _reduce_remote(self: RemoteError) -> tuple[Callable[..., BaseException], tuple[Any, ...]]:
     """Pickles as the remote exception's own reduction plus its RemoteTraceback."""
-    cls: type[BaseException] = type(self)._remote_type   # set by _make_remote_class
+    cls = type(self)._remote_type
     rv = cls.__reduce__(self)   # (not __reduce_ex__: object's would call ours again)
     make, args = rv[0], rv[1]
     state = rv[2] if len(rv) > 2 else None
