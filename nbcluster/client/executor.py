@@ -21,13 +21,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from ..errors import NBClusterError
 from ..wire import remote
 from .chunks import ChunkFailures
-from .client import Client
 from .futures import TaskFuture
+
+if TYPE_CHECKING:   # client.py imports this module (Client.executor)
+    from .client import Client
 
 __all__ = ["Executor", "BrokenExecutor"]
 
@@ -41,6 +43,7 @@ class BrokenExecutor(NBClusterError, concurrent.futures.BrokenExecutor):
     error itself carries the remote traceback)."""
 
 
+@runtime_checkable
 class ClusterLike(Protocol):
     """What makes Clients and can be stopped: a LocalCluster, an SSHCluster."""
 
@@ -159,7 +162,7 @@ class Executor(concurrent.futures.Executor):
             self._cluster = own_cluster(n_workers=max_workers,
                                         max_tasks_per_child=max_tasks_per_child)
             client = self._cluster.client()
-        elif not isinstance(client, Client):   # a cluster: run on a client of it
+        elif isinstance(client, ClusterLike):   # a cluster: run on a client of it
             client = client.client()
         self._client: Client = client
         self._initializer, self._initargs = initializer, tuple(initargs)
