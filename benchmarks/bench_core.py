@@ -262,9 +262,9 @@ def startup(name: str) -> tuple[float, float]:
     """(import + start + first result, stop until every child process is gone), fresh process."""
     script = STARTUP_SCRIPT.format(here=str(HERE), name=name)
     # ipyparallel's and dask's workers must import this file's functions too.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env=env)
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": path})
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
     first, stop, _kids, _alive = out.stdout.split()[-4:]

@@ -13,7 +13,8 @@ def test_exported_names():
     assert sorted(nbcluster.__all__) == sorted([
         "Client", "connect", "LocalCluster", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
-        "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+        "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError",
+        "PicklingError",
         "BrokerLost", "BrokerTimeout", "MessageTooLarge",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",

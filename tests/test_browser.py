@@ -38,7 +38,8 @@ CELLS = [
     "r = %pmap slow  range(200)\nprint('mapped', len(r))",
     "import nbcluster\nnbcluster.panel()",
     "from nbcluster.testing import kill_worker\ncluster = get_ipython().magics_manager"
-    ".registry['ClusterMagics'].cluster\nkill_worker(cluster, 'w1', client=cluster.default_client())"
+    ".registry['ClusterMagics'].cluster\n"
+    "kill_worker(cluster, 'w1', client=cluster.default_client())"
     "\nprint('killed w1')",
     "%%cluster --targets 0\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)",
     "%cluster stop",
@@ -208,7 +209,8 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, netns, request, tmp_path
                 "() => [...document.querySelectorAll('.nbcluster-progress')].some("
                 "b => b.innerText.includes('200/200'))", timeout=WAIT_MS)
             fill = bar.locator(".progress-bar").first
-            width = page.evaluate("e => e.style.width || getComputedStyle(e).width", fill.element_handle())
+            width = page.evaluate("e => e.style.width || getComputedStyle(e).width",
+                                  fill.element_handle())
             assert width in ("100%", "100.0%") or width.endswith("px"), width
             if width.endswith("px"):   # computed: compare with the track
                 track = bar.locator(".progress").first.bounding_box()["width"]

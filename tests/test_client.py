@@ -43,8 +43,9 @@ def test_10k_individually_submitted_tasks(client):
 def test_tasks_spread_over_workers(client):
     pids = set(client.map(lambda _: __import__("os").getpid(), range(8), chunksize=1))
     if len(pids) < 2:  # one worker may win all 8 tiny tasks; make them long enough to share
-        pids = set(client.map(lambda _: (__import__("time").sleep(0.2), __import__("os").getpid())[1],
-                              range(4), chunksize=1))
+        pids = set(client.map(
+            lambda _: (__import__("time").sleep(0.2), __import__("os").getpid())[1],
+            range(4), chunksize=1))
     assert len(pids) == 2
 
 
@@ -66,7 +67,8 @@ def test_callback_runs_on_the_client(client):
 
 
 def test_cancel_queued_and_running(client):
-    running = client.submit(time.sleep, 600)   # longer than any wait below: an interrupt that fails shows
+    # longer than any wait below: an interrupt that fails shows
+    running = client.submit(time.sleep, 600)
     queued = [client.submit(time.sleep, 600) for _ in range(3)]
     wait_for(lambda: sum(w["running"] for w in client.workers()) >= 1, what="a task running")
     assert client.cancel([running, *queued]) == 4

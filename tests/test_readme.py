@@ -36,7 +36,8 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_readme_names_no_file_outside_the_repository():
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if "://" not in target:
-            assert (ROOT / target).exists(), f"README links {target}, which is not in the repository"
+            assert (ROOT / target).exists(), \
+                f"README links {target}, which is not in the repository"
     assert "../" not in README, "README names a file outside the repository"
 
 

@@ -320,7 +320,9 @@ from nbcluster import RemoteError, RemoteErrorGroup
 report = {}
 for name in ALL_CASES:
     try:
-        get_ipython().run_cell_magic("cluster", "", f"from tests.test_remote_exceptions import raise_case\\nraise_case({name!r})")
+        get_ipython().run_cell_magic(
+            "cluster", "",
+            f"from tests.test_remote_exceptions import raise_case\\nraise_case({name!r})")
         report[name] = "no error"
     except RemoteErrorGroup as group:
         errs = group.exceptions
@@ -334,7 +336,8 @@ def from_this_cell(d):
 try:
     current_client().submit(from_this_cell, {}).result(60)
 except KeyError as e:   # the cell's file (ipykernel's) cannot be read on workers
-    report["source"] = [e.frames[-1].line, e.frames[-1].filename == from_this_cell.__code__.co_filename]
+    report["source"] = [e.frames[-1].line,
+                        e.frames[-1].filename == from_this_cell.__code__.co_filename]
 print("REPORT", json.dumps(report))
 """
 

@@ -26,7 +26,8 @@ MAX_LOST = 3   # LocalCluster's default: a task that loses a 4th worker fails wi
 
 
 def _task(i: int, runs_dir: str) -> tuple[int, int]:
-    with open(os.path.join(runs_dir, f"{i}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex}"), "x"):
+    name = f"{i}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex}"
+    with open(os.path.join(runs_dir, name), "x"):
         pass
     time.sleep(random.uniform(0.005, 0.025))
     return i, i * i

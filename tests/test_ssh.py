@@ -110,7 +110,7 @@ def test_the_ssh_command_adds_workers_to_a_running_cluster(ssh_hosts, tmp_path):
             assert "2 workers on each of" in proc.stdout.readline()
             client = cluster.client()
             assert len(client.workers()) == 2
-            client.stop_workers()           # they leave; their ssh sessions end; so does the command
+            client.stop_workers()   # they leave; their ssh sessions end; so does the command
             assert proc.wait(20) == 0
         finally:
             if proc.poll() is None:

@@ -174,7 +174,8 @@ def test_a_task_past_the_memory_limit_fails_and_its_worker_is_replaced():
         with pytest.raises(MemoryLimitExceeded) as info:
             client.submit(allocate, 4096).result(90)
         message = str(info.value)
-        assert isinstance(info.value, MemoryError) and isinstance(info.value, nbcluster.NBClusterError)
+        assert isinstance(info.value, MemoryError)
+        assert isinstance(info.value, nbcluster.NBClusterError)
         assert "memory limit 300.0 MiB exceeded (rss " in message, message
         assert "memory_limit=" in message and "--memory-limit" in message   # how to change it
         reason = wait_for(lambda: cluster.exit_reason(before), timeout=60, what="its exit line")

@@ -1,8 +1,8 @@
 """The broker process: a ZeroMQ ROUTER loop around `BrokerState`.
 
-    client (DEALER) ── submit/cancel/query ──►┐                ┌── ready n / done / output ── worker (DEALER)
-                    ◄── results/output/reply ─┤  ROUTER socket ├── run / cancel ──────────►
-                                              └────────────────┘
+    client (DEALER) ── submit/cancel/query ──►┐               ┌── ready n / done / output ── worker
+                    ◄── results/output/reply ─┤ ROUTER socket ├── run / cancel ──────────► (DEALER)
+                                              └───────────────┘
                       every frame checked by `protocol.decode`; bookkeeping in `BrokerState`
 
 One thread. Each received message is checked (version, size, signature, header) and handed
@@ -73,7 +73,8 @@ class Broker:
                         "but readable by anyone on the network", ", ".join(exposed))
         self.signer = protocol.Signer(key)
         self.max_message_bytes = max_message_bytes
-        self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
+        self.state = BrokerState(heartbeat_ms, liveness, max_lost,
+                                 client_expiry_ms=client_expiry_ms,
                                  info={"host": socket.gethostname(), "pid": os.getpid(),
                                        "version": protocol.VERSION,
                                        "max_message_bytes": max_message_bytes})

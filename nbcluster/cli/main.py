@@ -181,8 +181,8 @@ def _daemonize(args) -> int:
 
 
 def worker(argv: list[str]) -> int:
-    """`nbcluster worker ... [-n N]`: N workers under a supervisor (nbcluster.worker.supervisor) that
-    replaces any that ends; SIGTERM/Ctrl-C stops them all."""
+    """`nbcluster worker ... [-n N]`: N workers under a supervisor
+    (nbcluster.worker.supervisor) that replaces any that ends; SIGTERM/Ctrl-C stops them all."""
     n = 1
     if "-n" in argv:
         i = argv.index("-n")

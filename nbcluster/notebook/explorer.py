@@ -25,7 +25,8 @@ class ErrorExplorer(widgets.VBox):
         self.groups = report.group_failures(error)
         heading = report.text_report(error).splitlines()[0]
         self.group_list = widgets.Select(
-            options=[(g.title, i) for i, g in enumerate(self.groups)], rows=min(4, len(self.groups)),
+            options=[(g.title, i) for i, g in enumerate(self.groups)],
+            rows=min(4, len(self.groups)),
             description="groups", layout=widgets.Layout(width="95%"))
         self.failure_list = widgets.Select(description="failures", rows=5,
                                            layout=widgets.Layout(width="95%"))

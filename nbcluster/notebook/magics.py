@@ -100,7 +100,8 @@ class ClusterMagics(Magics):
             opts = _options(args, {"--targets": str})
             names = opts.pop("", [])
             if not names:
-                raise ValueError(f"%cluster {command}: name the variables, e.g. %cluster {command} x y")
+                raise ValueError(f"%cluster {command}: name the variables, "
+                                 f"e.g. %cluster {command} x y")
             client = self.client()
             ids = _targets(client.workers(), opts.get("--targets", "all"), [])
             if command == "push":

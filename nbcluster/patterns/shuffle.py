@@ -93,7 +93,8 @@ class _Store:
         self.buckets: dict[tuple[str, int], _Bucket] = {}
         self.lock = threading.Lock()
         self.endpoint: str | None = None
-        self.auth: ThreadAuthenticator | None = None   # the ZAP authenticator of a Curve cluster's data server
+        # the ZAP authenticator of a Curve cluster's data server
+        self.auth: ThreadAuthenticator | None = None
 
     def bucket(self, sid: str, number: int, partitions: int, combined: bool) -> _Bucket:
         now = time.monotonic()
