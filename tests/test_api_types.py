@@ -36,27 +36,34 @@ def own_members(cls: type) -> Iterator[tuple[str, object]]:
                 yield name, member
 
 
+GENERIC_MODULES = ("builtins", "collections.abc", "typing", "collections", "os", "re")
+
+
+def is_bare_generic(hint: object) -> bool:
+    """A generic class without its parameters (`list`, `TaskFuture`): they mean Any."""
+    if typing.get_origin(hint) is not None or not isinstance(hint, type):
+        return False
+    return bool(getattr(hint, "__parameters__", ())) or (
+        hasattr(hint, "__class_getitem__") and hint.__module__ in GENERIC_MODULES)
+
+
 def hidden_any(hint: object) -> str | None:
     """Where hint holds Any (written, or as a bare generic); None if it holds none."""
     if hint is typing.Any:
         return "Any"
+    if is_bare_generic(hint):
+        name = getattr(hint, "__qualname__", repr(hint))
+        return f"bare generic {name} (its parameters mean Any)"
     args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    if origin is None and isinstance(hint, type) and not args:
-        if getattr(hint, "__parameters__", ()) or (
-                hasattr(hint, "__class_getitem__") and hint.__module__ in (
-                    "builtins", "collections.abc", "typing", "collections", "os", "re")):
-            return f"bare generic {hint.__qualname__} (its parameters mean Any)"
-    if origin in (Callable, typing.Callable) and args and args[0] is Ellipsis:
+    if typing.get_origin(hint) is Callable and args and args[0] is Ellipsis:
         args = args[1:]   # Callable[..., R]: the `...` is "any arguments", not Any
     for arg in args:
-        if arg is Ellipsis or arg is None or isinstance(arg, (list, int, str)):
-            if isinstance(arg, list):
-                found = next((hidden_any(a) for a in arg if hidden_any(a)), None)
-                if found:
-                    return found
-            continue
-        found = hidden_any(arg)
+        if isinstance(arg, list):   # Callable[[A, B], R]: its parameter types
+            found = next(filter(None, map(hidden_any, arg)), None)
+        elif arg is Ellipsis or arg is None or isinstance(arg, (int, str, bytes)):
+            continue   # tuple[int, ...], or a Literal's value
+        else:
+            found = hidden_any(arg)
         if found:
             return found
     return None
