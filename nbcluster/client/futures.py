@@ -14,19 +14,16 @@ import concurrent.futures
 import logging
 from collections.abc import Callable, Generator
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING, RUNNING
-from typing import Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
+
+if TYPE_CHECKING:   # client.py imports this module
+    from .client import Client
 
 __all__ = ["TaskFuture"]
 
 log = logging.getLogger("nbcluster.client")
 
 T = TypeVar("T")
-
-
-class _CancelsRemotely(Protocol):
-    """What a future needs of its client: to cancel tasks on the cluster."""
-
-    def _cancel_remote(self, keys: list[int]) -> None: ...
 
 
 class TaskFuture(concurrent.futures.Future[T], Generic[T]):
@@ -47,7 +44,7 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         on_output: optional callable(stream, text, worker_id) run as output arrives.
     """
 
-    def __init__(self, client: _CancelsRemotely, key: int) -> None:
+    def __init__(self, client: Client, key: int) -> None:
         super().__init__()
         self._client = client
         self.key = key

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from ..errors import (
@@ -169,7 +169,7 @@ class FailureTally:
         else:
             self.counted[sig] += 1
 
-    def add_task(self, detailed: list[tuple[object, str | None, dict[str, Any]]],
+    def add_task(self, detailed: Iterable[tuple[object, str | None, dict[str, Any]]],
                  counted: dict[tuple[str, str, int], int] | None = None,
                  stopped: bool = False) -> None:
         """A task's element failures: [(index, item, captured)], {signature: count}."""
