@@ -61,7 +61,7 @@ def here(sizes: list[int]) -> None:
 
 
 def across(sizes: list[int]) -> None:
-    from tests.support.netns import Hosts   # the repository is on sys.path (above)
+    from tests.support.netns import Hosts  # the repository is on sys.path (above)
     hosts = Hosts()
     try:
         key, folder = protocol.new_key(), Path(os.environ.get("TMPDIR", "/tmp"))

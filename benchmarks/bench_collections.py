@@ -84,15 +84,16 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
-    import joblib
     import dask.bag as db
+    import joblib
+
     import nbcluster
     from nbcluster import map_reduce, pfilter, pmap
 
     rows = []
     xs = range(N_ITEMS)
     with multiprocessing.Pool(N_WORKERS) as pool, nbcluster.LocalCluster(N_WORKERS) as cluster:
-        client = cluster.client()
+        _client = cluster.client()   # held: pmap & co. find it through a weak reference
         pool.map(double, range(100))
         pmap(double, range(100), progress=False)
         print(f"== collections over {N_ITEMS:,} small items, {N_WORKERS} workers ==")
@@ -104,9 +105,10 @@ def main() -> None:
             ("map  dask.bag", lambda: db.from_sequence(xs, npartitions=8 * N_WORKERS).map(double)
              .compute(scheduler="processes", num_workers=N_WORKERS)),
             ("filter nbcluster pfilter", lambda: pfilter(is_odd, xs, progress=False)),
-            ("filter multiprocessing.Pool", lambda: [x for x, k in zip(xs, pool.map(is_odd, xs)) if k]),
+            ("filter multiprocessing.Pool", lambda: [
+                x for x, k in zip(xs, pool.map(is_odd, xs), strict=True) if k]),
             ("filter joblib", lambda: [x for x, k in zip(xs, joblib.Parallel(n_jobs=N_WORKERS)(
-                joblib.delayed(is_odd)(x) for x in xs)) if k]),
+                joblib.delayed(is_odd)(x) for x in xs), strict=True) if k]),
             ("filter dask.bag", lambda: db.from_sequence(xs, npartitions=8 * N_WORKERS)
              .filter(is_odd).compute(scheduler="processes", num_workers=N_WORKERS)),
         ]:

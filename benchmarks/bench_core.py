@@ -262,12 +262,12 @@ def startup(name: str) -> tuple[float, float]:
     """(import + start + first result, stop until every child process is gone), fresh process."""
     script = STARTUP_SCRIPT.format(here=str(HERE), name=name)
     # ipyparallel's and dask's workers must import this file's functions too.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env=env)
+    path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": path})
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
-    first, stop, kids, alive = out.stdout.split()[-4:]
+    first, stop, _kids, _alive = out.stdout.split()[-4:]
     return float(first), float(stop)
 
 
@@ -307,7 +307,7 @@ def main() -> None:
         try:
             results[name] = measure(PEERS[name](), args.quick)
             results[name]["first_result_s"], results[name]["stop_s"] = startup(name)
-        except Exception as e:  # one peer failing must not lose the others' figures
+        except Exception as e:  # noqa: BLE001 - one peer failing must not lose the others' figures
             print(f"  {name} failed: {e!r}", flush=True)
         print(f"  {json.dumps(results.get(name))}", flush=True)
 

@@ -47,7 +47,8 @@ def main() -> None:
     with nbcluster.LocalCluster(2, ip="0.0.0.0") as curve:
         assert curve.info.curve is not None
         rows["beyond loopback, Curve"] = measure(curve)
-    print(f"{'':28s} {'round trip (us)':>16s} {'tasks/s':>10s} {'MB/s (200 x 512 KiB there+back)':>34s}")
+    print(f"{'':28s} {'round trip (us)':>16s} {'tasks/s':>10s} "
+          f"{'MB/s (200 x 512 KiB there+back)':>34s}")
     for name, (lat, rate, mbs) in rows.items():
         print(f"{name:28s} {lat:16.0f} {rate:10,.0f} {mbs:34,.0f}")
 

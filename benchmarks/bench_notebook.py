@@ -86,10 +86,12 @@ def main() -> None:
         ip.close()
 
     print(f"{'':40s} {'nbcluster':>10s} {'ipyparallel':>12s}")
-    print(f"{'cell on 2 workers, print(1) (ms)':40s} {rows[0][1]:10.1f} {px:12.1f}   (%%cluster vs %%px)")
-    print(f"{'map abs over 10,000 items (ms)':40s} {rows[1][1]:10.1f} {pmap:12.1f}   (%pmap vs view.map_sync)")
-    print(f"\nprogress bar: {len(comms)} widget messages in {seconds:.2f} s while a 100,000-element "
-          f"map ran: {len(comms) / seconds:.1f} messages/s")
+    print(f"{'cell on 2 workers, print(1) (ms)':40s} {rows[0][1]:10.1f} {px:12.1f}"
+          "   (%%cluster vs %%px)")
+    print(f"{'map abs over 10,000 items (ms)':40s} {rows[1][1]:10.1f} {pmap:12.1f}"
+          "   (%pmap vs view.map_sync)")
+    print(f"\nprogress bar: {len(comms)} widget messages in {seconds:.2f} s while a "
+          f"100,000-element map ran: {len(comms) / seconds:.1f} messages/s")
 
 
 if __name__ == "__main__":

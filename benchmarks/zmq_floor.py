@@ -106,7 +106,8 @@ def main() -> None:
         print(json.dumps({k: {"roundtrip_us": v[0], "mb_per_s": v[1]} for k, v in figures.items()}))
     else:
         for name, (us, mbs) in figures.items():
-            print(f"{name:11s} no-op round trip {us:7.1f} us   {BULK_MB} MB there and back {mbs:7.0f} MB/s")
+            print(f"{name:11s} no-op round trip {us:7.1f} us   "
+                  f"{BULK_MB} MB there and back {mbs:7.0f} MB/s")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar, Self
 
 __all__ = [
     "NBClusterError",
@@ -65,8 +67,9 @@ class RemoteTraceback(Exception):
     """
 
     def __init__(self, type_name: str, message: str, traceback: str = "",
-                 frames: list[RemoteFrame] | None = None, worker: dict | None = None,
-                 index=None, item: str | None = None, why: str = ""):
+                 frames: list[RemoteFrame] | None = None,
+                 worker: Mapping[str, object] | None = None, index: object = None,
+                 item: str | None = None, why: str = "") -> None:
         super().__init__(type_name, message)
         self.type_name, self.message, self.traceback = type_name, message, traceback
         self.frames, self.worker = list(frames or []), dict(worker or {})
@@ -120,13 +123,17 @@ class RemoteError(NBClusterError):
     """
 
     def __init__(self, type_name: str, message: str, traceback: str = "",
-                 frames: list[RemoteFrame] | None = None, worker: dict | None = None,
-                 exception: BaseException | None = None):
+                 frames: list[RemoteFrame] | None = None,
+                 worker: Mapping[str, object] | None = None,
+                 exception: BaseException | None = None) -> None:
         name = type_name.removeprefix("builtins.")
         super().__init__(f"{name}: {message}")
         self.exception = exception   # the remote exception, if it arrived but was not rebuilt
         self._nbcluster = RemoteTraceback(type_name, message, traceback, frames, worker)
         self.__cause__ = self._nbcluster
+
+    # On the class made for each remote type (see wire.remote): the remote type itself.
+    _remote_type: ClassVar[type[BaseException]]
 
     type_name = _Remote()
     message = _Remote()
@@ -162,13 +169,13 @@ def _rebuild_remote_error(args, info: RemoteTraceback, exception):
     return err
 
 
-def locate(error: BaseException, index, item: str | None = None) -> None:
+def locate(error: BaseException, index: object, item: str | None = None) -> None:
     """Record which element (or key) of a map-like call an error belongs to."""
-    target = getattr(error, "_nbcluster", error)
-    target.index, target.item = index, item
+    target = getattr(error, "_nbcluster", error)   # a RemoteError's: its RemoteTraceback
+    vars(target).update(index=index, item=item)
 
 
-class RemoteErrorGroup(NBClusterError, ExceptionGroup):
+class RemoteErrorGroup(NBClusterError, ExceptionGroup[Exception]):
     """Several tasks failed; ``.exceptions`` holds one error per failed element, in full for
     the first few failures of each kind (same type, same place).
 
@@ -183,7 +190,7 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup):
     not_run = 0
     _failed: int | None = None
 
-    def __new__(cls, message: str, exceptions):
+    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> Self:
         return super().__new__(cls, message, exceptions)
 
     @property
@@ -196,7 +203,8 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup):
         from .report import explore
         explore(self)
 
-    def derive(self, excs):
+    def derive(self, excs: Sequence[Exception]) -> RemoteErrorGroup:   # type: ignore[override]
+        # (typeshed's overloads also take BaseExceptions; ours are Exceptions, see __new__)
         return RemoteErrorGroup(self.message, excs)
 
     _workers: list[str] | None = None
@@ -317,7 +325,7 @@ def summarize_failures(errors: list[BaseException], total: int | None, what: str
     return text
 
 
-def failed_workers(errors: list[BaseException]) -> list[str]:
+def failed_workers(errors: Sequence[BaseException]) -> list[str]:
     """Ids of the workers the errors happened on (or were lost on), in first-seen order."""
     seen: dict[str, None] = {}
     for e in errors:

@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 __all__ = ["FailureGroup", "failures", "group_failures", "text_report", "explore",
            "set_viewer"]
@@ -70,13 +70,13 @@ def failure_title(error: BaseException) -> str:
     """One line naming one failure: its element or key, and its worker."""
     parts = []
     remote = getattr(error, "_nbcluster", error)   # not the remote exception's own attributes
-    if getattr(remote, "index", None) is not None:
-        parts.append(f"element {remote.index}: {getattr(remote, 'item', '')}")
+    if (index := getattr(remote, "index", None)) is not None:
+        parts.append(f"element {index}: {getattr(remote, 'item', '')}")
     w = getattr(remote, "worker", None) or {}
     if w:
         parts.append(f"on {w.get('id', '?')} ({w.get('host', '?')}, pid {w.get('pid', '?')})")
-    elif getattr(error, "lost_on", None):
-        parts.append(f"lost on {', '.join(error.lost_on)}")
+    elif lost_on := getattr(error, "lost_on", None):   # a WorkerLost's
+        parts.append(f"lost on {', '.join(lost_on)}")
     return " ".join(parts) or str(error).splitlines()[0]
 
 

@@ -32,7 +32,8 @@ def test_tasks_run_on_both_remote_hosts_with_curve(hosts, tmp_path):
     assert all(ep.startswith("tcp://") for ep in cluster.info.endpoints)
     with cluster.client() as client:
         wait_workers(client, 2)
-        seen = {client.options(labels={h}).submit(where_am_i).result(20) for h in ("host1", "host2")}
+        seen = {client.options(labels={h}).submit(where_am_i).result(20)
+                for h in ("host1", "host2")}
         assert seen == {hosts.address("host1"), hosts.address("host2")}
         assert client.map(lambda x: x + 1, range(1000)) == list(range(1, 1001))
 
@@ -63,7 +64,8 @@ def test_a_cut_link_heals_nothing_lost_or_doubled(hosts, tmp_path):
         deadline = time.monotonic() + 120
         while True:
             try:
-                if client.options(labels={"host1"}).submit(where_am_i).result(60) == hosts.address("host1"):
+                answer = client.options(labels={"host1"}).submit(where_am_i).result(60)
+                if answer == hosts.address("host1"):
                     break
             except Exception:   # noqa: BLE001 - not back yet
                 pass

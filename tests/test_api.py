@@ -1,6 +1,5 @@
 """The public face: exported names and import cost (the layers: test_layers.py)."""
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ def test_exported_names():
         "Client", "connect", "default_client", "LocalCluster", "SSHCluster", "SSHWorkers",
         "SlurmWorkers", "Executor", "BrokenExecutor", "TaskFuture",
         "NBClusterError", "RemoteError", "RemoteErrorGroup", "RemoteFrame", "WorkerLost",
-        "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError", "PicklingError",
+        "MemoryLimitExceeded", "TaskCancelled", "AuthenticationError", "ProtocolError",
+        "PicklingError",
         "BrokerLost", "BrokerTimeout", "MessageTooLarge",
         "parallel", "Parallel", "pmap", "pmap_indexed", "pfilter", "preject", "pflat_map",
         "pgroup_by", "pany", "pall", "pnone", "MapReduce", "map_reduce",

@@ -87,12 +87,9 @@ def test_every_module_imports_only_what_its_layer_may():
         own = layer(module)
         for target in imports(module):
             other = layer(target)
-            if own in TOP or other == own or other in LEAVES and own in LAYERS:
+            if own in TOP or other == own or (other in LEAVES and own in LAYERS):
                 continue
-            if own in LEAVES:
-                ok = other in LEAVES
-            else:
-                ok = other in LAYERS[own] or other in LEAVES
+            ok = other in LEAVES if own in LEAVES else other in LAYERS[own] or other in LEAVES
             if not ok:
                 wrong.append(f"{module} imports {target}")
     assert wrong == []

@@ -36,7 +36,8 @@ def test_ci_runs_the_readme_test_command_verbatim():
 def test_readme_names_no_file_outside_the_repository():
     for target in re.findall(r"\]\(([^)#]+)\)", README):
         if "://" not in target:
-            assert (ROOT / target).exists(), f"README links {target}, which is not in the repository"
+            assert (ROOT / target).exists(), \
+                f"README links {target}, which is not in the repository"
     assert "../" not in README, "README names a file outside the repository"
 
 
@@ -61,6 +62,6 @@ def test_notebook_snippets_run_in_a_kernel_as_pasted(tmp_path):
     NotebookClient(nb, timeout=240, kernel_name="python3", allow_errors=True,
                    resources={"metadata": {"path": str(tmp_path)}}).execute(
                        env={**__import__("os").environ, "HOME": str(env_home)})
-    for block, cell in zip(blocks, nb.cells):
+    for block, cell in zip(blocks, nb.cells, strict=True):
         errors = [o for o in cell.outputs if o.output_type == "error"]
         assert not errors, f"{block}\n--- output ---\n{cell_text(cell)}"

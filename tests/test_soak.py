@@ -8,6 +8,7 @@ counted from outside the cluster, whatever the cluster says.
 """
 
 import collections
+import contextlib
 import os
 import random
 import signal
@@ -25,7 +26,8 @@ MAX_LOST = 3   # LocalCluster's default: a task that loses a 4th worker fails wi
 
 
 def _task(i: int, runs_dir: str) -> tuple[int, int]:
-    with open(os.path.join(runs_dir, f"{i}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex}"), "x"):
+    name = f"{i}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex}"
+    with open(os.path.join(runs_dir, name), "x"):
         pass
     time.sleep(random.uniform(0.005, 0.025))
     return i, i * i
@@ -78,10 +80,8 @@ class _Faults:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.mark.timeout(600)

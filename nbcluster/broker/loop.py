@@ -24,12 +24,12 @@ import time
 
 import zmq
 
+from ..errors import NBClusterError, ProtocolError
 from ..wire import protocol
+from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
+from ..wire.transport import pending_messages
 from .records import Send
 from .state import BrokerState
-from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
-from ..errors import NBClusterError, ProtocolError
-from ..wire.transport import pending_messages
 
 __all__ = ["Broker", "main"]
 
@@ -60,7 +60,7 @@ class Broker:
     def __init__(self, endpoints: list[str], key: bytes, *, max_message_bytes: int =
                  protocol.DEFAULT_MAX_MESSAGE_BYTES, heartbeat_ms: int = 1000, liveness: int = 3,
                  max_lost: int = 3, client_expiry_ms: int = 30_000,
-                 curve: "tuple[CurveKeys, bytes] | None" = None, insecure: bool = False):
+                 curve: tuple[CurveKeys, bytes] | None = None, insecure: bool = False):
         exposed = [ep for ep in endpoints if not is_loopback(ep)]
         if exposed and curve is None:
             if not insecure:

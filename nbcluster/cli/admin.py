@@ -118,8 +118,8 @@ def stop(path: str, worker_ids: list[str]) -> int:
 def remove_connection_file(path: str | Path, key: bytes) -> bool:
     """Remove the connection file at path if it is still the one of the cluster of `key`
     (a newer cluster's file stays); True if removed."""
-    from ..wire.connection import ConnectionInfo
     from ..errors import NBClusterError
+    from ..wire.connection import ConnectionInfo
     try:
         if ConnectionInfo.read(path).key != key:
             return False
@@ -145,9 +145,9 @@ def doctor(path: str, as_json: bool) -> int:
     if mode & 0o077:
         find(f"{file} is readable by others (mode {oct(mode)}): it holds the cluster key",
              f"chmod 600 {file}")
+    from ..errors import NBClusterError
     from ..wire.connection import ConnectionInfo
     from ..wire.curve import is_loopback
-    from ..errors import NBClusterError
     try:
         info = ConnectionInfo.read(file)
     except NBClusterError as e:

@@ -37,6 +37,7 @@ def demo(n_workers: int | None, tasks: int, samples: int) -> int:
     from tqdm import tqdm
 
     import nbcluster
+
     from ..client.english import counted
 
     one_chunk_s = float("inf")
@@ -79,6 +80,7 @@ def start(args) -> int:
     import logging
 
     import nbcluster
+
     from ..client.english import counted
 
     # the broker's restarts (nbcluster.broker_process), with their time, in the log
@@ -126,8 +128,8 @@ def _interrupt(signum, _frame) -> None:
 def _remove_if_gone(path: str) -> None:
     """Remove the connection file at path if its cluster is gone (ours, once it stopped, even
     if Ctrl-C came while it was starting); the file of a newer cluster stays."""
-    from ..wire.connection import ConnectionInfo
     from ..errors import NBClusterError
+    from ..wire.connection import ConnectionInfo
     try:
         if ConnectionInfo.read(path).gone_reason() is not None:
             os.unlink(os.path.expanduser(path))
@@ -138,8 +140,8 @@ def _remove_if_gone(path: str) -> None:
 def _running_cluster(path: str) -> str | None:
     """What runs already with the connection file at path ("a cluster is running ..."), or
     None if nothing does (no file, not a connection file, or its cluster is gone)."""
-    from ..wire.connection import ConnectionInfo
     from ..errors import NBClusterError
+    from ..wire.connection import ConnectionInfo
     try:
         info = ConnectionInfo.read(path)
     except (OSError, NBClusterError):
@@ -164,7 +166,8 @@ def _daemonize(args) -> int:
               if args.max_message_bytes else [])]
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
+    lines: list[str] = []
+    assert proc.stdout is not None   # PIPE
     for line in proc.stdout:
         if line.strip() == "ready":
             print("".join(lines), end="")
@@ -178,8 +181,8 @@ def _daemonize(args) -> int:
 
 
 def worker(argv: list[str]) -> int:
-    """`nbcluster worker ... [-n N]`: N workers under a supervisor (nbcluster.worker.supervisor) that
-    replaces any that ends; SIGTERM/Ctrl-C stops them all."""
+    """`nbcluster worker ... [-n N]`: N workers under a supervisor
+    (nbcluster.worker.supervisor) that replaces any that ends; SIGTERM/Ctrl-C stops them all."""
     n = 1
     if "-n" in argv:
         i = argv.index("-n")
@@ -195,10 +198,10 @@ def worker(argv: list[str]) -> int:
 
 def ssh(args) -> int:
     """Workers on other hosts over SSH, until Ctrl-C, `nbcluster stop`, or they all end."""
-    from ..wire.connection import read_or_exit
     from ..client.english import counted
-    from ..errors import NBClusterError
     from ..cluster.launchers import SSHWorkers
+    from ..errors import NBClusterError
+    from ..wire.connection import read_or_exit
     info = read_or_exit(args.connection_file, "nbcluster ssh")
     try:
         workers = SSHWorkers(args.hosts, info, args.workers, labels=_split(args.labels),
@@ -223,10 +226,10 @@ def ssh(args) -> int:
 
 def slurm(args) -> int:
     """Workers as a Slurm job; Ctrl-C (or the job ending) cancels it."""
-    from ..wire.connection import read_or_exit
     from ..client.english import counted
-    from ..errors import NBClusterError
     from ..cluster.launchers import SlurmWorkers
+    from ..errors import NBClusterError
+    from ..wire.connection import read_or_exit
     info = read_or_exit(args.connection_file, "nbcluster slurm")
     try:
         job = SlurmWorkers(info, args.nodes, args.workers, labels=_split(args.labels),

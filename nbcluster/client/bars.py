@@ -10,7 +10,10 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
-from typing import Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 __all__ = ["ProgressBar", "progress_bar", "set_progress_factory", "progress"]
 
@@ -33,7 +36,7 @@ Factory = Callable[[int | None, str, Callable[[], None] | None], ProgressBar]
 
 class _Tqdm:
     def __init__(self, total: int | None, desc: str, cancel: Callable[[], None] | None = None):
-        from tqdm.auto import tqdm   # imported on first use: scripts that show no bar skip it
+        from tqdm.auto import tqdm  # imported on first use: scripts that show no bar skip it
         self._bar = tqdm(total=total, desc=desc, unit="it", delay=SHOW_AFTER_S, file=sys.stderr,
                          dynamic_ncols=True, leave=False)
         self.failed = 0
@@ -79,8 +82,8 @@ def progress_bar(total: int | None, desc: str, enabled: bool = True,
     return _factory[0](total, desc, cancel) if enabled else _NoBar()
 
 
-def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
-             wait: bool | None = None) -> list:
+def progress(futures: Iterable[concurrent.futures.Future[T]], desc: str = "tasks",
+             wait: bool | None = None) -> list[concurrent.futures.Future[T]]:
     """A progress bar following futures (with a button that cancels them in a notebook).
 
     Args:
@@ -92,8 +95,11 @@ def progress(futures: Iterable[concurrent.futures.Future], desc: str = "tasks",
     """
     futures = list(futures)
     # The button stops the work: a TaskFuture that is running is interrupted, not left to run.
-    bar = progress_bar(len(futures), desc,
-                       cancel=lambda: [getattr(f, "interrupt", f.cancel)() for f in futures])
+    def cancel_all() -> None:
+        for f in futures:
+            getattr(f, "interrupt", f.cancel)()
+
+    bar = progress_bar(len(futures), desc, cancel=cancel_all)
     lock, left = threading.Lock(), [len(futures)]
     started: set[int] = set()   # ids of futures that were RUNNING: those count as running
 

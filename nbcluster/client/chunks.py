@@ -4,7 +4,8 @@ come back (`gather_chunks`, on the client)."""
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskCancelled, WorkerLost
 from ..wire import tracebacks
@@ -41,8 +42,8 @@ class ChunkRunner:
         for i, args in enumerate(items):
             try:
                 results.append(fn(*args) if self.star else fn(args))
-            except (Exception, SystemExit) as e:   # each element fails alone (a cancel
-                # interrupts with KeyboardInterrupt, which ends the chunk)
+            except (Exception, SystemExit) as e:   # noqa: BLE001 - each element fails alone
+                # (a cancel interrupts with KeyboardInterrupt, which ends the chunk)
                 results.append(None)
                 failures = failures or tracebacks.ElementFailures()
                 failures.add(start + i, args if not self.star or len(args) != 1 else args[0],

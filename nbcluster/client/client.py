@@ -42,16 +42,25 @@ import os
 import socket
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
-from ..errors import (AuthenticationError, BrokerTimeout, MessageTooLarge, NBClusterError,
-                      PicklingError, RemoteErrorGroup, summarize_failures)
+from ..errors import (
+    AuthenticationError,
+    BrokerTimeout,
+    MessageTooLarge,
+    NBClusterError,
+    PicklingError,
+    RemoteErrorGroup,
+    summarize_failures,
+)
 from ..wire import functions, pickling, protocol, serialize
 from ..wire.connection import ConnectionInfo
 from ..wire.curve import CurveKeys
-from ..wire.shm import SharedMemory, available as shm_available
+from ..wire.shm import SharedMemory
+from ..wire.shm import available as shm_available
 from ..wire.transport import dealer
 from .bars import progress
 from .broker_silence import DEFAULT_BROKER_TIMEOUT_S, BrokerSilence

@@ -20,14 +20,21 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, runtime_checkable
 
+from ..errors import NBClusterError
 from ..wire import remote
 from .chunks import ChunkFailures
-from ..errors import NBClusterError
 from .futures import TaskFuture
 
+if TYPE_CHECKING:   # client.py imports this module (Client.executor)
+    from .client import Client
+
 __all__ = ["Executor", "BrokenExecutor"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class BrokenExecutor(NBClusterError, concurrent.futures.BrokenExecutor):
@@ -36,14 +43,24 @@ class BrokenExecutor(NBClusterError, concurrent.futures.BrokenExecutor):
     error itself carries the remote traceback)."""
 
 
-# ---- interpreter exit: submitted work still runs, as ProcessPoolExecutor's does ---------------
+@runtime_checkable
+class ClusterLike(Protocol):
+    """What makes Clients and can be stopped: a LocalCluster, an SSHCluster."""
+
+    def client(self) -> Client: ...
+
+    def close(self) -> None: ...
+
+
 # What Executor() without a client starts: a LocalCluster. The cluster layer sits above this
 # one (a LocalCluster makes Clients), so it hands its class down when it is imported, and
 # `import nbcluster` always imports it (tests/test_layers.py keeps the layers acyclic).
-own_cluster: Callable[..., Any]
+own_cluster: Callable[..., ClusterLike] | None = None
+
+# ---- interpreter exit: submitted work still runs, as ProcessPoolExecutor's does ---------------
 
 _global_shutdown = False
-_live: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 
 def _python_exit() -> None:
@@ -55,8 +72,8 @@ def _python_exit() -> None:
         executor.shutdown(wait=True)
 
 
-try:
-    threading._register_atexit(_python_exit)   # what concurrent.futures.process uses
+try:   # what concurrent.futures.process uses (private, so not in typeshed)
+    threading._register_atexit(_python_exit)   # type: ignore[attr-defined]
 except RuntimeError:   # imported while the interpreter is exiting
     _global_shutdown = True
 
@@ -110,9 +127,10 @@ class Executor(concurrent.futures.Executor):
         TypeError: max_tasks_per_child is not an int.
     """
 
-    def __init__(self, max_workers: int | None = None, mp_context: Any = None,
-                 initializer: Callable | None = None, initargs: tuple = (), *,
-                 max_tasks_per_child: int | None = None, client: Any = None):
+    def __init__(self, max_workers: int | None = None, mp_context: object = None,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[object] = (), *, max_tasks_per_child: int | None = None,
+                 client: Client | ClusterLike | None = None) -> None:
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
                 raise TypeError(
@@ -136,14 +154,17 @@ class Executor(concurrent.futures.Executor):
                                  "--max-tasks-per-child)")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        self._cluster = None
+        self._cluster: ClusterLike | None = None
         if client is None:
+            if own_cluster is None:
+                raise NBClusterError("Executor() without client= needs nbcluster.cluster.local "
+                                     "imported (`import nbcluster` does it)")
             self._cluster = own_cluster(n_workers=max_workers,
                                         max_tasks_per_child=max_tasks_per_child)
             client = self._cluster.client()
-        elif not hasattr(client, "_submit_call"):   # a cluster: run on a client of it
+        elif isinstance(client, ClusterLike):   # a cluster: run on a client of it
             client = client.client()
-        self._client = client
+        self._client: Client = client
         self._initializer, self._initargs = initializer, tuple(initargs)
         self._token = os.urandom(8).hex()
         self._futures: set[TaskFuture] = set()
@@ -153,14 +174,15 @@ class Executor(concurrent.futures.Executor):
         _live.add(self)
 
     # ---- submitting ---------------------------------------------------------------------
-    def submit(self, fn: Callable, /, *args, **kwargs) -> TaskFuture:
+    def submit(self, fn: Callable[P, T], /, *args: P.args,
+               **kwargs: P.kwargs) -> TaskFuture[T]:
         """Run `fn(*args, **kwargs)` on a worker; every keyword goes to fn."""
         with self._lock:
             self._check_open()
             return self._track(self._client._submit_call(self._wrap(fn), args, kwargs))
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterator[Any]:
+    def map(self, fn: Callable[..., T], *iterables: Iterable[object],
+            timeout: float | None = None, chunksize: int = 1) -> Iterator[T]:
         """As Executor.map: results in input order, the first failure raised where it
         occurs; a timeout (from this call) raises TimeoutError from `__next__` and cancels
         what has not started. Results already yielded are not kept."""
@@ -198,7 +220,8 @@ class Executor(concurrent.futures.Executor):
         return fut
 
     @staticmethod
-    def _results(futures: list[TaskFuture], end_time: float | None) -> Iterator[Any]:
+    def _results(futures: list[TaskFuture[list[T] | ChunkFailures]],
+                 end_time: float | None) -> Iterator[T]:
         # Pop each future, and each result out of its chunk, before yielding: what was
         # yielded is the caller's alone (a long map keeps nothing it has given out).
         futures.reverse()
@@ -221,7 +244,8 @@ class Executor(concurrent.futures.Executor):
                 fut.cancel()
 
     # ---- a failing initializer breaks the executor ------------------------------------------
-    def _on_settle(self, fut: TaskFuture, value: Any, error: BaseException | None) -> None:
+    def _on_settle(self, fut: TaskFuture[T], value: object,
+                   error: BaseException | None) -> None:
         """Runs on the client's I/O thread before fut settles: a BrokenExecutor from the
         initializer breaks us before anyone waiting on fut wakes up."""
         if isinstance(error, BrokenExecutor):

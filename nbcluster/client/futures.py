@@ -12,15 +12,21 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+from collections.abc import Callable, Generator
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING, RUNNING
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
+
+if TYPE_CHECKING:   # client.py imports this module
+    from .client import Client
 
 __all__ = ["TaskFuture"]
 
 log = logging.getLogger("nbcluster.client")
 
+T = TypeVar("T")
 
-class TaskFuture(concurrent.futures.Future):
+
+class TaskFuture(concurrent.futures.Future[T], Generic[T]):
     """The result of a submitted task.
 
     Keeps the `concurrent.futures.Future` contract (`result`, `exception`, `cancel`,
@@ -38,7 +44,7 @@ class TaskFuture(concurrent.futures.Future):
         on_output: optional callable(stream, text, worker_id) run as output arrives.
     """
 
-    def __init__(self, client, key: int):
+    def __init__(self, client: Client, key: int) -> None:
         super().__init__()
         self._client = client
         self.key = key
@@ -46,11 +52,12 @@ class TaskFuture(concurrent.futures.Future):
         self.worker: str | None = None
         self.duration: float | None = None
         self.input_bytes = 0
-        self.on_output: Callable[[str, str, str], Any] | None = None
-        self._running_callbacks: list[Callable[[TaskFuture], Any]] = []
+        self.on_output: Callable[[str, str, str], object] | None = None
+        self._running_callbacks: list[Callable[[TaskFuture[T]], object]] = []
         # Called with (future, value, error) just before it settles, while waiters still
         # wait: the Executor learns its pool is broken before anyone sees the failure.
-        self._on_settle: Callable[[TaskFuture, Any, BaseException | None], Any] | None = None
+        self._on_settle: Callable[[TaskFuture[T], object, BaseException | None],
+                                  object] | None = None
 
     @property
     def stdout(self) -> str:
@@ -82,7 +89,7 @@ class TaskFuture(concurrent.futures.Future):
         self._client._cancel_remote([self.key])
         return True
 
-    def add_running_callback(self, fn: Callable[["TaskFuture"], Any]) -> None:
+    def add_running_callback(self, fn: Callable[[TaskFuture[T]], object]) -> None:
         """Call fn(future) when the task starts running on a worker (at once if it is running
         now; never if it finishes or is cancelled first). fn runs on the client's I/O thread:
         keep it short."""
@@ -121,7 +128,7 @@ class TaskFuture(concurrent.futures.Future):
         self._invoke_callbacks()
         return True
 
-    def _settle(self, value: Any = None, error: BaseException | None = None) -> None:
+    def _settle(self, value: object = None, error: BaseException | None = None) -> None:
         """Resolve from the client's I/O thread; a future the user cancelled stays cancelled."""
         if self._on_settle is not None and not self.done():
             try:
@@ -132,20 +139,21 @@ class TaskFuture(concurrent.futures.Future):
             if error is not None:
                 self.set_exception(error)
             else:
-                self.set_result(value)
+                self.set_result(cast(T, value))   # what the task's function returned
         except concurrent.futures.InvalidStateError:
             pass
 
     def _invoke_callbacks(self) -> None:
         # As the stdlib's, but a callback raising even SystemExit or KeyboardInterrupt is
         # logged and skipped: they run in the client's I/O thread, which must not die of it.
-        for callback in self._done_callbacks:
+        # (_done_callbacks: the stdlib's own list, private so not in typeshed)
+        for callback in self._done_callbacks:   # type: ignore[attr-defined]
             try:
                 callback(self)
             except BaseException:   # noqa: BLE001
                 concurrent.futures._base.LOGGER.exception("exception calling callback for %r", self)
 
-    def __await__(self):
+    def __await__(self) -> Generator[object, None, T]:
         return asyncio.wrap_future(self).__await__()
 
     def __repr__(self) -> str:

@@ -25,7 +25,8 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import MemoryLimitExceeded, NBClusterError, TaskCancelled, WorkerLost
 from ..wire import message_limit, remote, serialize
@@ -194,7 +195,7 @@ class Inbox:
                 # LocalCluster that started it saw it; else all we know is its silence.
                 reasons = info.get("reasons") or [None] * len(lost_on)
                 why = info.get("why") or f"its worker was lost {counted(len(lost_on), 'time')}"
-                where = "; ".join(f"{w}: " + (reason or self.exit_reason and self.exit_reason(pid)
+                where = "; ".join(f"{w}: " + (reason or (self.exit_reason and self.exit_reason(pid))
                                               or "stopped answering")
                                   for w, pid, reason in zip(lost_on, pids, reasons))
                 fut._settle(error=WorkerLost(f"task {key} failed: {why} ({where})", lost_on))

@@ -25,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -90,7 +91,7 @@ class IOThread:
     def _io_loop(self) -> None:
         try:
             self._serve()
-        except BaseException as e:   # noqa: BLE001 - a bug of ours: fail loudly, never hang
+        except BaseException as e:
             log.exception("the nbcluster client's I/O thread failed")
             self._break(e)
         try:

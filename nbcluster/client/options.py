@@ -12,7 +12,8 @@ callback, never call it), with a message that shows the new way.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, overload
 
 from ..wire.functions import Prepared
 from ..wire.serialize import describe
@@ -25,6 +26,9 @@ __all__ = ["TaskOptions", "refuse_misplaced_options"]
 
 OPTION_NAMES = ("labels", "retries", "callback")
 
+T = TypeVar("T")
+P = ParamSpec("P")
+
 
 class TaskOptions:
     """Submit tasks with these options (made by `Client.options`).
@@ -35,8 +39,8 @@ class TaskOptions:
         callback: called on the client with the result when the task succeeds.
     """
 
-    def __init__(self, client: "Client", *, labels: Iterable[str] | None = None,
-                 retries: int = 0, callback: Callable[[Any], Any] | None = None):
+    def __init__(self, client: Client, *, labels: Iterable[str] | None = None,
+                 retries: int = 0, callback: Callable[[T], object] | None = None) -> None:
         if isinstance(labels, str):
             raise TypeError(f"labels must be a collection of strings, not the string {labels!r} "
                             f"(write labels={{{labels!r}}})")
@@ -48,7 +52,16 @@ class TaskOptions:
         self.labels = sorted(labels or ())
         self.retries, self.callback = retries, callback
 
-    def submit(self, fn: Callable, /, *args, **kwargs) -> "TaskFuture":
+    @overload
+    def submit(self, fn: Callable[P, T], /, *args: P.args,
+               **kwargs: P.kwargs) -> TaskFuture[T]: ...
+
+    @overload   # a function prepared once (Client.prepare): its result type is not known
+    def submit(self, fn: Prepared, /, *args: object,
+               **kwargs: object) -> TaskFuture[object]: ...
+
+    def submit(self, fn: Callable[..., T] | Prepared, /, *args: object,
+               **kwargs: object) -> TaskFuture[T]:
         """Run `fn(*args, **kwargs)` on a worker, with these options; every keyword goes to fn."""
         return self.client._submit_call(fn, args, kwargs, labels=self.labels,
                                         retries=self.retries, callback=self.callback)

@@ -19,7 +19,8 @@ import concurrent.futures
 import itertools
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MessageTooLarge, NBClusterError
 from ..wire import functions, message_limit, pickling, serialize

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 __all__ = ["cancel_all", "cancel_on_error", "wait", "as_completed"]
 

@@ -19,6 +19,7 @@ again), so a restart costs them only the tasks' re-runs. The connection file is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -26,11 +27,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+from ..errors import NBClusterError
 from ..wire.connection import ConnectionInfo, advertised
 from ..wire.curve import CurveKeys, server_keys_line
-from ..errors import NBClusterError
 
 __all__ = ["BrokerProcess", "describe_exit"]
 
@@ -69,8 +71,8 @@ class BrokerProcess:
     """
 
     def __init__(self, binds: list[str], key: bytes, *, env: dict[str, str],
-                 connection_file: str | os.PathLike, options: list[str] = (),
-                 curve: bool = False):
+                 connection_file: str | os.PathLike[str], options: Iterable[str] = (),
+                 curve: bool = False) -> None:
         self.binds = list(binds)
         self.key = key
         self.env = env
@@ -81,7 +83,7 @@ class BrokerProcess:
         self.info: ConnectionInfo | None = None
         self.gave_up: str | None = None       # why it was not started again, if it was not
         self.restarts = 0
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
         self._stopped = threading.Event()     # no broker runs, and none will be started
         self._lock = threading.Lock()
@@ -105,6 +107,7 @@ class BrokerProcess:
         """
         if self._watcher is not None:
             return
+        assert self._proc is not None, "started in __init__"
         self.endpoints = self._read_ready(self._proc)
         self._watcher = threading.Thread(target=self._watch, name="nbcluster-broker",
                                          daemon=True)
@@ -115,7 +118,7 @@ class BrokerProcess:
         or it died too often: see `gave_up`); False if `timeout` passed first."""
         return self._stopped.wait(timeout)
 
-    def _spawn(self, binds: list[str]) -> subprocess.Popen:
+    def _spawn(self, binds: list[str]) -> subprocess.Popen[bytes]:
         args = [sys.executable, "-m", "nbcluster.broker", "--watch-stdin", *self.options,
                 *(["--curve-keys-on-stdin"] if self._curve else []),
                 *(arg for b in binds for arg in ("--bind", b))]
@@ -123,20 +126,22 @@ class BrokerProcess:
             if self._stopping.is_set():
                 raise NBClusterError("the cluster is stopping")
             try:   # a session of its own: Ctrl-C in the caller's terminal is not for it
-                self._proc = subprocess.Popen(args, stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE, env=self.env,
-                                              close_fds=True, start_new_session=True)
+                proc = self._proc = subprocess.Popen(
+                    args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+                    close_fds=True, start_new_session=True)
             except OSError as e:   # e.g. no memory to fork
                 raise NBClusterError(f"could not start the broker: {e}") from e
+        assert proc.stdin is not None and proc.stdout is not None   # both PIPE
         if self._curve:
             try:
-                self._proc.stdin.write(server_keys_line(*self._curve))
-                self._proc.stdin.flush()
+                proc.stdin.write(server_keys_line(*self._curve))
+                proc.stdin.flush()
             except (OSError, ValueError):   # it died already (its status will say why)
                 pass
-        return self._proc
+        return proc
 
-    def _read_ready(self, proc: subprocess.Popen) -> list[str]:
+    def _read_ready(self, proc: subprocess.Popen[bytes]) -> list[str]:
+        assert proc.stdout is not None   # PIPE
         line = proc.stdout.readline().decode()
         if not line.startswith("ready"):
             raise NBClusterError(f"the broker did not start: it {describe_exit(proc.wait())}")
@@ -150,6 +155,7 @@ class BrokerProcess:
     def _watch(self) -> None:
         """Wait for each broker to exit; start it again unless that was wanted."""
         try:
+            assert self._proc is not None, "started in __init__"
             self._keep_running(self._proc)
         except Exception as e:   # a bug of ours: said, and the keeper is not left waiting
             log.exception("nbcluster: internal error while keeping the broker running")
@@ -158,7 +164,7 @@ class BrokerProcess:
             self._remove_connection_file()
         self._stopped.set()
 
-    def _keep_running(self, proc: subprocess.Popen) -> None:
+    def _keep_running(self, proc: subprocess.Popen[bytes]) -> None:
         deaths: list[float] = []
         while True:
             code = proc.wait()
@@ -203,11 +209,9 @@ class BrokerProcess:
         with self._lock:
             self._stopping.set()
             proc = self._proc
-        if proc is not None:
-            try:
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
                 proc.stdin.close()   # it watches its stdin: it leaves at once
-            except (OSError, ValueError):
-                pass
             try:
                 proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
@@ -231,9 +235,8 @@ class BrokerProcess:
             self.connection_file.unlink(missing_ok=True)
 
     @staticmethod
-    def _close_pipes(proc: subprocess.Popen) -> None:
+    def _close_pipes(proc: subprocess.Popen[bytes]) -> None:
         for pipe in (proc.stdin, proc.stdout):
-            try:
-                pipe.close()
-            except (OSError, ValueError):
-                pass
+            if pipe is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.close()

@@ -14,6 +14,7 @@ A host that cannot be reached is reported with ssh's own words, not waited on fo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
@@ -21,14 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 from urllib.parse import urlparse
 
-from ..wire.connection import ConnectionInfo
 from ..errors import NBClusterError
-from .local import LocalCluster
+from ..wire.connection import ConnectionInfo
 from ..worker.procinfo import parse_bytes
+from .local import LocalCluster
 
 __all__ = ["SSHWorkers", "SSHCluster", "SlurmWorkers"]
 
@@ -65,7 +66,7 @@ class SSHWorkers:
                  max_tasks_per_child: int | None = None):
         self.hosts, self.info, self.n_per_host = list(hosts), info, n_per_host
         self.limits = limit_args(memory_limit, max_tasks_per_child)
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
         try:
             self._start(info, n_per_host, labels, python, endpoint, ssh_options)
             if wait:
@@ -90,6 +91,7 @@ class SSHWorkers:
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 start_new_session=True)
             self.procs[host] = proc
+            assert proc.stdin is not None   # PIPE
             try:
                 proc.stdin.write(line)
                 proc.stdin.flush()
@@ -121,10 +123,9 @@ class SSHWorkers:
     def close(self) -> None:
         """Stop the workers: closing ssh's stdin ends them on their hosts."""
         for p in self.procs.values():
-            try:
-                p.stdin.close()
-            except OSError:
-                pass
+            if p.stdin is not None:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()
         for p in self.procs.values():
             try:
                 p.wait(10)
@@ -132,7 +133,7 @@ class SSHWorkers:
                 p.terminate()
                 p.wait(5)
 
-    def __enter__(self) -> "SSHWorkers":
+    def __enter__(self) -> SSHWorkers:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -220,7 +221,7 @@ class SlurmWorkers:
         """Cancel the job (its workers end)."""
         subprocess.run(["scancel", self.job_id], capture_output=True)
 
-    def __enter__(self) -> "SlurmWorkers":
+    def __enter__(self) -> SlurmWorkers:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -262,7 +263,9 @@ def _source_address(host: str) -> str:
         raise NBClusterError(f"no route to {host}: {e}") from None
 
 
-def _stderr(proc: subprocess.Popen) -> str:
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    if proc.stderr is None:
+        return ""
     try:
         return proc.stderr.read().decode(errors="replace").strip().splitlines()[-1]
     except (OSError, IndexError, ValueError):

@@ -17,21 +17,21 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from ..wire import protocol, shm
-from ..client.bars import progress_bar
-from .broker_process import BrokerProcess
-from ..client.broker_silence import DEFAULT_BROKER_TIMEOUT_S
 from ..client import executor
+from ..client.bars import progress_bar
+from ..client.broker_silence import DEFAULT_BROKER_TIMEOUT_S
 from ..client.client import Client
 from ..client.latest import remember_latest
+from ..errors import NBClusterError
+from ..wire import protocol, shm
 from ..wire.connection import KEY_ENV, ConnectionInfo
 from ..wire.curve import is_loopback
-from ..errors import NBClusterError
-from .local_workers import SupervisedWorkers, WorkerProcess
 from ..worker.procinfo import parse_bytes
+from .broker_process import BrokerProcess
+from .local_workers import SupervisedWorkers, WorkerProcess
 
 __all__ = ["LocalCluster"]
 
@@ -58,7 +58,7 @@ class LocalCluster:
     """
 
     def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
-                 connection_file: str | os.PathLike | None = None, heartbeat_ms: int = 1000,
+                 connection_file: str | os.PathLike[str] | None = None, heartbeat_ms: int = 1000,
                  liveness: int = 3, max_lost: int = 3, client_expiry_ms: int = 30_000,
                  respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
@@ -134,6 +134,7 @@ class LocalCluster:
 
     def _read_ready_line(self) -> None:
         self.broker.wait_ready()
+        assert self.broker.info is not None   # wait_ready wrote it
         self.endpoints, self.info = self.broker.endpoints, self.broker.info
 
     def _wait_ready(self) -> None:
@@ -203,14 +204,14 @@ class LocalCluster:
         """Process ids of the broker, the live workers and their supervisors."""
         with self._lock:
             supervisors = list(self._supervisors)
-        return {"broker": [self.broker.pid],
+        return {"broker": [pid for pid in [self.broker.pid] if pid is not None],
                 "workers": [pid for s in supervisors for pid in s.pids()],
                 "supervisors": [s.proc.pid for s in supervisors]}
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:

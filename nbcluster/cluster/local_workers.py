@@ -12,6 +12,7 @@ workers with it (they watch its pipe); it is started again, so the cluster does 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -63,7 +64,7 @@ class SupervisedWorkers:
                                         daemon=True)
         self._reader.start()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> subprocess.Popen[bytes]:
         # A session of its own: Ctrl-C in the caller's terminal is the caller's, not ours.
         return subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 env=self._env, close_fds=True, start_new_session=True)
@@ -90,10 +91,12 @@ class SupervisedWorkers:
             with self._changed:
                 if self._closing:
                     return
-                proc.stdout.close()
+                if proc.stdout is not None:
+                    proc.stdout.close()
                 self.proc = self._spawn()
 
-    def _follow(self, proc: subprocess.Popen) -> None:
+    def _follow(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None   # PIPE
         for line in proc.stdout:
             kind, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
             pid_text, _, reason = rest.partition(" ")
@@ -131,10 +134,9 @@ class SupervisedWorkers:
         with self._changed:
             self._closing = True
             proc = self.proc
-        try:
-            proc.stdin.close()
-        except (OSError, ValueError):
-            pass
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()
 
     def close(self) -> None:
         """Stop the supervisor and wait for it."""
@@ -145,4 +147,5 @@ class SupervisedWorkers:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(CLOSE_TIMEOUT_S)
-        self.proc.stdout.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()

@@ -6,7 +6,12 @@ loaded by `%load_ext nbcluster` (or by calling `panel()` / `explore()`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:   # the heavy modules load when first used
+    from ..client.client import Client
+    from .explorer import ErrorExplorer
+    from .panel import WorkerPanel
 
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "panel", "explore",
            "has_frontend"]
@@ -23,8 +28,8 @@ def has_frontend(shell: Any = None) -> bool:
 
 def load_ipython_extension(shell) -> None:
     """`%load_ext nbcluster`: the magics; in a notebook, widgets for bars and errors."""
-    from ..client import bars
     from .. import report
+    from ..client import bars
     from ..errors import NBClusterError
     from .magics import ClusterMagics
 
@@ -54,8 +59,8 @@ def load_ipython_extension(shell) -> None:
 
 
 def unload_ipython_extension(shell) -> None:
-    from ..client import bars
     from .. import report
+    from ..client import bars
     bars.set_progress_factory(bars._Tqdm)
     report.set_viewer(report._print_report)
     shell.set_custom_exc((), None)
@@ -63,6 +68,7 @@ def unload_ipython_extension(shell) -> None:
 
 def _show_explorer(error: BaseException) -> None:
     from IPython.display import display
+
     from .explorer import ErrorExplorer
     display(ErrorExplorer(error))
 
@@ -70,20 +76,21 @@ def _show_explorer(error: BaseException) -> None:
 def _show_panel(obj) -> bool:
     """The worker panel for a cell's value that is a Client or LocalCluster."""
     from IPython.display import display
+
     from ..client.client import Client
     from .panel import WorkerPanel
     display(WorkerPanel(obj if isinstance(obj, Client) else obj.default_client()))
     return True
 
 
-def panel(client=None):
+def panel(client: Client | None = None) -> WorkerPanel:
     """A live panel of the workers of client (default: the current one)."""
     from ..patterns.session import current_client
     from .panel import WorkerPanel
     return WorkerPanel(current_client(client))
 
 
-def explore(error: BaseException):
+def explore(error: BaseException) -> ErrorExplorer:
     """The error explorer widget for a RemoteError or RemoteErrorGroup."""
     from .explorer import ErrorExplorer
     return ErrorExplorer(error)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import ipywidgets as widgets
 from IPython.display import display
@@ -103,6 +103,7 @@ class WidgetBar:
             parts.append(_duration(elapsed))
         if self.overhead is not None:
             parts.append(f"overhead {self.overhead:.0%}")
+        assert self.box is not None   # built before the first push
         with self.box.hold_sync():
             self.bar.value = min(finished, self.bar.max)
             self.bar.bar_style = "danger" if self.failed else ""
@@ -125,5 +126,7 @@ def _duration(seconds: float) -> str:
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, s = divmod(int(seconds), 60)
-    return f"{minutes} min {s:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+    if minutes < 60:
+        return f"{minutes} min {s:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 

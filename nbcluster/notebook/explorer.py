@@ -25,7 +25,8 @@ class ErrorExplorer(widgets.VBox):
         self.groups = report.group_failures(error)
         heading = report.text_report(error).splitlines()[0]
         self.group_list = widgets.Select(
-            options=[(g.title, i) for i, g in enumerate(self.groups)], rows=min(4, len(self.groups)),
+            options=[(g.title, i) for i, g in enumerate(self.groups)],
+            rows=min(4, len(self.groups)),
             description="groups", layout=widgets.Layout(width="95%"))
         self.failure_list = widgets.Select(description="failures", rows=5,
                                            layout=widgets.Layout(width="95%"))
@@ -68,7 +69,7 @@ class ErrorExplorer(widgets.VBox):
     def _on_frame(self, change) -> None:
         if change["new"] is None:
             return
-        frame = self._failure().frames[change["new"]]
+        frame = getattr(self._failure(), "frames", [])[change["new"]]   # a RemoteError's
         rows = "".join(f"<tr><td style='text-align:left'><code>{html.escape(k)}</code></td>"
                        f"<td style='text-align:left'><code>{html.escape(v)}</code></td></tr>"
                        for k, v in frame.locals.items())

@@ -21,15 +21,15 @@ from typing import Any
 
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from ..worker import cells
-from ..client.latest import latest as made_last
 from .. import report
 from ..client.client import Client, connect
-from ..patterns.collections import parallel
 from ..client.english import counted
-from ..errors import RemoteErrorGroup
-from ..wire.remote import FailureTally
+from ..client.latest import latest as made_last
 from ..cluster.local import LocalCluster
+from ..errors import RemoteErrorGroup
+from ..patterns.collections import parallel
+from ..wire.remote import FailureTally
+from ..worker import cells
 from .live import WorkerOutputs
 
 __all__ = ["ClusterMagics", "CONNECTION_ENV", "DEFAULT_CONNECTION_FILE"]
@@ -74,8 +74,14 @@ class ClusterMagics(Magics):
               "(%cluster stop stops it)")
         return self.cluster.default_client()
 
+    @property
+    def _user_ns(self) -> dict[str, Any]:
+        assert self.shell is not None   # set when the magics were registered
+        return self.shell.user_ns
+
     # ---- %cluster ------------------------------------------------------------------------
-    @line_magic("cluster")
+    # (ignore: IPython types line_magic("name") as `F | Callable[[F], F]`, not a decorator)
+    @line_magic("cluster")   # type: ignore[arg-type]
     def cluster_line(self, line: str) -> Any:
         """%cluster start [-n N] [--labels a,b] | status | stop | push NAMES | pull NAMES | debug"""
         words = shlex.split(_without_comment(line))
@@ -94,11 +100,12 @@ class ClusterMagics(Magics):
             opts = _options(args, {"--targets": str})
             names = opts.pop("", [])
             if not names:
-                raise ValueError(f"%cluster {command}: name the variables, e.g. %cluster {command} x y")
+                raise ValueError(f"%cluster {command}: name the variables, "
+                                 f"e.g. %cluster {command} x y")
             client = self.client()
             ids = _targets(client.workers(), opts.get("--targets", "all"), [])
             if command == "push":
-                values = {n: self.shell.user_ns[n] for n in names}
+                values = {n: self._user_ns[n] for n in names}
                 self._gather(client.submit_to(ids, cells.push, values), "push")
                 print(f"pushed {', '.join(names)} to {counted(len(ids), 'worker')}")
                 return None
@@ -118,8 +125,9 @@ class ClusterMagics(Magics):
     def _status(self) -> None:
         client = self.client()
         if self.rich:
-            from .panel import WorkerPanel
             from IPython.display import display
+
+            from .panel import WorkerPanel
             display(WorkerPanel(client))
             return None
         status = client.status()
@@ -153,7 +161,7 @@ class ClusterMagics(Magics):
         return {w: f.result() for w, f in futures.items()}
 
     # ---- %%cluster -----------------------------------------------------------------------
-    @cell_magic("cluster")
+    @cell_magic("cluster")   # type: ignore[arg-type]  # (as line_magic above)
     def cluster_cell(self, line: str, cell: str) -> Any:
         """%%cluster [--targets all|N|I:J|ids] [--labels a,b] [--noblock]: run the cell on
         workers, in their own namespaces, with their output shown live under the cell."""
@@ -181,13 +189,13 @@ class ClusterMagics(Magics):
         return None
 
     # ---- %pmap ---------------------------------------------------------------------------
-    @line_magic("pmap")
+    @line_magic("pmap")   # type: ignore[arg-type]  # (as above)
     def pmap(self, line: str) -> list:
         """%pmap FUNCTION ITERABLE: [FUNCTION(x) for x in ITERABLE] on the cluster, in order,
         with a progress bar. Both are Python expressions, e.g. `%pmap lambda x: x * 2 data`."""
         fn_text, it_text = _split_two_expressions(_without_comment(line))
-        ns = self.shell.user_ns
-        fn, iterable = eval(fn_text, ns), eval(it_text, ns)   # noqa: S307 - the user's own line
+        ns = self._user_ns
+        fn, iterable = eval(fn_text, ns), eval(it_text, ns)
         return parallel(iterable, client=self.client()).map(fn).to_list()
 
 

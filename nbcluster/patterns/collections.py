@@ -47,7 +47,7 @@ class Parallel:
         self.retries, self.progress, self.steps = retries, progress, _steps
         self.stats: RunStats | None = None
 
-    def _then(self, kind: str, fn: Callable) -> "Parallel":
+    def _then(self, kind: str, fn: Callable) -> Parallel:
         if not callable(fn):
             raise TypeError(f"{kind} needs a callable, not {type(fn).__name__}")
         return Parallel(self.iterable, self.client, chunksize=self.chunksize, labels=self.labels,
@@ -55,23 +55,23 @@ class Parallel:
                         _steps=(*self.steps, (kind, fn)))
 
     # ---- steps (lazy) ---------------------------------------------------------------------
-    def map(self, fn: Callable[[Any], Any]) -> "Parallel":
+    def map(self, fn: Callable[[Any], Any]) -> Parallel:
         """fn(x) for each element."""
         return self._then(pl.MAP, fn)
 
-    def map_indexed(self, fn: Callable[[Any, int], Any]) -> "Parallel":
+    def map_indexed(self, fn: Callable[[Any, int], Any]) -> Parallel:
         """fn(x, i) for each element, i being its index in the input."""
         return self._then(pl.MAP_INDEXED, fn)
 
-    def filter(self, pred: Callable[[Any], Any] = bool) -> "Parallel":
+    def filter(self, pred: Callable[[Any], Any] = bool) -> Parallel:
         """The elements for which pred(x) is true."""
         return self._then(pl.FILTER, pred)
 
-    def reject(self, pred: Callable[[Any], Any] = bool) -> "Parallel":
+    def reject(self, pred: Callable[[Any], Any] = bool) -> Parallel:
         """The elements for which pred(x) is false."""
         return self._then(pl.REJECT, pred)
 
-    def flat_map(self, fn: Callable[[Any], Iterable]) -> "Parallel":
+    def flat_map(self, fn: Callable[[Any], Iterable]) -> Parallel:
         """Each value of the iterable fn(x) returns, for each element, in order."""
         return self._then(pl.FLAT_MAP, fn)
 

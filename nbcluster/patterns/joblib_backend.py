@@ -29,14 +29,16 @@ import concurrent.futures
 import logging
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import joblib.parallel
 from joblib.parallel import AutoBatchingMixin, ParallelBackendBase, register_parallel_backend
 
-from ..wire import functions, tracebacks
 from ..client.client import Client
+from ..client.futures import TaskFuture
 from ..errors import PicklingError
+from ..wire import functions, tracebacks
 from .session import current_client
 
 __all__ = ["NBClusterBackend", "BACKEND_NAME"]
@@ -173,7 +175,7 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         """Run one joblib batch on the cluster; callback(future) when it is done."""
         with self._lock:   # abort_everything either sees this task or stops it being sent
             if self._aborting:   # joblib's callback thread dispatching after the abort
-                fut = concurrent.futures.Future()
+                fut: concurrent.futures.Future[list[object]] = concurrent.futures.Future()
                 fut.cancel()
             else:
                 fut = self._submit(func)
@@ -184,9 +186,12 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         return fut
 
     def _submit(self, func: Callable[[], list]) -> concurrent.futures.Future:
+        # (joblib sizes the backend, which resolves the client, before it submits)
+        client = self.client if self.client is not None else self._resolve_client()
+        fut: concurrent.futures.Future[list[object]]
         try:
-            fut = self.client.submit(_run_batch, func)
-        except Exception as e:
+            fut = client.submit(_run_batch, func)
+        except Exception as e:   # noqa: BLE001 - it becomes the batch's error, see below
             # A batch that cannot be pickled (or a closed client) must reach joblib as the
             # batch's error, as from loky: raised here, inside joblib's callback thread, it
             # would leave the call waiting forever for a batch that was never sent.
@@ -216,9 +221,10 @@ class NBClusterBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             futures, self._futures = list(self._futures), set()
             self._aborting = True   # until the next call starts
-        if not futures or self.client.closed:   # a closed client cancelled them already
+        client = self.client
+        if not futures or client is None or client.closed:   # a closed client cancelled them
             return
-        self.client.cancel(futures)
+        client.cancel([f for f in futures if isinstance(f, TaskFuture)])   # (all of them)
         for fut in futures:
             # A client whose cancel() leaves running tasks running offers interrupt().
             interrupt = getattr(fut, "interrupt", None)

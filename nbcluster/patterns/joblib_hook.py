@@ -33,9 +33,10 @@ def register_joblib() -> None:
 def _register_quietly() -> None:
     try:
         register_joblib()
-    except Exception as e:   # never break `import joblib` because of us
+    except Exception as e:   # noqa: BLE001 - never break `import joblib` because of us
         warnings.warn(f"nbcluster could not register its joblib backend: {e!r}; "
-                      "call nbcluster.register_joblib() to see why", RuntimeWarning)
+                      "call nbcluster.register_joblib() to see why", RuntimeWarning,
+                      stacklevel=2)
 
 
 class _AfterJoblibImport:
@@ -63,7 +64,8 @@ class _AfterJoblibImport:
             exec_module(module)
             _uninstall()
             _register_quietly()
-        loader.exec_module = exec_then_register
+        # wrapping this one loader's method is the point (mypy: assigning to a method)
+        loader.exec_module = exec_then_register   # type: ignore[method-assign]
         return spec
 
 

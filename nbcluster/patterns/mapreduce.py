@@ -23,26 +23,41 @@ the broker.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import itertools
 import os
 import threading
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Generic, Literal, TypeVar, cast, overload
 
-from . import shuffle
+from ..client.bars import progress_bar
 from ..client.chunks import auto_chunksize
 from ..client.client import Client
+from ..client.futures import TaskFuture
+from ..client.waiting import as_completed, wait  # interrupted, they cancel what is not done
 from ..errors import NBClusterError, TaskCancelled, locate
 from ..wire.remote import FailureTally
-from ..client.futures import TaskFuture
-from ..client.bars import progress_bar
+from . import shuffle
 from .session import current_client
-from ..client.waiting import as_completed, wait   # interrupted, they cancel what is not done
 
 __all__ = ["MapReduce", "map_reduce"]
 
 MAX_RECOMPUTES = 3      # times a map output may be lost and computed again
 
+D = TypeVar("D")                    # the data MapReduce.run splits
+Piece = TypeVar("Piece")            # one piece of it, what map gets
+M = TypeVar("M")                    # what map returns
+R = TypeVar("R")                    # the reduced result
+Rec = TypeVar("Rec")                # a record of map_reduce
+K = TypeVar("K", bound=Hashable)    # a key the mapper emits
+V = TypeVar("V")                    # a value the mapper emits
+E = TypeVar("E")                    # an element of a sequence
 
-class MapReduce:
+# What a mapper returns: (key, value) pairs, or a mapping {key: value}.
+Mapper = Iterable[tuple[K, V]] | Mapping[K, V]
+
+
+class MapReduce(Generic[D, Piece, M, R]):
     """Teamtalk's MapReduce: `split(data, n)` into pieces on the client, `map(piece)` on the
     workers, `reduce(results)` on the client.
 
@@ -52,13 +67,15 @@ class MapReduce:
         split: (data, n) -> n pieces; by default a sequence is cut into n contiguous slices.
     """
 
-    def __init__(self, *, map: Callable[[Any], Any], reduce: Callable[[list], Any],
-                 split: Callable[[Any, int], Iterable] | None = None):
-        self.split, self.map, self.reduce = split or split_evenly, map, reduce
+    def __init__(self, *, map: Callable[[Piece], M], reduce: Callable[[list[M]], R],
+                 split: Callable[[D, int], Iterable[Piece]] | None = None) -> None:
+        # the default split: D is a sequence and a Piece a slice of it
+        self.split = split or cast(Callable[[D, int], Iterable[Piece]], split_evenly)
+        self.map, self.reduce = map, reduce
 
-    def run(self, data: Any, tasks: int | None = None, callback: Callable[[Any], Any] | None = None,
-            *, client: Client | None = None, labels: Iterable[str] | None = None
-            ) -> concurrent.futures.Future:
+    def run(self, data: D, tasks: int | None = None,
+            callback: Callable[[R], object] | None = None, *, client: Client | None = None,
+            labels: Iterable[str] | None = None) -> concurrent.futures.Future[R]:
         """Start the job; returns a Future of the reduced result (wait on it, or await it).
 
         Args:
@@ -73,29 +90,33 @@ class MapReduce:
         pieces = list(self.split(data, tasks))
         fn = client.prepare(self.map)
         futures = [client.options(labels=labels).submit(fn, piece) for piece in pieces]
-        job = _JobFuture(futures)
-        threading.Thread(target=self._finish, args=(job, futures, callback),
+        job: _JobFuture[R] = _JobFuture(futures)
+        threading.Thread(target=self._finish, args=(job, futures, callback, client),
                          name="nbcluster-mapreduce", daemon=True).start()
         return job
 
-    def _finish(self, job: "_JobFuture", futures: list[TaskFuture], callback) -> None:
-        tally, pending = FailureTally(), set(futures)
+    def _finish(self, job: _JobFuture[R], futures: list[TaskFuture[object]],
+                callback: Callable[[R], object] | None, client: Client) -> None:
+        position: dict[concurrent.futures.Future[object], int] = {
+            f: i for i, f in enumerate(futures)}
+        tally, pending = FailureTally(), set(position)
         while pending and not tally.systematic:   # a repeated failure: the rest is cancelled
             done, pending = concurrent.futures.wait(
                 pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for f in done:
                 e = None if f.cancelled() else f.exception()
                 if e is not None:
-                    locate(e, futures.index(f))
+                    locate(e, position[f])
                     tally.add(e)
         if pending:
-            futures[0]._client.cancel(list(pending))
+            client.cancel([f for f in futures if f in pending])
         if job.cancelled():
             return
         try:
             if tally:
                 raise tally.group(len(futures), "map tasks", len(pending))
-            result = self.reduce([f.result() for f in futures])
+            # what the map tasks returned: self.map's results, unpickled
+            result = self.reduce(cast(list[M], [f.result() for f in futures]))
         except BaseException as e:   # noqa: BLE001 - the job's failure, for whoever waits
             if job.set_running_or_notify_cancel():
                 job.set_exception(e)
@@ -106,8 +127,8 @@ class MapReduce:
                 callback(result)
 
 
-class _JobFuture(concurrent.futures.Future):
-    def __init__(self, tasks: list[TaskFuture]):
+class _JobFuture(concurrent.futures.Future[R]):
+    def __init__(self, tasks: list[TaskFuture[object]]) -> None:
         super().__init__()
         self._tasks = tasks
 
@@ -116,24 +137,43 @@ class _JobFuture(concurrent.futures.Future):
             t.interrupt()   # queued or running: the job's tasks are not wanted any more
         return super().cancel()
 
-    def __await__(self):
+    def __await__(self) -> Generator[object, None, R]:
         import asyncio
         return asyncio.wrap_future(self).__await__()
 
 
-def split_evenly(data: Sequence, n: int) -> list:
+def split_evenly(data: Sequence[E] | Iterable[E], n: int) -> list[Sequence[E]]:
     """data cut into n contiguous slices of nearly equal length (fewer if data is shorter)."""
-    data = data if hasattr(data, "__getitem__") and hasattr(data, "__len__") else list(data)
+    if not (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        data = list(data)
+    data = cast(Sequence[E], data)
     n = max(1, min(n, len(data)))
     bounds = [len(data) * i // n for i in range(n + 1)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def map_reduce(records: Iterable, mapper: Callable[[Any], Any], reducer: Callable[[list], Any],
-               combiner: Callable[[list], Any] | None = None, partitions: int | None = None, *,
-               client: Client | None = None, chunksize: int | None = None,
-               labels: Iterable[str] | None = None, progress: bool = True,
-               stream: bool = False) -> dict | Iterator[tuple[Any, Any]]:
+@overload
+def map_reduce(records: Iterable[Rec], mapper: Callable[[Rec], Mapper[K, V]],
+               reducer: Callable[[list[V]], R], combiner: Callable[[list[V]], V] | None = None,
+               partitions: int | None = None, *, client: Client | None = None,
+               chunksize: int | None = None, labels: Iterable[str] | None = None,
+               progress: bool = True, stream: Literal[False] = False) -> dict[K, R]: ...
+
+
+@overload
+def map_reduce(records: Iterable[Rec], mapper: Callable[[Rec], Mapper[K, V]],
+               reducer: Callable[[list[V]], R], combiner: Callable[[list[V]], V] | None = None,
+               partitions: int | None = None, *, client: Client | None = None,
+               chunksize: int | None = None, labels: Iterable[str] | None = None,
+               progress: bool = True, stream: Literal[True]) -> Iterator[tuple[K, R]]: ...
+
+
+def map_reduce(records: Iterable[Rec], mapper: Callable[[Rec], Mapper[K, V]],
+               reducer: Callable[[list[V]], R], combiner: Callable[[list[V]], V] | None = None,
+               partitions: int | None = None, *, client: Client | None = None,
+               chunksize: int | None = None, labels: Iterable[str] | None = None,
+               progress: bool = True, stream: bool = False
+               ) -> dict[K, R] | Iterator[tuple[K, R]]:
     """Keyed MapReduce with the shuffle between workers (see the module doc).
 
     Args:
@@ -158,7 +198,7 @@ def map_reduce(records: Iterable, mapper: Callable[[Any], Any], reducer: Callabl
                     chunksize, labels, progress)
     if stream:
         return (pair for part in job.results() for pair in part.items())
-    results: dict = {}
+    results: dict[K, R] = {}
     for part in job.results():
         results.update(part)
     return results
@@ -171,7 +211,8 @@ class _KeyedJob:
         n_workers = client.n_workers or len(client.workers()) or 1
         self.partitions = partitions or n_workers
         size = chunksize or auto_chunksize(len(records), n_workers)
-        self.chunks = [(start, records[start:start + size]) for start in range(0, len(records), size)]
+        self.chunks = [(start, records[start:start + size])
+                       for start in range(0, len(records), size)]
         self.n_records = len(records)
         self.sid = os.urandom(8).hex()
         self.map_fn = client.prepare(shuffle.MapTask(self.sid, mapper, combiner, self.partitions))
@@ -200,10 +241,10 @@ class _KeyedJob:
         finally:
             if live:
                 self.client.cancel(list(live))
-            try:   # free the map outputs on every worker; nobody waits for it
+            # free the map outputs on every worker; nobody waits for it (and the client
+            # may be closing)
+            with contextlib.suppress(Exception):
                 self.client.broadcast_futures(shuffle.drop, self.sid)
-            except Exception:   # noqa: BLE001 - the client may be closing
-                pass
 
     def _submit_map(self, m: int, live: dict, bucket: int = 0) -> None:
         start, items = self.chunks[m]
@@ -269,7 +310,7 @@ class _KeyedJob:
                     kind, n = live.pop(fut)
                     try:
                         outcome = fut.result()
-                    except Exception as e:   # noqa: BLE001
+                    except Exception as e:
                         if kind == "map":
                             raise NBClusterError(f"map task {n} failed when computed again: "
                                                  f"{e}") from e

@@ -23,15 +23,18 @@ import signal
 import sys
 import time
 import warnings
-from typing import Iterable
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
-from ..wire import pickling
 from ..client.client import Client
-from .collections import parallel
 from ..errors import NBClusterError
+from ..wire import pickling
+from .collections import parallel
 from .session import current_client
 
 __all__ = ["Mirror", "mirror"]
+
+T = TypeVar("T")
 
 JOIN_TIMEOUT_S = 30.0
 _pipes_to_children: set[int] = set()   # write ends held for every live mirror worker
@@ -67,9 +70,11 @@ class Mirror(Client):
     def _label(self) -> str:
         return f"mirror-{self.generation}"
 
-    def map(self, fn, *iterables, chunksize: int | None = None, labels=None, retries: int = 0):
+    def map(self, fn: Callable[..., T], *iterables: Iterable[object],
+            chunksize: int | None = None, labels: Iterable[str] | None = None,
+            retries: int = 0) -> list[T]:
         """`[fn(*args) for args in zip(*iterables)]` on the mirror workers, in order."""
-        return parallel(zip(*iterables), self, chunksize=chunksize, labels=labels,
+        return parallel(zip(*iterables, strict=False), self, chunksize=chunksize, labels=labels,
                         retries=retries, progress=False).map(_Star(fn)).to_list()
 
     # ---- forking --------------------------------------------------------------------------
@@ -151,11 +156,11 @@ class Mirror(Client):
         return f"<nbcluster.Mirror {len(self.pids)} forked workers at {self.endpoint}>"
 
 
-class _Star:
-    def __init__(self, fn):
+class _Star(Generic[T]):
+    def __init__(self, fn: Callable[..., T]) -> None:
         self.fn = fn
 
-    def __call__(self, args: tuple):
+    def __call__(self, args: tuple[object, ...]) -> T:
         return self.fn(*args)
 
 

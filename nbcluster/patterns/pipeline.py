@@ -12,7 +12,8 @@ element through every step before the next element starts.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..wire import tracebacks
 
@@ -69,7 +70,8 @@ class Pipeline:
 
     def _by_step(self, start: int, items: list, errors: tracebacks.ElementFailures
                  ) -> ChunkOutcome:
-        values, index = items, range(start, start + len(items))
+        values = items
+        index: Sequence[int] = range(start, start + len(items))
         for kind, fn in self.steps:
             args = (values, index) if kind == MAP_INDEXED else (values,)
             out, failed = _map_each(fn, args, errors, items, start, index)
@@ -89,7 +91,7 @@ class Pipeline:
             if failed:
                 keep = [i not in failed for i in range(len(values))]
                 values = list(itertools.compress(values, keep))
-            values = list(zip(keys, values))
+            values = list(zip(keys, values, strict=True))
         return ChunkOutcome(values if isinstance(values, list) else list(values), len(items), [])
 
     def _by_element(self, start: int, items: list, errors: tracebacks.ElementFailures
@@ -113,7 +115,7 @@ class Pipeline:
                 feed(item, start + pos, 0, sink)
             except _Decided:
                 return ChunkOutcome([True], pos + 1, [])
-            except Exception as e:   # this element fails alone; its partial output goes
+            except Exception as e:   # noqa: BLE001 - this element fails alone; its partial output goes
                 del out[mark:]
                 errors.add(start + pos, item, e, skip=2)
                 if errors.should_stop:
@@ -161,7 +163,7 @@ def _map_each(fn: Callable, args: tuple, errors: tracebacks.ElementFailures, ite
             out.append(fn(*(a[bad] for a in args)))
             pos = bad + 1
             continue
-        except Exception as e:
+        except Exception as e:   # noqa: BLE001 - user code: that element's failure
             bad = pos + len(out) - mark
             i = index[bad]
             errors.add(i, items[i - start], e, skip=1)

@@ -12,8 +12,8 @@ import atexit
 import sys
 import threading
 
-from ..client.latest import latest as made_last
 from ..client.client import Client
+from ..client.latest import latest as made_last
 
 __all__ = ["default_client", "current_client"]
 

@@ -16,24 +16,26 @@ outputs to compute again.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
-
-import pickle
 
 import cloudpickle
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ..wire import curve, protocol, tracebacks
 from .. import runtime
 from ..errors import NBClusterError, ProtocolError
+from ..wire import curve, protocol, tracebacks
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ["MapTask", "ReduceTask", "MapOutcome", "ReduceOutcome", "Missing", "stable_hash",
            "drop"]
@@ -50,7 +52,7 @@ def stable_hash(key: Any) -> int:
         return zlib.crc32(key.encode("utf-8", "surrogatepass"))
     if isinstance(key, (bytes, bytearray)):
         return zlib.crc32(key)
-    if isinstance(key, bool) or isinstance(key, int):
+    if isinstance(key, (bool, int)):
         return int(key) & 0xFFFFFFFF
     if isinstance(key, float) and key.is_integer():   # 2.0 == 2: same key, same partition
         return int(key) & 0xFFFFFFFF
@@ -91,7 +93,8 @@ class _Store:
         self.buckets: dict[tuple[str, int], _Bucket] = {}
         self.lock = threading.Lock()
         self.endpoint: str | None = None
-        self.auth = None   # the ZAP authenticator of a Curve cluster's data server
+        # the ZAP authenticator of a Curve cluster's data server
+        self.auth: ThreadAuthenticator | None = None
 
     def bucket(self, sid: str, number: int, partitions: int, combined: bool) -> _Bucket:
         now = time.monotonic()
@@ -106,7 +109,9 @@ class _Store:
              ) -> tuple[bool, dict] | None:
         """(combined, partition p of a bucket), or None if it does not hold exactly `maps`."""
         bucket = self.buckets.get((sid, number))
-        part = bucket.part(partition, maps) if bucket is not None else None
+        if bucket is None:
+            return None
+        part = bucket.part(partition, maps)
         return None if part is None else (bucket.combined, part)
 
     def drop(self, sid: str) -> int:
@@ -117,7 +122,7 @@ class _Store:
         return len(keys)
 
     def _start_server(self) -> None:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.linger = 0
         keys = runtime.curve_keys()
@@ -210,11 +215,12 @@ class MapTask:
             for pos, record in enumerate(records):
                 try:
                     _fold(into.groups, self.mapper(record), self.combiner)
-                except Exception as e:
+                except Exception as e:   # noqa: BLE001 - user code: that record's failure
                     failures.add(start + pos, record, e, skip=1)
                     if failures.should_stop:   # the job fails: the rest need not run
                         break
             into.maps.add(map_index)
+        assert _store.endpoint is not None   # the bucket started the data server
         return MapOutcome(_store.endpoint, runtime.WORKER.get("id", "?"), bucket,
                           failures.detailed, failures.counted, failures.should_stop)
 
@@ -250,8 +256,8 @@ def _partition(groups: dict, n: int) -> list[dict]:
     except (TypeError, UnicodeEncodeError):
         hashes = list(map(stable_hash, keys))
     parts: list[dict] = [{} for _ in range(n)]
-    for k, v, h in zip(keys, groups.values(), hashes):   # a plain loop: 3x faster than
-        parts[h % n][k] = v                               # itertools.compress per part
+    for k, v, h in zip(keys, groups.values(), hashes, strict=True):   # a plain loop: 3x
+        parts[h % n][k] = v                  # faster than itertools.compress per part
     return parts
 
 
@@ -292,7 +298,7 @@ class ReduceTask:
         for k, values in groups.items():
             try:
                 results[k] = reducer(values)
-            except Exception as e:
+            except Exception as e:   # noqa: BLE001 - user code: that key's failure
                 failures.add(k, k, e, skip=1)
                 if failures.should_stop:   # the job fails: the rest need not run
                     break
@@ -317,7 +323,7 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
         return parts, []
     signer = protocol.Signer(runtime.worker_key())
     keys = runtime.curve_keys()
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     poller = zmq.Poller()
     peers: dict[Any, tuple[str, Any]] = {}   # socket -> (endpoint, its DEALER socket)
     missing: list[int] = []
@@ -339,7 +345,7 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
         deadline = time.monotonic() + FETCH_TIMEOUT_S
         while any(wanted.values()):
             timeout = deadline - time.monotonic()
-            events = dict(poller.poll(max(0, timeout) * 1000)) if timeout > 0 else {}
+            events = dict(poller.poll(int(max(0, timeout) * 1000))) if timeout > 0 else {}
             if not events:
                 break
             for s in events:
@@ -354,13 +360,15 @@ def _fetch(sid: str, partition: int, sources: list[tuple[str, int, list[int]]]
                     header, payload = protocol.decode(signer, frames, max_bytes=MAX_PART_BYTES)
                 except ProtocolError:
                     continue
-                i = wanted.get(endpoint, {}).pop(header.get("b"), None)
-                if i is None:
+                bucket_number = header.get("b")
+                asked = wanted.get(endpoint, {})
+                if not isinstance(bucket_number, int) or bucket_number not in asked:
                     continue
+                position = asked.pop(bucket_number)
                 if header.get("ok") and payload:
                     parts.append(pickle.loads(payload[0].buffer))
                 else:
-                    missing.append(i)
+                    missing.append(position)
         for buckets in wanted.values():
             missing += buckets.values()
     finally:

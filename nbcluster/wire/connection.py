@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .curve import CurveKeys
 from ..errors import NBClusterError
+from .curve import CurveKeys
 
 __all__ = ["ConnectionInfo", "read_or_exit", "key_from_env", "KEY_ENV"]
 
@@ -48,7 +48,7 @@ class ConnectionInfo:
     pid_space: int | None = field(default=None, compare=False)   # the broker's pid namespace
     keeper: int | None = None        # the process that restarts the broker (same machine)
 
-    def write(self, path: str | os.PathLike) -> Path:
+    def write(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically with owner-only permissions (0600). The writer is taken to be
         the broker (its pid goes in the file) unless `pid` is set (a pid of this machine)."""
         path = Path(path).expanduser()
@@ -77,7 +77,7 @@ class ConnectionInfo:
         return json.dumps(data)
 
     @classmethod
-    def read(cls, path: str | os.PathLike) -> "ConnectionInfo":
+    def read(cls, path: str | os.PathLike[str]) -> ConnectionInfo:
         """The connection file at path.
 
         Raises:
@@ -98,7 +98,7 @@ class ConnectionInfo:
                 from None
 
     @classmethod
-    def from_json(cls, text: str) -> "ConnectionInfo":
+    def from_json(cls, text: str) -> ConnectionInfo:
         data = json.loads(text)
         return cls(endpoints=list(data["endpoints"]), key=bytes.fromhex(data["key"]),
                    host=data.get("host", ""),
@@ -162,7 +162,7 @@ class ConnectionInfo:
                 pass
         return None
 
-    def check_running(self, path: str | os.PathLike, endpoint: str | None = None) -> None:
+    def check_running(self, path: str | os.PathLike[str], endpoint: str | None = None) -> None:
         """Raise NBClusterError at once if the cluster of this file is surely gone."""
         reason = self.gone_reason(endpoint)
         if reason is not None:

@@ -15,12 +15,16 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import zmq
 
 from ..errors import NBClusterError
 from .transport import read_line
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = ["CurveKeys", "is_loopback", "read_server_keys", "serve", "server_keys_line"]
 
@@ -36,23 +40,24 @@ class CurveKeys:
     client_secret: bytes
 
     @classmethod
-    def generate(cls) -> tuple["CurveKeys", bytes]:
+    def generate(cls) -> tuple[CurveKeys, bytes]:
         """New keys, and the server's secret key (for the broker only)."""
         server_public, server_secret = zmq.curve_keypair()
         client_public, client_secret = zmq.curve_keypair()
         return cls(server_public, client_public, client_secret), server_secret
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, str]:
         return {"server_public": self.server_public.decode(),
                 "client_public": self.client_public.decode(),
                 "client_secret": self.client_secret.decode()}
 
     @classmethod
-    def from_json(cls, data: dict) -> "CurveKeys":
+    def from_json(cls, data: dict[str, str]) -> CurveKeys:
         return cls(*(data[k].encode() for k in ("server_public", "client_public",
                                                 "client_secret")))
 
-    def connect_as_client(self, sock: zmq.Socket, server_public: bytes | None = None) -> None:
+    def connect_as_client(self, sock: zmq.Socket[bytes],
+                          server_public: bytes | None = None) -> None:
         """Make sock (before it connects) a CURVE client of the broker, or of another
         server holding server_public."""
         sock.curve_serverkey = server_public or self.server_public
@@ -90,8 +95,8 @@ class _Admit:
         return key == self.client_public
 
 
-def serve(ctx: zmq.Context, sock: zmq.Socket, public: bytes, secret: bytes,
-          client_public: bytes):
+def serve(ctx: zmq.Context[zmq.Socket[bytes]], sock: zmq.Socket[bytes], public: bytes,
+          secret: bytes, client_public: bytes) -> ThreadAuthenticator:
     """Make sock (before it binds) a CURVE server admitting only client_public; returns the
     running authenticator (stop it when the socket closes).
 

@@ -10,10 +10,10 @@ limit. (Arguments and results that go through shared memory are only a short nam
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import MessageTooLarge
-from .protocol import DEFAULT_MAX_MESSAGE_BYTES
+from .protocol import DEFAULT_MAX_MESSAGE_BYTES, Header
 
 __all__ = ["HEADROOM_BYTES", "limit_from_welcome", "check"]
 
@@ -26,14 +26,14 @@ HOW_TO_RAISE = (
     "its path)")
 
 
-def limit_from_welcome(header: dict, default: int = DEFAULT_MAX_MESSAGE_BYTES) -> int:
+def limit_from_welcome(header: Header, default: int = DEFAULT_MAX_MESSAGE_BYTES) -> int:
     """The broker's limit, from its welcome (a broker that does not say: the default)."""
     limit = (header.get("broker") or {}).get("max_message_bytes")
     return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 \
         else default
 
 
-def check(what: "str | Callable[[], str]", nbytes: int, limit: int) -> None:
+def check(what: str | Callable[[], str], nbytes: int, limit: int) -> None:
     """Raise MessageTooLarge unless a message carrying nbytes of payload fits the limit.
 
     Args:

@@ -18,7 +18,8 @@ arrives as one object; a container that holds itself is left as it is.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, SupportsIndex
 
 __all__ = ["lift"]
 
@@ -37,15 +38,18 @@ class _OutOfBand:
 
     __slots__ = ("obj",)
 
-    def __init__(self, obj) -> None:
+    def __init__(self, obj: bytes | bytearray | memoryview) -> None:
         self.obj = obj
 
-    def __reduce_ex__(self, protocol: int):
+    def __reduce_ex__(self, protocol: SupportsIndex
+                      ) -> tuple[Callable[[pickle.PickleBuffer, str], bytes | bytearray],
+                                 tuple[pickle.PickleBuffer, str]]:
         kind = "bytearray" if type(self.obj) is bytearray else "bytes"
         return _rebuild, (pickle.PickleBuffer(self.obj), kind)
 
 
-def _rebuild(buffer, kind: str) -> bytes | bytearray:
+def _rebuild(buffer: bytes | bytearray | memoryview | pickle.PickleBuffer,
+             kind: str) -> bytes | bytearray:
     """(on the receiver) The object back, from its buffer (a frame, a mapped file, or the
     bytes pickle wrote in-band when there was no buffer_callback)."""
     if kind == "bytearray":
@@ -102,7 +106,7 @@ class _Walker:
         self.min_bytes, self.budget, self.keep = min_bytes, budget, keep
         self.done: dict[int, Any] = {}   # id -> its replacement (itself if unchanged)
         self.open: set[int] = set()      # ids of the containers being walked
-        self.alive: list = []            # what `done` is keyed by stays alive, so ids stay unique
+        self.alive: list[object] = []    # what `done` is keyed by stays alive, so ids stay unique
 
     def visit(self, obj: Any, depth: int) -> Any:
         t = type(obj)
@@ -130,13 +134,13 @@ class _Walker:
         self.alive.append(obj)
         return new
 
-    def _container(self, obj, t: type, depth: int):
+    def _container(self, obj: Any, t: type, depth: int) -> Any:
         if t is dict:
             values = [self.visit(v, depth) for v in obj.values()]
-            if all(a is b for a, b in zip(values, obj.values())):
+            if all(a is b for a, b in zip(values, obj.values(), strict=True)):
                 return obj
-            return dict(zip(obj.keys(), values))
+            return dict(zip(obj.keys(), values, strict=True))
         items = [self.visit(x, depth) for x in obj]
-        if all(a is b for a, b in zip(items, obj)):
+        if all(a is b for a, b in zip(items, obj, strict=True)):
             return obj
         return items if t is list else tuple(items)

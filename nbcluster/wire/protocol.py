@@ -21,13 +21,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, overload
 
 import msgpack
 
 from ..errors import ProtocolError
 
-__all__ = ["VERSION", "MAGIC", "DENIED", "TOO_BIG", "is_denied", "Signer", "encode", "decode", "new_key"]
+__all__ = ["VERSION", "MAGIC", "DENIED", "TOO_BIG", "is_denied", "Signer", "encode", "decode",
+           "new_key", "Header"]
 
 VERSION = 2
 MAGIC = b"NBC" + bytes([VERSION])
@@ -46,11 +48,13 @@ TOO_BIG = [MAGIC, b"", b"too big"]
 _LEN = struct.Struct(">Q")
 
 
-def is_denied(frames) -> bool:
+def is_denied(frames: Sequence[Frame]) -> bool:
     """Is this the broker's DENIED reply? (Checked before decoding: it is unsigned.)"""
     return len(frames) == 3 and [bytes(f) for f in frames] == DENIED
 
 Frame = Any  # bytes, memoryview or zmq.Frame: anything with the buffer protocol
+# A message's control part: a msgpack map with string keys, "t" its type (docs/protocol.md).
+Header = dict[str, Any]
 
 
 def new_key() -> bytes:
@@ -67,7 +71,7 @@ class Signer:
             raise ValueError("the cluster key must be at least 16 bytes")
         self._mac = hmac.new(bytes(key), digestmod=hashlib.sha256)
 
-    def payload_mac(self, payload: Sequence[Frame]):
+    def payload_mac(self, payload: Sequence[Frame]) -> hmac.HMAC:
         """An HMAC that has read the payload frames; finish it with `finish`."""
         mac = self._mac.copy()
         for frame in payload:
@@ -77,7 +81,7 @@ class Signer:
         return mac
 
     @staticmethod
-    def finish(payload_mac, header: bytes) -> bytes:
+    def finish(payload_mac: hmac.HMAC, header: bytes) -> bytes:
         mac = payload_mac.copy()
         mac.update(_LEN.pack(len(header)))
         mac.update(header)
@@ -88,19 +92,34 @@ class Signer:
         return self.finish(self.payload_mac(payload), header)
 
 
-def pack_header(header: dict) -> bytes:
-    return msgpack.packb(header, use_bin_type=True)
+def pack_header(header: Header) -> bytes:
+    packed: bytes = msgpack.packb(header, use_bin_type=True)
+    return packed
 
 
-def encode(signer: Signer, header: dict, payload: Sequence[Frame] = (), mac=None) -> list:
+def encode(signer: Signer, header: Header, payload: Sequence[Frame] = (),
+           mac: hmac.HMAC | None = None) -> list[Frame]:
     """The frames of a signed message. `mac`: a `payload_mac` already computed for payload."""
     head = pack_header(header)
     sig = signer.finish(mac if mac is not None else signer.payload_mac(payload), head)
     return [MAGIC, sig, head, *payload]
 
 
+@overload
 def decode(signer: Signer, frames: Sequence[Frame],
-           max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES, keep_mac: bool = False):
+           max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES, keep_mac: Literal[False] = False
+           ) -> tuple[Header, list[Frame]]: ...
+
+
+@overload
+def decode(signer: Signer, frames: Sequence[Frame],
+           max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES, *, keep_mac: Literal[True]
+           ) -> tuple[Header, list[Frame], hmac.HMAC]: ...
+
+
+def decode(signer: Signer, frames: Sequence[Frame],
+           max_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES, keep_mac: bool = False
+           ) -> tuple[Header, list[Frame]] | tuple[Header, list[Frame], hmac.HMAC]:
     """Check and parse a received message; max_bytes None: of any size (what a peer hears
     from its broker, which enforces its own limit on what it takes in).
 
@@ -135,7 +154,7 @@ def decode(signer: Signer, frames: Sequence[Frame],
         raise ProtocolError("bad signature (unsigned, or signed with another key)")
     try:
         header = msgpack.unpackb(head, raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises many types on bad input
+    except Exception as e:  # noqa: BLE001 - msgpack raises many types on bad input
         raise ProtocolError(f"header is not valid msgpack: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("t"), str):
         raise ProtocolError("header is not a map with a string 't'")

@@ -16,23 +16,31 @@ from __future__ import annotations
 import collections
 import threading
 import types
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
+from ..errors import (
+    RemoteError,
+    RemoteErrorGroup,
+    RemoteFrame,
+    RemoteTraceback,
+    failed_workers,
+    summarize_failures,
+)
 from . import pickling
-from ..errors import (RemoteError, RemoteErrorGroup, RemoteFrame, RemoteTraceback, failed_workers,
-                      summarize_failures)
 from .tracebacks import DETAILED_PER_SIGNATURE
 
 __all__ = ["rebuild", "FailureTally"]
 
 
-def rebuild(data: dict, index: Any = None, item: str | None = None) -> BaseException:
+def rebuild(data: dict[str, Any], index: object = None, item: str | None = None
+            ) -> RemoteError:
     """The error for a failure captured on a worker: the remote exception itself (also a
     RemoteError) when it arrived and can be rebuilt here, else a plain RemoteError."""
     info = RemoteTraceback(data["type"], data["message"], data["traceback"],
                            [RemoteFrame(**f) for f in data["frames"]], data["worker"], index, item,
                            data.get("why", ""))
-    parts = None
+    parts: tuple[type, Any, tuple[Any, ...], Any] | None = None   # see tracebacks.capture
     if data.get("exception") is not None:
         try:
             parts = pickling.loads(data["exception"])
@@ -48,11 +56,12 @@ def rebuild(data: dict, index: Any = None, item: str | None = None) -> BaseExcep
     return err
 
 
-def _remote_instance(cls: type, make: Any, args: tuple, state: Any,
-                     info: RemoteTraceback) -> BaseException:
+def _remote_instance(cls: type, make: Any, args: tuple[Any, ...], state: Any,
+                     info: RemoteTraceback) -> RemoteError:
     """An instance of cls's remote class with the args and state pickle would give it."""
     cls = getattr(cls, "_remote_type", cls)   # a remote error raised again on a worker
     remote_cls = _remote_class(cls)
+    err: RemoteError
     if remote_cls is None:   # cannot be subclassed: the real one, carried by a RemoteError
         info.why = (f"{cls.__qualname__} cannot be subclassed with RemoteError; "
                     "the exception itself is this error's .exception")
@@ -62,7 +71,7 @@ def _remote_instance(cls: type, make: Any, args: tuple, state: Any,
     if make is cls:
         try:
             err = remote_cls(*args)
-        except Exception:   # its __init__ wants other arguments (keyword-only ones, say)
+        except Exception:   # noqa: BLE001 - its __init__ wants other arguments (keyword-only)
             err = remote_cls.__new__(remote_cls, *args)
         if state is not None:
             err.__setstate__(state)
@@ -76,9 +85,9 @@ def _remote_instance(cls: type, make: Any, args: tuple, state: Any,
     return err
 
 
-def _made(make: Any, args: tuple, state: Any) -> BaseException | None:
+def _made(make: Any, args: tuple[Any, ...], state: Any) -> BaseException | None:
     try:
-        made = make(*args)
+        made: BaseException = make(*args)
         if state is not None:
             made.__setstate__(state)
         return made
@@ -86,11 +95,11 @@ def _made(make: Any, args: tuple, state: Any) -> BaseException | None:
         return None
 
 
-_classes: dict[type, type | None] = {}
+_classes: dict[type, type[RemoteError] | None] = {}
 _classes_lock = threading.Lock()   # one class per remote type, whichever thread rebuilds
 
 
-def _remote_class(cls: type) -> type | None:
+def _remote_class(cls: type) -> type[RemoteError] | None:
     """A subclass of cls and RemoteError that looks like cls (name, str, repr, pickling);
     None if cls cannot be subclassed so."""
     with _classes_lock:
@@ -99,11 +108,11 @@ def _remote_class(cls: type) -> type | None:
         return _classes[cls]
 
 
-def _make_remote_class(cls: type) -> type | None:
-    remote_cls = None
+def _make_remote_class(cls: type) -> type[RemoteError] | None:
+    remote_cls: type[RemoteError] | None = None
     if isinstance(cls, type) and issubclass(cls, BaseException) \
             and not issubclass(cls, RemoteError):
-        def body(ns: dict) -> None:
+        def body(ns: dict[str, Any]) -> None:
             # RemoteError.__init__ comes after cls's own in the MRO, but not after one that
             # cls inherits from BaseException: name cls's explicitly.
             ns.update(__init__=cls.__init__, __reduce__=_reduce_remote, __module__=cls.__module__,
@@ -115,7 +124,7 @@ def _make_remote_class(cls: type) -> type | None:
     return remote_cls
 
 
-def _reduce_remote(self: BaseException):
+def _reduce_remote(self: RemoteError) -> tuple[Callable[..., BaseException], tuple[Any, ...]]:
     """Pickles as the remote exception's own reduction plus its RemoteTraceback."""
     cls = type(self)._remote_type
     rv = cls.__reduce__(self)   # (not __reduce_ex__: object's would call ours again)
@@ -128,7 +137,8 @@ def _reduce_remote(self: BaseException):
     return (_rebuild_pickled, (cls, make, args, state, self._nbcluster))
 
 
-def _rebuild_pickled(cls, make, args, state, info: RemoteTraceback) -> BaseException:
+def _rebuild_pickled(cls: type, make: Any, args: tuple[Any, ...], state: Any,
+                     info: RemoteTraceback) -> RemoteError:
     return _remote_instance(cls, make, args, state, info)
 
 
@@ -142,8 +152,8 @@ class FailureTally:
 
     def __init__(self) -> None:
         self.errors: list[BaseException] = []
-        self.counted: collections.Counter = collections.Counter()
-        self._seen: collections.Counter = collections.Counter()
+        self.counted: collections.Counter[tuple[str, str, int]] = collections.Counter()
+        self._seen: collections.Counter[tuple[str, str, int]] = collections.Counter()
         self._workers: dict[str, None] = {}
         self.stopped = False
 
@@ -159,7 +169,9 @@ class FailureTally:
         else:
             self.counted[sig] += 1
 
-    def add_task(self, detailed: list, counted: dict | None = None, stopped: bool = False) -> None:
+    def add_task(self, detailed: Iterable[tuple[object, str | None, dict[str, Any]]],
+                 counted: dict[tuple[str, str, int], int] | None = None,
+                 stopped: bool = False) -> None:
         """A task's element failures: [(index, item, captured)], {signature: count}."""
         for index, item, data in detailed:
             if data["worker"].get("id"):
@@ -171,8 +183,9 @@ class FailureTally:
                 self._seen[sig] += 1
                 self.counted[sig] += 1
         for sig, n in (counted or {}).items():
-            self._seen[tuple(sig)] += n
-            self.counted[tuple(sig)] += n
+            key = cast(tuple[str, str, int], tuple(sig))   # msgpack sends it as a list
+            self._seen[key] += n
+            self.counted[key] += n
         self.stopped |= bool(stopped)
 
     @property
@@ -191,7 +204,8 @@ class FailureTally:
         self.errors.sort(key=_index_key)   # input order
         group = RemoteErrorGroup(
             summarize_failures(self.errors, total, what, dict(self.counted), not_run,
-                               list(self._workers), stopped), self.errors)
+                               list(self._workers), stopped),
+            cast(list[Exception], self.errors))   # an ExceptionGroup checks this at run time
         group._failed, group.not_run, group._workers = self.count, not_run, list(self._workers)
         return group
 
@@ -204,11 +218,11 @@ def _signature(error: BaseException) -> tuple[str, str, int]:
     return info.type_name, f.filename if f else "", f.lineno if f else 0
 
 
-def _data_signature(data: dict) -> tuple[str, str, int]:
+def _data_signature(data: dict[str, Any]) -> tuple[str, str, int]:
     f = data["frames"][-1] if data["frames"] else None
     return data["type"], f["filename"] if f else "", f["lineno"] if f else 0
 
 
-def _index_key(error: BaseException) -> tuple:
+def _index_key(error: BaseException) -> tuple[int, int]:
     index = getattr(getattr(error, "_nbcluster", error), "index", None)
     return (0, index) if isinstance(index, int) else (1, 0)

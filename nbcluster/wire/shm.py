@@ -15,11 +15,14 @@ LocalCluster removes every file of its cluster when it closes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
 import re
 import time
+
+from .protocol import Frame
 
 __all__ = ["SharedMemory", "SHM_MIN_BYTES", "available"]
 
@@ -81,16 +84,14 @@ class SharedMemory:
         return memoryview(m)
 
     @staticmethod
-    def is_ref(frame) -> bool:
+    def is_ref(frame: Frame) -> bool:
         view = memoryview(frame)
         return view.nbytes < 256 and bytes(view[:len(REF_PREFIX)]) == REF_PREFIX
 
     def remove(self, name: str) -> None:
         self.created.pop(name, None)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(SHM_DIR, name))
-        except FileNotFoundError:
-            pass
 
     def remove_orphans(self) -> None:
         """Remove files this process made long ago that nobody took."""

@@ -10,9 +10,9 @@ import traceback
 import types
 from typing import Any
 
-from . import pickling, serialize
 from ..errors import RemoteFrame
 from ..runtime import WORKER
+from . import pickling, serialize
 
 __all__ = ["capture", "signature", "ElementFailures"]
 
@@ -28,14 +28,14 @@ class _Repr(reprlib.Repr):
     """reprlib's, except that big dicts and sets are not sorted first (a local holding a
     dict of a million keys made every captured failure cost a sort of it)."""
 
-    def repr_dict(self, x: dict, level: int) -> str:
+    def repr_dict(self, x: dict[Any, Any], level: int) -> str:
         if len(x) <= self.maxdict:
             return super().repr_dict(x, level)
         items = ", ".join(f"{self.repr1(k, level - 1)}: {self.repr1(v, level - 1)}"
                           for k, v in itertools.islice(x.items(), self.maxdict))
         return f"{{{items}, ...}}"
 
-    def repr_set(self, x: set, level: int) -> str:
+    def repr_set(self, x: set[Any], level: int) -> str:
         if len(x) <= self.maxset:
             return super().repr_set(x, level)
         items = ", ".join(self.repr1(v, level - 1) for v in itertools.islice(x, self.maxset))
@@ -51,7 +51,7 @@ _repr.maxlist = _repr.maxdict = _repr.maxset = _repr.maxtuple = 10
 def _safe_repr(value: Any) -> str:
     try:
         return _repr.repr(value)
-    except Exception as e:  # a broken __repr__ must not hide the real error
+    except Exception as e:  # noqa: BLE001 - a broken __repr__ must not hide the real error
         return f"<unrepresentable {type(value).__name__}: {type(e).__name__}>"
 
 
@@ -59,7 +59,7 @@ _SHELL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}   # IPython'
 HIDDEN_FILES: set[str] = set()   # plumbing whose outer frames a user need not see
 
 
-def capture(exc: BaseException, skip: int = 0) -> dict:
+def capture(exc: BaseException, skip: int = 0) -> dict[str, Any]:
     """Plain, picklable data describing exc and its traceback (skipping `skip` outer frames,
     then outer frames of HIDDEN_FILES), and the exception itself, pickled apart so that a
     client that cannot unpickle it still gets the rest."""
@@ -110,7 +110,7 @@ def _safe_str(exc: BaseException) -> str:
         return f"<str() failed: {type(e).__name__}>"
 
 
-def _source_line(filename: str, lineno: int, module_globals: dict) -> str:
+def _source_line(filename: str, lineno: int, module_globals: dict[str, Any]) -> str:
     return linecache.getline(filename, lineno, module_globals).strip()
 
 
@@ -136,7 +136,7 @@ class ElementFailures:
     """
 
     def __init__(self) -> None:
-        self.detailed: list[tuple[Any, str, dict]] = []
+        self.detailed: list[tuple[Any, str, dict[str, Any]]] = []
         self.counted: dict[tuple[str, str, int], int] = {}
         self._seen: dict[tuple[str, str, int], int] = {}
         self._repeating_since: float | None = None

@@ -5,7 +5,8 @@ a child process its secrets (a connection file's JSON, the broker's Curve keys).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 import zmq
 
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["dealer", "pending_messages", "read_line"]
 
 
-def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
-           curve: "CurveKeys | None" = None) -> zmq.Socket:
+def dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: bytes | None = None,
+           curve: CurveKeys | None = None) -> zmq.Socket[bytes]:
     """A DEALER connected to the broker (as a CURVE client when the cluster has keys):
     unbounded queues (a result is never dropped by a high-water mark), no lingering."""
     sock = ctx.socket(zmq.DEALER)
@@ -30,11 +31,12 @@ def dealer(ctx: zmq.Context, endpoint: str, identity: bytes | None = None,
     return sock
 
 
-def pending_messages(sock: zmq.Socket, limit: int = 1 << 30) -> Iterator[list[Any]]:
+def pending_messages(sock: zmq.Socket[bytes], limit: int = 1 << 30
+                     ) -> Iterator[list[zmq.Frame]]:
     """The messages waiting on sock (zero-copy frames), without blocking and without the
     cost of an exception at the end."""
     for _ in range(limit):
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:   # an int option
             return
         yield sock.recv_multipart(zmq.NOBLOCK, copy=False)
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .. import runtime
 from ..wire import tracebacks
@@ -57,12 +58,16 @@ def _make_shell():
                 raise RuntimeError(f"a worker cannot open {gui} windows: use "
                                    "%matplotlib inline (figures come back under the cell)")
 
+        def showtraceback(self, *args: object, **kwargs: object) -> None:
+            """Prints nothing: the error goes back as the task's result."""
+
+        def showsyntaxerror(self, *args: object, **kwargs: object) -> None:
+            """Prints nothing: the error goes back as the task's result."""
+
     # Figures show as inline PNGs (shown at the end of the cell, as in a notebook).
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     shell = WorkerShell.instance(displayhook_class=ResultHook, display_pub_class=Publisher,
                                       colors="NoColor", autocall=0)
-    shell.showtraceback = lambda *args, **kwargs: None     # the error goes back as the result
-    shell.showsyntaxerror = lambda *args, **kwargs: None
     return shell
 
 

@@ -62,7 +62,7 @@ class IOThread(WorkerState):
     def _io_loop(self) -> None:
         try:
             self._io()
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             log.exception("worker I/O thread failed")
         finally:
             os._exit(0)

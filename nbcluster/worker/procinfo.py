@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from typing import overload
 
 __all__ = ["rss", "is_running", "parse_bytes", "memory_arg", "format_bytes", "exit_reason"]
 
@@ -57,6 +58,14 @@ def group_members(pgid: int) -> list[int]:
             if len(fields) > 2 and fields[2] == str(pgid):
                 members.append(int(name))
     return members
+
+
+@overload
+def parse_bytes(size: None) -> None: ...
+
+
+@overload
+def parse_bytes(size: int | float | str) -> int: ...
 
 
 def parse_bytes(size: int | float | str | None) -> int | None:

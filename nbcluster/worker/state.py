@@ -19,7 +19,8 @@ import zmq
 
 from .. import runtime
 from ..wire import functions, protocol
-from ..wire.shm import SharedMemory, available as shm_available
+from ..wire.shm import SharedMemory
+from ..wire.shm import available as shm_available
 from ..wire.transport import dealer
 from .output import OutputBuffer
 

@@ -28,6 +28,7 @@ the workers' own stdout then goes to our stderr, so nothing else is mixed into t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -40,10 +41,10 @@ from dataclasses import dataclass
 
 import zmq
 
-from ..wire import protocol
 from ..errors import ProtocolError
-from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
+from ..wire import protocol
 from ..wire.transport import dealer, pending_messages, read_line
+from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
 from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
 __all__ = ["Supervisor", "main"]
@@ -59,7 +60,7 @@ MAX_RESPAWN_DELAY_S = 10.0  # doubling up to this (a worker that cannot start at
 
 @dataclass
 class _Child:
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     pidfd: int | None
     started: float
     over_limit: str | None = None   # why we killed it, when its memory passed the limit
@@ -174,7 +175,7 @@ class Supervisor:
             wait = max(0.0, min(deadlines) - time.monotonic())
             if len(pidfds) < len(self.children):
                 wait = min(wait, 0.05)
-            events = dict(poller.poll(wait * 1000))
+            events = dict(poller.poll(int(wait * 1000)))
             if self._wake_r in events:
                 os.read(self._wake_r, 4096)
             if self.watch_stdin and 0 in events and not _stdin_open():
@@ -210,6 +211,7 @@ class Supervisor:
     def _spawn(self) -> None:
         proc = subprocess.Popen(self.worker_cmd, stdin=subprocess.PIPE, env=self.env,
                                 close_fds=True, start_new_session=True)
+        assert proc.stdin is not None   # PIPE
         if self.stdin_line:
             try:
                 proc.stdin.write(self.stdin_line)
@@ -229,10 +231,9 @@ class Supervisor:
         status = child.proc.returncode
         if child.pidfd is not None:
             os.close(child.pidfd)
-        try:
-            child.proc.stdin.close()
-        except OSError:
-            pass
+        if child.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.proc.stdin.close()
         _kill_group(pid)
         left = status in (EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS) and child.over_limit is None
         if child.over_limit:
@@ -246,7 +247,7 @@ class Supervisor:
         self._send({"t": "exited", "pid": pid, "reason": reason, "left": left,
                     "memory": child.over_limit is not None})
         self._announce(f"exited {pid} {reason}")
-        if self.stop_deadline is not None or status == EXIT_ASKED_TO_LEAVE and left:
+        if self.stop_deadline is not None or (status == EXIT_ASKED_TO_LEAVE and left):
             return
         if status == EXIT_MAX_TASKS or self.respawn:
             now = time.monotonic()
@@ -270,8 +271,9 @@ class Supervisor:
     def _check_memory(self) -> None:
         for pid, child in self.children.items():
             used = rss(pid)
-            if child.over_limit is None and used is not None and used > self.memory_limit:
-                child.over_limit = (f"memory limit {format_bytes(self.memory_limit)} exceeded "
+            limit = self.memory_limit
+            if child.over_limit is None and limit and used is not None and used > limit:
+                child.over_limit = (f"memory limit {format_bytes(limit)} exceeded "
                                     f"(rss {format_bytes(used)})")
                 log.warning("worker %d: %s: killing it", pid, child.over_limit)
                 _kill_group(pid)
@@ -280,10 +282,8 @@ class Supervisor:
         log.info("asked to stop: asking %d worker(s) to leave", len(self.children))
         self.stop_deadline = now + STOP_GRACE_S
         for child in self.children.values():
-            try:
+            with contextlib.suppress(OSError):
                 child.proc.send_signal(signal.SIGTERM)
-            except OSError:
-                pass
 
     def _kill_all(self) -> None:
         """Kill every worker's process group (forked children too) and reap them."""
@@ -303,18 +303,14 @@ class Supervisor:
 
     def _announce(self, line: str) -> None:
         if self.announce_fd is not None:
-            try:
+            with contextlib.suppress(OSError):   # our reader is gone: we are about to be stopped
                 os.write(self.announce_fd, (line + "\n").encode())
-            except OSError:   # our reader is gone: we are about to be stopped
-                pass
 
 
 def _kill_group(pid: int) -> None:
     """SIGKILL the process group led by pid (the worker and whatever it forked)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _stdin_open() -> bool:

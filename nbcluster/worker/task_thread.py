@@ -137,7 +137,7 @@ class TaskThread(WorkerState):
         with self.lock:
             # Wait for the `given` (see __init__: else a task could run here and elsewhere),
             # and for our welcome if only it can say whether the task is still ours.
-            while ((ours := self._ours(batch)) is None or ours and self.awaiting_given) \
+            while ((ours := self._ours(batch)) is None or (ours and self.awaiting_given)) \
                     and not self.draining:
                 self.given_arrived.wait(1.0)
             if not ours or self.draining:   # leaving: our `bye` queues it again

@@ -2,7 +2,8 @@
 asked for again when missing. Invariants are checked after every step."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
@@ -82,7 +83,7 @@ def test_a_task_naming_a_dropped_payload_is_asked_for_again():
     assert [(s.identity, s.header) for s in out] == [(b"c", {"t": "refetch", "ids": [2, 3]})]
     assert not sim.state.tasks
     sim.worker(b"w")
-    [(_, [task], fns, _)] = runs(sim.submit([2, 3], F))    # the client sends them again, with F
+    [(_, [_task], fns, _)] = runs(sim.submit([2, 3], F))    # the client sends them again, with F
     assert fns == [[F, 2]] and len(sim.state.tasks) == 2
 
 
@@ -109,7 +110,7 @@ def test_payloads_are_released_when_their_tasks_end_in_any_way():
     sim.client(b"b")
     w = b"w"
     sim.worker(w, credit=1)
-    [(_, [task], _, _)] = runs(sim.submit([1], F, identity=b"a"))
+    [(_, [_task], _, _)] = runs(sim.submit([1], F, identity=b"a"))
     sim.submit([1], G, identity=b"b")                   # queued
     sim.msg(b"b", "bye")                                # client gone: G released
     assert G not in sim.state.functions.payloads

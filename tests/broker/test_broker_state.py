@@ -1,7 +1,8 @@
 """The broker's bookkeeping, driven message by message with a fake clock (milliseconds)."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
@@ -99,7 +100,7 @@ def test_task_fails_after_losing_max_lost_workers():
         sim.worker(ident)
         sim.tick(3100)                         # lost
     assert results(sim.sent) == [(b"c", 1, "lost")]
-    lost = [s for s in sim.sent if s.header["t"] == "results"][0]
+    lost = next(s for s in sim.sent if s.header["t"] == "results")
     assert lost.header["items"][0][3]["lost_on"] == ["w2", "w3"]
 
 

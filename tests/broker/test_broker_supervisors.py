@@ -80,7 +80,7 @@ def test_a_memory_exit_fails_the_started_task_and_requeues_the_others_uncharged(
 
 
 def test_a_worker_that_left_on_purpose_charges_nothing():
-    sim, [wid] = setup()
+    sim, [_wid] = setup()
     sim.submit(1)
     sim.msg(b"s", "exited", pid=100, reason="replaced after 3 tasks (max_tasks_per_child)",
             memory=False, left=True)
@@ -100,7 +100,7 @@ def test_exited_for_an_unknown_pid_and_bad_fields():
 
 
 def test_a_silent_supervisor_is_forgotten_and_answered_with_reconnect():
-    sim, [wid] = setup()
+    sim, [_wid] = setup()
     sim.tick(4 * HB, alive=[b"c", b"w0"])
     assert sim.state.status(sim.now)["supervisors"] == []
     assert [s.header["t"] for s in sim.msg(b"s", "hb", alive=[100])] == ["reconnect"]

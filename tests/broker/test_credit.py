@@ -13,7 +13,8 @@ unless the worker it ran on was dropped, and the ledgers stay right.
 import random
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ..support.worker_model import Cluster
 

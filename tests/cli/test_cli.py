@@ -113,7 +113,7 @@ def test_daemon_list_status_stop_and_doctor(tmp_path):
     shutil.copy(conn, stale)
     try:
         # the wildcard stays a wildcard: no interface address that may vanish later
-        file_endpoints = json.loads(open(conn).read())["endpoints"]
+        file_endpoints = json.loads((tmp_path / "cluster.json").read_text())["endpoints"]
         assert [ep for ep in file_endpoints if ep.startswith("tcp://")] == \
             [f"tcp://0.0.0.0:{file_endpoints[-1].rsplit(':', 1)[1]}"], file_endpoints
         # a second cluster on the same file would make this one unreachable: refused
@@ -121,7 +121,7 @@ def test_daemon_list_status_stop_and_doctor(tmp_path):
                     "--log-file", str(tmp_path / "log2"))
         assert again.returncode == 2, again.stdout + again.stderr
         assert "already running" in again.stderr and "--connection-file" in again.stderr
-        assert open(conn).read() == open(stale).read()
+        assert (tmp_path / "cluster.json").read_text() == (tmp_path / "stale.json").read_text()
         assert sorted(w["id"] for w in listed["workers"]) == ["w1", "w2"]
         status = json.loads(cli("status", "--json", "--connection-file", conn).stdout)
         assert status["workers"] == 2 and status["queued"] == 0

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import nbcluster
-from nbcluster.wire import protocol
 from nbcluster.broker.loop import Broker
 from nbcluster.client.client import Client
-from nbcluster.wire.connection import KEY_ENV
 from nbcluster.testing import throwaway_cluster
+from nbcluster.wire import protocol
+from nbcluster.wire.connection import KEY_ENV
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -83,6 +83,7 @@ def test_a_changed_global_is_seen_rebound_or_changed_in_place(client):
 def _forget_functions():
     """(On a worker) empty its function cache, as if it had dropped every function."""
     import gc
+
     from nbcluster.wire.functions import FunctionCache
     caches = [o for o in gc.get_objects() if isinstance(o, FunctionCache)]
     for cache in caches:

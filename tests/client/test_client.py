@@ -30,7 +30,7 @@ def test_map_keeps_order_on_100k_items(client):
 
 def test_map_of_several_iterables_and_explicit_chunksize(client):
     assert client.map(lambda a, b: a - b, range(50), range(0, 100, 2), chunksize=7) == \
-        [a - b for a, b in zip(range(50), range(0, 100, 2))]
+        [a - b for a, b in zip(range(50), range(0, 100, 2), strict=True)]
     assert client.map(str, []) == []
 
 
@@ -52,8 +52,9 @@ def test_10k_individually_submitted_tasks(client):
 def test_tasks_spread_over_workers(client):
     pids = set(client.map(lambda _: __import__("os").getpid(), range(8), chunksize=1))
     if len(pids) < 2:  # one worker may win all 8 tiny tasks; make them long enough to share
-        pids = set(client.map(lambda _: (__import__("time").sleep(0.2), __import__("os").getpid())[1],
-                              range(4), chunksize=1))
+        pids = set(client.map(
+            lambda _: (__import__("time").sleep(0.2), __import__("os").getpid())[1],
+            range(4), chunksize=1))
     assert len(pids) == 2
 
 
@@ -75,7 +76,8 @@ def test_callback_runs_on_the_client(client):
 
 
 def test_cancel_queued_and_running(client):
-    running = client.submit(time.sleep, 600)   # longer than any wait below: an interrupt that fails shows
+    # longer than any wait below: an interrupt that fails shows
+    running = client.submit(time.sleep, 600)
     queued = [client.submit(time.sleep, 600) for _ in range(3)]
     wait_for(lambda: sum(w["running"] for w in client.workers()) >= 1, what="a task running")
     assert client.cancel([running, *queued]) == 4
@@ -149,7 +151,7 @@ def test_100mb_numpy_round_trip(client):
 
 def test_remote_error_has_frames_locals_and_worker(client):
     def inner(d, k):
-        secret = "local value"
+        secret = "local value"   # noqa: F841 - the frame's locals are what is tested
         return d[k]
 
     def outer(k):
@@ -298,6 +300,7 @@ def test_workers_import_what_the_client_can_import(tmp_path):
 
 def test_large_buffers_use_shared_memory_and_leave_no_file(cluster, client):
     import os
+
     from nbcluster.wire import shm
     prefix = shm.cluster_prefix(cluster.key)
     a = np.arange(2_000_000, dtype=np.float64)

@@ -50,7 +50,7 @@ def test_an_on_output_handler_that_raises_fails_only_its_future(client, tmp_path
         raise RuntimeError("handler bug")
     fut.on_output = handler
     gate.touch()
-    with pytest.raises(NBClusterError, match="on_output handler .* raised RuntimeError") as info:
+    with pytest.raises(NBClusterError, match=r"on_output handler .* raised RuntimeError") as info:
         fut.result(30)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert client.submit(lambda: "still serving").result(30) == "still serving"
@@ -114,7 +114,7 @@ def test_if_the_io_thread_dies_everything_fails_at_once_and_nothing_blocks(clust
         raise AssertionError("a bug in the client")
     client._on_message = bug
     for fut in pending:
-        with pytest.raises(NBClusterError, match="I/O thread failed .*a bug in the client"):
+        with pytest.raises(NBClusterError, match=r"I/O thread failed .*a bug in the client"):
             fut.result(30)
     assert isinstance(pending[0].exception().__cause__, AssertionError)
     with pytest.raises(NBClusterError, match="I/O thread failed"):

@@ -24,9 +24,21 @@ import nbcluster
 from nbcluster.testing import wait_for
 
 from ..support import ROOT
-from ..support.executor_tasks import (GATE_TIMEOUT_S, box, divide, echo, gated, init_fail, init_record,
-                             initialized, initialized_with, open_gate, raise_key_error,
-                             raise_value_error, rendezvous)
+from ..support.executor_tasks import (
+    GATE_TIMEOUT_S,
+    box,
+    divide,
+    echo,
+    gated,
+    init_fail,
+    init_record,
+    initialized,
+    initialized_with,
+    open_gate,
+    raise_key_error,
+    raise_value_error,
+    rendezvous,
+)
 
 KINDS = ["stdlib", "nbcluster"]
 
@@ -418,7 +430,8 @@ def test_work_submitted_and_not_waited_for_runs_before_exit(kind, mode, tmp_path
     script = tmp_path / "script.py"
     script.write_text(EXIT_SCRIPT)
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run([sys.executable, str(script), kind, mode, str(out)], env=env,
                           capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr

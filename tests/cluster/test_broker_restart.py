@@ -15,8 +15,8 @@ import pytest
 
 import nbcluster
 from nbcluster.client.client import Client
-from nbcluster.wire.connection import ConnectionInfo
 from nbcluster.testing import throwaway_cluster, wait_for
+from nbcluster.wire.connection import ConnectionInfo
 
 from ..support.netns import skip_reason
 
@@ -125,7 +125,8 @@ def check_survives_a_broker_kill(keeper: Keeper, tcp: str | None = None,
     with old:
         assert old.map(square, range(4)) == [0, 1, 4, 9]
         broker = kill_broker(keeper)
-        assert broker is not None, Path(keeper.log).read_text() if os.path.exists(keeper.log) else ""
+        assert broker is not None, \
+            Path(keeper.log).read_text() if os.path.exists(keeper.log) else ""
         after = keeper.info()
         assert (after.endpoints, after.key, after.curve, after.keeper) == \
             (before.endpoints, before.key, before.curve, keeper.pid)

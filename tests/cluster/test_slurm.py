@@ -2,6 +2,7 @@
 configured here in a temporary directory, as ../shared/notes/slurm-single-node.md describes.
 The job's workers join a cluster listening beyond loopback; closing the launcher scancels it."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -85,10 +86,8 @@ def slurm(tmp_path):
         for name in ("slurmd", "slurmctld", "munged"):
             pid = read_pid(pids[name])
             if pid:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 15)
-                except ProcessLookupError:
-                    pass
         if old is None:
             os.environ.pop("SLURM_CONF", None)
         else:

@@ -43,7 +43,7 @@ def ssh_hosts(tmp_path):
                 "PermitRootLogin prohibit-password", "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", ""]))
             hosts.spawn(name, [SSHD, "-D", "-e", "-f", str(config)],
-                        stderr=open(tmp_path / f"{name}.log", "w"))
+                        stderr=open(tmp_path / f"{name}.log", "w"))  # noqa: SIM115 - sshd's, for its life
         options = ["-i", str(tmp_path / "id"), "-o", f"UserKnownHostsFile={tmp_path / 'known'}",
                    "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR"]
         deadline = time.monotonic() + 20
@@ -111,7 +111,7 @@ def test_the_ssh_command_adds_workers_to_a_running_cluster(ssh_hosts, tmp_path):
             assert "2 workers on each of" in proc.stdout.readline()
             client = cluster.client()
             assert len(client.workers()) == 2
-            client.stop_workers()           # they leave; their ssh sessions end; so does the command
+            client.stop_workers()   # they leave; their ssh sessions end; so does the command
             assert proc.wait(20) == 0
         finally:
             if proc.poll() is None:
@@ -141,6 +141,6 @@ def test_ssh_workers_are_kept_by_their_hosts_supervisor(ssh_hosts, tmp_path):
             for _ in range(512):
                 chunks.append(bytearray(8 << 20))
                 time.sleep(0.005)
-        with pytest.raises(MemoryLimitExceeded, match="memory limit 300.0 MiB exceeded"):
+        with pytest.raises(MemoryLimitExceeded, match=r"memory limit 300\.0 MiB exceeded"):
             client.submit(allocate).result(60)
         assert client.submit(os.getpid).result(60) not in pids

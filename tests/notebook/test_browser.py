@@ -2,6 +2,7 @@
 bar reaching 100 %, the worker panel following a killed worker, the error explorer showing a
 frame's locals after a click. Screenshots go to test-artifacts/."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,7 +40,8 @@ CELLS = [
     "r = %pmap slow  range(200)\nprint('mapped', len(r))",
     "import nbcluster\nnbcluster.panel()",
     "from nbcluster.testing import kill_worker\ncluster = get_ipython().magics_manager"
-    ".registry['ClusterMagics'].cluster\nkill_worker(cluster, 'w1', client=cluster.default_client())"
+    ".registry['ClusterMagics'].cluster\n"
+    "kill_worker(cluster, 'w1', client=cluster.default_client())"
     "\nprint('killed w1')",
     "%%cluster --targets 0\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)",
     "%cluster stop",
@@ -106,7 +108,8 @@ def lab(tmp_path, netns):
          "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
          "--LabApp.extension_manager=readonly", f"--LabApp.app_settings_dir={settings}",
          *(["--allow-root"] if os.geteuid() == 0 else [])],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "lab.log", "w"))
+        env=env, stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "lab.log", "w"))  # noqa: SIM115 - JupyterLab's, for its life
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT_MS / 1000
@@ -124,7 +127,7 @@ def lab(tmp_path, netns):
             except (OSError, subprocess.SubprocessError):
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("JupyterLab did not start:\n"
-                                       + (tmp_path / "lab.log").read_text()[-3000:])
+                                       + (tmp_path / "lab.log").read_text()[-3000:]) from None
                 time.sleep(0.3)
         yield base
     finally:
@@ -191,14 +194,12 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, netns, request, tmp_path
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{lab}/lab/tree/magics.ipynb?token={TOKEN}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=WAIT_MS)
-            try:   # usually the kernel is idle within seconds...
+            # Usually the kernel is idle within seconds, but under load the indicator was
+            # seen to miss the kernel's first idle (the kernel was up, per the server's log):
+            # run_cell presses again until the cell runs, and fails clearly if it never does
+            with contextlib.suppress(playwright_api.Error):
                 page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
                                        timeout=60_000)
-            except playwright_api.Error:
-                # ...but under load the indicator was seen to miss the kernel's first idle
-                # (the kernel was up, per the server's log): run_cell presses again until the
-                # cell runs, and fails clearly if it never does
-                pass
             run_cell(page, 0, timeout_s=WAIT_MS / 1000)
             assert "started a local cluster of 2 workers" in page.locator(
                 ".jp-Cell").nth(0).inner_text()
@@ -210,7 +211,8 @@ def test_progress_panel_and_explorer_in_jupyterlab(lab, netns, request, tmp_path
                 "() => [...document.querySelectorAll('.nbcluster-progress')].some("
                 "b => b.innerText.includes('200/200'))", timeout=WAIT_MS)
             fill = bar.locator(".progress-bar").first
-            width = page.evaluate("e => e.style.width || getComputedStyle(e).width", fill.element_handle())
+            width = page.evaluate("e => e.style.width || getComputedStyle(e).width",
+                                  fill.element_handle())
             assert width in ("100%", "100.0%") or width.endswith("px"), width
             if width.endswith("px"):   # computed: compare with the track
                 track = bar.locator(".progress").first.bounding_box()["width"]

@@ -10,7 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from ..support.notebooks import cell_text as text, run
+from ..support.notebooks import cell_text as text
+from ..support.notebooks import run
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -81,7 +82,8 @@ def test_a_failing_cell_shows_each_failure_once_and_the_explorer():
 def test_terminal_ipython_prints_worker_lines(tmp_path):
     script = tmp_path / "session.ipy"
     script.write_text("%load_ext nbcluster\n%cluster start -n 2\n"
-                      "get_ipython().run_cell_magic('cluster', '', 'print(\"hello from\", 6 * 7)')\n"
+                      "get_ipython().run_cell_magic('cluster', '', "
+                      "'print(\"hello from\", 6 * 7)')\n"
                       "r = %pmap abs  [-1, -2]\nprint('pmap', r)\n%cluster status\n%cluster stop\n")
     out = subprocess.run([sys.executable, "-m", "IPython", "--no-banner", "--quick",
                           "--colors=NoColor", str(script)], capture_output=True, text=True,

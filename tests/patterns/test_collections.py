@@ -10,8 +10,19 @@ import pytest
 
 import nbcluster
 from nbcluster import RemoteErrorGroup
-from nbcluster.patterns.collections import (Parallel, parallel, pall, pany, pfilter, pflat_map,
-                                   pgroup_by, pmap, pmap_indexed, pnone, preject)
+from nbcluster.patterns.collections import (
+    Parallel,
+    pall,
+    pany,
+    parallel,
+    pfilter,
+    pflat_map,
+    pgroup_by,
+    pmap,
+    pmap_indexed,
+    pnone,
+    preject,
+)
 from nbcluster.patterns.pipeline import COLLECT, FILTER, MAP, Pipeline
 
 pytestmark = pytest.mark.timeout(90)

@@ -202,7 +202,7 @@ def test_errors_arrive_as_the_remote_type(error, return_as, shared_client):
     def call():
         try:
             list(Parallel(return_as=return_as)(delayed(raise_it)(error, i) for i in range(10)))
-        except Exception as e:
+        except Exception as e:   # noqa: BLE001 - the error is what is compared
             return e
         raise AssertionError("no error")
     reference, ours = both(call, shared_client)
@@ -224,7 +224,7 @@ def test_timeout_is_a_timeout_error_and_cancels(cluster):
     def call():
         try:
             Parallel(n_jobs=2, timeout=1)(delayed(time.sleep)(60) for _ in range(6))
-        except Exception as e:
+        except Exception as e:   # noqa: BLE001 - the error is what is compared
             return e
     client = cluster.client()
     reference, ours = both(call, client)
@@ -238,7 +238,7 @@ def test_unpicklable_argument_fails_instead_of_hanging(shared_client):
     first batches came back, reaches the caller as its error."""
     items = [delayed(square)(i) for i in range(20)] + [delayed(square)(threading.Lock())]
     with parallel_config(backend="nbcluster", client=shared_client):
-        with pytest.raises(nbcluster.PicklingError, match="joblib call.*_thread.lock"):
+        with pytest.raises(nbcluster.PicklingError, match=r"joblib call.*_thread\.lock"):
             Parallel(n_jobs=2, batch_size=1, pre_dispatch="2")(iter(items))
         # and the backend keeps working
         assert Parallel()(delayed(square)(i) for i in range(5)) == [0, 1, 4, 9, 16]
@@ -283,7 +283,7 @@ def test_no_worker_for_this_client_is_a_clear_error(shared_cluster):
     with nbcluster.Client(shared_cluster.endpoint, shared_cluster.key, labels=["gpu"],
                           remember=False) as client:
         with parallel_config(backend="nbcluster", client=client, wait_for_workers_timeout=1):
-            with pytest.raises(TimeoutError, match="no worker .* wait_for_workers_timeout"):
+            with pytest.raises(TimeoutError, match=r"no worker .* wait_for_workers_timeout"):
                 Parallel()(delayed(square)(i) for i in range(4))
         assert client.status()["queued"] == 0   # the probe task was withdrawn
 
@@ -303,7 +303,8 @@ def test_grid_search_runs_on_the_workers_and_matches_loky(shared_client, tmp_pat
             self.C, self.gamma, self.log_dir = C, gamma, log_dir
 
         def fit(self, X, y):
-            import os, uuid
+            import os
+            import uuid
             self.model_ = SVC(C=self.C, gamma=self.gamma).fit(X, y)
             self.classes_ = self.model_.classes_
             open(os.path.join(self.log_dir, f"{os.getpid()}-{uuid.uuid4().hex}"), "w").close()

@@ -139,7 +139,7 @@ def test_map_outputs_lost_with_their_worker_are_computed_again():
 def test_a_fetch_from_a_dead_worker_fails_fast_and_names_the_output(client):
     outcome = client.submit(_store_something, "sid1").result(30)
     assert isinstance(outcome, MapOutcome)
-    pid = [w["pid"] for w in client.workers() if w["id"] == outcome.worker][0]
+    pid = next(w["pid"] for w in client.workers() if w["id"] == outcome.worker)
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
     missing = client.submit(ReduceTask("sid1", sum), 0,

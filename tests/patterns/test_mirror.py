@@ -61,7 +61,6 @@ def test_mirror_workers_exit_when_their_parent_is_killed(tmp_path):
 
 def test_state_pickles_as_a_name_and_fails_clearly_where_it_is_missing():
     import __main__
-
     from nbcluster.wire import pickling, serialize
     __main__.SOME_STATE = list(range(10_000))
     try:

@@ -12,6 +12,7 @@ Every process started here is stopped by its pid, and the namespaces are deleted
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -137,14 +138,10 @@ class Hosts:
     def close(self) -> None:
         for p in self.procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)   # its own session: it and its children
-                except ProcessLookupError:
-                    pass
         for p in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(10)
-            except subprocess.TimeoutExpired:
-                pass
         self._remove_leftovers()
         os.close(self._net_lock)   # the 10.N.0.0/16 block is free again

@@ -91,7 +91,7 @@ class WorkerModel:
             return True
         batch, tags = self.batches[0]
         ours = self.ours(batch)
-        if ours is None or ours and self.awaiting_given:
+        if ours is None or (ours and self.awaiting_given):
             return False
         tag = tags.pop(0)
         if not ours:
@@ -276,7 +276,7 @@ class Cluster:
             for (gid, attempt), innocent in w.started:
                 t = self.state.tasks.get(gid)   # None: cancelled or done meanwhile (fine)
                 assert t is None or (t.worker, t.attempt) == (w.wid, attempt) or \
-                    w.wid in t.lost_on and innocent, \
+                    (w.wid in t.lost_on and innocent), \
                     f"{w.wid} started task {gid} at attempt {attempt}, which the broker has " \
                     f"at attempt {t.attempt} on {t.worker or 'its queue'}: it may run twice"
             w.started.clear()

@@ -13,10 +13,10 @@ import cloudpickle
 import pytest
 
 from nbcluster import Client, MessageTooLarge
+from nbcluster.testing import throwaway_cluster, wait_for
 from nbcluster.wire import protocol, serialize
 from nbcluster.wire.connection import KEY_ENV, ConnectionInfo
 from nbcluster.wire.shm import SharedMemory, cluster_prefix
-from nbcluster.testing import throwaway_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -4,6 +4,7 @@ and bytes captured from a real session and replayed, never run code; a packet ca
 none of a task's payload, while the same capture of an --insecure cluster does (so the
 capture would catch it)."""
 
+import contextlib
 import os
 import shutil
 import socket
@@ -88,10 +89,8 @@ class RecordingProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 def test_a_replayed_session_runs_nothing(hosts, tmp_path):

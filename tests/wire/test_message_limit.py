@@ -8,8 +8,8 @@ import pytest
 import zmq
 
 from nbcluster import MessageTooLarge, NBClusterError
-from nbcluster.wire import protocol
 from nbcluster.testing import throwaway_cluster
+from nbcluster.wire import protocol
 
 pytestmark = pytest.mark.timeout(120)
 

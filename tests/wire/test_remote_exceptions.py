@@ -97,9 +97,9 @@ CASES = {
     "ZeroDivisionError": (lambda: 1 / 0, []),
     "AttributeError": (lambda: None.missing, []),
     "NameError": (lambda: undefined_name, []),  # noqa: F821
-    "FileNotFoundError": (lambda: open("/nonexistent/dir/x.txt"),
+    "FileNotFoundError": (lambda: open("/nonexistent/dir/x.txt"),  # noqa: SIM115 - it raises
                           ["errno", "strerror", "filename"]),
-    "IsADirectoryError": (lambda: open("/"), ["errno", "strerror", "filename"]),
+    "IsADirectoryError": (lambda: open("/"), ["errno", "strerror", "filename"]),  # noqa: SIM115
     "OSError-5-args": (lambda: _raise(OSError(28, "No space left", "a.txt", None, "b.txt")),
                        ["errno", "strerror", "filename", "filename2"]),
     "PermissionError": (lambda: _raise(PermissionError(13, "Permission denied", "/x")),
@@ -227,7 +227,7 @@ def test_client_map_gives_one_real_exception_per_failed_element(client):
     # (.remote_traceback.index: OwnMessage has an `index` of its own, and it wins)
     indexes = [e.remote_traceback.index for e in group.exceptions]
     assert sorted(indexes) == list(range(len(names)))
-    for err, i in zip(group.exceptions, indexes):
+    for err, i in zip(group.exceptions, indexes, strict=True):
         check_remote(names[i], err, i)
         assert err.remote_traceback.item == repr(names[i])
 
@@ -259,7 +259,7 @@ def test_collections_give_one_real_exception_per_failed_element(client):
         nbcluster.pmap(raise_case, names, client=client, progress=False)
     indexes = [e.remote_traceback.index for e in info.value.exceptions]
     assert sorted(indexes) == list(range(len(names)))
-    for err, i in zip(info.value.exceptions, indexes):
+    for err, i in zip(info.value.exceptions, indexes, strict=True):
         check_remote(names[i], err, i)
     with pytest.raises(RemoteErrorGroup) as info:   # a later step, element by element
         nbcluster.parallel(names, client, progress=False).flat_map(lambda n: [n]) \
@@ -320,7 +320,9 @@ from nbcluster import RemoteError, RemoteErrorGroup
 report = {}
 for name in ALL_CASES:
     try:
-        get_ipython().run_cell_magic("cluster", "", f"from tests.wire.test_remote_exceptions import raise_case\\nraise_case({name!r})")
+        get_ipython().run_cell_magic(
+            "cluster", "",
+            f"from tests.wire.test_remote_exceptions import raise_case\\nraise_case({name!r})")
         report[name] = "no error"
     except RemoteErrorGroup as group:
         errs = group.exceptions
@@ -334,7 +336,8 @@ def from_this_cell(d):
 try:
     current_client().submit(from_this_cell, {}).result(60)
 except KeyError as e:   # the cell's file (ipykernel's) cannot be read on workers
-    report["source"] = [e.frames[-1].line, e.frames[-1].filename == from_this_cell.__code__.co_filename]
+    report["source"] = [e.frames[-1].line,
+                        e.frames[-1].filename == from_this_cell.__code__.co_filename]
 print("REPORT", json.dumps(report))
 """
 

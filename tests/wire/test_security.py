@@ -10,9 +10,9 @@ import pytest
 import zmq
 
 from nbcluster import AuthenticationError
-from nbcluster.wire import protocol
 from nbcluster.client.client import Client
 from nbcluster.testing import throwaway_cluster
+from nbcluster.wire import protocol
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -110,7 +110,8 @@ def test_signatures_cover_every_frame():
     frames = protocol.encode(signer, {"t": "x"}, [b"a", b"bc"])
     assert protocol.decode(signer, frames)[0] == {"t": "x"}
     for tampered in ([*frames[:3], b"ab", b"c"], [*frames[:3], b"a", b"bd"], frames[:4],
-                     [*frames, b""], [frames[0], frames[1], msgpack.packb({"t": "y"}), *frames[3:]]):
+                     [*frames, b""],
+                     [frames[0], frames[1], msgpack.packb({"t": "y"}), *frames[3:]]):
         with pytest.raises(protocol.ProtocolError, match="signature"):
             protocol.decode(signer, tampered)
 

@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from nbcluster.wire import functions, pickling, serialize
 from nbcluster.errors import PicklingError
+from nbcluster.wire import functions, pickling, serialize
 
 # Functions as a notebook defines them: in a __main__ that cannot be imported, so
 # cloudpickle ships them by value, with the globals they use.
@@ -78,7 +78,7 @@ def test_shared_memory_round_trip_and_refusals():
     [name] = serialize.shm_names(frames)
     back = serialize.loads(frames, shm, remove=True)
     back[0] = 42.0                                   # a private, writable mapping
-    assert np.array_equal(back[1:], a[1:]) and not serialize.shm_names([b""]) 
+    assert np.array_equal(back[1:], a[1:]) and not serialize.shm_names([b""])
     import os
     assert not os.path.exists(f"/dev/shm/{name}")
     other = SharedMemory(b"x" * 32)                  # another cluster's key

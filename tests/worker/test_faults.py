@@ -115,8 +115,8 @@ def test_retry_limit_zero_fails_on_first_loss():
 def test_workers_join_and_leave_while_a_map_runs():
     with throwaway_cluster(2) as cluster:
         client = cluster.client()
-        futures, n = client.map_chunks(lambda i: (time.sleep(0.02), i * i)[1], range(300),
-                                       chunksize=1)
+        futures, _n = client.map_chunks(lambda i: (time.sleep(0.02), i * i)[1], range(300),
+                                        chunksize=1)
         time.sleep(0.3)
         cluster.add_workers(2)
         wait_for(lambda: len(client.workers()) == 4, what="new workers joined")

@@ -156,7 +156,8 @@ def test_only_a_reconnect_on_the_control_socket_makes_a_worker_register_again():
                 break
         assert identity == hello["task_identity"]
         broker.send(identity, {"t": "reconnect"})
-        assert not hello_within(broker, ctl, 3.0), "a reconnect on the task socket ended a registration"
+        assert not hello_within(broker, ctl, 3.0), \
+            "a reconnect on the task socket ended a registration"
         broker.send(ctl, {"t": "reconnect"})
         assert hello_within(broker, ctl, 30), "a reconnect on the control socket was ignored"
     finally:

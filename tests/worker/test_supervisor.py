@@ -12,8 +12,8 @@ import pytest
 
 import nbcluster
 from nbcluster import MemoryLimitExceeded, WorkerLost
-from nbcluster.worker.procinfo import is_running
 from nbcluster.testing import kill_worker, throwaway_cluster, wait_for
+from nbcluster.worker.procinfo import is_running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,8 +31,8 @@ def starts_in(path):
 
 def gone(pid: int) -> bool:
     """The process is gone (a zombie waiting for init to reap it counts as gone)."""
-    return not os.path.exists(f"/proc/{pid}") or not is_running(pid) and \
-        open(f"/proc/{pid}/stat").read().rsplit(")", 1)[-1].split()[0] in "ZX"
+    return not os.path.exists(f"/proc/{pid}") or (not is_running(pid) and \
+        open(f"/proc/{pid}/stat").read().rsplit(")", 1)[-1].split()[0] in "ZX")
 
 
 def regex_size_for(seconds: float) -> int:
@@ -174,7 +174,8 @@ def test_a_task_past_the_memory_limit_fails_and_its_worker_is_replaced():
         with pytest.raises(MemoryLimitExceeded) as info:
             client.submit(allocate, 4096).result(90)
         message = str(info.value)
-        assert isinstance(info.value, MemoryError) and isinstance(info.value, nbcluster.NBClusterError)
+        assert isinstance(info.value, MemoryError)
+        assert isinstance(info.value, nbcluster.NBClusterError)
         assert "memory limit 300.0 MiB exceeded (rss " in message, message
         assert "memory_limit=" in message and "--memory-limit" in message   # how to change it
         reason = wait_for(lambda: cluster.exit_reason(before), timeout=60, what="its exit line")

@@ -11,9 +11,9 @@ import time
 import pytest
 
 from nbcluster import Client, WorkerLost
+from nbcluster.testing import wait_for
 from nbcluster.wire import protocol
 from nbcluster.wire.connection import KEY_ENV, ConnectionInfo
-from nbcluster.testing import wait_for
 
 from ..support.netns import skip_reason
 

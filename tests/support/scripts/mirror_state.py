@@ -1,5 +1,6 @@
 """Run by test_mirror: mirror workers see this script's state as at the fork, and rebinding."""
-import json, os, sys, time
+import json
+
 import nbcluster
 from nbcluster.patterns.collections import parallel
 
