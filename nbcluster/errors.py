@@ -300,7 +300,7 @@ class PicklingError(NBClusterError, TypeError):
     """A function, argument or result could not be pickled; the message names which."""
 
 
-def summarize_failures(errors: list[BaseException], total: int | None, what: str,
+def summarize_failures(errors: Sequence[BaseException], total: int | None, what: str,
                        counted: dict | None = None, not_run: int = 0,
                        workers: list[str] | None = None, stopped: bool = False) -> str:
     """One line naming how many of `total` (if known) `what` failed, how, and on which

@@ -69,7 +69,8 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
     known, with the first few of each kind in full and a count of the rest, and the chunks
     not done are cancelled."""
     from ..wire.remote import FailureTally
-    tally, pending, not_run = FailureTally(), set(futures), 0
+    tally, not_run = FailureTally(), 0
+    pending: set[concurrent.futures.Future[Any]] = set(futures)
     try:
         while pending and not tally.systematic:
             done, pending = concurrent.futures.wait(
@@ -85,7 +86,7 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
                     not_run += out.not_run
     finally:
         if pending:   # stopped at a repeated failure, or interrupted: queued or running
-            futures[0]._client.cancel(list(pending))
+            futures[0]._client.cancel([f for f in futures if f in pending])
     if tally:
         if pending:
             not_run = n_items - sum(len(_chunk_results(f)) for f in futures if f not in pending

@@ -243,6 +243,7 @@ class Client(Outbox, IOThread, Inbox):
                 chunks.append(serialize.dumps(((chunk, start), {}), self._local_shm))
             except Exception as e:
                 for name in (n for frames in chunks for n in serialize.shm_names(frames)):
+                    assert self._shm is not None   # files exist only where shared memory is on
                     self._shm.remove(name)
                 culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
                 raise PicklingError(f"cannot pickle element {culprit} "
@@ -253,6 +254,7 @@ class Client(Outbox, IOThread, Inbox):
                 self._check_fits(runner, frames)
         except MessageTooLarge:
             for name in (n for frames in chunks for n in serialize.shm_names(frames)):
+                assert self._shm is not None   # files exist only where shared memory is on
                 self._shm.remove(name)
             raise
         futures: list[TaskFuture] = []
@@ -271,7 +273,7 @@ class Client(Outbox, IOThread, Inbox):
         futures = self.broadcast_futures(fn, *args, **kwargs)
         with cancel_on_error(futures.values()):
             progress(futures.values(), desc="broadcast", wait=True)
-        errors = [f.exception() for f in futures.values() if f.exception() is not None]
+        errors = [e for f in futures.values() if isinstance(e := f.exception(), Exception)]
         if errors:
             raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
         return {wid: f.result() for wid, f in futures.items()}

@@ -114,7 +114,8 @@ class Inbox:
             self.n_workers = header.get("workers", self.n_workers)
             self._workers_here = header.get("here")
         elif kind == "reply":
-            reply = self._replies.pop(header.get("rid"), None)
+            rid = header.get("rid")
+            reply = self._replies.pop(rid, None) if isinstance(rid, int) else None
             if reply is not None:
                 reply.set_result(header["data"])
         elif kind == "welcome":

@@ -36,7 +36,7 @@ from ..wire.transport import pending_messages
 from .inbox import caused
 
 if TYPE_CHECKING:
-    from ..wire.serialize import Prepared
+    from ..wire.functions import Prepared
     from .broker_silence import BrokerSilence
     from .futures import TaskFuture
 
@@ -129,7 +129,7 @@ class IOThread:
         last_heard = last_sent = time.monotonic()   # last_heard: of the warning below
         while not self._closed:
             timeout = max(0.0, last_sent + self.heartbeat_s - time.monotonic())
-            events = dict(poller.poll(timeout * 1000))
+            events = dict(poller.poll(int(timeout * 1000)))   # as pyzmq would round it
             now = time.monotonic()
             if self._wake_r in events:
                 os.read(self._wake_r, 65536)

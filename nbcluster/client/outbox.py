@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import MessageTooLarge, NBClusterError
 from ..wire import functions, message_limit, pickling, serialize
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ..wire.shm import SharedMemory
     from .broker_silence import BrokerSilence
     from .callbacks import ResultCallbacks
+    from .client import Client
 
 __all__ = ["Outbox"]
 
@@ -86,10 +87,11 @@ class Outbox:
             self._check_fits(fn, frames)
         except MessageTooLarge:
             for name in shm_files:
+                assert self._shm is not None   # files exist only where shared memory is on
                 self._shm.remove(name)
             raise
         key = next(self._keys)
-        fut = TaskFuture(self, key)
+        fut: TaskFuture[Any] = TaskFuture(cast("Client", self), key)   # Outbox: part of Client
         fut.input_bytes = sum(memoryview(f).nbytes for f in frames)
         # A task whose data is in this host's shared memory must run on this host.
         spec = [key, len(frames), sorted(labels or ()), target, int(retries),
@@ -156,6 +158,7 @@ class Outbox:
     def _release_shm(self, key: int) -> None:
         """Remove the shared-memory files of a task's arguments (it is over)."""
         for name in self._shm_files.pop(key, ()):
+            assert self._shm is not None   # files exist only where shared memory is on
             self._shm.remove(name)
 
     @property

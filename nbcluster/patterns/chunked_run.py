@@ -82,8 +82,9 @@ class ChunkSizer:
         self.work_n = 0.8 * self.work_n + n
         self.largest_done = max(self.largest_done, n)
         # A busy worker's results arrive one task's work plus the per-task cost apart.
-        prev = self.last_seen.get(fut.worker)
-        self.last_seen[fut.worker] = arrived
+        worker = fut.worker or "?"
+        prev = self.last_seen.get(worker)
+        self.last_seen[worker] = arrived
         if prev is not None:
             self.costs.append(max(MIN_TASK_COST_S, arrived - prev - fut.duration))
 

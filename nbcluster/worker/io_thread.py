@@ -93,7 +93,7 @@ class IOThread(WorkerState):
                 wait = max(0.0, min(deadlines) - now)
                 # A task starting while we sleep this long wakes us (see _run_one).
                 self.io_sleeping = wait > STARTED_NOTE_S
-            events = dict(poller.poll(wait * 1000))
+            events = dict(poller.poll(int(wait * 1000)))   # as pyzmq would round it
             now = time.monotonic()
             if self.watch_stdin and 0 in events and not _stdin_open():
                 _end_with_our_group()   # our parent (the supervisor) is gone
@@ -186,7 +186,9 @@ class IOThread(WorkerState):
                         self.interrupting = True
                         self.interrupt_tag = self.current_tag
                         # A real signal, so a blocking call (sleep, I/O) is interrupted too.
-                        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+                        main_thread = threading.main_thread().ident
+                        assert main_thread is not None   # it runs: it is this process
+                        signal.pthread_kill(main_thread, signal.SIGINT)
                     else:
                         self.cancelled.update((gid, a) for a in range(_MAX_ATTEMPTS))
         elif kind == "stop":

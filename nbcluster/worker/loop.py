@@ -47,8 +47,10 @@ class Worker(TaskThread, IOThread):
 
     def run(self) -> None:
         """Start the I/O thread and run tasks in this (the main) thread until stopped."""
-        sys.stdout = TaskStream(self, "stdout", sys.__stdout__)
-        sys.stderr = TaskStream(self, "stderr", sys.__stderr__)
+        real_out, real_err = sys.__stdout__, sys.__stderr__
+        assert real_out is not None and real_err is not None   # its supervisor's pipes
+        sys.stdout = TaskStream(self, "stdout", real_out)
+        sys.stderr = TaskStream(self, "stderr", real_err)
         signal.signal(signal.SIGINT, self._on_sigint)
         runtime.set_emitter(self._emit)
         threading.Thread(target=self._io_loop, name="nbcluster-io", daemon=True).start()

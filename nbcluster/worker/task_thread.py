@@ -195,6 +195,7 @@ class TaskThread(WorkerState):
         if nbytes + message_limit.HEADROOM_BYTES <= self.max_message_bytes:
             return
         for name in serialize.shm_names(payload):
+            assert self.shm is not None   # files exist only where shared memory is on
             self.shm.remove(name)
         what = f"the result ({_describe_big(result)})"
         # The error's traceback shows this frame's locals: not the GiB of them.
