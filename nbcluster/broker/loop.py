@@ -1,9 +1,9 @@
 """The broker process: a ZeroMQ ROUTER loop around `BrokerState`.
 
-    client (DEALER) ── submit/cancel/query ──►┐                ┌── ready n / done / output ── worker (DEALER)
-                    ◄── results/output/reply ─┤  ROUTER socket ├── run / cancel ──────────►
-                                              └────────────────┘
-                      every frame checked by `protocol.decode`; bookkeeping in `BrokerState`
+    client (DEALER) ─ submit/cancel/query ─►┐               ┌─ ready n/done/output ─ worker (DEALER)
+                   ◄─ results/output/reply ─┤ ROUTER socket ├─ run / cancel ───────►
+                                            └───────────────┘
+                     every frame checked by `protocol.decode`; bookkeeping in `BrokerState`
 
 One thread. Each received message is checked (version, size, signature, header) and handed
 to the state machine; what it returns is signed and sent. Payload frames travel as received
@@ -73,7 +73,8 @@ class Broker:
                         "but readable by anyone on the network", ", ".join(exposed))
         self.signer = protocol.Signer(key)
         self.max_message_bytes = max_message_bytes
-        self.state = BrokerState(heartbeat_ms, liveness, max_lost, client_expiry_ms=client_expiry_ms,
+        self.state = BrokerState(heartbeat_ms, liveness, max_lost,
+                                 client_expiry_ms=client_expiry_ms,
                                  info={"host": socket.gethostname(), "pid": os.getpid(),
                                        "version": protocol.VERSION,
                                        "max_message_bytes": max_message_bytes})

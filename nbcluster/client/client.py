@@ -228,7 +228,7 @@ class Client(Outbox, IOThread, Inbox):
                    retries: int = 0) -> tuple[list[TaskFuture], int]:
         """Submit a map in chunks, without waiting: (one future per chunk, whose result is the
         list of its elements' results, number of elements)."""
-        items = list(zip(*iterables))
+        items = list(zip(*iterables, strict=False))   # as map(): up to the shortest
         if chunksize is None:
             chunksize = auto_chunksize(len(items), self.n_workers or len(self.workers()))
         try:   # one payload for every chunk: it travels once to each worker
@@ -282,8 +282,8 @@ class Client(Outbox, IOThread, Inbox):
                           *args: object, **kwargs: object) -> dict[str, TaskFuture]:
         """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
         that has this client's labels."""
-        return self.submit_to([w["id"] for w in self.workers()
-                               if set(self.labels) <= set(w.get("labels", ()))], fn, *args, **kwargs)
+        ids = [w["id"] for w in self.workers() if set(self.labels) <= set(w.get("labels", ()))]
+        return self.submit_to(ids, fn, *args, **kwargs)
 
     def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., object] | functions.Prepared,
                   /, *args: object, **kwargs: object) -> dict[str, TaskFuture]:
@@ -376,7 +376,7 @@ def _picklable(obj: object) -> bool:
     try:
         serialize.dumps(obj)
         return True
-    except Exception:
+    except Exception:   # noqa: BLE001 - whatever pickling raises, obj is the culprit
         return False
 
 

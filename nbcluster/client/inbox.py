@@ -198,7 +198,7 @@ class Inbox:
                 why = info.get("why") or f"its worker was lost {counted(len(lost_on), 'time')}"
                 where = "; ".join(f"{w}: " + (reason or (self.exit_reason and self.exit_reason(pid))
                                               or "stopped answering")
-                                  for w, pid, reason in zip(lost_on, pids, reasons))
+                                  for w, pid, reason in zip(lost_on, pids, reasons, strict=False))
                 fut._settle(error=WorkerLost(f"task {key} failed: {why} ({where})", lost_on))
             else:
                 fut._settle(error=TaskCancelled(f"task {key} was cancelled"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -83,10 +84,8 @@ class IOThread:
     def _wake(self) -> None:
         """Wake the I/O thread. Never blocks, so the I/O thread may wake itself: a full pipe
         means a wake-up is pending already."""
-        try:
+        with contextlib.suppress(OSError):   # BlockingIOError: full; or closed: nobody to wake
             os.write(self._wake_w, b"x")
-        except OSError:   # BlockingIOError: full; or the client is closed: nobody to wake
-            pass
 
     def _io_loop(self) -> None:
         try:
@@ -94,10 +93,8 @@ class IOThread:
         except BaseException as e:
             log.exception("the nbcluster client's I/O thread failed")
             self._break(e)
-        try:
+        with contextlib.suppress(Exception):   # the socket may be what failed
             self._send({"t": "bye"})   # the broker drops our queued tasks
-        except Exception:   # noqa: BLE001 - the socket may be what failed
-            pass
         self._sock.close(linger=100)
         self._ctx.term()
 

@@ -190,7 +190,8 @@ class ChunkedRun:
             outcome = fut.result()
         except BrokerLost:   # not a failure of these elements: no other chunk can finish
             raise
-        except Exception as e:   # the whole chunk failed (WorkerLost, cancelled, unpickling)
+        except Exception as e:   # noqa: BLE001 - the whole chunk failed (WorkerLost, cancelled,
+            # unpickling, the user's code outside the elements): recorded, raised at the end
             self.failures.add(e)
             self.bar.update(failed=n)
             return pl.ChunkOutcome([], n, [])

@@ -145,7 +145,8 @@ class Parallel:
         return not if_decided
 
     def _desc(self, terminal: str = "") -> str:
-        return " → ".join([k for k, _ in self.steps] + ([terminal] if terminal else [])) or "collect"
+        steps = [k for k, _ in self.steps] + ([terminal] if terminal else [])
+        return " → ".join(steps) or "collect"
 
     def __repr__(self) -> str:
         return f"<Parallel {self._desc()} over {type(self.iterable).__name__}>"

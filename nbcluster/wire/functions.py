@@ -95,7 +95,7 @@ def _pickle_function(fn: Any, refs: MainRefs | None, previous: Prepared | None =
     frames = [pickling.dumps(fn, refs, oob), *buffers]
     if previous is not None and len(previous.frames) == len(frames) and all(
             len(old) == memoryview(new).nbytes and old.startswith(new)
-            for old, new in zip(previous.frames, frames)):
+            for old, new in zip(previous.frames, frames, strict=True)):
         return previous
     digest = frames_digest(frames)
     known = _payloads.get(digest)
@@ -124,12 +124,12 @@ def _find_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     for i, a in enumerate(args):
         try:
             cloudpickle.dumps(a, protocol=5)
-        except Exception:
+        except Exception:   # noqa: BLE001 - whatever pickling raises, this is the culprit
             return f"argument {i} ({describe(a)})"
     for k, v in kwargs.items():
         try:
             cloudpickle.dumps(v, protocol=5)
-        except Exception:
+        except Exception:   # noqa: BLE001 - whatever pickling raises, this is the culprit
             return f"keyword argument {k}= ({describe(v)})"
     return "the arguments"
 
@@ -159,7 +159,8 @@ def dumps_function(fn: Any, refs: MainRefs | None = None) -> Prepared:
     key = _captured_values(fn)
     if key is not None:
         hit = _function_cache.get(fn)
-        if hit is not None and len(hit[0]) == len(key) and all(a is b for a, b in zip(hit[0], key)):
+        if hit is not None and len(hit[0]) == len(key) and all(
+                a is b for a, b in zip(hit[0], key, strict=True)):
             return hit[1]
     try:   # fn's payload while its tasks keep it alive: compared rather than hashed again
         last = _last_payload.get(fn)
@@ -193,7 +194,8 @@ def _captured_values(fn: Any) -> tuple[Any, ...] | None:
             return None
     if fn.__defaults__ and not all(isinstance(v, _SAFE_TYPES) for v in fn.__defaults__):
         return None
-    if fn.__kwdefaults__ and not all(isinstance(v, _SAFE_TYPES) for v in fn.__kwdefaults__.values()):
+    if fn.__kwdefaults__ and not all(isinstance(v, _SAFE_TYPES)
+                                     for v in fn.__kwdefaults__.values()):
         return None
     return tuple(values)
 

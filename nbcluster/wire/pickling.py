@@ -22,7 +22,7 @@ import types
 import weakref
 from collections import ChainMap
 from collections.abc import Callable, Sequence
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 import cloudpickle
 
@@ -95,9 +95,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     (a notebook cell, a script on another host), and its tracebacks should show them."""
 
     # as many maps as cloudpickle's own: the pickler looks every object's type up in it
-    dispatch_table = ChainMap({**cloudpickle.Pickler.dispatch_table.maps[0],
-                               types.CodeType: _reduce_code},
-                              *cloudpickle.Pickler.dispatch_table.maps[1:])
+    dispatch_table: ClassVar[ChainMap[type, Callable[..., object]]] = ChainMap(
+        {**cloudpickle.Pickler.dispatch_table.maps[0], types.CodeType: _reduce_code},
+        *cloudpickle.Pickler.dispatch_table.maps[1:])
 
     def __init__(self, file: IO[bytes], buffer_callback: BufferCallback | None = None):
         super().__init__(file, protocol=5, buffer_callback=buffer_callback)

@@ -76,6 +76,6 @@ def describe(obj: Any, limit: int = 80) -> str:
     """A short, safe repr for error messages."""
     try:
         text = repr(obj)
-    except Exception:
+    except Exception:   # noqa: BLE001 - a user's __repr__ may raise anything
         text = f"<{type(obj).__name__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

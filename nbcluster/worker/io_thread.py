@@ -15,6 +15,7 @@ supervisor gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -174,7 +175,7 @@ class IOThread(WorkerState):
             log.error("the broker at %s rejected our key: check the cluster key", self.endpoint)
             os._exit(2)
         try:
-            header, payload = protocol.decode(self.signer, frames, max_bytes=None)
+            header, _payload = protocol.decode(self.signer, frames, max_bytes=None)
         except ProtocolError as e:
             log.warning("dropped a message: %s", e)
             return
@@ -239,7 +240,8 @@ class IOThread(WorkerState):
             probe = (self.session, self.granted, self.done)
             short = self.registered and self.current_tag is None and \
                 self.granted - self.done < self._window()
-            stuck, self._credit_probe = short and probe == self._credit_probe, probe if short else None
+            stuck = short and probe == self._credit_probe
+            self._credit_probe = probe if short else None
         if stuck:
             self.credit_heals += 1
             log.warning("idle with credit %d below our window %d: asking again (a bug in "
@@ -270,10 +272,8 @@ def _end_with_our_group() -> None:
     if os.getpgid(0) == me:
         for pid in group_members(me):
             if pid != me:
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
     os._exit(0)
 
 

@@ -1,4 +1,5 @@
-"""Credit: the broker's state machine against a model of worker.py's ledger (tests/support/worker_model.py).
+"""Credit: the broker's state machine against a model of worker.py's ledger
+(tests/support/worker_model.py).
 
 The worker side is modelled message by message (a main thread running tasks, an I/O thread
 handling cancel, given and registration, one FIFO channel per socket and direction, the two

@@ -1,6 +1,7 @@
-"""nbcluster.Executor's own side, beyond the stdlib's contract (tests/client/test_executor_contract.py):
-running on an existing cluster, its own cluster's lifetime, interrupt(), Client.submit's
-keywords and options, the RUNNING state as the progress bar and the broker see it."""
+"""nbcluster.Executor's own side, beyond the stdlib's contract
+(tests/client/test_executor_contract.py): running on an existing cluster, its own cluster's
+lifetime, interrupt(), Client.submit's keywords and options, the RUNNING state as the
+progress bar and the broker see it."""
 
 from __future__ import annotations
 

@@ -50,8 +50,10 @@ class Sim:
     def client(self, identity=b"c"):
         self.msg(identity, "hello", role="client", host="h", pid=2)
 
-    def submit(self, cid, identity=b"c", labels=(), target=None, retries=0, payload=(b"fn", b"args")):
-        return self.msg(identity, "submit", payload, tasks=[[cid, len(payload), list(labels), target, retries]])
+    def submit(self, cid, identity=b"c", labels=(), target=None, retries=0,
+               payload=(b"fn", b"args")):
+        return self.msg(identity, "submit", payload,
+                        tasks=[[cid, len(payload), list(labels), target, retries]])
 
 
 def runs(out, identity=None):
