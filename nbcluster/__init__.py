@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .client.bars import progress
-from .client.client import Client, connect
+from .client.client import Client
+from .client.connect import connect
 from .client.executor import BrokenExecutor, Executor
 from .client.futures import TaskFuture
 from .cluster.launchers import SlurmWorkers, SSHCluster, SSHWorkers

@@ -23,7 +23,7 @@ CLOCK_SKEW_S = 2.0     # doctor reports worker clocks further off than this (plu
 
 
 def _connect(path: str):
-    from ..client.client import connect
+    from ..client.connect import connect
     from ..errors import NBClusterError
     try:
         return connect(path, timeout=5)

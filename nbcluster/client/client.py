@@ -17,10 +17,10 @@ future's done-callbacks) cannot stop it: its failure becomes the failure of its 
 the I/O thread dies anyway (a bug of ours), every pending future fails at once with an
 NBClusterError saying why, and so does every later call.
 
-This module holds the Client's public face: making one (and `connect`), submitting, map,
-broadcast, cancel, asking the broker, closing. The rest is one job per module. Three are
-parts of the Client (mixins), sharing the state `Client.__init__` sets up; each declares
-what it uses:
+This module holds the Client's public face: making one, submitting, map, broadcast,
+cancel, asking the broker, closing (`connect`, in connect.py, makes one from a connection
+file). The rest is one job per module. Three are parts of the Client (mixins), sharing the
+state `Client.__init__` sets up; each declares what it uses:
 
     outbox.py     user threads: register a task's future, callback, shm files; queue it
     io_thread.py  the I/O thread: the socket, batching sends, heartbeats, a silent broker
@@ -31,6 +31,7 @@ and the Client uses:
     callbacks.py  the thread that runs result callbacks
     chunks.py     what `map` ships, and gathering its results
     latest.py     the client made last, for operations given none
+    status.py     the types of what `status()` and `workers()` return
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import socket
 import threading
 import warnings
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 import zmq
 
@@ -57,7 +58,6 @@ from ..errors import (
     summarize_failures,
 )
 from ..wire import functions, pickling, protocol, serialize
-from ..wire.connection import ConnectionInfo
 from ..wire.curve import CurveKeys
 from ..wire.shm import SharedMemory
 from ..wire.shm import available as shm_available
@@ -65,23 +65,25 @@ from ..wire.transport import dealer
 from .bars import progress
 from .broker_silence import DEFAULT_BROKER_TIMEOUT_S, BrokerSilence
 from .callbacks import ResultCallbacks
-from .chunks import ChunkRunner, auto_chunksize, gather_chunks
+from .chunks import ChunkFailures, ChunkRunner, auto_chunksize, gather_chunks
 from .futures import TaskFuture
 from .inbox import Inbox
 from .io_thread import IOThread
 from .latest import remember_latest
 from .options import TaskOptions, refuse_misplaced_options
 from .outbox import Outbox
+from .status import ClusterStatus, WorkerInfo
 from .waiting import cancel_on_error
 
 if TYPE_CHECKING:
     from .executor import Executor
 
-__all__ = ["Client", "connect"]
+__all__ = ["Client"]
 
 CONNECT_TIMEOUT_S = 10.0
 
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 class Client(Outbox, IOThread, Inbox):
@@ -167,8 +169,16 @@ class Client(Outbox, IOThread, Inbox):
         return self._closed or self._broken is not None
 
     # ---- submitting -------------------------------------------------------------------------
-    def submit(self, fn: Callable[..., object] | functions.Prepared, /, *args: object,
-               **kwargs: object) -> TaskFuture:
+    @overload
+    def submit(self, fn: Callable[P, R], /, *args: P.args,
+               **kwargs: P.kwargs) -> TaskFuture[R]: ...
+
+    @overload   # a function prepared once (`prepare`): its result type is not known
+    def submit(self, fn: functions.Prepared, /, *args: object,
+               **kwargs: object) -> TaskFuture[object]: ...
+
+    def submit(self, fn: Callable[..., R] | functions.Prepared, /, *args: object,
+               **kwargs: object) -> TaskFuture[R]:
         """Run `fn(*args, **kwargs)` on a worker. Every keyword goes to fn; nbcluster's own
         options (labels, retries, callback) go through `options()`:
         ``client.options(labels={"gpu"}).submit(fn, x)``.
@@ -185,7 +195,7 @@ class Client(Outbox, IOThread, Inbox):
         return self._submit_call(fn, args, kwargs)
 
     def options(self, *, labels: Iterable[str] | None = None, retries: int = 0,
-                callback: Callable[[Any], object] | None = None) -> TaskOptions:
+                callback: Callable[[R], object] | None = None) -> TaskOptions:
         """Options for the tasks submitted through the returned object, kept apart from the
         function's own keywords: ``client.options(labels={"gpu"}, retries=2).submit(fn, x)``.
 
@@ -217,15 +227,18 @@ class Client(Outbox, IOThread, Inbox):
         with cancel_on_error(futures):   # Ctrl-C: the chunks not run yet leave the queue
             return gather_chunks(futures, n)
 
-    def map_futures(self, *args: Any, **kwargs: Any) -> tuple[list[TaskFuture], int]:
+    def map_futures(self, fn: Callable[..., R], *iterables: Iterable[object],
+                    chunksize: int | None = None, labels: Iterable[str] | None = None,
+                    retries: int = 0) -> tuple[list[TaskFuture[list[R] | ChunkFailures]], int]:
         """Deprecated name of `map_chunks` (it promised a future per element)."""
         warnings.warn("Client.map_futures is renamed Client.map_chunks: it returns one future "
                       "per chunk", DeprecationWarning, stacklevel=2)
-        return self.map_chunks(*args, **kwargs)
+        return self.map_chunks(fn, *iterables, chunksize=chunksize, labels=labels,
+                               retries=retries)
 
-    def map_chunks(self, fn: Callable[..., object], *iterables: Iterable[object],
+    def map_chunks(self, fn: Callable[..., R], *iterables: Iterable[object],
                    chunksize: int | None = None, labels: Iterable[str] | None = None,
-                   retries: int = 0) -> tuple[list[TaskFuture], int]:
+                   retries: int = 0) -> tuple[list[TaskFuture[list[R] | ChunkFailures]], int]:
         """Submit a map in chunks, without waiting: (one future per chunk, whose result is the
         list of its elements' results, number of elements)."""
         items = list(zip(*iterables, strict=False))   # as map(): up to the shortest
@@ -236,34 +249,21 @@ class Client(Outbox, IOThread, Inbox):
         except Exception as e:
             raise PicklingError(
                 f"cannot pickle the function {serialize.describe(fn)}: {e}") from e
-        chunks = []   # all pickled before any is sent: an unpicklable element sends nothing
-        for start in range(0, len(items), chunksize):
-            chunk = items[start:start + chunksize]
-            try:
-                chunks.append(serialize.dumps(((chunk, start), {}), self._local_shm))
-            except Exception as e:
-                for name in (n for frames in chunks for n in serialize.shm_names(frames)):
-                    assert self._shm is not None   # files exist only where shared memory is on
-                    self._shm.remove(name)
-                culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
-                raise PicklingError(f"cannot pickle element {culprit} "
-                                    f"({serialize.describe(items[culprit])}): {e}") from e
+        chunks = self._dumps_chunks(items, chunksize)
         labels = self._labels(labels)
         try:   # before any chunk goes, so no chunk is left in shared memory
             for frames in chunks:
                 self._check_fits(runner, frames)
         except MessageTooLarge:
-            for name in (n for frames in chunks for n in serialize.shm_names(frames)):
-                assert self._shm is not None   # files exist only where shared memory is on
-                self._shm.remove(name)
+            self._remove_chunk_files(chunks)
             raise
-        futures: list[TaskFuture] = []
+        futures: list[TaskFuture[list[R] | ChunkFailures]] = []
         with cancel_on_error(futures):   # interrupted while submitting: cancel what went out
             for frames in chunks:
                 futures.append(self._submit_frames(runner, frames, labels, None, retries))
         return futures, len(items)
 
-    def broadcast(self, fn: Callable[..., R], /, *args: object, **kwargs: object
+    def broadcast(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
                   ) -> dict[str, R]:
         """Run `fn(*args, **kwargs)` once on every worker; returns {worker_id: result}.
 
@@ -278,26 +278,47 @@ class Client(Outbox, IOThread, Inbox):
             raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
         return {wid: f.result() for wid, f in futures.items()}
 
-    def broadcast_futures(self, fn: Callable[..., object] | functions.Prepared, /,
-                          *args: object, **kwargs: object) -> dict[str, TaskFuture]:
+    @overload
+    def broadcast_futures(self, fn: Callable[P, R], /, *args: P.args,
+                          **kwargs: P.kwargs) -> dict[str, TaskFuture[R]]: ...
+
+    @overload
+    def broadcast_futures(self, fn: functions.Prepared, /, *args: object,
+                          **kwargs: object) -> dict[str, TaskFuture[object]]: ...
+
+    def broadcast_futures(self, fn: Callable[..., R] | functions.Prepared, /,
+                          *args: object, **kwargs: object) -> dict[str, TaskFuture[R]]:
         """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
         that has this client's labels."""
         ids = [w["id"] for w in self.workers() if set(self.labels) <= set(w.get("labels", ()))]
-        return self.submit_to(ids, fn, *args, **kwargs)
+        return self._submit_each(ids, fn, args, kwargs)
 
-    def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., object] | functions.Prepared,
-                  /, *args: object, **kwargs: object) -> dict[str, TaskFuture]:
+    @overload
+    def submit_to(self, worker_ids: Iterable[str], fn: Callable[P, R], /, *args: P.args,
+                  **kwargs: P.kwargs) -> dict[str, TaskFuture[R]]: ...
+
+    @overload
+    def submit_to(self, worker_ids: Iterable[str], fn: functions.Prepared, /, *args: object,
+                  **kwargs: object) -> dict[str, TaskFuture[object]]: ...
+
+    def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., R] | functions.Prepared,
+                  /, *args: object, **kwargs: object) -> dict[str, TaskFuture[R]]:
         """Run `fn(*args, **kwargs)` once on each of these workers: {worker_id: future}. A task
         whose worker is gone fails with WorkerLost (it does not move to another worker).
 
         Raises:
             PicklingError: fn or an argument cannot be pickled (nothing was sent).
         """
+        return self._submit_each(worker_ids, fn, args, kwargs)
+
+    def _submit_each(self, worker_ids: Iterable[str], fn: Callable[..., R] | functions.Prepared,
+                     args: tuple[object, ...], kwargs: dict[str, object]
+                     ) -> dict[str, TaskFuture[R]]:
         prepared, arg_frames = functions.dumps_call(fn, args, kwargs)
         return {wid: self._submit_frames(prepared, arg_frames, None, wid, 0)
                 for wid in worker_ids}
 
-    def cancel(self, futures: TaskFuture | Iterable[TaskFuture]) -> int:
+    def cancel(self, futures: TaskFuture[R] | Iterable[TaskFuture[R]]) -> int:
         """Stop tasks: queued ones are dropped, running ones interrupted (`fut.interrupt()`;
         `fut.cancel()` leaves a running task alone, as concurrent.futures does); returns how
         many were stopped."""
@@ -306,9 +327,9 @@ class Client(Outbox, IOThread, Inbox):
         return sum(1 for f in futures if f.interrupt())
 
     # ---- inspecting -------------------------------------------------------------------------
-    def status(self, timeout: float = 10.0) -> dict[str, Any]:
+    def status(self, timeout: float = 10.0) -> ClusterStatus:
         """The broker's view: workers, queued and running counts, tasks waiting for labels."""
-        data = self._request({"t": "query"}, timeout)
+        data: ClusterStatus = self._request({"t": "query"}, timeout)
         self.n_workers = len(data["workers"])
         return data
 
@@ -331,15 +352,19 @@ class Client(Outbox, IOThread, Inbox):
         broker. Returns the ids of the workers asked to stop."""
         return self._request({"t": "stop", "workers": None, "broker": True}, timeout)["stopping"]
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> list[WorkerInfo]:
         """One dict per worker: id, host, pid, labels, slots, running, done, state, info."""
         return self.status()["workers"]
 
-    def executor(self, **kwargs: Any) -> Executor:
-        """A concurrent.futures.Executor running on this cluster (`kwargs`: `Executor`'s,
-        e.g. initializer=); its shutdown leaves the cluster running."""
+    def executor(self, *, initializer: Callable[..., object] | None = None,
+                 initargs: Iterable[object] = (), max_workers: int | None = None,
+                 mp_context: object = None, max_tasks_per_child: int | None = None) -> Executor:
+        """A concurrent.futures.Executor running on this cluster (the keywords: `Executor`'s;
+        max_workers and max_tasks_per_child are refused, as with its client=); its shutdown
+        leaves the cluster running."""
         from .executor import Executor
-        return Executor(client=self, **kwargs)
+        return Executor(max_workers, mp_context, initializer, initargs,
+                        max_tasks_per_child=max_tasks_per_child, client=self)
 
     # ---- closing ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -371,40 +396,3 @@ class Client(Outbox, IOThread, Inbox):
     def __repr__(self) -> str:
         return f"<nbcluster.Client {self.endpoint} {self.n_workers} workers>"
 
-
-def _picklable(obj: object) -> bool:
-    try:
-        serialize.dumps(obj)
-        return True
-    except Exception:   # noqa: BLE001 - whatever pickling raises, obj is the culprit
-        return False
-
-
-def connect(path_or_url: str = "~/.nbcluster/cluster.json", key: bytes | str | None = None,
-            timeout: float = CONNECT_TIMEOUT_S,
-            broker_timeout: float = DEFAULT_BROKER_TIMEOUT_S) -> Client:
-    """A Client for a running cluster, from its connection file or a tcp:// / ipc:// URL.
-
-    Args:
-        path_or_url: a connection file, or the broker's endpoint (then `key` is required).
-        key: the cluster key (bytes or hex); overrides the connection file's.
-        broker_timeout: see `Client`.
-
-    Raises:
-        FileNotFoundError: no connection file there.
-        NBClusterError: the file is not a connection file, its cluster is gone (said at
-            once), or no broker answered within `timeout`.
-    """
-    curve = None
-    if "://" in path_or_url:
-        if key is None:
-            raise ValueError("connecting to a URL needs the cluster key: connect(url, key=...)")
-        endpoint = path_or_url
-    else:
-        info = ConnectionInfo.read(path_or_url)
-        info.check_running(path_or_url)   # a cluster that is gone: say so now, not after timeout
-        endpoint, key = info.best_endpoint(), key if key is not None else info.key
-        curve = info.curve
-    if isinstance(key, str):
-        key = bytes.fromhex(key)
-    return Client(endpoint, key, timeout=timeout, curve=curve, broker_timeout=broker_timeout)

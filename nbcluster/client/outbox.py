@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import MessageTooLarge, NBClusterError
+from ..errors import MessageTooLarge, NBClusterError, PicklingError
 from ..wire import functions, message_limit, pickling, serialize
 from .futures import TaskFuture
 
@@ -161,8 +161,37 @@ class Outbox:
             assert self._shm is not None   # files exist only where shared memory is on
             self._shm.remove(name)
 
+    def _dumps_chunks(self, items: list[tuple[object, ...]], chunksize: int) -> list[list[Any]]:
+        """The argument frames of each chunk of a map, all pickled before any is sent: an
+        element that cannot be pickled sends nothing (a PicklingError names it)."""
+        chunks: list[list[Any]] = []
+        for start in range(0, len(items), chunksize):
+            chunk = items[start:start + chunksize]
+            try:
+                chunks.append(serialize.dumps(((chunk, start), {}), self._local_shm))
+            except Exception as e:
+                self._remove_chunk_files(chunks)
+                culprit = next((i for i, x in enumerate(chunk, start) if not _picklable(x)), start)
+                raise PicklingError(f"cannot pickle element {culprit} "
+                                    f"({serialize.describe(items[culprit])}): {e}") from e
+        return chunks
+
+    def _remove_chunk_files(self, chunks: list[list[Any]]) -> None:
+        """Remove the shared-memory files of chunks that will not be sent."""
+        for name in (n for frames in chunks for n in serialize.shm_names(frames)):
+            assert self._shm is not None   # files exist only where shared memory is on
+            self._shm.remove(name)
+
     @property
     def _local_shm(self) -> SharedMemory | None:
         """Shared memory for arguments, when the broker is on this host, unless it said no
         worker is (a task whose data is in shm waits for a worker on this host)."""
         return self._shm if self.local and self._workers_here != 0 else None
+
+
+def _picklable(obj: object) -> bool:
+    try:
+        serialize.dumps(obj)
+        return True
+    except Exception:   # noqa: BLE001 - whatever pickling raises, obj is the culprit
+        return False

@@ -17,6 +17,7 @@ import html
 import json
 import sys
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from IPython.display import display
@@ -31,7 +32,7 @@ MAX_RICH = 50           # rich outputs kept per worker (the most recent)
 
 
 class _Block:
-    def __init__(self, worker: dict, handle):
+    def __init__(self, worker: Mapping[str, Any], handle):
         self.worker, self.handle = worker, handle
         self.items: list[tuple[str, Any]] = []   # ("stdout"|"stderr", text) or ("rich", bundle)
         self.text_chars = 0
@@ -121,7 +122,8 @@ class WorkerOutputs:
         rich: display blocks (a notebook front end) or print lines (terminal IPython).
     """
 
-    def __init__(self, futures: dict[str, TaskFuture], workers: dict[str, dict], rich: bool):
+    def __init__(self, futures: dict[str, TaskFuture], workers: Mapping[str, Mapping[str, Any]],
+                 rich: bool):
         self.futures, self.rich = futures, rich
         self.blocks: dict[str, _Block] = {}
         self.seen = dict.fromkeys(futures, 0)   # output items taken from each future so far

@@ -22,9 +22,11 @@ from typing import Any
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from .. import report
-from ..client.client import Client, connect
+from ..client.client import Client
+from ..client.connect import connect
 from ..client.english import counted
 from ..client.latest import latest as made_last
+from ..client.status import WorkerInfo
 from ..cluster.local import LocalCluster
 from ..errors import RemoteErrorGroup
 from ..patterns.collections import parallel
@@ -270,7 +272,7 @@ def _split(text: str | None) -> list[str]:
     return [x for x in (text or "").split(",") if x]
 
 
-def _targets(workers: list[dict], spec: str, labels: list[str]) -> list[str]:
+def _targets(workers: list[WorkerInfo], spec: str, labels: list[str]) -> list[str]:
     """Worker ids chosen by --targets (all, an index, a slice I:J, or ids/indices separated
     by commas) among the workers holding every label."""
     ordered = [w["id"] for w in workers if set(labels) <= set(w.get("labels", ()))]
