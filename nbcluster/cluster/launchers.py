@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypedDict, Unpack
 from urllib.parse import urlparse
 
 from ..errors import NBClusterError
@@ -136,8 +137,23 @@ class SSHWorkers:
     def __enter__(self) -> SSHWorkers:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ClusterOptions(TypedDict, total=False):
+    """The keywords of `LocalCluster` that SSHCluster passes on (kept in step with it)."""
+    connection_file: str | os.PathLike[str] | None
+    heartbeat_ms: int
+    liveness: int
+    max_lost: int
+    client_expiry_ms: int
+    respawn: bool
+    max_message_bytes: int
+    tcp: bool
+    insecure: bool
+    memory_limit: int | str | None
+    max_tasks_per_child: int | None
 
 
 class SSHCluster(LocalCluster):
@@ -151,7 +167,8 @@ class SSHCluster(LocalCluster):
 
     def __init__(self, hosts: Iterable[str], n_per_host: int = 1, *, local_workers: int = 0,
                  ip: str = "0.0.0.0", port: int = 0, labels: Iterable[str] = (),
-                 python: str = "python3", ssh_options: Iterable[str] = (), **kwargs):
+                 python: str = "python3", ssh_options: Iterable[str] = (),
+                 **kwargs: Unpack[ClusterOptions]):
         super().__init__(local_workers, labels, ip=ip, port=port, **kwargs)
         try:
             self.ssh = SSHWorkers(hosts, self.info, n_per_host, labels=labels, python=python,
@@ -224,7 +241,7 @@ class SlurmWorkers:
     def __enter__(self) -> SlurmWorkers:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
