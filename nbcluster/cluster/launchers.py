@@ -32,7 +32,7 @@ from ..wire.connection import ConnectionInfo
 from ..worker.procinfo import parse_bytes
 from .local import LocalCluster
 
-__all__ = ["SSHWorkers", "SSHCluster", "SlurmWorkers"]
+__all__ = ["SSHWorkers", "SSHCluster", "ClusterOptions", "SlurmWorkers"]
 
 SSH_CONNECT_TIMEOUT_S = 10
 
