@@ -229,7 +229,21 @@ class IOThread(WorkerState):
             if tag is None or self.reported_start == tag or now - self.started_at < STARTED_NOTE_S:
                 return
             self.reported_start = tag
+        self._send_held()
         self._send(self.ctl, {"t": "started", "items": [list(tag)]})
+
+    def _send_held(self) -> None:
+        """Send the results held while a task runs on (see held_items), on the control
+        socket, after their output. They ask for no credit: the task socket does that (a
+        `ready` after a `giveback` would bring tasks to wait behind the long task)."""
+        with self.lock:
+            items, frames, epoch = self._take_held()
+        if not items:
+            return
+        output = self.output.take()
+        if output:
+            self._send(self.ctl, {"t": "output", "items": output})
+        self._send(self.ctl, {"t": "done", "e": epoch, "items": items, "ready": 0}, frames)
 
     def _check_credit(self) -> None:
         """Safety net, checked every heartbeat: idle for a whole heartbeat with less credit
@@ -260,6 +274,7 @@ class IOThread(WorkerState):
             holding = self.granted - self.done > 1
             self.awaiting_given |= holding
         if holding:
+            self._send_held()   # first: the tasks that have run are not to be handed back
             self._send(self.ctl, {"t": "giveback", "keep": tag[0]})
 
 

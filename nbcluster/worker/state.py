@@ -80,6 +80,14 @@ class WorkerState:
         # (gid, attempt) not to run: cancelled, given back
         self.cancelled: set[tuple[int, int]] = set()
         self.current_tag: tuple[int, int] | None = None  # (gid, attempt) of the running task
+        # Results of finished tasks not sent yet (tiny tasks' results go together, see
+        # _run_batch), with the epoch of their run. A task that runs on past STARTED_NOTE_S
+        # has the I/O thread send them (_send_held): else they would wait for it, and a
+        # giveback sent meanwhile would hand back tasks that have run as if they had not.
+        self.held_items: list[Any] = []
+        self.held_frames: list[Any] = []
+        self.held_bytes = 0
+        self.held_epoch: int | None = None
         self.started_at = 0.0
         self.gave_back_for: int | None = None
         self.reported_start: tuple[int, int] | None = None   # (gid, attempt) we said has started
@@ -99,6 +107,12 @@ class WorkerState:
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], payload: Sequence[Any] = ()) -> None:
         sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
+
+    def _take_held(self) -> tuple[list[Any], list[Any], int | None]:
+        """The held results, their frames and epoch, no longer held (call under the lock)."""
+        taken = self.held_items, self.held_frames, self.held_epoch
+        self.held_items, self.held_frames, self.held_bytes = [], [], 0
+        return taken
 
     def _top_up(self) -> tuple[int, int]:
         """The credit to ask for so we hold a full window, and the ledger it is for (`l`:

@@ -81,34 +81,33 @@ class TaskThread(WorkerState):
         functions we did not have (`fns`); they are kept before any task runs, so a task that
         is skipped (cancelled, given back) does not lose the function of the ones after it."""
         pos, epoch = 0, batch[1]
-        items: list[Any] = []
-        frames: list[Any] = []
         for digest, n in fns:
             self.functions.put(digest, payload[pos:pos + n])
             pos += n
         last_sent = time.monotonic()
-        batch_bytes = 0
         for i, (gid, attempt, nframes, local, *fn) in enumerate(tasks):
             if self.draining:   # leaving: the tasks not started go back to the broker
-                self._send_done(items, frames, epoch)
+                self._send_done(epoch)
                 self._leave_now()
             result = self._run_one(gid, attempt, fn[0] if fn else None,
                                    payload[pos:pos + nframes], local, batch)
             pos += nframes
             self._count_task(result)
             nbytes = 0 if result is None else sum(memoryview(f).nbytes for f in result[1])
-            if items and batch_bytes + nbytes + message_limit.HEADROOM_BYTES > \
-                    self.max_message_bytes:   # together they would be over the broker's limit
-                self._send_done(items, frames, epoch)
-                items, frames, batch_bytes = [], [], 0
-            if result is not None:
-                items.append(result[0])
-                frames += result[1]
-                batch_bytes += nbytes
-            if i == len(tasks) - 1 or batch_bytes >= BIG_RESULT_BYTES or \
-                    time.monotonic() - last_sent >= RESULT_BATCH_S:
-                self._send_done(items, frames, epoch)
-                items, frames, batch_bytes = [], [], 0
+            with self.lock:
+                over = bool(self.held_items) and self.held_bytes + nbytes + \
+                    message_limit.HEADROOM_BYTES > self.max_message_bytes
+            if over:   # together they would be over the broker's limit
+                self._send_done(epoch)
+            with self.lock:
+                if result is not None:
+                    self.held_items.append(result[0])
+                    self.held_frames += result[1]
+                    self.held_bytes += nbytes
+                    self.held_epoch = epoch
+                big = self.held_bytes >= BIG_RESULT_BYTES
+            if i == len(tasks) - 1 or big or time.monotonic() - last_sent >= RESULT_BATCH_S:
+                self._send_done(epoch)
                 last_sent = time.monotonic()
         self.functions.trim()
         if self.draining and self.leave_status == EXIT_MAX_TASKS:
@@ -209,9 +208,12 @@ class TaskThread(WorkerState):
         time.sleep(0.2)   # let ZeroMQ's I/O thread put it on the wire
         os._exit(self.leave_status)
 
-    def _send_done(self, items: list[Any], frames: list[Any], epoch: int) -> None:
+    def _send_done(self, epoch: int) -> None:
+        """Send the held results (on the task socket) and ask for credit."""
         if self.shm is not None and self.shm.created:
             self.shm.remove_orphans()
+        with self.lock:
+            items, frames, _ = self._take_held()
         output = self.output.take()      # a task's output goes before its result
         if output:
             self._send(self.task_sock, {"t": "output", "items": output})

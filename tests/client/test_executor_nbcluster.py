@@ -139,21 +139,34 @@ def test_progress_counts_as_running_only_started_tasks(shared_cluster, tmp_path,
 
 def test_a_collection_bar_counts_as_running_only_started_chunks(shared_cluster, tmp_path,
                                                                 recorded_bars):
-    """A parallel map on 2 workers showed every chunk in flight as running ("5 running")."""
+    """A parallel map on 2 workers showed every chunk in flight as running ("5 running").
+    The bar is told the running count when a chunk ends: chunk 0 is quick, the others wait
+    at the gate until that first count is recorded (while they are in flight)."""
     gate = str(tmp_path / "gate")
     client = shared_cluster.client()
     run = nbcluster.parallel(range(8), client, chunksize=1).map(
         lambda i: i if i == 0 else gated(gate, i))
     import threading
-    threading.Timer(0, lambda: (wait_for(lambda: recorded_bars and recorded_bars[-1].running,
-                                         timeout=GATE_TIMEOUT_S, what="a running count"),
-                                open_gate(gate))).start()
+    late = []   # a wait that timed out, reported here (not lost in its thread)
+
+    def open_once_counted():
+        try:   # one run, one bar
+            wait_for(lambda: recorded_bars and recorded_bars[-1].running, timeout=GATE_TIMEOUT_S,
+                     what="the bar's first running count (chunk 0's result)")
+        except TimeoutError as e:
+            late.append(e)
+        finally:
+            open_gate(gate)
+    opener = threading.Thread(target=open_once_counted)
+    opener.start()
     try:
         assert run.to_list() == list(range(8))
     finally:
         open_gate(gate)
+        opener.join(GATE_TIMEOUT_S + 10)
+        assert not late, late[0]
     counts = [n for bar in recorded_bars for n in bar.running]
-    assert counts and max(counts) <= 2, counts
+    assert len(recorded_bars) == 1 and counts and max(counts) <= 2, counts
 
 
 def test_broker_forwards_a_started_note_only_from_the_worker_holding_the_task():
