@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -235,8 +236,10 @@ class SlurmWorkers:
         return done.stdout.strip()
 
     def close(self) -> None:
-        """Cancel the job (its workers end)."""
+        """Cancel the job (its workers end) and remove its directory (connection file, job
+        script, Slurm's output)."""
         subprocess.run(["scancel", self.job_id], capture_output=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> SlurmWorkers:
         return self

@@ -116,6 +116,7 @@ def test_workers_as_a_slurm_job_join_and_are_cancelled(slurm, tmp_path):
                 time.sleep(0.5)
         finally:
             job.close()
+        assert not job.dir.exists(), "close() leaves the job's directory behind"
         deadline = time.monotonic() + 30
         while client.workers() or job.state():
             assert time.monotonic() < deadline, "the workers outlived scancel"
