@@ -27,9 +27,8 @@ BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several 
 def dispatch(state: BrokerState, w: Worker) -> list[Send]:
     """Hand w as many tasks as its credit allows."""
     taken = []
-    while w.credit > 0 and not stuck(state, w) \
-            and (t := state.queue.pop_for(w, state.liveness.heard(w))) is not None:
-        _assign(state, t, w)
+    while w.credit > 0 and (t := state.queue.pop_for(w, state.liveness.heard(w))) is not None:
+        _assign(t, w)
         taken.append(t)
     return _run_messages(state, w, taken)
 
@@ -41,8 +40,7 @@ def dispatch_all(state: BrokerState) -> list[Send]:
     # charged a loss it never had (it gets work when it speaks again, see heartbeat).
     quiet = state.liveness.quiet_since()
     hungry = [w for w in state.workers.values()
-              if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)
-              and not stuck(state, w)]
+              if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)]
     taken: dict[str, list[Task]] = {}
     while hungry:
         w = min(hungry, key=lambda w: len(w.tasks))
@@ -50,7 +48,7 @@ def dispatch_all(state: BrokerState) -> list[Send]:
         if t is None:
             hungry.remove(w)
             continue
-        _assign(state, t, w)
+        _assign(t, w)
         taken.setdefault(w.id, []).append(t)
         if w.credit == 0:
             hungry.remove(w)
@@ -77,21 +75,9 @@ def _local(state: BrokerState, t: Task, w: Worker) -> bool:
     return client is not None and bool(client.host) and client.host == w.host
 
 
-def stuck(state: BrokerState, w: Worker) -> bool:
-    """w gave back its tasks behind a long one, still running: a task sent to it would wait
-    behind that one. Credit it asked for before (a `ready` may reach us after the giveback:
-    they come on different sockets) waits until that task ends."""
-    if w.stuck_on is not None:
-        t = state.tasks.get(w.stuck_on[0])
-        if t is not None and (t.worker, t.attempt) == (w.id, w.stuck_on[1]):
-            return True
-        w.stuck_on = None
-    return False
-
-
-def _assign(state: BrokerState, t: Task, w: Worker) -> None:
+def _assign(t: Task, w: Worker) -> None:
     w.credit -= 1
-    t.worker, t.sent = w.id, next(state.fresh_sends)
+    t.worker = w.id
     w.tasks.add(t.gid)
 
 

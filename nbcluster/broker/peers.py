@@ -115,7 +115,7 @@ def _take_back(state: BrokerState, w: Worker, running: list[Any],
             t.lost_on.pop()
             t.lost_pids.pop()
         t.attempt = attempt   # its gid stays in its queue: pop_for skips held tasks
-        t.worker, t.sent = w.id, next(state.fresh_sends)
+        t.worker = w.id
         w.tasks.add(t.gid)
         kept.append([t.gid, attempt])
     return kept

@@ -57,7 +57,6 @@ class Task:
     lost_at: int = NEVER     # when it was last lost: it goes only to a worker heard since
     fn: bytes | None = None  # digest of its function's payload (see functions)
     started: int = -1        # the attempt its worker reported as started
-    sent: int = 0            # when it was sent to its worker, in the order of all sends
 
 
 @dataclass
@@ -80,7 +79,6 @@ class Worker:
     session: int = 0         # its latest hello's `session`, echoed in welcome and run
     ledger: int = 0          # the session of the hello that made it: its credit carries it (`l`)
     supervisor: str = ""     # the token of the supervisor that vouches for it (see supervisors)
-    stuck_on: tuple[int, int] | None = None   # (gid, attempt) it gave back behind: see stuck
 
 
 @dataclass

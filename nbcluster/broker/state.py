@@ -90,7 +90,6 @@ class BrokerState:
         self.epoch = secrets.randbits(62) + 1
         self.fresh_gids = itertools.count(first_gid or secrets.randbits(62) + 1)
         self.fresh_worker_numbers = itertools.count(1)
-        self.fresh_sends = itertools.count(1)   # numbers every task sent (or kept) by a worker
         self.shutdown_requested = False   # a client asked the whole cluster to stop
 
     def handle(self, identity: bytes, header: Header, payload: Frames, mac: Mac,

@@ -118,21 +118,13 @@ def started(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac,
 
 def giveback(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac,
              now: int) -> list[Send]:
-    """The worker is stuck on a long task (`keep`): the tasks it holds that were sent after
-    that one are queued again under a new attempt, and it is told which, so it skips them,
-    and how much of its credit was dropped. A worker runs its tasks in the order they were
-    sent, so those sent before `keep` have ended: their results may be on the way still (on
-    its other socket, or held back), and handed back they would wait for a free worker and
-    run again. (If we no longer hold `keep`, all go back.)"""
+    """The worker is stuck on a long task (`keep`): the tasks it holds besides that one are
+    queued again under a new attempt, and it is told which, so it skips them, and how much
+    of its credit was dropped."""
     keep = h.get("keep")
-    kept = state.tasks[keep] if isinstance(keep, int) and keep in w.tasks else None
-    if kept is not None:
-        w.stuck_on = (kept.gid, kept.attempt)
     given = []
     for gid in sorted(w.tasks - {keep}, reverse=True):
         t = state.tasks[gid]
-        if kept is not None and t.sent < kept.sent:
-            continue
         given.append([gid, t.attempt])
         w.tasks.discard(gid)
         t.worker = None

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
-from ..support.broker_sim import HB, Sim, results, runs
+from ..support.broker_sim import Sim, results, runs
 
 
 def test_submit_dispatch_result():
@@ -282,50 +282,6 @@ def test_giveback_requeues_unstarted_tasks_under_a_new_attempt():
     assert runs(out) == [(b"b", 2, 1), (b"b", 3, 1)]
     # a result for the given-back attempt is dropped
     assert results(sim.msg(b"a", "done", [b"r"], items=[[2, 0, "ok", 1, {}]])) == []
-
-
-def test_a_giveback_hands_back_only_the_tasks_sent_after_the_one_running():
-    """A worker runs its tasks in the order they were sent, so when it gives back behind
-    task 2, task 1 has ended, its result on the way (on the task socket, while the giveback
-    comes on the control socket; or held in the worker). Handed back, task 1 waited for a
-    free worker to run again, and its result was dropped: 60 s stalls under load."""
-    sim = Sim()
-    sim.client()
-    sim.worker(b"a", credit=3)
-    sim.worker(b"b", credit=0)
-    for i in range(3):
-        sim.submit(i)
-    assert [g for _, g, _ in runs(sim.sent, b"a")] == [1, 2, 3]
-    out = sim.msg(b"a", "giveback", keep=2)
-    assert out[0].header == {"t": "given", "ids": [[3, 0]], "dropped": 0}
-    assert results(sim.msg(b"a", "done", [b"r"], items=[[1, 0, "ok", 1, {}]])) == [(b"c", 0, "ok")]
-    assert runs(sim.msg(b"b", "ready", n=2)) == [(b"b", 3, 1)]
-    # sent again (to a, once it is free), a task counts as sent after what a ran meanwhile
-    sim.msg(b"a", "done", [b"r"], items=[[2, 0, "ok", 1, {}]], ready=2)
-    sim.submit(3)
-    sim.submit(4)
-    assert [g for _, g, _ in runs(sim.sent, b"a")][-2:] == [4, 5]
-    assert sim.msg(b"a", "giveback", keep=4)[0].header["ids"] == [[5, 0]]
-
-
-def test_a_worker_that_gave_back_gets_no_task_until_its_long_one_ends():
-    """Credit a worker asked for before its task turned out long can reach us after its
-    giveback (they come on different sockets). Spent at once, it sent the task just given
-    back straight back to wait behind the long one."""
-    sim = Sim()
-    sim.client()
-    sim.worker(b"a", credit=2)
-    sim.worker(b"b", credit=0)
-    sim.submit(0)
-    sim.submit(1)
-    assert [g for _, g, _ in runs(sim.sent, b"a")] == [1, 2]
-    assert sim.msg(b"a", "giveback", keep=1)[0].header["ids"] == [[2, 0]]
-    assert runs(sim.msg(b"a", "ready", n=1)) == []   # late credit: a still runs task 1
-    sim.tick(HB, alive=[b"c", b"a", b"b"])
-    assert runs(sim.sent, b"a") == [(b"a", 1, 0), (b"a", 2, 0)]
-    assert runs(sim.msg(b"b", "ready", n=1)) == [(b"b", 2, 1)]
-    sim.submit(2)                                     # b is busy, a still stuck: it waits
-    assert runs(sim.msg(b"a", "done", [b"r"], items=[[1, 0, "ok", 1, {}]])) == [(b"a", 3, 0)]
 
 
 def test_a_worker_receives_tasks_on_a_second_socket():
