@@ -27,7 +27,8 @@ BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several 
 def dispatch(state: BrokerState, w: Worker) -> list[Send]:
     """Hand w as many tasks as its credit allows."""
     taken = []
-    while w.credit > 0 and (t := state.queue.pop_for(w, state.liveness.heard(w))) is not None:
+    while w.credit > 0 and not stuck(w) \
+            and (t := state.queue.pop_for(w, state.liveness.heard(w))) is not None:
         _assign(t, w)
         taken.append(t)
     return _run_messages(state, w, taken)
@@ -40,7 +41,8 @@ def dispatch_all(state: BrokerState) -> list[Send]:
     # charged a loss it never had (it gets work when it speaks again, see heartbeat).
     quiet = state.liveness.quiet_since()
     hungry = [w for w in state.workers.values()
-              if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)]
+              if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)
+              and not stuck(w)]
     taken: dict[str, list[Task]] = {}
     while hungry:
         w = min(hungry, key=lambda w: len(w.tasks))
@@ -73,6 +75,14 @@ def _local(state: BrokerState, t: Task, w: Worker) -> bool:
     """Is the task's client on the worker's host (so results may go through shm)?"""
     client = state.clients.get(t.client)
     return client is not None and bool(client.host) and client.host == w.host
+
+
+def stuck(w: Worker) -> bool:
+    """w gave back its tasks behind a long one: a task sent to it would wait behind that one.
+    Credit it asked for before the giveback (a `ready` may reach us after it: they come on
+    different sockets) waits until that task's result comes (see done), or the task leaves
+    w (cancelled, lost, queued again)."""
+    return w.stuck_on is not None and w.stuck_on in w.tasks
 
 
 def _assign(t: Task, w: Worker) -> None:

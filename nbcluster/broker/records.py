@@ -79,6 +79,7 @@ class Worker:
     session: int = 0         # its latest hello's `session`, echoed in welcome and run
     ledger: int = 0          # the session of the hello that made it: its credit carries it (`l`)
     supervisor: str = ""     # the token of the supervisor that vouches for it (see supervisors)
+    stuck_on: int | None = None   # the task it gave back behind (see dispatch.stuck)
 
 
 @dataclass

@@ -62,6 +62,8 @@ def done(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac,
             raise ProtocolError("bad result item")
         frames = payload[pos:pos + nframes]
         pos += nframes
+        if gid == w.stuck_on:   # the task it gave back behind has ended: work may come again,
+            w.stuck_on = None   # even if we drop this result (a late attempt)
         t = state.tasks.get(gid)
         if t is None or t.worker != w.id or t.attempt != attempt:
             continue  # cancelled, or a late result of a task that was re-run: drop it
@@ -122,6 +124,8 @@ def giveback(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac
     queued again under a new attempt, and it is told which, so it skips them, and how much
     of its credit was dropped."""
     keep = h.get("keep")
+    if isinstance(keep, int) and keep in w.tasks:
+        w.stuck_on = keep
     given = []
     for gid in sorted(w.tasks - {keep}, reverse=True):
         t = state.tasks[gid]

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
-from ..support.broker_sim import Sim, results, runs
+from ..support.broker_sim import HB, Sim, results, runs
 
 
 def test_submit_dispatch_result():
@@ -326,3 +326,36 @@ def test_a_result_of_an_earlier_broker_is_dropped_even_if_its_gid_is_ours():
     assert sim.state.workers["w1"].credit == 1     # its credit is for us, and counts
     out = sim.msg(b"w", "done", [b"new"], items=[[gid, 0, "ok", 1, {}]])
     assert results(out) == [(b"c", 1, "ok")] and out[0].payload == [b"new"]
+
+
+def test_a_worker_that_gave_back_gets_no_task_until_its_long_one_ends():
+    """Credit a worker asked for before its task turned out long can reach us after its
+    giveback (they come on different sockets). Spent at once, it sent the task just given
+    back straight back to wait behind the long one."""
+    sim = Sim()
+    sim.client()
+    sim.worker(b"a", credit=2)
+    sim.worker(b"b", credit=0)
+    sim.submit(0)
+    sim.submit(1)
+    assert [g for _, g, _ in runs(sim.sent, b"a")] == [1, 2]
+    assert sim.msg(b"a", "giveback", keep=1)[0].header["ids"] == [[2, 0]]
+    assert runs(sim.msg(b"a", "ready", n=1)) == []   # late credit: a still runs task 1
+    sim.tick(HB, alive=[b"c", b"a", b"b"])
+    assert runs(sim.sent, b"a") == [(b"a", 1, 0), (b"a", 2, 0)]
+    assert runs(sim.msg(b"b", "ready", n=1)) == [(b"b", 2, 1)]
+    sim.submit(2)                                     # b is busy, a still stuck: it waits
+    assert runs(sim.msg(b"a", "done", [b"r"], items=[[1, 0, "ok", 1, {}]])) == [(b"a", 3, 0)]
+
+
+def test_a_dropped_result_of_the_kept_task_still_frees_its_worker():
+    """Whatever the broker and the worker think of the kept task's attempt, its result
+    (even one dropped as late) says the worker is free: it must not stay without work."""
+    sim = Sim()
+    sim.client()
+    sim.worker(b"a", credit=2)
+    sim.submit(0)
+    sim.submit(1)
+    sim.msg(b"a", "giveback", keep=1)
+    sim.msg(b"a", "ready", n=1)
+    assert runs(sim.msg(b"a", "done", [b"r"], items=[[1, 7, "ok", 1, {}]])) == [(b"a", 2, 1)]
