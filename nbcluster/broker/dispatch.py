@@ -39,6 +39,8 @@ def dispatch_all(state: BrokerState) -> list[Send]:
     it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
     # Not to a worker quiet for a while: it may be dead, and a task handed to it would be
     # charged a loss it never had (it gets work when it speaks again, see heartbeat).
+    if state.queue.empty():   # most calls (a hello, a ready, a result): no scan of workers
+        return []
     quiet = state.liveness.quiet_since()
     hungry = [w for w in state.workers.values()
               if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)
@@ -48,6 +50,8 @@ def dispatch_all(state: BrokerState) -> list[Send]:
         w = min(hungry, key=lambda w: len(w.tasks))
         t = state.queue.pop_for(w, state.liveness.heard(w))
         if t is None:
+            if state.queue.empty():   # else a min() over the rest for each: O(workers²)
+                break
             hungry.remove(w)
             continue
         _assign(t, w)

@@ -64,6 +64,10 @@ class TaskQueues:
         del best[at]
         return self.tasks[gid]
 
+    def empty(self) -> bool:
+        """No gid in any queue (gids of tasks no longer queued count until a scan drops them)."""
+        return not any(self.by_labels.values()) and not any(self.pinned.values())
+
     def _first_for(self, q: deque[int], heard: int) -> int:
         """The index in q of the first task a worker last heard from at `heard` may take, or
         -1. Gids of cancelled or finished tasks at the head are dropped. A task lost after
