@@ -6,8 +6,10 @@
            └─ worker ...                       env: $NBCLUSTER_SUPERVISOR=<our token>
 
 In the spirit of Dask's nanny, and never running user code itself, it:
-- starts N `python -m nbcluster.worker` processes, each in a session (process group) of its
-  own, with a token they put in their hello so the broker knows who vouches for them;
+- starts N workers, each in a session (process group) of its own, with a token they put in
+  their hello so the broker knows who vouches for them: forked from a fork server that has
+  imported the worker's modules (forkserver.py; milliseconds each, where a fresh
+  interpreter costs 0.2 s of CPU), or `python -m nbcluster.worker` where it cannot fork;
 - watches them by pid (a pidfd each: an exit wakes us at once) and replaces any that ends,
   whatever its status (a task calling os._exit(0) must not shrink the cluster), unless it
   left because it was asked to (status worker.EXIT_ASKED_TO_LEAVE);
@@ -34,7 +36,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ import zmq
 from ..errors import ProtocolError
 from ..wire import protocol
 from ..wire.transport import dealer, pending_messages, read_line
+from . import main as worker_main
+from .forkserver import ForkServer, StartedProcess, become_subreaper, reap, spawn_process
 from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
 from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
@@ -60,7 +63,7 @@ MAX_RESPAWN_DELAY_S = 10.0  # doubling up to this (a worker that cannot start at
 
 @dataclass
 class _Child:
-    proc: subprocess.Popen[bytes]
+    proc: StartedProcess
     pidfd: int | None
     started: float
     over_limit: str | None = None   # why we killed it, when its memory passed the limit
@@ -98,6 +101,10 @@ class Supervisor:
         if announce:   # our stdout carries our lines alone; the workers' goes to stderr
             self.announce_fd = os.dup(1)
             os.dup2(2, 1)
+        # Forked before our ZeroMQ context exists: the fork server has no threads.
+        self.forkserver = ForkServer(worker_main.main, {SUPERVISOR_ENV: self.token}, (
+            () if self.announce_fd is None else (self.announce_fd,))) \
+            if hasattr(os, "fork") and become_subreaper() else None
         self.signer = protocol.Signer(key)
         self.ctx = zmq.Context(io_threads=1)
         self.sock = dealer(self.ctx, endpoint, None, curve)
@@ -125,6 +132,8 @@ class Supervisor:
             return self._loop()
         finally:
             self._kill_all()
+            if self.forkserver is not None:
+                self.forkserver.close()
             self._send({"t": "bye"})
             # Stopped by our parent closing our stdin (LocalCluster closing, ssh gone), the
             # cluster is going too: no waiting for these to go out. Stopped by a signal, the
@@ -187,6 +196,7 @@ class Supervisor:
                 next_hello = last_heard + self.expiry_s * 2
                 if self._on_message(frames) is not None:
                     return 2
+            reap({pid: c.proc for pid, c in self.children.items()})
             for pid, child in list(self.children.items()):
                 if child.proc.poll() is not None:
                     self._ended(pid, child)
@@ -209,9 +219,18 @@ class Supervisor:
 
     # ---- workers ------------------------------------------------------------------------
     def _spawn(self) -> None:
-        proc = subprocess.Popen(self.worker_cmd, stdin=subprocess.PIPE, env=self.env,
-                                close_fds=True, start_new_session=True)
-        assert proc.stdin is not None   # PIPE
+        try:
+            proc = self.forkserver.start(self.worker_cmd[3:]) if self.forkserver else \
+                spawn_process(self.worker_cmd, self.env)
+        except OSError as e:   # the fork server gone (or no memory to fork): try again
+            log.warning("could not start a worker: %s: trying again%s", e,
+                        " with a fresh interpreter per worker" if self.forkserver else " in 1 s")
+            delay = 0.0 if self.forkserver else 1.0
+            if self.forkserver is not None:
+                self.forkserver.close()
+                self.forkserver = None
+            self.to_start.append(time.monotonic() + delay)
+            return
         if self.stdin_line:
             try:
                 proc.stdin.write(self.stdin_line)
@@ -287,6 +306,7 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         """Kill every worker's process group (forked children too) and reap them."""
+        self.stop_deadline = self.stop_deadline or time.monotonic()   # none is replaced
         for pid, child in list(self.children.items()):
             _kill_group(pid)
             child.proc.wait()
