@@ -9,6 +9,7 @@ workers attached, and the broker's CPU while they idle.
 - register_s: wall time of `LocalCluster(n_workers=n)` (it returns once the broker lists n
   workers), so broker start included; start_cpu_s: CPU time (user+system, psutil) of the
   supervisor and its workers by then, the cost that wall time hides on a loaded machine;
+  broker_start_cpu_s: the broker's CPU time by then (its start and the registrations);
 - rt_ms: median of `round_trips` sequential `submit(noop).result()` (after 20 warm-up);
 - broker_idle_cpu_pct: the broker process's CPU time (psutil cpu_times, user+system) over
   `idle_s` seconds with every worker idle and attached, as % of one core.
@@ -35,15 +36,15 @@ def _cpu(proc: psutil.Process) -> float:
 
 
 def _tree_cpu(pid: int) -> float:
-    """CPU of a process and its live descendants (and the reaped ones it waited for)."""
+    """CPU of a process and its live descendants, with the ended ones each waited for."""
+    total = 0.0
     root = psutil.Process(pid)
-    t = root.cpu_times()
-    total = t.user + t.system + t.children_user + t.children_system
-    for child in root.children(recursive=True):
+    for proc in [root, *root.children(recursive=True)]:
         try:
-            total += _cpu(child)
+            t = proc.cpu_times()
         except psutil.NoSuchProcess:
-            pass
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -55,6 +56,7 @@ def measure(n: int, round_trips: int = 300, idle_s: float = 20.0) -> dict[str, f
         pids = cluster.pids()
         start_cpu = sum(_tree_cpu(p) for p in pids["supervisors"])
         broker = psutil.Process(pids["broker"][0])
+        broker_start_cpu = _cpu(broker)
         client = cluster.client()
         for _ in range(20):
             client.submit(noop).result(timeout=60)
@@ -69,6 +71,7 @@ def measure(n: int, round_trips: int = 300, idle_s: float = 20.0) -> dict[str, f
         idle_cpu = (_cpu(broker) - before) / (time.perf_counter() - t)
         registered = client.n_workers
     return {"n": n, "register_s": register_s, "start_cpu_s": start_cpu,
+            "broker_start_cpu_s": broker_start_cpu,
             "rt_ms": statistics.median(rts) * 1000, "broker_idle_cpu_pct": idle_cpu * 100,
             "registered": registered}
 
@@ -79,11 +82,12 @@ def main() -> None:
     p.add_argument("--round-trips", type=int, default=300)
     p.add_argument("--idle-s", type=float, default=20.0)
     args = p.parse_args()
-    print(f"{'workers':>8} {'register s':>11} {'start CPU s':>12} {'rt ms':>7} "
-          f"{'broker idle CPU %':>18}")
+    print(f"{'workers':>8} {'register s':>11} {'start CPU s':>12} {'broker CPU s':>13} "
+          f"{'rt ms':>7} {'broker idle CPU %':>18}")
     for n in args.n:
         r = measure(n, args.round_trips, args.idle_s)
-        print(f"{n:>8} {r['register_s']:>11.2f} {r['start_cpu_s']:>12.1f} {r['rt_ms']:>7.2f} "
+        print(f"{n:>8} {r['register_s']:>11.2f} {r['start_cpu_s']:>12.2f} "
+              f"{r['broker_start_cpu_s']:>13.2f} {r['rt_ms']:>7.2f} "
               f"{r['broker_idle_cpu_pct']:>18.2f}", flush=True)
 
 

@@ -34,6 +34,7 @@ __all__ = ["ForkServer", "StartedProcess", "spawn_process", "become_subreaper", 
 
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_REQUEST = 1 << 16
+_MAX_FDS = 200   # stdin pipes per request (the kernel passes at most 253 fds at once)
 
 
 class StartedProcess:
@@ -144,26 +145,34 @@ class ForkServer:
         theirs.close()
         self.pid, self._sock = pid, ours
 
-    def start(self, argv: list[str]) -> StartedProcess:
-        """A worker running run(argv), its stdin a pipe from us.
+    def start(self, argv: list[str], n: int = 1) -> list[StartedProcess]:
+        """n workers running run(argv), each its stdin a pipe from us; fewer if the server
+        could fork only some (the rest are to be tried again).
 
         Raises:
-            OSError: the server is gone or could not fork.
+            OSError: the server is gone, or could fork none.
         """
-        read_end, write_end = os.pipe()
-        try:
-            socket.send_fds(self._sock, [json.dumps(argv).encode()], [read_end])
-            reply = self._sock.recv(64)
-        except BaseException:
-            os.close(write_end)
-            raise
-        finally:
-            os.close(read_end)
-        if not reply.isdigit():
-            os.close(write_end)
-            raise OSError(f"the fork server could not start a worker: "
-                          f"{reply.decode(errors='replace') or 'it is gone'}")
-        return StartedProcess(int(reply), write_end)
+        started: list[StartedProcess] = []
+        for first in range(0, n, _MAX_FDS):
+            k = min(_MAX_FDS, n - first)
+            pipes = [os.pipe() for _ in range(k)]
+            try:
+                socket.send_fds(self._sock, [json.dumps(argv).encode()], [r for r, _ in pipes])
+                reply = json.loads(self._sock.recv(_MAX_REQUEST) or b'{"error": "it is gone"}')
+            except (OSError, ValueError) as e:
+                reply = {"pids": [], "error": str(e)}
+            finally:
+                for r, _ in pipes:
+                    os.close(r)
+            pids = reply.get("pids", [])
+            started += [StartedProcess(pid, w) for pid, (_, w) in zip(pids, pipes, strict=False)]
+            for _, w in pipes[len(pids):]:
+                os.close(w)
+            if reply.get("error"):
+                if not started:
+                    raise OSError(f"the fork server could not start a worker: {reply['error']}")
+                break
+        return started
 
     def close(self) -> None:
         """The server exits at EOF; it is reaped as any child of ours."""
@@ -173,44 +182,58 @@ class ForkServer:
 def _serve(sock: socket.socket, run: Callable[[list[str]], object]) -> None:
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, 1)
+            data, fds, _, _ = socket.recv_fds(sock, _MAX_REQUEST, _MAX_FDS)
         except ConnectionError:
             return
         if not data:   # the supervisor is gone
             return
         try:
-            pid = _fork_worker(sock, json.loads(data), fds[0], run)
-            sock.send(str(pid).encode())
-        except OSError as e:   # e.g. no memory to fork: said, the supervisor retries later
-            sock.send(f"{e}".encode()[:60] or b"error")
+            pids, error = _fork_workers(sock, json.loads(data), fds, run)
+            sock.send(json.dumps({"pids": pids, "error": error}).encode())
         finally:
             for fd in fds:
                 os.close(fd)
 
 
-def _fork_worker(sock: socket.socket, argv: list[str], stdin_fd: int,
-                 run: Callable[[list[str]], object]) -> int:
-    """Fork twice: the worker's parent exits at once, so the worker becomes the child of
-    the nearest subreaper, the supervisor. Returns the worker's pid once it has called
-    setsid, so killing its process group from then on reaches it."""
-    read_end, write_end = os.pipe()
-    middle = os.fork()
-    if middle == 0:
+def _fork_workers(sock: socket.socket, argv: list[str], stdin_fds: list[int],
+                  run: Callable[[list[str]], object]) -> tuple[list[int], str | None]:
+    """A worker per stdin fd, each by a double fork: its parent exits at once, so the worker
+    becomes the child of the nearest subreaper, the supervisor. Returns the workers' pids
+    once each has called setsid (killing its process group from then on reaches it) and
+    been re-parented, and what stopped us early, if anything. The forks go back to back
+    and are collected after, so a batch costs little more than one on a loaded machine."""
+    forked: list[tuple[int, int]] = []   # (intermediate pid, read end of its worker's pid)
+    error = None
+    for stdin_fd in stdin_fds:
         try:
-            os.close(read_end)
-            if os.fork() == 0:
-                _become_worker(sock, argv, stdin_fd, write_end, run)
+            read_end, write_end = os.pipe()
+            middle = os.fork()
+        except OSError as e:   # e.g. no memory to fork: said, the supervisor retries later
+            error = str(e)
+            break
+        if middle == 0:
+            try:
+                for fd in [read_end, *(r for _, r in forked), *(f for f in stdin_fds
+                                                                 if f != stdin_fd)]:
+                    os.close(fd)
+                if os.fork() == 0:
+                    _become_worker(sock, argv, stdin_fd, write_end, run)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        forked.append((middle, read_end))
+    pids = []
+    for middle, read_end in forked:
+        try:
+            os.waitpid(middle, 0)
+            data = os.read(read_end, 64)   # written by the worker, after setsid
         finally:
-            os._exit(0)
-    os.close(write_end)
-    try:
-        os.waitpid(middle, 0)
-        data = os.read(read_end, 64)   # written by the worker, after setsid
-    finally:
-        os.close(read_end)
-    if not data.isdigit():
-        raise OSError("the worker ended before it started")
-    return int(data)
+            os.close(read_end)
+        if not data.isdigit():   # its worker ended before it started
+            error = error or "a worker ended before it started"
+            break
+        pids.append(int(data))
+    return pids, error
 
 
 def _become_worker(sock: socket.socket, argv: list[str], stdin_fd: int, ready_fd: int,

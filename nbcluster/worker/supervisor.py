@@ -156,8 +156,8 @@ class Supervisor:
             if self.stop_deadline is None:
                 due = [t for t in self.to_start if t <= now]
                 self.to_start = [t for t in self.to_start if t > now]
-                for _ in due:
-                    self._spawn()
+                if due:
+                    self._spawn(len(due))
             if self.memory_limit and now - last_memory >= MEMORY_POLL_S:
                 self._check_memory()
                 last_memory = now
@@ -218,10 +218,11 @@ class Supervisor:
         return None
 
     # ---- workers ------------------------------------------------------------------------
-    def _spawn(self) -> None:
+    def _spawn(self, n: int) -> None:
+        """Start n workers (those that could not be started are tried again)."""
         try:
-            proc = self.forkserver.start(self.worker_cmd[3:]) if self.forkserver else \
-                spawn_process(self.worker_cmd, self.env)
+            procs = self.forkserver.start(self.worker_cmd[3:], n) if self.forkserver else \
+                [spawn_process(self.worker_cmd, self.env) for _ in range(n)]
         except OSError as e:   # the fork server gone (or no memory to fork): try again
             log.warning("could not start a worker: %s: trying again%s", e,
                         " with a fresh interpreter per worker" if self.forkserver else " in 1 s")
@@ -229,8 +230,13 @@ class Supervisor:
             if self.forkserver is not None:
                 self.forkserver.close()
                 self.forkserver = None
-            self.to_start.append(time.monotonic() + delay)
+            self.to_start += [time.monotonic() + delay] * n
             return
+        self.to_start += [time.monotonic() + 1.0] * (n - len(procs))   # it could fork only some
+        for proc in procs:
+            self._watch(proc)
+
+    def _watch(self, proc: StartedProcess) -> None:
         if self.stdin_line:
             try:
                 proc.stdin.write(self.stdin_line)
