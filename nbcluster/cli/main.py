@@ -192,7 +192,7 @@ def worker(argv: list[str]) -> int:
             print(f"nbcluster worker: -n: {e}", file=sys.stderr)
             return 2
         argv = argv[:i] + argv[i + 2:]
-    from ..worker.supervisor import main as supervisor_main
+    from ..worker.supervisor_main import main as supervisor_main
     return supervisor_main(["-n", str(n), *argv])
 
 

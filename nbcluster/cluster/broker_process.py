@@ -1,7 +1,7 @@
 """A broker as a child process, started again when it dies unexpectedly.
 
     LocalCluster / `nbcluster start` (the keeper)
-      └─ BrokerProcess ─ spawns ─► python -m nbcluster.broker --watch-stdin [--curve-keys-on-stdin]
+      └─ BrokerProcess ─ spawns ─► python -m nbcluster.cluster.broker_main --watch-stdin ...
            │   stdin:  the Curve keys (one line, when beyond loopback), then held open:
            │           closing it stops the broker; the secret never goes on argv or in a file
            │   stdout: "ready <bound endpoints>" → the connection file is (re)written:
@@ -68,12 +68,15 @@ class BrokerProcess:
         connection_file: written once the broker is ready, again after each restart.
         options: more broker arguments (tunables, --insecure).
         curve: serve CurveZMQ with keys made here, the same for every restart.
+        cluster_dir: a LocalCluster's temp directory: the broker removes it, with the
+            cluster's shared-memory files, when its stdin closes (we are gone or stopping).
     """
 
     def __init__(self, binds: list[str], key: bytes, *, env: dict[str, str],
                  connection_file: str | os.PathLike[str], options: Iterable[str] = (),
-                 curve: bool = False) -> None:
+                 curve: bool = False, cluster_dir: str | None = None) -> None:
         self.binds = list(binds)
+        self.cluster_dir = cluster_dir
         self.key = key
         self.env = env
         self.connection_file = Path(connection_file).expanduser()
@@ -119,7 +122,9 @@ class BrokerProcess:
         return self._stopped.wait(timeout)
 
     def _spawn(self, binds: list[str]) -> subprocess.Popen[bytes]:
-        args = [sys.executable, "-m", "nbcluster.broker", "--watch-stdin", *self.options,
+        args = [sys.executable, "-m", "nbcluster.cluster.broker_main",
+                *(["--cluster-dir", self.cluster_dir] if self.cluster_dir else []),
+                "--watch-stdin", *self.options,
                 *(["--curve-keys-on-stdin"] if self._curve else []),
                 *(arg for b in binds for arg in ("--bind", b))]
         with self._lock:

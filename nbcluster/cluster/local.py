@@ -1,10 +1,12 @@
 """LocalCluster: a broker and workers as child processes of this one, on this machine.
 
 Children watch a pipe from us on their stdin and exit the moment it closes, so they go away
-with us even if we are killed with SIGKILL. The workers run under a supervisor process
-(nbcluster.worker.supervisor, through local_workers): workers that end are respawned whatever their
-exit status (a poison task cannot empty the cluster), their process groups are killed with
-them, a memory limit and max_tasks_per_child are enforced. A broker that dies is started
+with us even if we are killed with SIGKILL; then they also remove the cluster's
+shared-memory files and temp directory (the supervisors once their workers are gone).
+The workers run under a supervisor process (nbcluster.worker.supervisor, through
+local_workers): workers that end are respawned whatever their exit status (a poison task
+cannot empty the cluster), their process groups are killed with them, a memory limit and
+max_tasks_per_child are enforced. A broker that dies is started
 again (see broker_process). `close()` stops everything it started, waits for it, and removes
 the connection file.
 """
@@ -95,7 +97,7 @@ class LocalCluster:
                 "--max-lost", str(max_lost), "--client-expiry-ms", str(client_expiry_ms),
                 "--max-message-bytes", str(max_message_bytes),
                 *(["--insecure"] if insecure else [])],
-            curve=exposed and not insecure)
+            curve=exposed and not insecure, cluster_dir=str(self._dir))
         self.broker.start()
         self.endpoint = ipc
         self.info = ConnectionInfo([ipc], self.key)
@@ -127,7 +129,7 @@ class LocalCluster:
         supervisor = SupervisedWorkers(n, ["--connect", target], labels, self._env,
                                        memory_limit=self.memory_limit,
                                        max_tasks_per_child=self.max_tasks_per_child,
-                                       respawn=self.respawn)
+                                       respawn=self.respawn, cluster_dir=str(self._dir))
         with self._lock:
             self._supervisors.append(supervisor)
         return supervisor
@@ -196,8 +198,7 @@ class LocalCluster:
         self.broker.stop()       # ...meanwhile the broker stops, not to be started again
         for s in supervisors:
             s.close()
-        if shm.available():
-            shm.SharedMemory(self.key).remove_all_of_cluster()
+        shm.remove_cluster_files(self.key)
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def pids(self) -> dict[str, list[int]]:

@@ -6,8 +6,10 @@
 The supervisor starts, watches and replaces the workers (see nbcluster.worker.supervisor); this
 side only keeps the list of live worker pids and how each one that ended did so. Closing
 the pipe makes the supervisor kill its workers' process groups and exit, also when we are
-killed ourselves. A supervisor that dies while we did not ask it to (kill -9) takes its
-workers with it (they watch its pipe); it is started again, so the cluster does not shrink.
+killed ourselves; then it also removes the cluster's shared-memory files and temp directory
+(`cluster_dir`), which we, killed, cannot. A supervisor that dies while we did not ask it to
+(kill -9) takes its workers with it (they watch its pipe); it is started again, so the
+cluster does not shrink.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class SupervisedWorkers:
 
     def __init__(self, n: int, connect_args: list[str], labels: list[str], env: dict, *,
                  memory_limit: int | None = None, max_tasks_per_child: int | None = None,
-                 respawn: bool = True):
+                 respawn: bool = True, cluster_dir: str | None = None):
         args = [sys.executable, "-m", "nbcluster.worker.supervisor", "--announce", "--watch-stdin",
                 "-n", str(n), *connect_args]
         if labels:
@@ -53,6 +55,8 @@ class SupervisedWorkers:
             args += ["--max-tasks-per-child", str(max_tasks_per_child)]
         if not respawn:
             args.append("--no-respawn")
+        if cluster_dir:   # removed by the supervisor if we are killed (see the module doc)
+            args += ["--cluster-dir", cluster_dir]
         self.live: list[int] = []            # worker pids, oldest first
         self.exits: dict[int, str] = {}      # pid -> how it ended
         self.started = 0

@@ -10,7 +10,8 @@ its input never changes what a re-run of the task would see.
 Who removes a file: the client removes its argument files when the task ends; the client
 removes a result file as soon as it has mapped it (the mapping outlives the name); a worker
 removes result files nobody took within ORPHAN_AFTER_S (a result dropped as late);
-LocalCluster removes every file of its cluster when it closes.
+LocalCluster removes every file of its cluster when it closes, and if its owner is killed
+before, its broker and supervisors do (`remove_cluster_files`) once they see it gone.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import hashlib
 import mmap
 import os
 import re
+import shutil
 import time
 
 from .protocol import Frame
 
-__all__ = ["SharedMemory", "SHM_MIN_BYTES", "available"]
+__all__ = ["SharedMemory", "SHM_MIN_BYTES", "available", "remove_cluster_files"]
 
 SHM_DIR = "/dev/shm"
 SHM_MIN_BYTES = 1 << 20
@@ -107,3 +109,12 @@ class SharedMemory:
                 self.remove(name)
                 n += 1
         return n
+
+
+def remove_cluster_files(key: bytes, cluster_dir: str | None = None) -> None:
+    """Remove every shared-memory file of the cluster with `key`, and a LocalCluster's temp
+    directory (named nbcluster-*: nothing else is removed): what its owner removes on close."""
+    if available():
+        SharedMemory(key).remove_all_of_cluster()
+    if cluster_dir and os.path.basename(cluster_dir.rstrip("/")).startswith("nbcluster-"):
+        shutil.rmtree(cluster_dir, ignore_errors=True)

@@ -22,7 +22,9 @@ In the spirit of Dask's nanny, and never running user code itself, it:
   SIGKILL"), so the broker drops it at once and WorkerLost names the cause.
 
 SIGTERM/SIGINT: the workers are asked to leave (SIGTERM), and killed after STOP_GRACE_S.
-With --watch-stdin, stdin closing (our parent or ssh gone) kills them at once. We exit when
+With --watch-stdin, stdin closing (our parent or ssh gone) kills them at once; then, with
+--cluster-dir (a LocalCluster's), once they are gone we remove the cluster's shared-memory
+files and that directory: an owner killed with SIGKILL leaves nothing behind. We exit when
 no worker is left and none is to be started (e.g. all were stopped with `nbcluster stop`).
 With --announce, `started PID` and `exited PID REASON` lines go to stdout (for LocalCluster);
 the workers' own stdout then goes to our stderr, so nothing else is mixed into those lines.
@@ -43,11 +45,11 @@ from dataclasses import dataclass
 import zmq
 
 from ..errors import ProtocolError
-from ..wire import protocol
-from ..wire.transport import dealer, pending_messages, read_line
+from ..wire import protocol, shm
+from ..wire.transport import dealer, pending_messages
 from . import main as worker_main
 from .forkserver import ForkServer, StartedProcess, become_subreaper, reap, spawn_process
-from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
+from .procinfo import exit_reason, format_bytes, is_running, rss
 from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
 __all__ = ["Supervisor", "main"]
@@ -82,13 +84,17 @@ class Supervisor:
             max_tasks_per_child are replaced in any case).
         announce: print `started PID` / `exited PID REASON` lines on stdout.
         watch_stdin: exit, killing the workers, when stdin closes.
+        cluster_dir: the temp directory of the LocalCluster that started us: removed, with
+            the cluster's shared-memory files, when stdin closes (see `shm.remove_cluster_files`).
     """
 
     def __init__(self, endpoint: str, key: bytes, worker_args: list[str], n: int = 1, *,
                  curve=None, stdin_line: bytes | None = None, memory_limit: int | None = None,
                  max_tasks_per_child: int | None = None, respawn: bool = True,
-                 announce: bool = False, watch_stdin: bool = False):
+                 announce: bool = False, watch_stdin: bool = False,
+                 cluster_dir: str | None = None):
         self.n, self.stdin_line = n, stdin_line
+        self.key, self.cluster_dir = key, cluster_dir
         self.memory_limit, self.max_tasks = memory_limit, max_tasks_per_child
         self.respawn, self.watch_stdin = respawn, watch_stdin
         self.worker_cmd = [sys.executable, "-m", "nbcluster.worker", *worker_args,
@@ -140,6 +146,8 @@ class Supervisor:
             # broker lives on: give the exits and the bye time to reach it (ms).
             self.sock.close(linger=0 if self.orphaned else 500)
             self.ctx.term()
+            if self.orphaned and self.cluster_dir:   # our workers are gone: none writes now
+                shm.remove_cluster_files(self.key, self.cluster_dir)
 
     def _loop(self) -> int:
         last_heard = last_hb = last_memory = time.monotonic()
@@ -347,69 +355,6 @@ def _stdin_open() -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m nbcluster.worker.supervisor --connect ENDPOINT|FILE|- -n N ...`: what `nbcluster
-    worker` runs."""
-    import argparse
-
-    from ..wire.connection import ConnectionInfo, key_from_env, read_or_exit
-
-    p = argparse.ArgumentParser(
-        prog="nbcluster worker", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="N workers joining a cluster, kept by this host's supervisor: a worker "
-        "that ends is replaced (unless it was asked to leave), and the broker hears how it "
-        "ended", epilog="examples:\n  nbcluster worker --connect ~/.nbcluster/cluster.json "
-        "-n 4 --memory-limit 2GiB\n  nbcluster worker --connect cluster.json --endpoint "
-        "tcp://head:5555 --labels gpu --max-tasks-per-child 100")
-    p.add_argument("-n", type=int, default=1, help="how many worker processes")
-    p.add_argument("--connect", required=True, help="broker endpoint or connection file, or "
-                   "- to read the connection file's JSON as the first line of stdin")
-    p.add_argument("--endpoint", help="reach the broker here rather than where the "
-                   "connection file says, e.g. tcp://head-node:5555")
-    p.add_argument("--labels", default="", help="comma-separated labels, e.g. gpu,bigmem")
-    p.add_argument("--memory-limit", type=memory_arg, default=None,
-                   help="kill (and replace) a worker whose memory passes this, e.g. 2GiB; "
-                   "its task fails with MemoryLimitExceeded")
-    p.add_argument("--max-tasks-per-child", type=positive_int, default=None,
-                   help="replace each worker after this many tasks")
-    p.add_argument("--no-respawn", action="store_true", help="do not replace crashed workers")
-    p.add_argument("--announce", action="store_true",
-                   help="print 'started PID' and 'exited PID REASON' lines on stdout")
-    p.add_argument("--watch-stdin", action="store_true",
-                   help="stop the workers and exit when stdin closes")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="nbcluster supervisor %(asctime)s %(levelname)s %(message)s")
-    stdin_line = None
-    if "://" in args.connect:
-        endpoint, key, curve = args.connect, key_from_env(), None
-    elif args.connect == "-":
-        stdin_line = read_line(0).encode()
-        info = ConnectionInfo.from_json(stdin_line.decode())
-        endpoint, key, curve = args.endpoint or info.best_endpoint(), info.key, info.curve
-    else:   # a file that is missing, garbage or of a cluster gone: one line, exit 2
-        info = read_or_exit(args.connect, "nbcluster worker", args.endpoint)
-        endpoint, key, curve = args.endpoint or info.best_endpoint(), info.key, info.curve
-    worker_args = ["--connect", args.connect]
-    if args.endpoint:
-        worker_args += ["--endpoint", args.endpoint]
-    if args.labels:
-        worker_args += ["--labels", args.labels]
-    supervisor = Supervisor(endpoint, key, worker_args, args.n, curve=curve,
-                            stdin_line=stdin_line, memory_limit=args.memory_limit,
-                            max_tasks_per_child=args.max_tasks_per_child,
-                            respawn=not args.no_respawn, announce=args.announce,
-                            watch_stdin=args.watch_stdin)
-    return supervisor.run()
-
-
-def positive_int(text: str) -> int:
-    """A whole number, at least 1, for argparse."""
-    import argparse
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"a whole number, at least 1, not {text!r}")
-    return int(text)
-
-
 if __name__ == "__main__":
+    from .supervisor_main import main
     sys.exit(main())
