@@ -1,6 +1,6 @@
 """A supervisor process started by LocalCluster, and what it says about its workers.
 
-    LocalCluster ──stdin pipe──► python -m nbcluster.worker.supervisor --announce --watch-stdin ...
+    LocalCluster ──stdin pipe──► python -m nbcluster.worker.supervisor_main --announce ...
                  ◄──stdout────── "started PID" / "exited PID REASON"  (read by a thread here)
 
 The supervisor starts, watches and replaces the workers (see nbcluster.worker.supervisor); this
@@ -45,8 +45,8 @@ class SupervisedWorkers:
     def __init__(self, n: int, connect_args: list[str], labels: list[str], env: dict, *,
                  memory_limit: int | None = None, max_tasks_per_child: int | None = None,
                  respawn: bool = True, cluster_dir: str | None = None):
-        args = [sys.executable, "-m", "nbcluster.worker.supervisor", "--announce", "--watch-stdin",
-                "-n", str(n), *connect_args]
+        args = [sys.executable, "-m", "nbcluster.worker.supervisor_main", "--announce",
+                "--watch-stdin", "-n", str(n), *connect_args]
         if labels:
             args += ["--labels", ",".join(labels)]
         if memory_limit:

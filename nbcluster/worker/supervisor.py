@@ -52,7 +52,7 @@ from .forkserver import ForkServer, StartedProcess, become_subreaper, reap, spaw
 from .procinfo import exit_reason, format_bytes, is_running, rss
 from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
-__all__ = ["Supervisor", "main"]
+__all__ = ["Supervisor"]
 
 log = logging.getLogger("nbcluster.supervisor")
 
@@ -261,7 +261,7 @@ class Supervisor:
     def _ended(self, pid: int, child: _Child) -> None:
         """A worker ended: kill its group, say how it ended, and start another if we should."""
         del self.children[pid]
-        status = child.proc.returncode
+        status = child.proc.wait()   # it has ended: at once
         if child.pidfd is not None:
             os.close(child.pidfd)
         if child.proc.stdin is not None:
@@ -353,8 +353,3 @@ def _stdin_open() -> bool:
         return bool(os.read(0, 4096)) if select.select([0], [], [], 0)[0] else True
     except OSError:
         return False
-
-
-if __name__ == "__main__":
-    from .supervisor_main import main
-    sys.exit(main())

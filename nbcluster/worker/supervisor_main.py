@@ -1,5 +1,5 @@
-"""The command line of a host's supervisor: `python -m nbcluster.worker.supervisor`, which
-`nbcluster worker` runs (see supervisor.py for what it does)."""
+"""The command line of a host's supervisor: `python -m nbcluster.worker.supervisor_main`,
+which `nbcluster worker` runs (see supervisor.py for what it does)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ __all__ = ["main", "positive_int"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m nbcluster.worker.supervisor --connect ENDPOINT|FILE|- -n N ...`: what `nbcluster
-    worker` runs."""
+    """`python -m nbcluster.worker.supervisor_main --connect ENDPOINT|FILE|- -n N ...`: what
+    `nbcluster worker` runs."""
     import argparse
 
     from ..wire.connection import ConnectionInfo, key_from_env, read_or_exit
@@ -76,3 +76,7 @@ def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"a whole number, at least 1, not {text!r}")
     return int(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
