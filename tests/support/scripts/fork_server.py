@@ -50,6 +50,6 @@ if __name__ == "__main__":
     spawned = spawn_process([sys.executable, "-c", "import os, sys; sys.exit(7 if os.getsid(0) "
                              "== os.getpid() and not sys.stdin.read() else 8)"], dict(os.environ))
     spawned.stdin.close()
-    print(json.dumps({"spawned": spawned.wait(), "me": os.getpid(), "server": server.pid, "seen": seen,
-                      "pids": [p.pid for p in procs], "codes": codes,
+    print(json.dumps({"spawned": spawned.wait(), "me": os.getpid(), "server": server.pid,
+                      "seen": seen, "pids": [p.pid for p in procs], "codes": codes,
                       "codes_batch": codes_batch}), flush=True)
