@@ -71,7 +71,7 @@ from .inbox import Inbox
 from .io_thread import IOThread
 from .latest import remember_latest
 from .options import TaskOptions, refuse_misplaced_options
-from .outbox import Outbox
+from .outbox import Outbox, OutboxItem, PendingTask
 from .status import ClusterStatus, WorkerInfo
 from .waiting import cancel_on_error
 
@@ -122,12 +122,13 @@ class Client(Outbox, IOThread, Inbox):
         self._sock = dealer(self._ctx, endpoint, curve=curve)
         self._keys = itertools.count(1)
         self._futures: dict[int, TaskFuture] = {}
-        self._pending: dict[int, tuple] = {}   # key -> (task spec, argument frames, Prepared fn)
+        self._pending: dict[int, PendingTask] = {}   # key -> (spec, argument frames, function)
+        self._label_sets: dict = {}   # (labels asked, client's) -> shared tuple (see _labels)
         self._result_callbacks: dict[int, Callable[[Any], Any]] = {}   # key -> callback
         self._fns_sent: set[bytes] = set()   # function digests sent to this broker (I/O thread)
         self._broken: NBClusterError | None = None   # why the I/O thread died, if it did
         self._replies: dict[int, concurrent.futures.Future] = {}
-        self._outbox: collections.deque = collections.deque()
+        self._outbox: collections.deque[OutboxItem] = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)   # see _wake
@@ -315,7 +316,7 @@ class Client(Outbox, IOThread, Inbox):
                      args: tuple[object, ...], kwargs: dict[str, object]
                      ) -> dict[str, TaskFuture[R]]:
         prepared, arg_frames = functions.dumps_call(fn, args, kwargs)
-        return {wid: self._submit_frames(prepared, arg_frames, None, wid, 0)
+        return {wid: self._submit_frames(prepared, arg_frames, (), wid, 0)
                 for wid in worker_ids}
 
     def cancel(self, futures: TaskFuture[R] | Iterable[TaskFuture[R]]) -> int:

@@ -5,15 +5,20 @@ started), RUNNING (its worker said it started: `running()` is True, `cancel()` r
 False), then FINISHED or CANCELLED. A worker tells the client a task started only once it
 has run a few milliseconds (see worker.STARTED_NOTE_S), so a short task goes from PENDING
 straight to FINISHED and the hot path pays nothing.
+
+A client may hold a million of these at once (queued tasks), so each is small: its fields
+are slots, its lock is `_Condition` (an RLock with the two methods a Future calls, a tenth
+of a threading.Condition's memory) and the lists it may never need are made on first use.
 """
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Callable, Generator
-from concurrent.futures._base import CANCELLED_AND_NOTIFIED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 if TYPE_CHECKING:   # client.py imports this module
@@ -24,6 +29,53 @@ __all__ = ["TaskFuture"]
 log = logging.getLogger("nbcluster.client")
 
 T = TypeVar("T")
+
+
+class _Condition(_thread.RLock):
+    """What a Future uses of threading.Condition (with, acquire, release, wait, notify_all),
+    as threading.Condition does it, in ~100 bytes rather than ~1,300: an RLock whose sleepers'
+    list is made when someone first waits."""
+
+    __slots__ = ("_sleepers",)
+
+    def __init__(self) -> None:
+        self._sleepers: list[_thread.LockType] | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock until notified or timeout seconds passed, then take it again."""
+        if not self._is_owned():   # type: ignore[attr-defined]
+            raise RuntimeError("cannot wait on un-acquired lock")
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
+        if self._sleepers is None:
+            self._sleepers = []
+        self._sleepers.append(waiter)
+        saved = self._release_save()   # type: ignore[attr-defined]
+        got = False
+        try:
+            if timeout is None:
+                got = waiter.acquire()
+            else:
+                got = waiter.acquire(True, timeout) if timeout > 0 else waiter.acquire(False)
+            return got
+        finally:
+            self._acquire_restore(saved)   # type: ignore[attr-defined]
+            if not got and self._sleepers is not None:
+                try:
+                    self._sleepers.remove(waiter)
+                except ValueError:   # notified after the timeout
+                    pass
+
+    def notify_all(self) -> None:
+        """Wake every thread waiting (the caller holds the lock)."""
+        if not self._is_owned():   # type: ignore[attr-defined]
+            raise RuntimeError("cannot notify on un-acquired lock")
+        sleepers, self._sleepers = self._sleepers, None
+        for waiter in sleepers or ():
+            waiter.release()
+
+
+_DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
 
 class TaskFuture(concurrent.futures.Future[T], Generic[T]):
@@ -44,20 +96,52 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         on_output: optional callable(stream, text, worker_id) run as output arrives.
     """
 
-    def __init__(self, client: Client, key: int) -> None:
-        super().__init__()
+    # The stdlib Future's fields (its methods use them), then ours.
+    __slots__ = ("_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks",
+                 "_client", "key", "_output", "worker", "duration", "input_bytes", "on_output",
+                 "_running_callbacks", "_on_settle")
+
+    def __init__(self, client: Client, key: int, input_bytes: int = 0) -> None:
+        # Not Future.__init__: the same fields, with the small lock (see _Condition).
+        self._condition = _Condition()
+        self._state = PENDING
+        self._result: T | None = None
+        self._exception: BaseException | None = None
+        self._waiters: list = []
+        self._done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = []
         self._client = client
         self.key = key
-        self.output: list[tuple[str, str, str]] = []
+        self._output: list[tuple[str, str, str]] | None = None
         self.worker: str | None = None
         self.duration: float | None = None
-        self.input_bytes = 0
+        self.input_bytes = input_bytes
         self.on_output: Callable[[str, str, str], object] | None = None
-        self._running_callbacks: list[Callable[[TaskFuture[T]], object]] = []
+        self._running_callbacks: list[Callable[[TaskFuture[T]], object]] | None = None
         # Called with (future, value, error) just before it settles, while waiters still
         # wait: the Executor learns its pool is broken before anyone sees the failure.
         self._on_settle: Callable[[TaskFuture[T], object, BaseException | None],
                                   object] | None = None
+
+    # Reading one field needs no lock (the stdlib takes one; the answer is the same).
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def cancelled(self) -> bool:
+        return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+
+    def running(self) -> bool:
+        return self._state == RUNNING
+
+    @property
+    def output(self) -> list[tuple[str, str, str]]:
+        """``(stream, text, worker_id)`` items the task printed, in order."""
+        return self._output if self._output is not None else []
+
+    def _add_output(self, stream: str, text: str, worker: str) -> None:
+        """(I/O thread) The task printed this."""
+        if self._output is None:
+            self._output = []
+        self._output.append((stream, text, worker))
 
     @property
     def stdout(self) -> str:
@@ -95,6 +179,8 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         keep it short."""
         with self._condition:
             if self._state == PENDING:
+                if self._running_callbacks is None:
+                    self._running_callbacks = []
                 self._running_callbacks.append(fn)
                 return
             now = self._state == RUNNING
@@ -108,8 +194,8 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
                 return
             self._state = RUNNING
             self.worker = worker
-            callbacks, self._running_callbacks = self._running_callbacks, []
-        for fn in callbacks:
+            callbacks, self._running_callbacks = self._running_callbacks, None
+        for fn in callbacks or ():
             try:
                 fn(self)
             except Exception:
@@ -146,8 +232,7 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
     def _invoke_callbacks(self) -> None:
         # As the stdlib's, but a callback raising even SystemExit or KeyboardInterrupt is
         # logged and skipped: they run in the client's I/O thread, which must not die of it.
-        # (_done_callbacks: the stdlib's own list, private so not in typeshed)
-        for callback in self._done_callbacks:   # type: ignore[attr-defined]
+        for callback in self._done_callbacks:
             try:
                 callback(self)
             except BaseException:   # noqa: BLE001

@@ -20,12 +20,14 @@ from . import oob_bytes, pickling
 from .pickling import MainRefs
 from .shm import REF_PREFIX, SHM_MIN_BYTES, SharedMemory
 
-__all__ = ["dumps", "loads", "shm_names", "describe"]
+__all__ = ["dumps", "loads", "shm_names", "nbytes", "describe"]
 
 OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
 LIFT_FIRST_ITEMS = 16      # bytes objects are looked for among this many container items...
 LIFT_AGAIN_BYTES = 1 << 20  # ...and among all of them (up to the next) if the pickle is this big
 LIFT_MAX_ITEMS = 10_000_000
+PLAIN_MAX_ITEMS = 16       # containers this small, of plain values, take the fast path
+_SCALARS = frozenset({type(None), bool, int, float, complex, str})
 
 
 def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = None
@@ -34,6 +36,8 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
     (the receiver is on this host), buffers of SHM_MIN_BYTES or more go to shared memory and
     their frame is a short reference. With refs, objects the receiver has already travel as
     their __main__ name."""
+    if refs is None and _plain(obj, 3):   # a task's usual arguments: 8x faster this way
+        return [pickle.dumps(obj, 5)]
     buffers: list[Any] = []
 
     def oob(buf: pickle.PickleBuffer) -> bool:
@@ -57,6 +61,35 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
             buffers.clear()
             data = pickling.dumps(lifted, refs, oob)
     return [data, *buffers]
+
+
+def _plain(obj: Any, depth: int) -> bool:
+    """Is obj numbers, strings and small bytes, in a few small tuples, lists and dicts? The
+    standard pickler pickles those as cloudpickle would (nothing by value, nothing out of
+    band), without the cost of making a cloudpickle Pickler."""
+    kind = type(obj)
+    if kind in _SCALARS:
+        return True
+    if kind is bytes:
+        return len(obj) < OOB_MIN_BYTES
+    if kind not in (tuple, list, dict) or not depth or len(obj) > PLAIN_MAX_ITEMS:
+        return False
+    if kind is dict:
+        for k, v in obj.items():
+            if type(k) is not str or not _plain(v, depth - 1):
+                return False
+        return True
+    for item in obj:
+        if not _plain(item, depth - 1):
+            return False
+    return True
+
+
+def nbytes(frames: list[Any]) -> int:
+    """The size of frames, in bytes."""
+    if len(frames) == 1 and type(frames[0]) is bytes:
+        return len(frames[0])
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 def loads(frames: list[Any], shm: SharedMemory | None = None, remove: bool = False) -> Any:

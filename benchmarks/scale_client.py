@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""How fast one client queues tasks, and how much memory it keeps per queued task.
+
+    python benchmarks/scale_client.py                  # 10k and 100k queued, each way
+    python benchmarks/scale_client.py --n 1000000 --ways submit
+    python benchmarks/scale_client.py --profile --n 100000 --ways submit
+
+Tasks ask for a label no worker has, so they stay queued: this measures queueing only (the
+client's submit loop, its I/O thread, the broker taking them in), not running them. Each
+figure is measured in a fresh child process (so RSS is that run's alone), against a fresh
+LocalCluster with no workers:
+
+    cpu_s       CPU time of the client process while submitting (time.process_time: the
+                calling thread and the client's I/O thread), until the broker holds every
+                task (status() counts them): what the machine being shared does not change
+    wall_s      wall time of the same span
+    rate        tasks / wall_s (and tasks / cpu_s)
+    client_mb   the client's RSS growth with every task queued (psutil), and the peak
+    broker_mb   the broker's RSS with every task queued
+
+`measure(way, n)` returns one row as a dict; benchmarks/bench_scale.py imports it.
+Ways: "submit" (client.submit in a loop), "map" (client.map_chunks, chunks of one element:
+one task per element), "executor_map" (Executor(client=...).map, as concurrent.futures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+NOBODY = "nbcluster-bench-no-worker-has-this"   # the label that keeps tasks queued
+
+__all__ = ["measure", "main", "WAYS"]
+
+WAYS = ("submit", "map", "executor_map")
+
+
+def noop(*args: object) -> None:
+    return None
+
+
+def _rss_mb(pid: int | None = None) -> float:
+    import psutil
+    return psutil.Process(pid).memory_info().rss / 1e6
+
+
+def _wait_taken(client: Any, n: int) -> None:
+    """Until the broker has taken n tasks: the I/O thread sent them, then a status query (on
+    the same socket, so answered after them) says the broker holds them."""
+    deadline = time.monotonic() + 600
+    while client.sent["tasks"] < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the client did not send {n} tasks within 600 s")
+        time.sleep(0.01)
+    queued = client.status(timeout=600)["queued"]
+    if queued < n - 1:
+        raise RuntimeError(f"the broker holds {queued} tasks, not {n}")
+
+
+def _run(way: str, n: int, profile: bool) -> dict[str, Any]:
+    """In this process: queue n tasks one way, measure (see the module docstring)."""
+    import gc
+
+    from nbcluster.cluster.local import LocalCluster
+
+    with LocalCluster(0) as cluster:
+        client = cluster.client()
+        opts = client.options(labels={NOBODY})
+        # warm up: the function's payload, the first message
+        opts.submit(noop).cancel()
+        gc.collect()
+        rss0 = _rss_mb()
+        broker_pid = cluster.pids()["broker"][0]
+        broker0 = _rss_mb(broker_pid)
+        prof = None
+        if profile:
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if way == "submit":
+            futures = [opts.submit(noop) for _ in range(n)]
+        elif way == "map":
+            futures, _ = client.map_chunks(noop, range(n), chunksize=1, labels={NOBODY})
+        elif way == "executor_map":
+            client.labels = sorted({*client.labels, NOBODY})   # every task of this client
+            executor = client.executor()
+            results = executor.map(noop, range(n))
+            futures = []
+        else:
+            raise ValueError(f"unknown way {way!r}: one of {WAYS}")
+        cpu_submit, wall_submit = time.process_time() - cpu0, time.perf_counter() - wall0
+        if prof is not None:
+            prof.disable()
+        _wait_taken(client, n + 1)   # and the warm-up task
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        gc.collect()
+        row = {"way": way, "n": n, "submit_cpu_s": round(cpu_submit, 3),
+               "submit_wall_s": round(wall_submit, 3), "cpu_s": round(cpu, 3),
+               "wall_s": round(wall, 3), "rate": round(n / wall), "rate_cpu": round(n / cpu),
+               "client_mb": round(_rss_mb() - rss0, 1), "client_rss_mb": round(_rss_mb(), 1),
+               "per_task_bytes": round((_rss_mb() - rss0) * 1e6 / n),
+               "broker_mb": round(_rss_mb(broker_pid), 1),
+               "broker_growth_mb": round(_rss_mb(broker_pid) - broker0, 1)}
+        if prof is not None:
+            import pstats
+            pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
+        del futures
+        if way == "executor_map":
+            del results
+        client.close()
+    return row
+
+
+def measure(way: str, n: int, profile: bool = False) -> dict[str, Any]:
+    """One row (see the module docstring), measured in a fresh child process."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    args = [sys.executable, __file__, "--child", way, str(n)] + (["--profile"] if profile else [])
+    out = subprocess.run(args, env=env, stdout=subprocess.PIPE, check=True, timeout=1800)
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="*", default=[10_000, 100_000])
+    parser.add_argument("--ways", default=",".join(WAYS))
+    parser.add_argument("--profile", action="store_true", help="cProfile the submit loop")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_run(args.child[0], int(args.child[1]), args.profile)), flush=True)
+        return
+    cols = ("way", "n", "submit_cpu_s", "cpu_s", "wall_s", "rate", "rate_cpu", "client_mb",
+            "per_task_bytes", "broker_mb")
+    print("  ".join(f"{c:>14}" for c in cols))
+    for n in args.n:
+        for way in args.ways.split(","):
+            row = measure(way, n, args.profile)
+            print("  ".join(f"{row[c]!s:>14}" for c in cols), flush=True)
+
+
+if __name__ == "__main__":
+    main()
