@@ -51,14 +51,24 @@ def _rss_mb(pid: int | None = None) -> float:
     return psutil.Process(pid).memory_info().rss / 1e6
 
 
-def _wait_taken(client: Any, n: int) -> None:
-    """Until the broker has taken n tasks: the I/O thread sent them, then a status query (on
-    the same socket, so answered after them) says the broker holds them."""
+def _cpu_s(pid: int) -> float:
+    import psutil
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+def _wait_sent(client: Any, n: int) -> None:
+    """Until the client's I/O thread has sent n tasks."""
     deadline = time.monotonic() + 600
     while client.sent["tasks"] < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the client did not send {n} tasks within 600 s")
-        time.sleep(0.01)
+        time.sleep(0.005)
+
+
+def _wait_taken(client: Any, n: int) -> None:
+    """Until the broker has taken n tasks, sent: a status query (on the same socket, so
+    answered after them) says the broker holds them."""
     queued = client.status(timeout=600)["queued"]
     if queued < n - 1:
         raise RuntimeError(f"the broker holds {queued} tasks, not {n}")
@@ -78,7 +88,7 @@ def _run(way: str, n: int, profile: bool) -> dict[str, Any]:
         gc.collect()
         rss0 = _rss_mb()
         broker_pid = cluster.pids()["broker"][0]
-        broker0 = _rss_mb(broker_pid)
+        broker0, broker_cpu0 = _rss_mb(broker_pid), _cpu_s(broker_pid)
         prof = None
         if profile:
             import cProfile
@@ -99,12 +109,18 @@ def _run(way: str, n: int, profile: bool) -> dict[str, Any]:
         cpu_submit, wall_submit = time.process_time() - cpu0, time.perf_counter() - wall0
         if prof is not None:
             prof.disable()
-        _wait_taken(client, n + 1)   # and the warm-up task
+        _wait_sent(client, n + 1)   # and the warm-up task
+        cpu_sent, wall_sent = time.process_time() - cpu0, time.perf_counter() - wall0
+        _wait_taken(client, n + 1)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        broker_cpu = _cpu_s(broker_pid) - broker_cpu0
         gc.collect()
         row = {"way": way, "n": n, "submit_cpu_s": round(cpu_submit, 3),
-               "submit_wall_s": round(wall_submit, 3), "cpu_s": round(cpu, 3),
-               "wall_s": round(wall, 3), "rate": round(n / wall), "rate_cpu": round(n / cpu),
+               "submit_wall_s": round(wall_submit, 3),
+               "sent_cpu_s": round(cpu_sent, 3), "sent_wall_s": round(wall_sent, 3),
+               "sent_rate": round(n / wall_sent), "sent_rate_cpu": round(n / cpu_sent),
+               "cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "rate": round(n / wall),
+               "rate_cpu": round(n / cpu), "broker_cpu_s": round(broker_cpu, 3),
                "client_mb": round(_rss_mb() - rss0, 1), "client_rss_mb": round(_rss_mb(), 1),
                "per_task_bytes": round((_rss_mb() - rss0) * 1e6 / n),
                "broker_mb": round(_rss_mb(broker_pid), 1),
@@ -138,13 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         print(json.dumps(_run(args.child[0], int(args.child[1]), args.profile)), flush=True)
         return
-    cols = ("way", "n", "submit_cpu_s", "cpu_s", "wall_s", "rate", "rate_cpu", "client_mb",
-            "per_task_bytes", "broker_mb")
-    print("  ".join(f"{c:>14}" for c in cols))
+    cols = ("way", "n", "sent_cpu_s", "sent_wall_s", "sent_rate_cpu", "sent_rate", "wall_s",
+            "rate", "broker_cpu_s", "client_mb", "per_task_bytes", "broker_mb")
+    print("  ".join(f"{c:>13}" for c in cols))
     for n in args.n:
         for way in args.ways.split(","):
             row = measure(way, n, args.profile)
-            print("  ".join(f"{row[c]!s:>14}" for c in cols), flush=True)
+            print("  ".join(f"{row[c]!s:>13}" for c in cols), flush=True)
 
 
 if __name__ == "__main__":

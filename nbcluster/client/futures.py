@@ -7,8 +7,9 @@ has run a few milliseconds (see worker.STARTED_NOTE_S), so a short task goes fro
 straight to FINISHED and the hot path pays nothing.
 
 A client may hold a million of these at once (queued tasks), so each is small: its fields
-are slots, its lock is `_Condition` (an RLock with the two methods a Future calls, a tenth
-of a threading.Condition's memory) and the lists it may never need are made on first use.
+are slots, its lock is a `_Condition` (an RLock with the two methods a Future calls, a
+tenth of a threading.Condition's memory), and its lock and lists are made on first use: a
+queued task's future is one object.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class _Condition(_thread.RLock):
 
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
+_MAKING_LOCK = _thread.allocate_lock()   # held while a future makes its lock (first use)
 
 
 class TaskFuture(concurrent.futures.Future[T], Generic[T]):
@@ -96,19 +98,20 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         on_output: optional callable(stream, text, worker_id) run as output arrives.
     """
 
-    # The stdlib Future's fields (its methods use them), then ours.
-    __slots__ = ("_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks",
+    # The stdlib Future's fields (its methods use them; the lock and lists are made on first
+    # use, see the properties below), then ours.
+    __slots__ = ("_lock", "_state", "_result", "_exception", "_waiter_list", "_callback_list",
                  "_client", "key", "_output", "worker", "duration", "input_bytes", "on_output",
                  "_running_callbacks", "_on_settle")
 
     def __init__(self, client: Client, key: int, input_bytes: int = 0) -> None:
-        # Not Future.__init__: the same fields, with the small lock (see _Condition).
-        self._condition = _Condition()
+        # Not Future.__init__: the same fields, made small (see the module docstring).
+        self._lock: _Condition | None = None
         self._state = PENDING
         self._result: T | None = None
         self._exception: BaseException | None = None
-        self._waiters: list = []
-        self._done_callbacks: list[Callable[[concurrent.futures.Future[T]], object]] = []
+        self._waiter_list: list | None = None
+        self._callback_list: list[Callable[[concurrent.futures.Future[T]], object]] | None = None
         self._client = client
         self.key = key
         self._output: list[tuple[str, str, str]] | None = None
@@ -121,6 +124,32 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         # wait: the Executor learns its pool is broken before anyone sees the failure.
         self._on_settle: Callable[[TaskFuture[T], object, BaseException | None],
                                   object] | None = None
+
+    # What the stdlib's methods (and wait, as_completed) use, made on first use: a queued
+    # task's future has none of them until someone waits for it, adds a callback, or it ends.
+    @property   # type: ignore[override]
+    def _condition(self) -> _Condition:
+        lock = self._lock
+        if lock is None:
+            with _MAKING_LOCK:   # two threads asking at once get the same lock
+                lock = self._lock
+                if lock is None:
+                    lock = self._lock = _Condition()
+        return lock
+
+    @property   # type: ignore[override]
+    def _waiters(self) -> list:
+        # (the stdlib touches it under _condition only)
+        if self._waiter_list is None:
+            self._waiter_list = []
+        return self._waiter_list
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[concurrent.futures.Future[T]], object]]:
+        # (add_done_callback appends under _condition)
+        if self._callback_list is None:
+            self._callback_list = []
+        return self._callback_list
 
     # Reading one field needs no lock (the stdlib takes one; the answer is the same).
     def done(self) -> bool:
@@ -208,7 +237,7 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
             if self._state not in (PENDING, RUNNING):
                 return False
             self._state = CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
+            for waiter in self._waiter_list or ():
                 waiter.add_cancelled(self)
             self._condition.notify_all()
         self._invoke_callbacks()
@@ -232,7 +261,7 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
     def _invoke_callbacks(self) -> None:
         # As the stdlib's, but a callback raising even SystemExit or KeyboardInterrupt is
         # logged and skipped: they run in the client's I/O thread, which must not die of it.
-        for callback in self._done_callbacks:
+        for callback in self._callback_list or ():
             try:
                 callback(self)
             except BaseException:   # noqa: BLE001

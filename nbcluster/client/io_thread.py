@@ -51,6 +51,18 @@ MAX_TASKS_PER_SUBMIT = 1000     # and this many: the broker takes each message i
 BIG_TASK_BYTES = 64 * 1024      # a task at least this big is sent alone (forwarded zero-copy)
 
 
+_MORE = int(zmq.SNDMORE)
+
+
+def send_frames(sock: zmq.Socket, frames: list) -> None:
+    """sock.send_multipart(frames, copy=False) at a third of its cost per frame (it pays a
+    Python enum `|` per frame): a submit message holds a thousand small frames."""
+    send = sock.send
+    for frame in frames[:-1]:
+        send(frame, _MORE, copy=False)
+    send(frames[-1], 0, copy=False)
+
+
 class IOThread:
     """The I/O thread's loop and the sending side of the protocol (a mixin of `Client`)."""
 
@@ -164,7 +176,7 @@ class IOThread:
                 reply.set_exception(TimeoutError())   # _request says what and why
 
     def _send(self, header: dict, payload: list | tuple = ()) -> None:
-        self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
+        send_frames(self._sock, protocol.encode(self.signer, header, payload))
 
     def _hello(self) -> None:
         self._send({"t": "hello", "role": "client", "host": self.host, "pid": os.getpid()})

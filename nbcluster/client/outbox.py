@@ -43,7 +43,7 @@ LABEL_SETS_KEPT = 1024       # label sets remembered, so tasks asking the same s
 # A task the client has no result for: (spec, argument frames, function payload). The spec
 # is the task's entry of a "submit" message (docs/protocol.md): (key, number of frames,
 # labels, target worker, retries, host its shared-memory data is on, function digest).
-PendingTask = tuple[tuple, list, functions.Prepared]
+PendingTask = tuple[tuple, tuple, functions.Prepared]
 # What the I/O thread sends: a task, or a control message (a header dict).
 OutboxItem = PendingTask | dict[str, Any]
 
@@ -115,8 +115,9 @@ class Outbox:
         key = next(self._keys)
         fut: TaskFuture[Any] = TaskFuture(cast("Client", self), key, nbytes)   # Outbox: of Client
         # A task whose data is in this host's shared memory must run on this host.
+        # Tuples (of bytes, numbers, strings): the garbage collector stops looking at them.
         task: PendingTask = ((key, len(frames), labels, target, int(retries),
-                              self.host if shm_files else None, fn.digest), frames, fn)
+                              self.host if shm_files else None, fn.digest), tuple(frames), fn)
         if callback is not None:
             self._callbacks.start()
         with self._lock:

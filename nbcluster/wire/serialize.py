@@ -26,7 +26,7 @@ OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
 LIFT_FIRST_ITEMS = 16      # bytes objects are looked for among this many container items...
 LIFT_AGAIN_BYTES = 1 << 20  # ...and among all of them (up to the next) if the pickle is this big
 LIFT_MAX_ITEMS = 10_000_000
-PLAIN_MAX_ITEMS = 16       # containers this small, of plain values, take the fast path
+PLAIN_MAX_ITEMS = 64       # containers this small, of plain values, take the fast path
 _SCALARS = frozenset({type(None), bool, int, float, complex, str})
 
 
@@ -36,7 +36,7 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
     (the receiver is on this host), buffers of SHM_MIN_BYTES or more go to shared memory and
     their frame is a short reference. With refs, objects the receiver has already travel as
     their __main__ name."""
-    if refs is None and _plain(obj, 3):   # a task's usual arguments: 8x faster this way
+    if refs is None and _plain(obj):   # a task's usual arguments: 8x faster this way
         return [pickle.dumps(obj, 5)]
     buffers: list[Any] = []
 
@@ -63,25 +63,33 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
     return [data, *buffers]
 
 
-def _plain(obj: Any, depth: int) -> bool:
-    """Is obj numbers, strings and small bytes, in a few small tuples, lists and dicts? The
-    standard pickler pickles those as cloudpickle would (nothing by value, nothing out of
-    band), without the cost of making a cloudpickle Pickler."""
-    kind = type(obj)
-    if kind in _SCALARS:
-        return True
-    if kind is bytes:
-        return len(obj) < OOB_MIN_BYTES
-    if kind not in (tuple, list, dict) or not depth or len(obj) > PLAIN_MAX_ITEMS:
-        return False
-    if kind is dict:
-        for k, v in obj.items():
-            if type(k) is not str or not _plain(v, depth - 1):
+def _plain(obj: Any) -> bool:
+    """Is obj numbers, strings and small bytes, in tuples, lists and dicts of PLAIN_MAX_ITEMS
+    items in all? The standard pickler pickles those as cloudpickle would (nothing by value,
+    nothing out of band), without the cost of making a cloudpickle Pickler."""
+    stack, budget = [obj], PLAIN_MAX_ITEMS
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is bytes:
+            if len(item) >= OOB_MIN_BYTES:
                 return False
-        return True
-    for item in obj:
-        if not _plain(item, depth - 1):
-            return False
+            continue
+        if kind is tuple or kind is list or kind is dict:
+            budget -= len(item)
+            if budget < 0:   # big, or a list holding itself
+                return False
+            if kind is dict:
+                for key in item:
+                    if type(key) is not str:
+                        return False
+                stack += item.values()
+            else:
+                stack += item
+            continue
+        return False
     return True
 
 
