@@ -34,13 +34,11 @@ T = TypeVar("T")
 
 class _Condition(_thread.RLock):
     """What a Future uses of threading.Condition (with, acquire, release, wait, notify_all),
-    as threading.Condition does it, in ~100 bytes rather than ~1,300: an RLock whose sleepers'
-    list is made when someone first waits."""
+    as threading.Condition does it, in ~100 bytes rather than ~1,300: an RLock whose list of
+    sleepers is made when someone first waits (made in C: no __init__)."""
 
     __slots__ = ("_sleepers",)
-
-    def __init__(self) -> None:
-        self._sleepers: list[_thread.LockType] | None = None
+    _sleepers: list[_thread.LockType]
 
     def wait(self, timeout: float | None = None) -> bool:
         """Release the lock until notified or timeout seconds passed, then take it again."""
@@ -48,9 +46,10 @@ class _Condition(_thread.RLock):
             raise RuntimeError("cannot wait on un-acquired lock")
         waiter = _thread.allocate_lock()
         waiter.acquire()
-        if self._sleepers is None:
-            self._sleepers = []
-        self._sleepers.append(waiter)
+        sleepers = getattr(self, "_sleepers", None)
+        if sleepers is None:
+            sleepers = self._sleepers = []
+        sleepers.append(waiter)
         saved = self._release_save()   # type: ignore[attr-defined]
         got = False
         try:
@@ -61,19 +60,21 @@ class _Condition(_thread.RLock):
             return got
         finally:
             self._acquire_restore(saved)   # type: ignore[attr-defined]
-            if not got and self._sleepers is not None:
+            if not got:
                 try:
                     self._sleepers.remove(waiter)
-                except ValueError:   # notified after the timeout
+                except (AttributeError, ValueError):   # notified after the timeout
                     pass
 
     def notify_all(self) -> None:
         """Wake every thread waiting (the caller holds the lock)."""
         if not self._is_owned():   # type: ignore[attr-defined]
             raise RuntimeError("cannot notify on un-acquired lock")
-        sleepers, self._sleepers = self._sleepers, None
-        for waiter in sleepers or ():
-            waiter.release()
+        sleepers = getattr(self, "_sleepers", None)
+        if sleepers:
+            self._sleepers = []
+            for waiter in sleepers:
+                waiter.release()
 
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
@@ -102,7 +103,7 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
     # use, see the properties below), then ours.
     __slots__ = ("_lock", "_state", "_result", "_exception", "_waiter_list", "_callback_list",
                  "_client", "key", "_output", "worker", "duration", "input_bytes", "on_output",
-                 "_running_callbacks", "_on_settle")
+                 "_running_callbacks", "_on_settle", "_on_end")
 
     def __init__(self, client: Client, key: int, input_bytes: int = 0) -> None:
         # Not Future.__init__: the same fields, made small (see the module docstring).
@@ -124,6 +125,11 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         # wait: the Executor learns its pool is broken before anyone sees the failure.
         self._on_settle: Callable[[TaskFuture[T], object, BaseException | None],
                                   object] | None = None
+        # Called with the future once it ended (settled or cancelled): a done-callback of
+        # the owner's (the Executor's) without a lock and a list for each future. Either
+        # hook, set while the future settles, may run twice (the owner checks done() after
+        # setting it: see Executor._track).
+        self._on_end: Callable[[TaskFuture[T]], object] | None = None
 
     # What the stdlib's methods (and wait, as_completed) use, made on first use: a queued
     # task's future has none of them until someone waits for it, adds a callback, or it ends.
@@ -190,6 +196,7 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
         if not super().cancel():
             return False
         self.set_running_or_notify_cancel()   # wait/as_completed see it as done at once
+        self._ended()
         self._client._cancel_remote([self.key])
         return True
 
@@ -241,22 +248,40 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
                 waiter.add_cancelled(self)
             self._condition.notify_all()
         self._invoke_callbacks()
+        self._ended()
         return True
 
     def _settle(self, value: object = None, error: BaseException | None = None) -> None:
         """Resolve from the client's I/O thread; a future the user cancelled stays cancelled."""
-        if self._on_settle is not None and not self.done():
-            try:
-                self._on_settle(self, value, error)
-            except Exception:
-                log.exception("settle hook of task %s failed", self.key)
+        hook = self._on_settle
+        if hook is not None and not self.done():
+            self._call_hook(hook, value, error)
         try:
             if error is not None:
                 self.set_exception(error)
             else:
                 self.set_result(cast(T, value))   # what the task's function returned
         except concurrent.futures.InvalidStateError:
-            pass
+            return
+        if hook is None and self._on_settle is not None:   # set meanwhile: late, not never
+            self._call_hook(self._on_settle, value, error)
+        self._ended()
+
+    def _call_hook(self, hook: Callable[[TaskFuture[T], object, BaseException | None], object],
+                   value: object, error: BaseException | None) -> None:
+        try:
+            hook(self, value, error)
+        except Exception:
+            log.exception("settle hook of task %s failed", self.key)
+
+    def _ended(self) -> None:
+        """It just ended (settled or cancelled): tell its owner (`_on_end`)."""
+        on_end = self._on_end
+        if on_end is not None:
+            try:
+                on_end(self)
+            except Exception:
+                log.exception("end hook of task %s failed", self.key)
 
     def _invoke_callbacks(self) -> None:
         # As the stdlib's, but a callback raising even SystemExit or KeyboardInterrupt is

@@ -138,9 +138,10 @@ class Outbox:
         along with the first task that needs it) is over the broker's limit: sent, it
         would be dropped."""
         nbytes = serialize.nbytes(frames)
-        message_limit.check(lambda: f"a task of {fn.name} (arguments {nbytes:,} bytes, "
-                            f"function {fn.nbytes:,} bytes)", nbytes + fn.nbytes,
-                            self.max_message_bytes)
+        if nbytes + fn.nbytes + message_limit.HEADROOM_BYTES > self.max_message_bytes:
+            message_limit.check(f"a task of {fn.name} (arguments {nbytes:,} bytes, function "
+                                f"{fn.nbytes:,} bytes)", nbytes + fn.nbytes,
+                                self.max_message_bytes)
         return nbytes
 
     def _raise_if_broken(self) -> None:
