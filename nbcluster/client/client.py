@@ -102,8 +102,9 @@ class Client(Outbox, IOThread, Inbox):
         BrokerTimeout: no broker answered within `timeout` (a TimeoutError).
 
     Attributes:
-        sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments), and
-            ``functions`` and ``function_bytes`` (function payloads, each sent once).
+        sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments),
+            ``functions`` and ``function_bytes`` (function payloads, each sent once), and
+            ``most_in_a_message``: the most tasks (or cancelled ids) one message carried.
     """
 
     def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
@@ -144,8 +145,10 @@ class Client(Outbox, IOThread, Inbox):
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
-        # What went to the broker: task argument frames, and function payloads (once each).
-        self.sent = {"tasks": 0, "task_bytes": 0, "functions": 0, "function_bytes": 0}
+        # What went to the broker: task argument frames, function payloads (once each), and
+        # the most tasks (or cancelled ids) in one message.
+        self.sent = {"tasks": 0, "task_bytes": 0, "functions": 0, "function_bytes": 0,
+                     "most_in_a_message": 0}
         # Set by whoever started the workers (LocalCluster): pid -> how it ended, or None.
         self.exit_reason: Callable[[int], str | None] | None = None
         self.heartbeat_s, self.expiry_s = 1.0, 3.0

@@ -196,6 +196,8 @@ class IOThread:
                 self._send_tasks(specs, frames, fns, size)
                 specs, frames, fns, size = [], [], [], 0
                 self._send(item)
+                if item["t"] == "cancel":
+                    self._count_items(len(item["ids"]))
                 continue
             spec, payload, fn = item
             new_fn = fn.digest not in self._fns_sent
@@ -228,10 +230,16 @@ class IOThread:
             header["fns"] = [[fn.digest, len(fn.frames)] for fn in fns]
             fn_bytes = sum(fn.nbytes for fn in fns)
         self._send(header, [*(f for fn in fns for f in fn.frames), *frames])
+        self._count_items(len(specs))
         self.sent["tasks"] += len(specs)
         self.sent["task_bytes"] += size - fn_bytes
         self.sent["functions"] += len(fns)
         self.sent["function_bytes"] += fn_bytes
+
+    def _count_items(self, n: int) -> None:
+        """A submit or cancel message of n tasks went."""
+        if n > self.sent["most_in_a_message"]:
+            self.sent["most_in_a_message"] = n
 
     def _drain(self) -> None:
         for frames in pending_messages(self._sock):
