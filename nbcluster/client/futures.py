@@ -17,12 +17,15 @@ from __future__ import annotations
 import _thread
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 from collections.abc import Callable, Generator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 if TYPE_CHECKING:   # client.py imports this module
+    import threading
+
     from .client import Client
 
 __all__ = ["TaskFuture"]
@@ -32,7 +35,7 @@ log = logging.getLogger("nbcluster.client")
 T = TypeVar("T")
 
 
-class _Condition(_thread.RLock):
+class _Condition(_thread.RLock):   # type: ignore[misc]  # final in typeshed, not in CPython
     """What a Future uses of threading.Condition (with, acquire, release, wait, notify_all),
     as threading.Condition does it, in ~100 bytes rather than ~1,300: an RLock whose list of
     sleepers is made when someone first waits (made in C: no __init__)."""
@@ -60,11 +63,9 @@ class _Condition(_thread.RLock):
             return got
         finally:
             self._acquire_restore(saved)   # type: ignore[attr-defined]
-            if not got:
-                try:
+            if not got:   # (a ValueError: notified after the timeout)
+                with contextlib.suppress(AttributeError, ValueError):
                     self._sleepers.remove(waiter)
-                except (AttributeError, ValueError):   # notified after the timeout
-                    pass
 
     def notify_all(self) -> None:
         """Wake every thread waiting (the caller holds the lock)."""
@@ -133,22 +134,26 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
 
     # What the stdlib's methods (and wait, as_completed) use, made on first use: a queued
     # task's future has none of them until someone waits for it, adds a callback, or it ends.
-    @property   # type: ignore[override]
-    def _condition(self) -> _Condition:
-        lock = self._lock
-        if lock is None:
-            with _MAKING_LOCK:   # two threads asking at once get the same lock
-                lock = self._lock
-                if lock is None:
-                    lock = self._lock = _Condition()
-        return lock
+    if TYPE_CHECKING:   # what they stand for (typeshed's view of a Future)
+        _condition: threading.Condition
+        _waiters: list
+    else:
+        @property
+        def _condition(self) -> _Condition:
+            lock = self._lock
+            if lock is None:
+                with _MAKING_LOCK:   # two threads asking at once get the same lock
+                    lock = self._lock
+                    if lock is None:
+                        lock = self._lock = _Condition()
+            return lock
 
-    @property   # type: ignore[override]
-    def _waiters(self) -> list:
-        # (the stdlib touches it under _condition only)
-        if self._waiter_list is None:
-            self._waiter_list = []
-        return self._waiter_list
+        @property
+        def _waiters(self) -> list:
+            # (the stdlib touches it under _condition only)
+            if self._waiter_list is None:
+                self._waiter_list = []
+            return self._waiter_list
 
     @property
     def _done_callbacks(self) -> list[Callable[[concurrent.futures.Future[T]], object]]:

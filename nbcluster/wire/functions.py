@@ -20,6 +20,7 @@ import sys
 import types
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -171,10 +172,10 @@ def dumps_function(fn: Any, refs: MainRefs | None = None) -> Prepared:
     if refs is not None:
         return _pickle_function(fn, refs)
     hit = _function_cache.get(id(fn))
-    if hit is not None and hit.fn() is fn:
+    if hit is not None and _alive(hit) is fn:
         # the very same objects as when the payload was made (they were immutable then)
-        values = _values_read(fn, hit.names if fn.__code__ is hit.values[0]
-                              else _global_names(fn.__code__))
+        code = fn.__code__
+        values = _values_read(fn, hit.names if code is hit.values[0] else _global_names(code))
         if len(values) == len(hit.values) and all(map(operator.is_, values, hit.values)):
             return hit.payload
     names = _global_names(fn.__code__) if isinstance(fn, types.FunctionType) else ()
@@ -185,14 +186,22 @@ def dumps_function(fn: Any, refs: MainRefs | None = None) -> Prepared:
         last = None
     prepared = _pickle_function(fn, None, last() if last is not None else None)
     if key is not None:
-        fn_id = id(fn)
-        _function_cache[fn_id] = _Cached(
-            weakref.ref(fn, lambda _, k=fn_id: _function_cache.pop(k, None)), names,
-            list(key), prepared)
+        _function_cache[id(fn)] = _Cached(weakref.ref(fn, _forgetter(id(fn))), names,
+                                          list(key), prepared)
     else:
         with contextlib.suppress(TypeError):
             _last_payload[fn] = weakref.ref(prepared)
     return prepared
+
+
+def _alive(hit: _Cached) -> Any:
+    """The function of a cache entry, or None once it is gone."""
+    return hit.fn()
+
+
+def _forgetter(fn_id: int) -> Callable[[object], None]:
+    """What drops a function's cache entry once the function is gone."""
+    return lambda _: _function_cache.pop(fn_id, None) and None
 
 
 def _values_read(fn: types.FunctionType, names: tuple[str, ...]) -> list[Any]:

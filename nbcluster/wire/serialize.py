@@ -14,6 +14,7 @@ and cached by digest: see functions.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 from . import oob_bytes, pickling
@@ -93,7 +94,7 @@ def _plain(obj: Any) -> bool:
     return True
 
 
-def nbytes(frames: list[Any]) -> int:
+def nbytes(frames: Sequence[Any]) -> int:
     """The size of frames, in bytes."""
     if len(frames) == 1 and type(frames[0]) is bytes:
         return len(frames[0])
