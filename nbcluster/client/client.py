@@ -145,8 +145,6 @@ class Client(Outbox, IOThread, Inbox):
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
-        # What went to the broker: task argument frames, function payloads (once each), and
-        # the most tasks (or cancelled ids) in one message.
         self.sent = {"tasks": 0, "task_bytes": 0, "functions": 0, "function_bytes": 0,
                      "most_in_a_message": 0}
         # Set by whoever started the workers (LocalCluster): pid -> how it ended, or None.
