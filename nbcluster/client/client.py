@@ -71,7 +71,7 @@ from .inbox import Inbox
 from .io_thread import IOThread
 from .latest import remember_latest
 from .options import TaskOptions, refuse_misplaced_options
-from .outbox import Outbox
+from .outbox import Outbox, OutboxItem, PendingTask
 from .status import ClusterStatus, WorkerInfo
 from .waiting import cancel_on_error
 
@@ -102,8 +102,9 @@ class Client(Outbox, IOThread, Inbox):
         BrokerTimeout: no broker answered within `timeout` (a TimeoutError).
 
     Attributes:
-        sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments), and
-            ``functions`` and ``function_bytes`` (function payloads, each sent once).
+        sent: what went to the broker: ``tasks`` and ``task_bytes`` (their arguments),
+            ``functions`` and ``function_bytes`` (function payloads, each sent once), and
+            ``most_in_a_message``: the most tasks (or cancelled ids) one message carried.
     """
 
     def __init__(self, endpoint: str, key: bytes, *, timeout: float = CONNECT_TIMEOUT_S,
@@ -122,12 +123,13 @@ class Client(Outbox, IOThread, Inbox):
         self._sock = dealer(self._ctx, endpoint, curve=curve)
         self._keys = itertools.count(1)
         self._futures: dict[int, TaskFuture] = {}
-        self._pending: dict[int, tuple] = {}   # key -> (task spec, argument frames, Prepared fn)
+        self._pending: dict[int, PendingTask] = {}   # key -> (spec, argument frames, function)
+        self._label_sets: dict = {}   # (labels asked, client's) -> shared tuple (see _labels)
         self._result_callbacks: dict[int, Callable[[Any], Any]] = {}   # key -> callback
         self._fns_sent: set[bytes] = set()   # function digests sent to this broker (I/O thread)
         self._broken: NBClusterError | None = None   # why the I/O thread died, if it did
         self._replies: dict[int, concurrent.futures.Future] = {}
-        self._outbox: collections.deque = collections.deque()
+        self._outbox: collections.deque[OutboxItem] = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)   # see _wake
@@ -143,8 +145,8 @@ class Client(Outbox, IOThread, Inbox):
         self._shm = SharedMemory(key) if shm_available() else None
         self._shm_files: dict[int, list[str]] = {}   # task key -> its argument files
         self.stats = {"results": 0, "unexpected_results": 0}   # the latter must stay 0
-        # What went to the broker: task argument frames, and function payloads (once each).
-        self.sent = {"tasks": 0, "task_bytes": 0, "functions": 0, "function_bytes": 0}
+        self.sent = {"tasks": 0, "task_bytes": 0, "functions": 0, "function_bytes": 0,
+                     "most_in_a_message": 0}
         # Set by whoever started the workers (LocalCluster): pid -> how it ended, or None.
         self.exit_reason: Callable[[int], str | None] | None = None
         self.heartbeat_s, self.expiry_s = 1.0, 3.0
@@ -315,7 +317,7 @@ class Client(Outbox, IOThread, Inbox):
                      args: tuple[object, ...], kwargs: dict[str, object]
                      ) -> dict[str, TaskFuture[R]]:
         prepared, arg_frames = functions.dumps_call(fn, args, kwargs)
-        return {wid: self._submit_frames(prepared, arg_frames, None, wid, 0)
+        return {wid: self._submit_frames(prepared, arg_frames, (), wid, 0)
                 for wid in worker_ids}
 
     def cancel(self, futures: TaskFuture[R] | Iterable[TaskFuture[R]]) -> int:

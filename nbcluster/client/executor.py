@@ -168,6 +168,8 @@ class Executor(concurrent.futures.Executor):
         self._initializer, self._initargs = initializer, tuple(initargs)
         self._token = os.urandom(8).hex()
         self._futures: set[TaskFuture] = set()
+        # bound once, not once per future (a map's may be a million)
+        self._settle_hook, self._forget = self._on_settle, self._futures.discard
         self._lock = threading.RLock()   # RLock: submit may break the executor (see _track)
         self._shutdown = False
         self._broken: BaseException | None = None
@@ -211,12 +213,15 @@ class Executor(concurrent.futures.Executor):
         return _Initialized(fn, self._initializer, self._initargs, self._token)
 
     def _track(self, fut: TaskFuture) -> TaskFuture:
-        fut._on_settle = self._on_settle
+        # Forgotten as it ends by its end hook (a done-callback would cost a lock and a list
+        # for each of a million futures).
         self._futures.add(fut)
-        fut.add_done_callback(self._futures.discard)
-        if fut.done() and not fut.cancelled():   # it settled before the hook was set
-            error = fut.exception()
-            self._on_settle(fut, None if error else fut.result(), error)
+        fut._on_settle, fut._on_end = self._settle_hook, self._forget
+        if fut.done():   # it ended before the hooks were set
+            self._futures.discard(fut)
+            if not fut.cancelled():
+                error = fut.exception()
+                self._on_settle(fut, None if error else fut.result(), error)
         return fut
 
     @staticmethod
@@ -246,8 +251,9 @@ class Executor(concurrent.futures.Executor):
     # ---- a failing initializer breaks the executor ------------------------------------------
     def _on_settle(self, fut: TaskFuture[T], value: object,
                    error: BaseException | None) -> None:
-        """Runs on the client's I/O thread before fut settles: a BrokenExecutor from the
-        initializer breaks us before anyone waiting on fut wakes up."""
+        """Runs on the client's I/O thread before fut settles (it may run twice for a
+        future, see TaskFuture._settle): a BrokenExecutor from the initializer breaks us
+        before anyone waiting on fut wakes up."""
         if isinstance(error, BrokenExecutor):
             self._break(error, fut)
         elif isinstance(value, ChunkFailures) and value.errors[0][2].get("type") == _BROKEN_TYPE:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from ..wire.shm import SharedMemory
     from .callbacks import ResultCallbacks
     from .futures import TaskFuture
+    from .outbox import OutboxItem, PendingTask
 
 __all__ = ["Inbox", "caused"]
 
@@ -57,10 +58,10 @@ class Inbox:
     stats: dict[str, int]
     exit_reason: Callable[[int], str | None] | None
     _lock: threading.Lock
-    _outbox: collections.deque[tuple[str, Any, list, Any]]
+    _outbox: collections.deque[OutboxItem]
     _fns_sent: set[bytes]
     _futures: dict[int, TaskFuture]
-    _pending: dict[int, tuple]
+    _pending: dict[int, PendingTask]
     _result_callbacks: dict[int, Callable[[Any], object]]
     _replies: dict[int, concurrent.futures.Future]
     _cancelling: set[int]
@@ -87,7 +88,7 @@ class Inbox:
             for key, stream, text, worker in header["items"]:
                 fut = self._futures.get(key)
                 if fut is not None:
-                    fut.output.append((stream, text, worker))
+                    fut._add_output(stream, text, worker)
                     if fut.on_output is not None:
                         try:
                             fut.on_output(stream, text, worker)
@@ -108,7 +109,7 @@ class Inbox:
                     entry = self._pending.get(key)
                     if entry is not None:
                         self._fns_sent.discard(entry[2].digest)
-                        self._outbox.append(("task", *entry))
+                        self._outbox.append(entry)
             self._wake()
         elif kind == "hb":
             self.n_workers = header.get("workers", self.n_workers)
@@ -151,11 +152,10 @@ class Inbox:
         broker's, and the new one may give the same id to another process."""
         self._fns_sent.clear()   # a new broker session: it has none of our functions
         with self._lock:   # pending tasks still in the outbox would go twice
-            self._outbox = collections.deque(x for x in self._outbox if x[0] != "task")
+            self._outbox = collections.deque(x for x in self._outbox if isinstance(x, dict))
             pinned = {k: spec[3] for k, (spec, _, _) in self._pending.items()
                       if restarted and spec[3]}
-            self._outbox.extend(("task", *entry) for k, entry in self._pending.items()
-                                if k not in pinned)
+            self._outbox.extend(task for k, task in self._pending.items() if k not in pinned)
         for key, target in pinned.items():
             self._on_result(key, "lost", [], {"lost_on": [target], "why": (
                 "the broker restarted, and worker ids do not carry over to the new one")})

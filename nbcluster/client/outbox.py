@@ -6,8 +6,11 @@
 
 Everything a result or reply needs is registered, under `_lock`, before its message is
 queued, so no answer can arrive before the client knows what it answers. `_pending` keeps
-every task the client has no result for (spec, argument frames, function): what it submits
-again when a restarted broker asks it to reconnect (inbox.py).
+every task the client has no result for, as a `PendingTask` (spec, argument frames,
+function): what it submits again when a restarted broker asks it to reconnect (inbox.py).
+The outbox holds the same tuples (and control messages, as header dicts), and the I/O
+thread is woken only when the outbox was empty: a loop of submits costs one wake-up per
+batch, not one per task.
 
 A mixin of `Client`: the state it shares with the rest of the client is declared below.
 """
@@ -32,7 +35,17 @@ if TYPE_CHECKING:
     from .callbacks import ResultCallbacks
     from .client import Client
 
-__all__ = ["Outbox"]
+__all__ = ["Outbox", "PendingTask", "OutboxItem", "MAX_IDS_PER_MESSAGE"]
+
+MAX_IDS_PER_MESSAGE = 1000   # task ids per cancel message: each is handled in well under 10 ms
+LABEL_SETS_KEPT = 1024       # label sets remembered, so tasks asking the same share one tuple
+
+# A task the client has no result for: (spec, argument frames, function payload). The spec
+# is the task's entry of a "submit" message (docs/protocol.md): (key, number of frames,
+# labels, target worker, retries, host its shared-memory data is on, function digest).
+PendingTask = tuple[tuple, tuple, functions.Prepared]
+# What the I/O thread sends: a task, or a control message (a header dict).
+OutboxItem = PendingTask | dict[str, Any]
 
 
 class Outbox:
@@ -47,9 +60,10 @@ class Outbox:
     _refs: pickling.MainRefs | None
     _keys: itertools.count[int]
     _lock: threading.Lock
-    _outbox: collections.deque[tuple[str, Any, list, Any]]
+    _outbox: collections.deque[OutboxItem]
     _futures: dict[int, TaskFuture]
-    _pending: dict[int, tuple]
+    _pending: dict[int, PendingTask]
+    _label_sets: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[str, ...]]
     _result_callbacks: dict[int, Callable[[Any], object]]
     _replies: dict[int, concurrent.futures.Future]
     _cancelling: set[int]
@@ -71,10 +85,18 @@ class Outbox:
         return self._submit_frames(prepared, arg_frames, self._labels(labels), None, retries,
                                    callback)
 
-    def _labels(self, labels: Iterable[str] | None) -> list[str]:
-        return sorted({*self.labels, *(labels or ())})
+    def _labels(self, labels: Iterable[str] | None) -> tuple[str, ...]:
+        """The sorted labels a task asks for (the client's and its own), one tuple shared by
+        every task that asks for the same."""
+        key = (tuple(labels) if labels else (), tuple(self.labels))
+        shared = self._label_sets.get(key)
+        if shared is None:
+            if len(self._label_sets) >= LABEL_SETS_KEPT:
+                self._label_sets.clear()
+            shared = self._label_sets[key] = tuple(sorted({*key[0], *key[1]}))
+        return shared
 
-    def _submit_frames(self, fn: functions.Prepared, frames: list, labels: Iterable[str] | None,
+    def _submit_frames(self, fn: functions.Prepared, frames: list, labels: tuple[str, ...],
                        target: str | None, retries: int,
                        callback: Callable[[Any], object] | None = None) -> TaskFuture:
         """Queue a task: fn's payload (sent once per session) and the argument frames. A
@@ -82,20 +104,20 @@ class Outbox:
         if self._closed:
             raise RuntimeError("this client is closed")
         self._raise_if_broken()
-        shm_files = serialize.shm_names(frames)
+        shm_files = serialize.shm_names(frames) if len(frames) > 1 else None
         try:
-            self._check_fits(fn, frames)
+            nbytes = self._check_fits(fn, frames)
         except MessageTooLarge:
-            for name in shm_files:
+            for name in shm_files or ():
                 assert self._shm is not None   # files exist only where shared memory is on
                 self._shm.remove(name)
             raise
         key = next(self._keys)
-        fut: TaskFuture[Any] = TaskFuture(cast("Client", self), key)   # Outbox: part of Client
-        fut.input_bytes = sum(memoryview(f).nbytes for f in frames)
+        fut: TaskFuture[Any] = TaskFuture(cast("Client", self), key, nbytes)   # Outbox: of Client
         # A task whose data is in this host's shared memory must run on this host.
-        spec = [key, len(frames), sorted(labels or ()), target, int(retries),
-                self.host if shm_files else None, fn.digest]
+        # Tuples (of bytes, numbers, strings): the garbage collector stops looking at them.
+        task: PendingTask = ((key, len(frames), labels, target, int(retries),
+                              self.host if shm_files else None, fn.digest), tuple(frames), fn)
         if callback is not None:
             self._callbacks.start()
         with self._lock:
@@ -104,17 +126,23 @@ class Outbox:
             if callback is not None:
                 self._result_callbacks[key] = callback
             self._futures[key] = fut
-            self._pending[key] = (spec, frames, fn)
-            self._outbox.append(("task", spec, frames, fn))
-        self._wake()
+            self._pending[key] = task
+            wake = not self._outbox   # else a wake-up is on its way, and takes this along
+            self._outbox.append(task)
+        if wake:
+            self._wake()
         return fut
 
-    def _check_fits(self, fn: functions.Prepared, frames: list) -> None:
-        """Raise MessageTooLarge if a task (with its function, which goes along with the
-        first task that needs it) is over the broker's limit: sent, it would be dropped."""
-        nbytes = sum(memoryview(f).nbytes for f in frames)
-        message_limit.check(f"a task of {fn.name} (arguments {nbytes:,} bytes, function "
-                            f"{fn.nbytes:,} bytes)", nbytes + fn.nbytes, self.max_message_bytes)
+    def _check_fits(self, fn: functions.Prepared, frames: list) -> int:
+        """The arguments' size; MessageTooLarge if a task (with its function, which goes
+        along with the first task that needs it) is over the broker's limit: sent, it
+        would be dropped."""
+        nbytes = serialize.nbytes(frames)
+        if nbytes + fn.nbytes + message_limit.HEADROOM_BYTES > self.max_message_bytes:
+            message_limit.check(f"a task of {fn.name} (arguments {nbytes:,} bytes, function "
+                                f"{fn.nbytes:,} bytes)", nbytes + fn.nbytes,
+                                self.max_message_bytes)
+        return nbytes
 
     def _raise_if_broken(self) -> None:
         if self._broken is not None:
@@ -122,17 +150,19 @@ class Outbox:
 
     def _cancel_remote(self, keys: list[int]) -> None:
         with self._lock:
+            # Many cancels in a row (a map's): few messages, each of a bounded size.
+            last = self._outbox[-1] if self._outbox else None
+            ids = last["ids"] if isinstance(last, dict) and last["t"] == "cancel" else None
             for k in keys:
                 self._pending.pop(k, None)
                 if self._futures.pop(k, None) is not None:
                     self._cancelling.add(k)
                 self._result_callbacks.pop(k, None)
                 self._release_shm(k)
-            last = self._outbox[-1] if self._outbox else None
-            if last is not None and last[0] == "msg" and last[1]["t"] == "cancel":
-                last[1]["ids"].extend(keys)   # many cancels in a row (a map's): one message
-            else:
-                self._outbox.append(("msg", {"t": "cancel", "ids": list(keys)}, [], None))
+                if ids is None or len(ids) >= MAX_IDS_PER_MESSAGE:
+                    ids = []
+                    self._outbox.append({"t": "cancel", "ids": ids})
+                ids.append(k)
         self._wake()
 
     def _request(self, header: dict[str, Any], timeout: float | None) -> Any:
@@ -143,7 +173,7 @@ class Outbox:
         with self._lock:
             rid = next(self._keys)
             self._replies[rid] = reply
-            self._outbox.append(("msg", {**header, "rid": rid}, [], None))
+            self._outbox.append({**header, "rid": rid})
         self._wake()
         start = time.monotonic()
         try:

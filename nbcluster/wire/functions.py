@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import operator
 import pickle
 import sys
 import types
 import weakref
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -33,6 +35,7 @@ __all__ = ["Prepared", "prepare", "dumps_function", "dumps_call", "frames_digest
            "FunctionCache"]
 
 FN_DIGEST_BYTES = 16       # a function payload is named by a blake2b hash this long
+NO_ARGUMENTS = pickle.dumps(((), {}), 5)   # the arguments of fn(): one object for every task
 
 
 class Prepared:
@@ -113,6 +116,8 @@ def dumps_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
     """(the function's payload, argument frames) for a task, or a PicklingError naming the
     culprit. fn may be a `Prepared` function."""
     prepared = prepare(fn, refs)
+    if not args and not kwargs:
+        return prepared, [NO_ARGUMENTS]
     try:
         return prepared, serialize.dumps((args, kwargs), shm, refs)
     except Exception as e:
@@ -136,9 +141,19 @@ def _find_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 _SAFE_TYPES = (type(None), bool, int, float, complex, str, bytes, types.ModuleType,
                types.BuiltinFunctionType)
-# fn -> (the values its pickle depends on, its payload)
-_function_cache: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Prepared]] = \
-    weakref.WeakKeyDictionary()
+_MISSING = object()   # a global name the function reads that is not defined (yet)
+
+
+class _Cached(NamedTuple):
+    """A function's payload, and what its pickle depended on when it was made."""
+    fn: weakref.ref[Any]
+    names: tuple[str, ...]   # the global names its code reads
+    values: list[Any]        # see _values_read
+    payload: Prepared
+
+
+# id(fn) -> its _Cached, while fn lives (by id: a WeakKeyDictionary lookup makes a weakref)
+_function_cache: dict[int, _Cached] = {}
 _last_payload: weakref.WeakKeyDictionary[Any, weakref.ref[Prepared]] = \
     weakref.WeakKeyDictionary()   # fn -> ref(Prepared)
 
@@ -150,35 +165,48 @@ def dumps_function(fn: Any, refs: MainRefs | None = None) -> Prepared:
     A function defined in __main__ or a notebook is pickled by value, with the globals and
     closure variables it uses; that costs ~15 us, paid on every submit. The cached payload is
     reused only if every value the function uses is the very same immutable object (a number,
-    a string, a module, a class or function importable by reference); otherwise it is pickled
-    anew (and hashed: an unchanged array gives the same digest), so a changed global is
-    always seen.
+    a string, a module, a class or function importable by reference) as when it was made;
+    otherwise it is pickled anew (and hashed: an unchanged array gives the same digest), so a
+    changed global is always seen.
     """
     if refs is not None:
         return _pickle_function(fn, refs)
-    key = _captured_values(fn)
-    if key is not None:
-        hit = _function_cache.get(fn)
-        if hit is not None and len(hit[0]) == len(key) and all(
-                a is b for a, b in zip(hit[0], key, strict=True)):
-            return hit[1]
+    hit = _function_cache.get(id(fn))
+    if hit is not None and _alive(hit) is fn:
+        # the very same objects as when the payload was made (they were immutable then)
+        code = fn.__code__
+        values = _values_read(fn, hit.names if code is hit.values[0] else _global_names(code))
+        if len(values) == len(hit.values) and all(map(operator.is_, values, hit.values)):
+            return hit.payload
+    names = _global_names(fn.__code__) if isinstance(fn, types.FunctionType) else ()
+    key = _captured_values(fn, names)
     try:   # fn's payload while its tasks keep it alive: compared rather than hashed again
         last = _last_payload.get(fn)
     except TypeError:   # fn cannot be weakly referenced
         last = None
     prepared = _pickle_function(fn, None, last() if last is not None else None)
     if key is not None:
-        _function_cache[fn] = (key, prepared)
+        _function_cache[id(fn)] = _Cached(weakref.ref(fn, _forgetter(id(fn))), names,
+                                          list(key), prepared)
     else:
         with contextlib.suppress(TypeError):
             _last_payload[fn] = weakref.ref(prepared)
     return prepared
 
 
-def _captured_values(fn: Any) -> tuple[Any, ...] | None:
-    """Everything fn's pickle depends on, or None if any of it could change in place."""
-    if not isinstance(fn, types.FunctionType):
-        return None
+def _alive(hit: _Cached) -> Any:
+    """The function of a cache entry, or None once it is gone."""
+    return hit.fn()
+
+
+def _forgetter(fn_id: int) -> Callable[[object], None]:
+    """What drops a function's cache entry once the function is gone."""
+    return lambda _: _function_cache.pop(fn_id, None) and None
+
+
+def _values_read(fn: types.FunctionType, names: tuple[str, ...]) -> list[Any]:
+    """What fn's pickle depends on: its code, defaults, closure values, and the globals
+    named (_MISSING for one not defined)."""
     values: list[Any] = [fn.__code__, fn.__defaults__, fn.__kwdefaults__]
     for cell in fn.__closure__ or ():
         try:
@@ -186,11 +214,17 @@ def _captured_values(fn: Any) -> tuple[Any, ...] | None:
         except ValueError:  # an empty cell
             values.append(None)
     fn_globals = fn.__globals__
-    for name in _global_names(fn.__code__):
-        if name in fn_globals:
-            values.append(fn_globals[name])
+    values += [fn_globals.get(name, _MISSING) for name in names]
+    return values
+
+
+def _captured_values(fn: Any, names: tuple[str, ...] | None = None) -> tuple[Any, ...] | None:
+    """Everything fn's pickle depends on, or None if any of it could change in place."""
+    if not isinstance(fn, types.FunctionType):
+        return None
+    values = _values_read(fn, _global_names(fn.__code__) if names is None else names)
     for v in values[3:]:
-        if not (isinstance(v, _SAFE_TYPES) or _by_reference(v)):
+        if not (v is _MISSING or isinstance(v, _SAFE_TYPES) or _by_reference(v)):
             return None
     if fn.__defaults__ and not all(isinstance(v, _SAFE_TYPES) for v in fn.__defaults__):
         return None
@@ -200,12 +234,13 @@ def _captured_values(fn: Any) -> tuple[Any, ...] | None:
     return tuple(values)
 
 
-def _global_names(code: types.CodeType) -> set[str]:
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names code (and the code nested in it) reads: globals among them."""
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
+            names.update(_global_names(const))
+    return tuple(sorted(names))
 
 
 def _by_reference(obj: Any) -> bool:

@@ -14,18 +14,21 @@ and cached by digest: see functions.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 from . import oob_bytes, pickling
 from .pickling import MainRefs
 from .shm import REF_PREFIX, SHM_MIN_BYTES, SharedMemory
 
-__all__ = ["dumps", "loads", "shm_names", "describe"]
+__all__ = ["dumps", "loads", "shm_names", "nbytes", "describe"]
 
 OOB_MIN_BYTES = 64 * 1024  # smaller buffers are cheaper inline
 LIFT_FIRST_ITEMS = 16      # bytes objects are looked for among this many container items...
 LIFT_AGAIN_BYTES = 1 << 20  # ...and among all of them (up to the next) if the pickle is this big
 LIFT_MAX_ITEMS = 10_000_000
+PLAIN_MAX_ITEMS = 64       # containers this small, of plain values, take the fast path
+_SCALARS = frozenset({type(None), bool, int, float, complex, str})
 
 
 def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = None
@@ -34,6 +37,8 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
     (the receiver is on this host), buffers of SHM_MIN_BYTES or more go to shared memory and
     their frame is a short reference. With refs, objects the receiver has already travel as
     their __main__ name."""
+    if refs is None and _plain(obj):   # a task's usual arguments: 8x faster this way
+        return [pickle.dumps(obj, 5)]
     buffers: list[Any] = []
 
     def oob(buf: pickle.PickleBuffer) -> bool:
@@ -57,6 +62,43 @@ def dumps(obj: Any, shm: SharedMemory | None = None, refs: MainRefs | None = Non
             buffers.clear()
             data = pickling.dumps(lifted, refs, oob)
     return [data, *buffers]
+
+
+def _plain(obj: Any) -> bool:
+    """Is obj numbers, strings and small bytes, in tuples, lists and dicts of PLAIN_MAX_ITEMS
+    items in all? The standard pickler pickles those as cloudpickle would (nothing by value,
+    nothing out of band), without the cost of making a cloudpickle Pickler."""
+    stack, budget = [obj], PLAIN_MAX_ITEMS
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _SCALARS:
+            continue
+        if kind is bytes:
+            if len(item) >= OOB_MIN_BYTES:
+                return False
+            continue
+        if kind is tuple or kind is list or kind is dict:
+            budget -= len(item)
+            if budget < 0:   # big, or a list holding itself
+                return False
+            if kind is dict:
+                for key in item:
+                    if type(key) is not str:
+                        return False
+                stack += item.values()
+            else:
+                stack += item
+            continue
+        return False
+    return True
+
+
+def nbytes(frames: Sequence[Any]) -> int:
+    """The size of frames, in bytes."""
+    if len(frames) == 1 and type(frames[0]) is bytes:
+        return len(frames[0])
+    return sum(memoryview(f).nbytes for f in frames)
 
 
 def loads(frames: list[Any], shm: SharedMemory | None = None, remove: bool = False) -> Any:

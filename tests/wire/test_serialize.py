@@ -147,3 +147,42 @@ def linecache_lines(name):
     import linecache
     linecache.checkcache(name)
     return linecache.getlines(name)
+
+
+def test_a_global_defined_after_the_first_pickle_is_seen():
+    ns = {"__name__": "__main__"}
+    exec("def late(x):\n    return x + later\n", ns)
+    fn = ns["late"]
+    first = functions.dumps_function(fn)   # `later` is not defined yet
+    ns["later"] = 5
+    assert functions.dumps_function(fn) is not first
+    assert run(fn, 1) == 6
+
+
+PLAIN = [((), {}), ((1, 2.5, "s", b"b", None, True, 3j), {"k": [1, (2, 3)], "d": {"x": 1}}),
+         (([(i,) for i in range(10)], 0), {}), ((b"x" * 1000,), {})]
+NOT_PLAIN = [((b"x" * serialize.OOB_MIN_BYTES,), {}), (({1: "int key"},), {}),
+             ((list(range(serialize.PLAIN_MAX_ITEMS + 1)),), {}), ((threading.Lock,), {}),
+             ((np.arange(3),), {})]
+
+
+@pytest.mark.parametrize("obj", PLAIN + NOT_PLAIN)
+def test_arguments_come_back_the_same_either_way(obj):
+    # plain arguments take the standard pickler, the rest cloudpickle's (ours)
+    back = serialize.loads(serialize.dumps(obj))
+    assert repr(back) == repr(obj) == repr(serialize.loads([pickling.dumps(obj)]))
+
+
+def test_which_arguments_take_the_fast_way():
+    assert all(serialize._plain(obj) for obj in PLAIN)
+    assert not any(serialize._plain(obj) for obj in NOT_PLAIN)
+    looped: list = [1]
+    looped.append(looped)   # refers to itself: not plain, and pickled as it is
+    assert not serialize._plain(looped)
+    back = serialize.loads(serialize.dumps(looped))
+    assert back[1] is back
+
+
+def test_a_call_without_arguments_shares_one_frame():
+    assert functions.dumps_call(len, (), {})[1] == [functions.NO_ARGUMENTS]
+    assert serialize.loads([functions.NO_ARGUMENTS]) == ((), {})
