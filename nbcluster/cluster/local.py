@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..broker.state import CLIENT_EXPIRY_MS
 from ..client import executor
 from ..client.bars import progress_bar
 from ..client.broker_silence import DEFAULT_BROKER_TIMEOUT_S
@@ -59,7 +60,8 @@ class LocalCluster:
 
     def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
                  connection_file: str | os.PathLike[str] | None = None, heartbeat_ms: int = 1000,
-                 liveness: int = 3, max_lost: int = 3, client_expiry_ms: int = 30_000,
+                 liveness: int = 3, max_lost: int = 3,
+                 client_expiry_ms: int = CLIENT_EXPIRY_MS,
                  respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  tcp: bool = True, ip: str | None = None, port: int = 0,
