@@ -44,6 +44,7 @@ __all__ = ["Broker", "main"]
 log = logging.getLogger("nbcluster.broker")
 MAX_LOG_LINES_PER_S = 20
 SHUTDOWN_GRACE_MS = 30_000   # asked to stop, the broker waits this long for workers to leave
+UNREAD_REPORT_MS = 10_000    # how often the count of messages dropped unread is logged
 
 
 def _now_ms() -> int:
@@ -101,6 +102,7 @@ class Broker:
         self._denied_at: dict[bytes, int] = {}
         self._log_budget = (0, 0)
         self.gate = Gate()
+        self._unread_reported = _now_ms()
         self.heap = HeapTrimmer()
 
     def serve(self, watch_fd: int | None = None) -> None:
@@ -122,6 +124,7 @@ class Broker:
                     self._drain()   # what peers sent is read before their silence is judged
                     self._send(self.state.tick(_now_ms()))
                     self.heap.maybe_trim()
+                    self._report_unread(now)
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
                 if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):
@@ -156,16 +159,24 @@ class Broker:
 
     def _unread(self, identity: bytes, body: list[zmq.Frame]) -> bool:
         """Drop the message unread? (See `gate`: garbage must cost us little.)"""
+        self.heap.received(sum(len(f) for f in body))
         if self.gate.ignores(identity, _now_ms()):
             self._deny(identity)
             return True
-        nbytes = sum(len(f) for f in body)
-        self.heap.received(nbytes)
         state = self.state
         if identity in state.clients or identity in state.worker_by_identity or \
                 identity in state.supervisors.by_identity:
             return False
         return self.gate.too_big_for_a_stranger(body)
+
+    def _report_unread(self, now: int) -> None:
+        """One line every UNREAD_REPORT_MS at most for the messages the gate dropped."""
+        if self.gate.dropped and now >= self._unread_reported + UNREAD_REPORT_MS:
+            log.warning("dropped %d messages unread in the last %d s: from peers that sent a "
+                        "bad signature (wrong key, or not an nbcluster peer), or too big for "
+                        "a peer that has not said hello", self.gate.dropped,
+                        (now - self._unread_reported) // 1000)
+            self.gate.dropped, self._unread_reported = 0, now
 
     def _send(self, sends: list[Send]) -> None:
         """Send; a peer with no connection any more is gone (and what that causes is sent)."""
