@@ -4,7 +4,6 @@ limit, frames over the limit) and a legitimate client: the client keeps getting 
 during the flood, the flooder gets nothing done, and the broker's memory comes back. (How
 much the flood slows a round trip is measured in benchmarks, not here.)"""
 
-import os
 import subprocess
 import sys
 
@@ -12,6 +11,7 @@ import psutil
 import pytest
 
 from nbcluster.testing import throwaway_cluster, wait_for
+
 MIB = 1 << 20
 LIMIT = 64 * MIB
 
