@@ -5,7 +5,7 @@ so a peer without the key could keep the broker hashing garbage while its users 
 rules make garbage cheap, without reading it:
 
     a stranger (no registered peer on that connection) ── message over STRANGER_MAX_BYTES
-        ──► dropped unread: a stranger's first message is a small hello, and any other gets
+        (and within the size limit: one over it gets TOO_BIG, unread too) ──► dropped unread: a stranger's first message is a small hello, and any other gets
             only `reconnect` (a forgotten peer's next heartbeat gets that anyway)
     a peer whose message had a bad signature ── for IGNORE_MS ──► its messages dropped
         unread (it still gets DENIED at most once a second: a client with the wrong key
@@ -16,10 +16,6 @@ backpressure (see router.RCVHWM) keeps it from queueing more than the broker rea
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-
-from ..wire.protocol import Frame
 
 __all__ = ["Gate", "STRANGER_MAX_BYTES", "IGNORE_MS"]
 
@@ -46,14 +42,11 @@ class Gate:
         del self.ignored_until[identity]
         return False
 
-    def too_big_for_a_stranger(self, frames: Sequence[Frame]) -> bool:
+    def too_big_for_a_stranger(self, nbytes: int) -> bool:
         """Over what a peer that has not registered may send: drop it unread."""
-        total = 0
-        for f in frames:
-            total += len(f)
-            if total > STRANGER_MAX_BYTES:
-                self.dropped += 1
-                return True
+        if nbytes > STRANGER_MAX_BYTES:
+            self.dropped += 1
+            return True
         return False
 
     def bad_signature(self, identity: bytes, now: int) -> None:
