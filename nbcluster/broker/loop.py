@@ -173,9 +173,10 @@ class Broker:
     def _report_unread(self, now: int) -> None:
         """One line every UNREAD_REPORT_MS at most for the messages the gate dropped."""
         if self.gate.dropped and now >= self._unread_reported + UNREAD_REPORT_MS:
-            log.warning("dropped %d messages unread in the last %d s: from peers that sent a "
+            n = self.gate.dropped
+            log.warning("dropped %d message%s unread in the last %d s: from peers that sent a "
                         "bad signature (wrong key, or not an nbcluster peer), or too big for "
-                        "a peer that has not said hello", self.gate.dropped,
+                        "a peer that has not said hello", n, "" if n == 1 else "s",
                         (now - self._unread_reported) // 1000)
             self.gate.dropped, self._unread_reported = 0, now
 
