@@ -5,8 +5,9 @@ so a peer without the key could keep the broker hashing garbage while its users 
 rules make garbage cheap, without reading it:
 
     a stranger (no registered peer on that connection) ── message over STRANGER_MAX_BYTES
-        (and within the size limit: one over it gets TOO_BIG, unread too) ──► dropped unread: a stranger's first message is a small hello, and any other gets
-            only `reconnect` (a forgotten peer's next heartbeat gets that anyway)
+        ──► dropped unread: a stranger's first message is a small hello, and any other
+            gets only `reconnect` (a forgotten peer's next heartbeat gets that anyway);
+            one over the size limit gets TOO_BIG, also unread
     a peer whose message had a bad signature ── for IGNORE_MS ──► its messages dropped
         unread (it still gets DENIED at most once a second: a client with the wrong key
         fails fast with a clear error)

@@ -1,51 +1,28 @@
-"""Memory given back to the system after big messages went through the broker.
+"""Big messages in memory of their own, given back to the system when freed.
 
-A big message is freed once it is forwarded or dropped, but glibc's malloc keeps freed memory
-in its arenas (and raises its mmap threshold after each big free, so the next big buffers
-come from the arenas too): after a flood of big messages the broker's RSS would stay at its
-peak. `malloc_trim` hands the free pages back. It walks the heap, so it runs only after
-TRIM_AFTER_BYTES of big messages, from the loop's tick (at most once a heartbeat).
+glibc's malloc serves a buffer of 128 KiB or more with an mmap of its own, returned when it is
+freed; but after such a free it raises that threshold (up to 32 MiB), and big buffers then come
+from its arenas, which keep freed memory: after a flood of 1 MiB messages the broker's RSS
+stayed at its peak (1.3 GB). The broker fixes the threshold, which turns that adjustment off:
+every big message is mapped alone and unmapped once forwarded or dropped. (malloc_trim would
+do it after the fact, but walks the heap: 100 ms on a fragmented one, too long for a tick.)
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from collections.abc import Callable
 
-__all__ = ["HeapTrimmer", "BIG_MESSAGE_BYTES", "TRIM_AFTER_BYTES"]
+__all__ = ["map_big_buffers_alone", "MMAP_THRESHOLD_BYTES"]
 
-BIG_MESSAGE_BYTES = 64 * 1024   # smaller ones live in malloc's bins and are reused
-TRIM_AFTER_BYTES = 64 << 20
+M_MMAP_THRESHOLD = -3            # mallopt's parameter number (malloc.h)
+MMAP_THRESHOLD_BYTES = 128 * 1024   # glibc's own starting value
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None (another libc: nothing to do)."""
+def map_big_buffers_alone() -> bool:
+    """Fix glibc's mmap threshold for this process; False where libc is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
     except (OSError, AttributeError):
-        return None
-    return trim
-
-
-class HeapTrimmer:
-    """Counts the bytes of big messages received; trims the heap once enough went by."""
-
-    def __init__(self) -> None:
-        self.pending = 0
-        self._again = False   # trim once more: a forwarded message is freed once libzmq sent it
-        self._trim = _malloc_trim()
-
-    def received(self, nbytes: int) -> None:
-        if nbytes >= BIG_MESSAGE_BYTES:
-            self.pending += nbytes
-
-    def maybe_trim(self) -> None:
-        """Give free memory back if enough big messages went by since the last time
-        (call when they are freed: after the messages were handled)."""
-        if self.pending >= TRIM_AFTER_BYTES or self._again:
-            self._again = self.pending >= TRIM_AFTER_BYTES
-            self.pending = 0
-            if self._trim is not None:
-                self._trim(0)
+        return False

@@ -35,7 +35,7 @@ from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
 from ..wire.transport import pending_messages
 from . import router as routing
 from .gate import Gate
-from .heap import HeapTrimmer
+from .heap import map_big_buffers_alone
 from .records import Send
 from .state import CLIENT_EXPIRY_MS, BrokerState
 
@@ -103,7 +103,6 @@ class Broker:
         self._log_budget = (0, 0)
         self.gate = Gate()
         self._unread_reported = _now_ms()
-        self.heap = HeapTrimmer()
 
     def serve(self, watch_fd: int | None = None) -> None:
         """Run until stop(); with watch_fd, also until that fd reaches EOF (parent gone)."""
@@ -123,7 +122,6 @@ class Broker:
                 if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
                     self._drain()   # what peers sent is read before their silence is judged
                     self._send(self.state.tick(_now_ms()))
-                    self.heap.maybe_trim()
                     self._report_unread(now)
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
@@ -160,7 +158,6 @@ class Broker:
     def _unread(self, identity: bytes, body: list[zmq.Frame]) -> bool:
         """Drop the message unread? (See `gate`: garbage must cost us little.)"""
         nbytes = sum(len(f) for f in body)
-        self.heap.received(nbytes)
         if self.gate.ignores(identity, _now_ms()):
             self._deny(identity)
             return True
@@ -253,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
     key = key_from_env()
+    map_big_buffers_alone()   # so memory of big messages, floods included, goes back (heap)
     curve = None
     try:
         if args.curve_keys_on_stdin:   # from our keeper, which restarts us with the same ones
