@@ -182,8 +182,11 @@ class Broker:
         while sends:
             gone = routing.send_all(self.router, self.signer, sends, self._log)
             for identity in gone:
-                if identity in self.state.clients or identity in self.state.worker_by_identity:
-                    log.info("peer %s went away (its connection closed)", identity.hex())
+                c = self.state.clients.get(identity)
+                if c is not None:
+                    log.info("client %s (pid %s on %s) went away: its connection closed, so "
+                             "its %d tasks are dropped", identity.hex(), c.pid, c.host,
+                             len(c.tasks))
             sends = self.state.gone(gone) if gone else []
 
     def _deny(self, identity: bytes, reply: list[bytes] = protocol.DENIED) -> None:

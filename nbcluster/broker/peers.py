@@ -177,15 +177,13 @@ def drop_client(state: BrokerState, c: Client) -> list[Send]:
             for wid, gids in cancels.items()]
 
 
+
 def drop_gone(state: BrokerState, identities: set[bytes]) -> list[Send]:
     """Peers whose connection closed: the process died, or libzmq's pings found it frozen or
     cut off. A client is dropped: our socket named that connection, so the identity never
-    comes back (a live client connects anew, is told to `reconnect`, and resubmits). A worker
-    is dropped as lost: a message to it was lost with the connection; if it lives, it says
-    hello again and takes back the tasks it still runs. Others (supervisors, strangers)
-    are left to their expiry."""
-    out = [s for i in identities if i in state.clients
-           for s in drop_client(state, state.clients[i])]
-    wids = sorted({state.worker_by_identity[i] for i in identities
-                   if i in state.worker_by_identity})
-    return out + drop_workers(state, [state.workers[wid] for wid in wids], lost=True)
+    comes back (a live client connects anew, is told to `reconnect`, and resubmits). Workers
+    are left to their supervisor, which says how one ended (the reason its tasks' WorkerLost
+    gives, the memory limit that fails its task), and to their expiry; supervisors and
+    strangers to their expiry."""
+    return [s for i in identities if i in state.clients
+            for s in drop_client(state, state.clients[i])]
