@@ -177,7 +177,6 @@ def drop_client(state: BrokerState, c: Client) -> list[Send]:
             for wid, gids in cancels.items()]
 
 
-
 def drop_gone(state: BrokerState, identities: set[bytes]) -> list[Send]:
     """Peers whose connection closed: the process died, or libzmq's pings found it frozen or
     cut off. A client is dropped: our socket named that connection, so the identity never
