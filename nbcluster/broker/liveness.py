@@ -2,7 +2,9 @@
 
     every heartbeat_ms  ──► hb to each worker (control socket), supervisor and client
     silent expiry_ms    ──► a worker is lost (unless its supervisor vouches for it)
-    silent client_expiry_ms ──► a client is forgotten (a notebook kernel may hold the GIL)
+    silent client_expiry_ms ──► a client is forgotten: the last resort, for one whose
+                                connection stays up (a client whose connection closes is
+                                dropped at once: peers.drop_gone, fed by broker.router)
     we were stalled     ──► the stall is added to everyone's last_seen: nobody is expired
                             for a silence that was ours
 

@@ -10,7 +10,12 @@ to the state machine; what it returns is signed and sent. Payload frames travel 
 (zero-copy), and a single large task or result is re-signed without reading its payload
 again. A message that fails the check is dropped with one log line; a peer whose signature
 is wrong gets the fixed DENIED reply (at most once a second) so a client with the wrong key
-fails fast instead of hanging. Nothing a peer sends can stop the loop.
+fails fast instead of hanging, and its messages are dropped unread for a while (`gate`: a
+peer without the key costs us little). Nothing a peer sends can stop the loop.
+
+A peer whose connection closed (its process died, or libzmq's pings found it frozen or cut
+off) is `gone` as soon as a send to it fails (`router`): a dead client's tasks stop within a
+heartbeat, while a client whose kernel holds the GIL keeps its connection, and its tasks.
 """
 
 from __future__ import annotations
@@ -28,14 +33,18 @@ from ..errors import NBClusterError, ProtocolError
 from ..wire import protocol
 from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
 from ..wire.transport import pending_messages
+from . import router as routing
+from .gate import Gate
+from .heap import map_big_buffers_alone
 from .records import Send
-from .state import BrokerState
+from .state import CLIENT_EXPIRY_MS, BrokerState
 
 __all__ = ["Broker", "main"]
 
 log = logging.getLogger("nbcluster.broker")
 MAX_LOG_LINES_PER_S = 20
 SHUTDOWN_GRACE_MS = 30_000   # asked to stop, the broker waits this long for workers to leave
+UNREAD_REPORT_MS = 10_000    # how often the count of messages dropped unread is logged
 
 
 def _now_ms() -> int:
@@ -59,7 +68,7 @@ class Broker:
 
     def __init__(self, endpoints: list[str], key: bytes, *, max_message_bytes: int =
                  protocol.DEFAULT_MAX_MESSAGE_BYTES, heartbeat_ms: int = 1000, liveness: int = 3,
-                 max_lost: int = 3, client_expiry_ms: int = 30_000,
+                 max_lost: int = 3, client_expiry_ms: int = CLIENT_EXPIRY_MS,
                  curve: tuple[CurveKeys, bytes] | None = None, insecure: bool = False):
         exposed = [ep for ep in endpoints if not is_loopback(ep)]
         if exposed and curve is None:
@@ -79,11 +88,7 @@ class Broker:
                                        "version": protocol.VERSION,
                                        "max_message_bytes": max_message_bytes})
         self.ctx = zmq.Context(io_threads=1)
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.SNDHWM, 0)   # never silently drop a result to a slow client
-        self.router.setsockopt(zmq.RCVHWM, 0)
-        self.router.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.router = routing.open_router(self.ctx, max_message_bytes)
         self.auth = None
         if curve is not None:
             keys, server_secret = curve
@@ -96,6 +101,8 @@ class Broker:
         self._stopping = False
         self._denied_at: dict[bytes, int] = {}
         self._log_budget = (0, 0)
+        self.gate = Gate()
+        self._unread_reported = _now_ms()
 
     def serve(self, watch_fd: int | None = None) -> None:
         """Run until stop(); with watch_fd, also until that fd reaches EOF (parent gone)."""
@@ -115,6 +122,7 @@ class Broker:
                 if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
                     self._drain()   # what peers sent is read before their silence is judged
                     self._send(self.state.tick(_now_ms()))
+                    self._report_unread(now)
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
                 if watch_fd is not None and watch_fd in events and not _fd_alive(watch_fd):
@@ -128,6 +136,8 @@ class Broker:
     def _drain(self) -> None:
         for frames in pending_messages(self.router, limit=1000):  # bounded: ticks still happen
             identity, body = frames[0].bytes, frames[1:]
+            if self._unread(identity, body):
+                continue
             try:
                 header, payload, mac = protocol.decode(self.signer, body, self.max_message_bytes,
                                                        keep_mac=True)
@@ -135,6 +145,7 @@ class Broker:
             except ProtocolError as e:
                 self._log(f"dropped a message from peer {identity.hex()}: {e}")
                 if "signature" in str(e):
+                    self.gate.bad_signature(identity, _now_ms())
                     self._deny(identity)
                 elif "oversized message" in str(e):
                     self._deny(identity, protocol.TOO_BIG)
@@ -144,13 +155,39 @@ class Broker:
                 continue
             self._send(out)
 
+    def _unread(self, identity: bytes, body: list[zmq.Frame]) -> bool:
+        """Drop the message unread? (See `gate`: garbage must cost us little.)"""
+        nbytes = sum(len(f) for f in body)
+        if self.gate.ignores(identity, _now_ms()):
+            self._deny(identity)
+            return True
+        state = self.state
+        if nbytes > self.max_message_bytes or identity in state.clients or \
+                identity in state.worker_by_identity or identity in state.supervisors.by_identity:
+            return False   # an oversized message gets TOO_BIG from decode, which does not read it
+        return self.gate.too_big_for_a_stranger(nbytes)
+
+    def _report_unread(self, now: int) -> None:
+        """One line every UNREAD_REPORT_MS at most for the messages the gate dropped."""
+        if self.gate.dropped and now >= self._unread_reported + UNREAD_REPORT_MS:
+            n = self.gate.dropped
+            log.warning("dropped %d message%s unread in the last %d s: from peers that sent a "
+                        "bad signature (wrong key, or not an nbcluster peer), or too big for "
+                        "a peer that has not said hello", n, "" if n == 1 else "s",
+                        (now - self._unread_reported) // 1000)
+            self.gate.dropped, self._unread_reported = 0, now
+
     def _send(self, sends: list[Send]) -> None:
-        for s in sends:
-            try:
-                self.router.send_multipart([s.identity, *protocol.encode(
-                    self.signer, s.header, s.payload, s.mac)], copy=False)
-            except zmq.ZMQError as e:
-                self._log(f"could not send to {s.identity.hex()}: {e}")
+        """Send; a peer with no connection any more is gone (and what that causes is sent)."""
+        while sends:
+            gone = routing.send_all(self.router, self.signer, sends, self._log)
+            for identity in gone:
+                c = self.state.clients.get(identity)
+                if c is not None:
+                    log.info("client %s (pid %s on %s) went away: its connection closed, so "
+                             "its %d tasks are dropped", identity.hex(), c.pid, c.host,
+                             len(c.tasks))
+            sends = self.state.gone(gone) if gone else []
 
     def _deny(self, identity: bytes, reply: list[bytes] = protocol.DENIED) -> None:
         """Send a fixed, unsigned reply (DENIED, TOO_BIG), at most once a second per peer."""
@@ -159,7 +196,7 @@ class Broker:
             if len(self._denied_at) > 10_000:
                 self._denied_at.clear()
             self._denied_at[identity] = now
-            self.router.send_multipart([identity, *reply])
+            routing.send_raw(self.router, identity, reply)
 
     def _log(self, line: str) -> None:
         second, count = self._log_budget
@@ -203,8 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heartbeat-ms", type=int, default=1000)
     p.add_argument("--liveness", type=int, default=3)
     p.add_argument("--max-lost", type=int, default=3)
-    p.add_argument("--client-expiry-ms", type=int, default=30_000,
-                   help="forget a client silent this long (its tasks are dropped)")
+    p.add_argument("--client-expiry-ms", type=int, default=CLIENT_EXPIRY_MS,
+                   help="forget a client silent this long though its connection is up (its "
+                   "tasks are dropped); a client whose connection closes is dropped at once")
     p.add_argument("--max-message-bytes", type=int, default=protocol.DEFAULT_MAX_MESSAGE_BYTES)
     p.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without encryption (not recommended)")
@@ -215,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
     key = key_from_env()
+    map_big_buffers_alone()   # so memory of big messages, floods included, goes back (heap)
     curve = None
     try:
         if args.curve_keys_on_stdin:   # from our keeper, which restarts us with the same ones

@@ -9,6 +9,7 @@
                                               and the tasks its hello says it still runs
                                               are taken back, uncharged (take_back)
     bye, expiry, supervisor's exit ─────────► drop_workers / drop_client
+    connection closed (gone) ───────────────► drop_gone
 
 A task runs twice only if its worker was really lost: a worker that registers again keeps
 its registration (resume), or the task it still runs (take_back). Workers dropped together
@@ -27,7 +28,7 @@ from .records import Client, Header, Peer, Send, Worker, field, label_set
 if TYPE_CHECKING:
     from .state import BrokerState
 
-__all__ = ["hello", "touch", "drop_workers", "drop_client"]
+__all__ = ["hello", "touch", "drop_workers", "drop_client", "drop_gone"]
 
 
 def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send]:
@@ -174,3 +175,14 @@ def drop_client(state: BrokerState, c: Client) -> list[Send]:
     # Queued gids of this client stay in the queues until popped; pop_for skips them.
     return [Send(state.workers[wid].ctl, {"t": "cancel", "ids": gids})
             for wid, gids in cancels.items()]
+
+
+def drop_gone(state: BrokerState, identities: set[bytes]) -> list[Send]:
+    """Peers whose connection closed: the process died, or libzmq's pings found it frozen or
+    cut off. A client is dropped: our socket named that connection, so the identity never
+    comes back (a live client connects anew, is told to `reconnect`, and resubmits). Workers
+    are left to their supervisor, which says how one ended (the reason its tasks' WorkerLost
+    gives, the memory limit that fails its task), and to their expiry; supervisors and
+    strangers to their expiry."""
+    return [s for i in identities if i in state.clients
+            for s in drop_client(state, state.clients[i])]

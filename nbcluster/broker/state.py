@@ -56,7 +56,7 @@ from ..errors import ProtocolError
 from . import client_messages, inspection, worker_messages
 from .functions import FunctionStore
 from .liveness import Liveness
-from .peers import drop_client, drop_workers, hello, touch
+from .peers import drop_client, drop_gone, drop_workers, hello, touch
 from .queues import TaskQueues
 from .records import Client, Frames, Header, Mac, Send, Task, Worker
 from .supervisors import Supervisors
@@ -65,7 +65,11 @@ __all__ = ["BrokerState"]
 
 HEARTBEAT_MS = 1000      # peers and broker send a heartbeat this often
 LIVENESS = 3             # a worker silent for this many heartbeats is dead
-CLIENT_EXPIRY_MS = 30_000  # a client may be silent longer: a notebook kernel can hold the GIL
+# A client whose connection closes is dropped at once (`gone`); this silence expiry is the
+# last resort for one whose connection stays up (libzmq answers its pings) but which never
+# speaks: a kernel holding the GIL that long. Long, since forgetting a live client costs all
+# its work (it resubmits when it wakes up), while keeping a hung one costs only its share.
+CLIENT_EXPIRY_MS = 3_600_000
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
 
 
@@ -129,6 +133,10 @@ class BrokerState:
         for c in self.liveness.lost_clients(now):
             out += drop_client(self, c)
         return out + self.liveness.heartbeats(now)
+
+    def gone(self, identities: set[bytes]) -> list[Send]:
+        """These peers' connections closed (a send to them found none): see `drop_gone`."""
+        return drop_gone(self, identities)
 
     def next_deadline(self) -> int:
         """When `tick` is next due."""

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--daemon", action="store_true", help="return once ready, keep running")
     p.add_argument("--max-message-bytes", type=int, default=None, metavar="N",
                    help="the broker refuses larger messages (a task with its arguments, a "
-                        "result); default 4 GiB")
+                        "result); default 256 MiB")
     p.add_argument("--insecure", action="store_true",
                    help="beyond loopback without encryption (not recommended)")
     p.add_argument("--log-file", default=None, help=argparse.SUPPRESS)

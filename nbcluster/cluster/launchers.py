@@ -148,7 +148,7 @@ class ClusterOptions(TypedDict, total=False):
     heartbeat_ms: int
     liveness: int
     max_lost: int
-    client_expiry_ms: int
+    client_expiry_ms: int | None
     respawn: bool
     max_message_bytes: int
     tcp: bool

@@ -47,7 +47,8 @@ class LocalCluster:
         n_workers: number of workers (default: one per core).
         labels: labels every worker carries.
         connection_file: where to write the connection file (default: in a private temp dir).
-        heartbeat_ms, liveness, max_lost, client_expiry_ms: broker tunables (see `broker_state`).
+        heartbeat_ms, liveness, max_lost, client_expiry_ms: broker tunables (see `broker_state`;
+            client_expiry_ms None: the broker's default).
         respawn: start a new worker when one dies.
         memory_limit: kill (and replace) a worker whose resident memory passes this, in
             bytes or as "2GiB"; its running task fails with MemoryLimitExceeded.
@@ -61,7 +62,8 @@ class LocalCluster:
 
     def __init__(self, n_workers: int | None = None, labels: Iterable[str] | None = None, *,
                  connection_file: str | os.PathLike[str] | None = None, heartbeat_ms: int = 1000,
-                 liveness: int = 3, max_lost: int = 3, client_expiry_ms: int = 30_000,
+                 liveness: int = 3, max_lost: int = 3,
+                 client_expiry_ms: int | None = None,
                  respawn: bool = True,
                  max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES,
                  tcp: bool = True, ip: str | None = None, port: int = 0,
@@ -94,7 +96,8 @@ class LocalCluster:
         self.broker = BrokerProcess(
             binds, self.key, env=env, connection_file=self.connection_file, options=[
                 "--heartbeat-ms", str(heartbeat_ms), "--liveness", str(liveness),
-                "--max-lost", str(max_lost), "--client-expiry-ms", str(client_expiry_ms),
+                "--max-lost", str(max_lost),
+                *(["--client-expiry-ms", str(client_expiry_ms)] if client_expiry_ms else []),
                 "--max-message-bytes", str(max_message_bytes),
                 *(["--insecure"] if insecure else [])],
             curve=exposed and not insecure, cluster_dir=str(self._dir))

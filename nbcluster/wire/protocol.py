@@ -36,7 +36,10 @@ MAGIC = b"NBC" + bytes([VERSION])
 SIGNATURE_SIZE = 32
 MAX_HEADER_BYTES = 1 << 20          # a header is control data; payloads go in frames
 MAX_FRAMES = 1 << 16
-DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
+# What crosses the socket: on one host, buffers of 1 MiB or more go through shared memory
+# (wire.shm), so a message is a pickle and small buffers; across hosts, the data itself. A
+# cluster that sends more in one message raises it (max_message_bytes, --max-message-bytes).
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 
 # The broker's answer to a message whose signature is wrong. It cannot be signed (the peer
 # does not hold the key), so it is a fixed, unsigned message that carries nothing.

@@ -13,15 +13,26 @@ import zmq
 if TYPE_CHECKING:
     from .curve import CurveKeys
 
-__all__ = ["dealer", "pending_messages", "read_line"]
+__all__ = ["dealer", "pending_messages", "read_line", "PEER_PING_MS", "PEER_PING_TIMEOUT_MS"]
+
+# libzmq's own (ZMTP) heartbeats, sent and answered by its C I/O thread, so they go on while
+# Python holds the GIL. A peer whose broker answers no ping for this long (the broker's host
+# froze, the link was cut) drops the connection and connects again. Long, because a broker
+# stopped for a while (SIGSTOP) must not lose the connections it comes back to, and a pong
+# may wait behind a big message on its way. (The broker pings too: see broker.loop.)
+PEER_PING_MS = 5_000
+PEER_PING_TIMEOUT_MS = 60_000
 
 
 def dealer(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, identity: bytes | None = None,
            curve: CurveKeys | None = None) -> zmq.Socket[bytes]:
     """A DEALER connected to the broker (as a CURVE client when the cluster has keys):
-    unbounded queues (a result is never dropped by a high-water mark), no lingering."""
+    unbounded queues (a result is never dropped by a high-water mark), no lingering, and
+    libzmq heartbeats that drop a connection to a broker gone silent (then it reconnects)."""
     sock = ctx.socket(zmq.DEALER)
-    for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0)):
+    for opt, value in ((zmq.LINGER, 0), (zmq.SNDHWM, 0), (zmq.RCVHWM, 0),
+                       (zmq.HEARTBEAT_IVL, PEER_PING_MS),
+                       (zmq.HEARTBEAT_TIMEOUT, PEER_PING_TIMEOUT_MS)):
         sock.setsockopt(opt, value)
     if identity is not None:
         sock.setsockopt(zmq.IDENTITY, identity)
