@@ -64,8 +64,9 @@ class Config:
 
 
 QUICK = Config(sizes=(1_000, 5_000), map_size=5_000, status_calls=3, a_tasks=1_000,
-               b_tasks=20, task_s=0.05, fair_bound_s=15, label_sets=(200, 1_000), worker_counts=(4, 8), idle_s=2.0,
-               roundtrips=100, flood_s=3.0, queue_budget_s=60, register_timeout_s=60)
+               b_tasks=20, task_s=0.05, fair_bound_s=15, label_sets=(200, 1_000),
+               worker_counts=(4, 8), idle_s=2.0, roundtrips=100, flood_s=3.0,
+               queue_budget_s=60, register_timeout_s=60)
 
 Record = Callable[[str, str], None]
 
