@@ -19,7 +19,7 @@ process started is stopped by pid at the end, also on failure or Ctrl-C (scale_p
 The machine may be shared: the load average is printed with the figures, and CPU seconds
 (psutil, of the broker/scheduler and the client) are given beside wall times.
 
-Needs: pip install -e '.[bench]'  (dask[distributed], psutil).
+Needs: pip install -e '.[bench]'  (dask[distributed], which brings psutil).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale_peers import PEERS  # noqa: E402
-from scale_procs import Procs, cpu_s, mb, percentiles, rss, wait_until  # noqa: E402
+from scale_peers import PEERS
+from scale_procs import Procs, cpu_s, mb, percentiles, rss, wait_until
 
 GIB = 2**30
 

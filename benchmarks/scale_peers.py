@@ -191,10 +191,8 @@ class DaskPeer:
     def stop(self) -> None:
         for c in (self.client, getattr(self, "probe_client", None)):
             if c is not None:
-                try:
+                with contextlib.suppress(Exception):   # its processes are killed next
                     c.close(timeout=10)
-                except Exception:  # noqa: BLE001, S110 - the processes are killed next
-                    pass
         self.client = None
         for w in self.workers:
             self.procs.stop(w, timeout=5)
