@@ -131,7 +131,8 @@ def row_queue(peer, cfg: Config, record: Record, procs: Procs) -> None:
         record("longest probe round trip during status, 0 queued (ms)",
                f"{max(probes) * 1e3:.1f}")
         record("broker RSS, 0 queued", mb(rss(broker)))
-        last: tuple[int, float, int] | None = None   # (size, seconds, bytes) measured
+        # (size, seconds to queue and cancel, bytes) measured: the next size is extrapolated
+        last: tuple[int, float, int] | None = None
         for n in cfg.sizes:
             if last is not None:
                 secs, mem = last[1] * n / last[0], last[2] * n / last[0]
@@ -157,9 +158,11 @@ def row_queue(peer, cfg: Config, record: Record, procs: Procs) -> None:
                        f"{statistics.median(times) * 1e3:.1f} / {max(times) * 1e3:.1f}")
                 record(f"longest probe round trip during status, {n:,} queued (ms)",
                        f"{max(probes) * 1e3:.1f}")
+                t = time.perf_counter()
                 agent.ask({"do": "cancel"}, timeout=cfg.queue_budget_s)
                 wait_until(lambda: peer.n_queued() == 0, 300, "the cancelled tasks to leave",
                            interval=1.0)
+                last = (n, r["fenced_s"] + time.perf_counter() - t, b_rss + c_rss)
                 time.sleep(2)
                 record(f"broker RSS after the {n:,} are cancelled", mb(rss(broker)))
             finally:
@@ -220,12 +223,18 @@ def row_labels(peer, cfg: Config, record: Record, procs: Procs) -> None:
         broker = peer.broker_pid
         record("round trip, no label sets used (ms, median / p95)",
                fmt_rtt(roundtrips(peer, cfg.roundtrips)))
-        used = 0
+        used, last = 0, None   # last: (sets, seconds to queue and cancel them)
         for k in cfg.label_sets:
+            if last is not None and last[1] * k / last[0] > cfg.queue_budget_s:
+                record(f"round trip, {k:,} label sets queued (ms, median / p95)",
+                       f"skipped (~{last[1] * k / last[0]:.0f} s extrapolated)")
+                break
             agent = peer.agent()
             try:
+                t0 = time.perf_counter()
                 agent.ask({"do": "queue", "n": k, "labels": "distinct"},
                           timeout=cfg.queue_budget_s * 2)
+                spent = time.perf_counter() - t0
                 used += k
                 record(f"round trip, {k:,} label sets queued (ms, median / p95)",
                        fmt_rtt(roundtrips(peer, cfg.roundtrips)))
@@ -233,9 +242,11 @@ def row_labels(peer, cfg: Config, record: Record, procs: Procs) -> None:
                 peer.status()
                 record(f"status query, {k:,} label sets queued (ms)",
                        f"{(time.perf_counter() - t) * 1e3:.1f}")
+                t0 = time.perf_counter()
                 agent.ask({"do": "cancel"}, timeout=cfg.queue_budget_s)
                 wait_until(lambda: peer.n_queued() == 0, 300, "the cancelled tasks to leave",
                            interval=1.0)
+                last = (k, spent + time.perf_counter() - t0)
                 record(f"round trip after cancel, {used:,} sets used (ms, median / p95)",
                        fmt_rtt(roundtrips(peer, cfg.roundtrips)))
                 record(f"broker RSS after cancel, {used:,} sets used", mb(rss(broker)))

@@ -170,7 +170,8 @@ class DaskPeer:
         return len(self.client.nthreads())
 
     def n_queued(self) -> int:
-        return self.client.run_on_scheduler(_count_tasks)
+        # bounded: a scheduler busy with 100,000 cancels answered no call for 10 min
+        return self.client.run_on_scheduler(_count_tasks, callback_timeout=RESULT_TIMEOUT_S)
 
     def add_workers(self, n: int) -> None:
         for _ in range(n):
