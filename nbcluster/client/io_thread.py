@@ -33,6 +33,7 @@ import zmq
 
 from ..errors import AuthenticationError, NBClusterError, ProtocolError
 from ..wire import message_limit, protocol
+from ..wire.freshness import Freshness
 from ..wire.transport import pending_messages
 from .inbox import caused
 
@@ -68,6 +69,8 @@ class IOThread:
     _outbox: collections.deque[tuple[str, Any, list, Any]]   # (kind, spec, frames, Prepared)
     _fns_sent: set[bytes]
     _closed: bool
+    _reconnecting: float   # nonzero: said hello again, welcome not read yet (inbox.py)
+    _fresh: Freshness      # stamps what we send (made by the I/O thread)
     _broken: NBClusterError | None
     _silence: BrokerSilence
     _welcome: concurrent.futures.Future
@@ -119,6 +122,7 @@ class IOThread:
                 reply.set_exception(error)
 
     def _serve(self) -> None:
+        self._fresh = Freshness()
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -162,6 +166,7 @@ class IOThread:
                 reply.set_exception(TimeoutError())   # _request says what and why
 
     def _send(self, header: dict, payload: list | tuple = ()) -> None:
+        header = self._fresh.stamp(header)   # replay protection (wire/freshness.py)
         self._sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
 
     def _hello(self) -> None:
@@ -170,6 +175,8 @@ class IOThread:
     def _flush_outbox(self) -> bool:
         """Send what the outbox holds, in order: small tasks together, a big one alone, each
         function payload the broker does not have yet with the first task that needs it."""
+        if self._reconnecting:   # a new registration is on its way: what we sent now would
+            return False         # carry the old one's nonce, and be dropped (see _drain)
         with self._lock:
             items, self._outbox = self._outbox, collections.deque()
         specs: list = []
@@ -228,6 +235,8 @@ class IOThread:
                 continue
             try:
                 header, payload = protocol.decode(self.signer, frames, max_bytes=None)
+                if header["t"] == "welcome":   # our session nonce; then what we held goes
+                    self._fresh.welcomed(header)
                 self._on_message(header, payload)
             except ProtocolError as e:
                 log.warning("dropped a message from the broker: %s", e)

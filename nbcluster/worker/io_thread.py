@@ -209,6 +209,7 @@ class IOThread(WorkerState):
         elif kind == "welcome":
             if header.get("session") != self.session:
                 return   # the answer to an earlier hello: the broker drops that registration
+            self.fresh.welcomed(header)   # before the main thread sends, below
             self.id = header.get("id", self.id)
             runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000

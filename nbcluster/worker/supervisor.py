@@ -43,6 +43,7 @@ import zmq
 
 from ..errors import ProtocolError
 from ..wire import protocol
+from ..wire.freshness import Freshness
 from ..wire.transport import dealer, pending_messages, read_line
 from .procinfo import exit_reason, format_bytes, is_running, memory_arg, rss
 from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
@@ -99,6 +100,7 @@ class Supervisor:
             self.announce_fd = os.dup(1)
             os.dup2(2, 1)
         self.signer = protocol.Signer(key)
+        self.fresh = Freshness()
         self.ctx = zmq.Context(io_threads=1)
         self.sock = dealer(self.ctx, endpoint, None, curve)
         self.endpoint = endpoint
@@ -203,6 +205,9 @@ class Supervisor:
         if header["t"] == "welcome":
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
+            self.fresh.welcomed(header)
+            # Vouch at once, not a beat later (before the welcome it would carry no nonce).
+            self._send({"t": "hb", "alive": self._alive()})
         elif header["t"] == "reconnect":   # the broker forgot us (restarted, or we were silent)
             self._hello()
         return None
@@ -296,9 +301,9 @@ class Supervisor:
     def _hello(self) -> None:
         self._send({"t": "hello", "role": "supervisor", "token": self.token,
                     "host": socket.gethostname(), "pid": os.getpid(), "workers": self.n})
-        self._send({"t": "hb", "alive": self._alive()})   # vouch at once, not a beat later
 
     def _send(self, header: dict) -> None:
+        header = self.fresh.stamp(header)   # replay protection: see wire/freshness.py
         self.sock.send_multipart(protocol.encode(self.signer, header, []), copy=False)
 
     def _announce(self, line: str) -> None:
