@@ -1,13 +1,11 @@
 """The broker's state machine driven message by message with a fake clock (milliseconds):
 what the tests of tests/broker/ and the worker model (worker_model.py) drive it with."""
 
-import itertools
 import os
 
 from nbcluster.broker.state import BrokerState
 
 HB = 1000
-_SEQ = itertools.count(1)   # one counter for all: each socket's numbers still increase
 
 
 def stamp(state, identity, header, now=0):
@@ -17,7 +15,15 @@ def stamp(state, identity, header, now=0):
     if header["t"] == "hello":
         return {"ts": now + state.wall_offset_ms, "hello_nonce": os.urandom(16), **header}
     peer = state.peer(identity)
-    return header if peer is None else {"nonce": peer.nonce, "seq": next(_SEQ), **header}
+    return header if peer is None else {"nonce": peer.nonce, "seq": next_seq(state, identity),
+                                        **header}
+
+
+def next_seq(state, identity):
+    """The sequence number a peer's next message on this socket carries (one more than the
+    broker saw last: a function of the state, so the fuzzers' runs are reproducible)."""
+    peer = state.peer(identity)
+    return (peer.seq.get(identity, 0) if peer is not None else 0) + 1
 
 
 class Sim:

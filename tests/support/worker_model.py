@@ -10,7 +10,7 @@ paths of re-registration are met: resumed, or a new registration that keeps the 
 
 from nbcluster.errors import ProtocolError
 
-from .broker_sim import _SEQ, HB, Sim, stamp
+from .broker_sim import HB, Sim, next_seq, stamp
 
 PREFETCH = 3   # the model's prefetch while its tasks are short (worker.py: up to MAX_PREFETCH)
 
@@ -261,7 +261,8 @@ class Cluster:
         identity = w.task_id if sock == "task" else w.ctl
         # A seq drawn when delivered is one drawn when sent: each socket is FIFO.
         header = stamp(self.state, identity, header, self.now) if header["t"] == "hello" \
-            else {**header, "seq": next(_SEQ)} if "nonce" in header else header
+            else {**header, "seq": next_seq(self.state, identity)} if "nonce" in header \
+            else header
         try:
             out = self.state.handle(identity, header, payload, None, self.now)
         except ProtocolError:
