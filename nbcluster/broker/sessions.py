@@ -8,6 +8,7 @@ used once:
     hello ─── ts (the peer's clock) within HELLO_WINDOW_MS of ours, and a hello_nonce not
     │         seen within twice that ──────────────────────────────► registered (peers.hello);
     │         the welcome carries `nonce`, the registration's random session nonce
+    │         (outside the window: `refused`, saying why; seen before: ProtocolError)
     └─ every later message on each of its sockets ─── `nonce` is its registration's, `seq`
               above the last `seq` seen on that socket ────────────► handled
               otherwise: ProtocolError (dropped, logged; nothing changes, not even the
@@ -33,11 +34,17 @@ from typing import Any
 
 from ..errors import ProtocolError
 
-__all__ = ["HELLO_WINDOW_MS", "MAX_HELLOS_REMEMBERED", "Hellos", "new_nonce", "check"]
+__all__ = ["HELLO_WINDOW_MS", "MAX_HELLOS_REMEMBERED", "Hellos", "ClockSkew", "new_nonce",
+           "check"]
 
 HELLO_WINDOW_MS = 120_000        # a hello's clock may differ from ours this much (skew, delay)
 MAX_HELLOS_REMEMBERED = 1 << 20  # more hellos than this within 2 windows: refused (fail closed)
 NONCE_BYTES = 16
+
+
+class ClockSkew(ProtocolError):
+    """A hello stamped outside the window. The broker tells the peer why (`refused`): a peer
+    whose clock is far off would otherwise wait for a welcome that never comes."""
 
 
 def new_nonce() -> bytes:
@@ -59,12 +66,12 @@ class Hellos:
         `wall`, our wall clock in ms.
 
         Raises:
-            ProtocolError: too old or too far ahead (a replay, or clocks set far apart), or
-                its hello_nonce was seen before (a replay).
+            ClockSkew: too old or too far ahead (a replay, or clocks set far apart).
+            ProtocolError: its hello_nonce was seen before (a replay), or too many hellos.
         """
         skew = header["ts"] - wall
         if abs(skew) > self.window_ms:
-            raise ProtocolError(
+            raise ClockSkew(
                 f"refused a hello stamped {abs(skew) / 1000:.0f} s in the "
                 f"{'future' if skew > 0 else 'past'} (more than {self.window_ms // 1000} s: "
                 "a replay, or this host's clock and the peer's differ: sync them, e.g. NTP)")

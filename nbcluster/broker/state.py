@@ -111,7 +111,10 @@ class BrokerState:
         schema.check(header)   # every field checked here: handlers read only checked values
         kind = header["t"]
         if kind == "hello":
-            self.hellos.admit(header, now, now + self.wall_offset_ms)   # taken once, fresh
+            try:
+                self.hellos.admit(header, now, now + self.wall_offset_ms)   # once, fresh
+            except sessions.ClockSkew as e:   # a replay, or a clock far off: say which
+                return [Send(identity, {"t": "refused", "why": str(e)})]
             return hello(self, identity, header, now)
         known = self.peer(identity)
         if known is not None:   # a replay, or a message of an earlier registration: dropped

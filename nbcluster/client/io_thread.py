@@ -224,6 +224,13 @@ class IOThread:
         self.sent["functions"] += len(fns)
         self.sent["function_bytes"] += sum(fn.nbytes for fn in fns)
 
+    def _refused(self, why: str) -> None:
+        error = AuthenticationError(f"the broker at {self.endpoint} refused our hello: {why}")
+        if not self._welcome.done():
+            self._welcome.set_exception(error)
+        else:
+            log.error("%s", error)
+
     def _drain(self) -> None:
         for frames in pending_messages(self._sock):
             if protocol.is_denied(frames):
@@ -237,6 +244,9 @@ class IOThread:
                 header, payload = protocol.decode(self.signer, frames, max_bytes=None)
                 if header["t"] == "welcome":   # our session nonce; then what we held goes
                     self._fresh.welcomed(header)
+                elif header["t"] == "refused":   # our hello: our clock is far from the broker's
+                    self._refused(str(header.get("why")))
+                    continue
                 self._on_message(header, payload)
             except ProtocolError as e:
                 log.warning("dropped a message from the broker: %s", e)

@@ -25,6 +25,11 @@ __all__ = ["Freshness"]
 HELLO_NONCE_BYTES = 16
 
 
+def wall_ms() -> int:
+    """This host's wall clock, in ms since the Unix epoch."""
+    return int(time.time() * 1000)
+
+
 class Freshness:
     """Stamps a peer's headers; one per peer process role, shared by its sockets."""
 
@@ -35,7 +40,7 @@ class Freshness:
     def stamp(self, header: dict[str, Any]) -> dict[str, Any]:
         """The header to send: with a hello's timestamp and nonce, or the session's."""
         if header["t"] == "hello":
-            return {**header, "ts": int(time.time() * 1000),
+            return {**header, "ts": wall_ms(),
                     "hello_nonce": secrets.token_bytes(HELLO_NONCE_BYTES)}
         if self.nonce is None:
             return header

@@ -208,6 +208,8 @@ class Supervisor:
             self.fresh.welcomed(header)
             # Vouch at once, not a beat later (before the welcome it would carry no nonce).
             self._send({"t": "hb", "alive": self._alive()})
+        elif header["t"] == "refused":   # our hello, for our clock: we try again meanwhile
+            log.error("the broker at %s refused our hello: %s", self.endpoint, header.get("why"))
         elif header["t"] == "reconnect":   # the broker forgot us (restarted, or we were silent)
             self._hello()
         return None

@@ -4,13 +4,16 @@ sends; the recorded hello and submit are then sent again verbatim, without the k
 new socket and on the recorded session's own socket."""
 
 import threading
+import time
 
 import msgpack
 import pytest
 import zmq
 
+from nbcluster import AuthenticationError
 from nbcluster.client.client import Client
 from nbcluster.testing import throwaway_cluster
+from nbcluster.wire import freshness
 
 pytestmark = pytest.mark.timeout(120)
 WAIT_S = 60
@@ -123,3 +126,11 @@ def test_a_recorded_hello_and_submit_sent_again_run_nothing(tmp_path):
             proxy.close()
             replayer.close()
             ctx.term()
+
+
+def test_a_client_whose_clock_is_far_off_is_told_so(shared_cluster, monkeypatch):
+    """Its hello is outside the broker's window: the connect fails at once, saying why,
+    instead of waiting out its timeout for a welcome that never comes."""
+    monkeypatch.setattr(freshness, "wall_ms", lambda: int(time.time() * 1000) - 3_600_000)
+    with pytest.raises(AuthenticationError, match="clock"):
+        Client(shared_cluster.endpoint, shared_cluster.key, remember=False, timeout=WAIT_S)
