@@ -103,7 +103,7 @@ def test_messages_of_an_earlier_registration_or_without_a_nonce_are_dropped():
     for header in ({"t": "submit", "nonce": old, "seq": 1 << 40, "tasks": tasks},   # stale
                    {"t": "submit", "tasks": tasks},                        # not stamped
                    {"t": "submit", "nonce": new, "tasks": tasks}):         # no seq
-        with pytest.raises(ProtocolError, match="nonce|seq"):
+        with pytest.raises(ProtocolError, match=r"nonce|seq"):
             send(sim, b"c", header)
     assert not sim.state.tasks
     sim.submit(1)
