@@ -17,8 +17,9 @@ not is refused too. A field the type does not define is refused rather than igno
 protocol's version byte changes whenever a message's meaning does (no negotiation), and an
 unchecked field the broker read would be exactly what this module is here to prevent.
 
-Cost: about half a microsecond for a heartbeat, a quarter of a microsecond per task spec of
-a submit (see the report of issue 14 for the figures and how they were measured).
+Cost (CPU time, measured with time.process_time on the development machine): 0.4 to 0.7
+microseconds for a heartbeat, a `ready` or a `done` of one result, about 0.13 microseconds
+per task spec of a submit: less than msgpack takes to decode the same header.
 """
 
 from __future__ import annotations
