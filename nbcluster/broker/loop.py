@@ -134,6 +134,8 @@ class Broker:
             self.close()
 
     def _drain(self) -> None:
+        # Hellos carry their peer's wall clock; the state machine's is its clock plus this.
+        self.state.wall_offset_ms = int(time.time() * 1000) - _now_ms()
         for frames in pending_messages(self.router, limit=1000):  # bounded: ticks still happen
             identity, body = frames[0].bytes, frames[1:]
             if self._unread(identity, body):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ProtocolError
 from .dispatch import dispatch_all, finish
 from .records import Client, Header, Peer, Send, Worker, field, label_set
+from .sessions import new_nonce
 
 if TYPE_CHECKING:
     from .state import BrokerState
@@ -39,10 +40,12 @@ def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send
     if not isinstance(other, bytes) or not 0 < len(other) <= 255:
         raise ProtocolError("a second identity must be 1 to 255 bytes")
     clock = state.liveness
+    nonce = new_nonce()   # every later message of this registration carries it (sessions)
     welcome = {"t": "welcome", "heartbeat_ms": clock.heartbeat_ms, "liveness":
-               clock.expiry_ms // clock.heartbeat_ms, "broker": state.info, "epoch": state.epoch}
+               clock.expiry_ms // clock.heartbeat_ms, "broker": state.info, "epoch": state.epoch,
+               "nonce": nonce}
     if role == "supervisor":
-        state.supervisors.hello(identity, h, now)
+        state.supervisors.hello(identity, h, now).nonce = nonce
         return [Send(identity, welcome)]
     if role not in ("client", "worker"):
         raise ProtocolError(f"unknown role {role!r}")
@@ -57,11 +60,12 @@ def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send
         return [Send(identity, _resume(state, old, resume[0], session, now, welcome))]
     out, dropped = _forget(state, {identity, other})
     if role == "client":
-        state.clients[identity] = Client(identity, host, pid, now)
+        state.clients[identity] = Client(identity, host, pid, now, nonce=nonce)
         return out + dispatch_all(state) + [Send(identity, welcome)]
     w = Worker(id=f"w{next(state.fresh_worker_numbers)}", identity=other, ctl=identity,
                host=host, pid=pid, labels=labels, slots=slots, joined=now, last_seen=now,
-               session=session, ledger=session, supervisor=field(h, "supervisor", str, ""))
+               session=session, ledger=session, supervisor=field(h, "supervisor", str, ""),
+               nonce=nonce)
     state.workers[w.id] = w
     state.worker_by_identity[identity] = state.worker_by_identity[other] = w.id
     state.queue.add_worker(w.id)
@@ -81,7 +85,7 @@ def _resume(state: BrokerState, w: Worker, known: object, session: int, now: int
     the tasks w holds (`kept`), as from a new registration's welcome."""
     w.session, w.last_seen = session, now
     welcome = {**welcome, "id": w.id, "session": session, "ledger": w.ledger,
-               "resumed": True}
+               "resumed": True, "nonce": w.nonce}   # what it sent meanwhile is still valid
     if known != w.id:
         welcome["kept"] = [[gid, state.tasks[gid].attempt] for gid in sorted(w.tasks)]
     return welcome

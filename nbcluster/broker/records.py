@@ -80,6 +80,8 @@ class Worker:
     ledger: int = 0          # the session of the hello that made it: its credit carries it (`l`)
     supervisor: str = ""     # the token of the supervisor that vouches for it (see supervisors)
     stuck_on: int | None = None   # the task it gave back behind (see dispatch.stuck)
+    nonce: bytes = b""       # its registration's session nonce, and the last seq seen on
+    seq: dict[bytes, int] = dataclass_field(default_factory=dict)   # each socket (sessions)
 
 
 @dataclass
@@ -89,6 +91,8 @@ class Client:
     pid: int
     last_seen: int
     tasks: dict[int, int] = dataclass_field(default_factory=dict)   # client task id -> gid
+    nonce: bytes = b""       # its session nonce, and the last seq seen (see sessions)
+    seq: dict[bytes, int] = dataclass_field(default_factory=dict)
 
 
 Peer = Worker | Client

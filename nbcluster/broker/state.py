@@ -4,8 +4,9 @@
 returns the messages to send; `tick(now)` sends heartbeats and expires silent peers. Times
 are integers in milliseconds, so tests drive it with a fake clock and check
 `check_invariants()` after every step. Payloads are opaque: they are stored and forwarded,
-never looked into. A peer's header is untrusted: a field of the wrong type raises
-ProtocolError, which the broker loop logs and drops.
+never looked into. A peer's header is untrusted: it is held to its type's schema
+(wire.schema) and must be fresh (sessions: no replay) before anything reads it; a header
+that fails raises ProtocolError, which the broker loop logs and drops.
 
     handle(message, now) ─┬─ hello ───────────────► peers: register, resume, forget
                           ├─ from a supervisor ───► supervisors: vouches, exits
@@ -53,13 +54,14 @@ import secrets
 from typing import Any
 
 from ..errors import ProtocolError
-from . import client_messages, inspection, worker_messages
+from ..wire import schema
+from . import client_messages, inspection, sessions, worker_messages
 from .functions import FunctionStore
 from .liveness import Liveness
 from .peers import drop_client, drop_gone, drop_workers, hello, touch
 from .queues import TaskQueues
-from .records import Client, Frames, Header, Mac, Send, Task, Worker
-from .supervisors import Supervisors
+from .records import Client, Frames, Header, Mac, Peer, Send, Task, Worker
+from .supervisors import SupervisorPeer, Supervisors
 
 __all__ = ["BrokerState"]
 
@@ -95,19 +97,32 @@ class BrokerState:
         self.fresh_gids = itertools.count(first_gid or secrets.randbits(62) + 1)
         self.fresh_worker_numbers = itertools.count(1)
         self.shutdown_requested = False   # a client asked the whole cluster to stop
+        self.hellos = sessions.Hellos()   # hellos taken lately: each is taken once
+        # Our wall clock is now + this (ms); the broker loop keeps it up to date. Hellos carry
+        # their peer's wall clock (see sessions).
+        self.wall_offset_ms = 0
 
     def handle(self, identity: bytes, header: Header, payload: Frames, mac: Mac,
                now: int) -> list[Send]:
         """The messages to send in answer to one checked message from `identity`.
 
         Raises:
-            ProtocolError: the message is not one this peer may send, or a field of its
-                header has the wrong type.
+            ProtocolError: the message is not one this peer may send, a field of its header
+                does not hold to its type's schema (wire.schema), or it is not fresh (a
+                replay, see sessions).
         """
         self.liveness.forgive_stall(now)
+        schema.check(header)   # every field checked here: handlers read only checked values
         kind = header["t"]
         if kind == "hello":
+            try:
+                self.hellos.admit(header, now, now + self.wall_offset_ms)   # once, fresh
+            except sessions.ClockSkew as e:   # a replay, or a clock far off: say which
+                return [Send(identity, {"t": "refused", "why": str(e)})]
             return hello(self, identity, header, now)
+        known = self.peer(identity)
+        if known is not None:   # a replay, or a message of an earlier registration: dropped
+            sessions.check(known, identity, header)
         supervisor = self.supervisors.touch(identity, now)
         if supervisor is not None:
             return self.supervisors.handle(self, supervisor, header, now)
@@ -124,6 +139,14 @@ class BrokerState:
             if on_client is not None:
                 return on_client(self, peer, header, payload, mac, now)
         raise ProtocolError(f"unexpected {kind!r} message from a {type(peer).__name__}")
+
+    def peer(self, identity: bytes) -> Peer | SupervisorPeer | None:
+        """The registered peer on this socket, if any (as `handle` looks it up)."""
+        sup = self.supervisors.by_identity.get(identity)
+        if sup is not None:
+            return sup
+        wid = self.worker_by_identity.get(identity)
+        return self.workers[wid] if wid else self.clients.get(identity)
 
     def tick(self, now: int) -> list[Send]:
         """Heartbeats out and expiry of silent peers; call at least every heartbeat."""

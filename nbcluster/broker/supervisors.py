@@ -24,7 +24,7 @@ Pure bookkeeping like `BrokerState` (no sockets, no clock): `handle` returns the
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
@@ -49,6 +49,8 @@ class SupervisorPeer:
     last_seen: int
     alive: frozenset[int] = frozenset()   # pids it last said are alive and not stopped...
     vouched: int = NEVER                  # ...at this time
+    nonce: bytes = b""                    # its session nonce, the last seq seen (sessions)
+    seq: dict[bytes, int] = field(default_factory=dict)
 
 
 class Supervisors:

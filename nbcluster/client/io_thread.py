@@ -33,6 +33,7 @@ import zmq
 
 from ..errors import AuthenticationError, NBClusterError, ProtocolError
 from ..wire import message_limit, protocol, serialize
+from ..wire.freshness import Freshness
 from ..wire.transport import pending_messages
 from .inbox import caused
 
@@ -82,6 +83,8 @@ class IOThread:
     _outbox: collections.deque[OutboxItem]
     _fns_sent: set[bytes]
     _closed: bool
+    _reconnecting: float   # nonzero: said hello again, welcome not read yet (inbox.py)
+    _fresh: Freshness      # stamps what we send (made by the I/O thread)
     _broken: NBClusterError | None
     _silence: BrokerSilence
     _welcome: concurrent.futures.Future
@@ -133,6 +136,7 @@ class IOThread:
                 reply.set_exception(error)
 
     def _serve(self) -> None:
+        self._fresh = Freshness()
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
@@ -176,6 +180,7 @@ class IOThread:
                 reply.set_exception(TimeoutError())   # _request says what and why
 
     def _send(self, header: dict, payload: list | tuple = ()) -> None:
+        header = self._fresh.stamp(header)   # replay protection (wire/freshness.py)
         send_frames(self._sock, protocol.encode(self.signer, header, payload))
 
     def _hello(self) -> None:
@@ -185,6 +190,8 @@ class IOThread:
         """Send what the outbox holds, in order: small tasks together (up to
         MAX_TASKS_PER_SUBMIT or SUBMIT_BATCH_BYTES a message), a big one alone, each function
         payload the broker does not have yet with the first task that needs it."""
+        if self._reconnecting:   # a new registration is on its way: what we sent now would
+            return False         # carry the old one's nonce, and be dropped (see _drain)
         with self._lock:
             items, self._outbox = self._outbox, collections.deque()
         specs: list = []
@@ -241,6 +248,13 @@ class IOThread:
         if n > self.sent["most_in_a_message"]:
             self.sent["most_in_a_message"] = n
 
+    def _refused(self, why: str) -> None:
+        error = AuthenticationError(f"the broker at {self.endpoint} refused our hello: {why}")
+        if not self._welcome.done():
+            self._welcome.set_exception(error)
+        else:
+            log.error("%s", error)
+
     def _drain(self) -> None:
         for frames in pending_messages(self._sock):
             if protocol.is_denied(frames):
@@ -252,6 +266,11 @@ class IOThread:
                 continue
             try:
                 header, payload = protocol.decode(self.signer, frames, max_bytes=None)
+                if header["t"] == "welcome":   # our session nonce; then what we held goes
+                    self._fresh.welcomed(header)
+                elif header["t"] == "refused":   # our hello: our clock is far from the broker's
+                    self._refused(str(header.get("why")))
+                    continue
                 self._on_message(header, payload)
             except ProtocolError as e:
                 log.warning("dropped a message from the broker: %s", e)

@@ -31,7 +31,7 @@ from ..errors import ProtocolError
 __all__ = ["VERSION", "MAGIC", "DENIED", "TOO_BIG", "is_denied", "Signer", "encode", "decode",
            "new_key", "Header"]
 
-VERSION = 2
+VERSION = 3
 MAGIC = b"NBC" + bytes([VERSION])
 SIGNATURE_SIZE = 32
 MAX_HEADER_BYTES = 1 << 20          # a header is control data; payloads go in frames

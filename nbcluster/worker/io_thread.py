@@ -209,6 +209,7 @@ class IOThread(WorkerState):
         elif kind == "welcome":
             if header.get("session") != self.session:
                 return   # the answer to an earlier hello: the broker drops that registration
+            self.fresh.welcomed(header)   # before the main thread sends, below
             self.id = header.get("id", self.id)
             runtime.WORKER.update(id=self.id, **self.info)
             self.heartbeat_s = header["heartbeat_ms"] / 1000
@@ -217,6 +218,8 @@ class IOThread(WorkerState):
             with self.lock:
                 self._welcome(header)
             os.write(self._registered_w, b"x")   # the main thread asks for work
+        elif kind == "refused":   # our hello, for our clock: we try again (backoff) meanwhile
+            log.error("the broker at %s refused our hello: %s", self.endpoint, header.get("why"))
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
 

@@ -19,6 +19,7 @@ import zmq
 
 from .. import runtime
 from ..wire import functions, protocol
+from ..wire.freshness import Freshness
 from ..wire.shm import SharedMemory
 from ..wire.shm import available as shm_available
 from ..wire.transport import dealer
@@ -50,6 +51,7 @@ class WorkerState:
                  max_tasks: int | None = None):
         self.endpoint, self.labels, self.slots = endpoint, sorted(labels or []), slots
         self.signer = protocol.Signer(key)
+        self.fresh = Freshness()   # both sockets' stamps (each socket is one thread's)
         runtime.set_worker(key, endpoint, curve)
         self.curve = curve
         self.watch_stdin = watch_stdin
@@ -106,6 +108,7 @@ class WorkerState:
         self.task_sock = dealer(self.ctx, endpoint, self.task_identity, curve)
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], payload: Sequence[Any] = ()) -> None:
+        header = self.fresh.stamp(header)   # replay protection: see wire/freshness.py
         sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
 
     def _take_held(self) -> tuple[list[Any], list[Any], int | None]:

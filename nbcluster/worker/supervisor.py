@@ -46,6 +46,7 @@ import zmq
 
 from ..errors import ProtocolError
 from ..wire import protocol, shm
+from ..wire.freshness import Freshness
 from ..wire.transport import dealer, pending_messages
 from . import main as worker_main
 from .forkserver import ForkServer, StartedProcess, become_subreaper, reap, spawn_process
@@ -112,6 +113,7 @@ class Supervisor:
             () if self.announce_fd is None else (self.announce_fd,))) \
             if hasattr(os, "fork") and become_subreaper() else None
         self.signer = protocol.Signer(key)
+        self.fresh = Freshness()
         self.ctx = zmq.Context(io_threads=1)
         self.sock = dealer(self.ctx, endpoint, None, curve)
         self.endpoint = endpoint
@@ -221,6 +223,11 @@ class Supervisor:
         if header["t"] == "welcome":
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
+            self.fresh.welcomed(header)
+            # Vouch at once, not a beat later (before the welcome it would carry no nonce).
+            self._send({"t": "hb", "alive": self._alive()})
+        elif header["t"] == "refused":   # our hello, for our clock: we try again meanwhile
+            log.error("the broker at %s refused our hello: %s", self.endpoint, header.get("why"))
         elif header["t"] == "reconnect":   # the broker forgot us (restarted, or we were silent)
             self._hello()
         return None
@@ -330,9 +337,9 @@ class Supervisor:
     def _hello(self) -> None:
         self._send({"t": "hello", "role": "supervisor", "token": self.token,
                     "host": socket.gethostname(), "pid": os.getpid(), "workers": self.n})
-        self._send({"t": "hb", "alive": self._alive()})   # vouch at once, not a beat later
 
     def _send(self, header: dict) -> None:
+        header = self.fresh.stamp(header)   # replay protection: see wire/freshness.py
         self.sock.send_multipart(protocol.encode(self.signer, header, []), copy=False)
 
     def _announce(self, line: str) -> None:

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
+from ..support.broker_sim import stamp
+
 F, G = b"F" * 16, b"G" * 16
 FRAMES = {F: [b"f-pickle", b"f-buffer"], G: [b"g-pickle"]}
 
@@ -19,7 +21,8 @@ class Sim:
         self.now = 0
 
     def msg(self, identity, t, payload=(), **header):
-        out = self.state.handle(identity, {"t": t, **header}, list(payload), None, self.now)
+        header = stamp(self.state, identity, {"t": t, **header}, self.now)
+        out = self.state.handle(identity, header, list(payload), None, self.now)
         self.state.check_invariants()
         return out
 
@@ -101,7 +104,9 @@ def test_a_worker_missing_a_payload_gets_the_task_again_with_it():
     assert again[0] == task[0] and again[1] == task[1] + 1 and fns == [[F, 2]]
     assert payload == [*FRAMES[F], b"args-2"]
     # A refetch of a task it no longer holds (or of another attempt) changes nothing.
-    assert sim.msg(b"w", "refetch", tasks=[[task[0], task[1]], [999, 0], "junk"]) == []
+    assert sim.msg(b"w", "refetch", tasks=[[task[0], task[1]], [999, 0]]) == []
+    with pytest.raises(ProtocolError, match=r"tasks\[1\]"):   # a malformed one: all refused
+        sim.msg(b"w", "refetch", tasks=[[task[0], task[1] + 1], "junk"])
 
 
 def test_payloads_are_released_when_their_tasks_end_in_any_way():

@@ -6,7 +6,7 @@ itself must expire nobody, and a worker that registers again keeps the tasks it 
 
 from nbcluster.broker.state import BrokerState
 
-from ..support.broker_sim import HB, Sim, results, runs
+from ..support.broker_sim import HB, Sim, results, runs, stamp
 
 
 def hello(sim, ctl, session, resume=None, running=(), task=None):
@@ -84,7 +84,7 @@ def test_the_stall_rule_is_measured_from_the_last_tick():
     """A broker ticking every heartbeat forgives nothing: a worker silent 3.1 s of awake time
     is lost, whatever the gaps between messages."""
     state = BrokerState(heartbeat_ms=HB, liveness=3)
-    state.handle(b"w", {"t": "hello", "role": "worker"}, [], None, 0)
+    state.handle(b"w", stamp(state, b"w", {"t": "hello", "role": "worker"}), [], None, 0)
     for now in range(0, 3001, HB):
         state.tick(now)
     assert state.workers

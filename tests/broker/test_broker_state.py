@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from nbcluster.broker.state import BrokerState
 from nbcluster.errors import ProtocolError
 
-from ..support.broker_sim import HB, Sim, results, runs
+from ..support.broker_sim import HB, Sim, results, runs, stamp
 
 
 def test_submit_dispatch_result():
@@ -205,7 +205,8 @@ def test_malformed_headers_raise_protocol_error_and_change_nothing(header):
     sim.worker(b"w", credit=0)
     identity = b"w" if header["t"] in ("ready", "run") else b"c"
     with pytest.raises(ProtocolError):
-        sim.state.handle(identity, header, [b"x"], None, sim.now)
+        sim.state.handle(identity, stamp(sim.state, identity, header, sim.now), [b"x"], None,
+                         sim.now)
     sim.state.check_invariants()
 
 
@@ -309,8 +310,9 @@ def test_brokers_share_no_ids():
     a, b = BrokerState(), BrokerState()
     assert a.epoch != b.epoch
     for state in (a, b):
-        state.handle(b"c", {"t": "hello", "role": "client"}, [], None, 0)
-        state.handle(b"c", {"t": "submit", "tasks": [[1, 1, [], None, 0]]}, [b"f"], None, 0)
+        state.handle(b"c", stamp(state, b"c", {"t": "hello", "role": "client"}), [], None, 0)
+        state.handle(b"c", stamp(state, b"c", {"t": "submit", "tasks": [[1, 1, [], None, 0]]}),
+                     [b"f"], None, 0)
     [ga], [gb] = list(a.tasks), list(b.tasks)
     assert ga != gb and ga > 1 and gb > 1
 

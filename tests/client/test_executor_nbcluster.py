@@ -174,22 +174,27 @@ def test_broker_forwards_a_started_note_only_from_the_worker_holding_the_task():
     from nbcluster.broker.state import BrokerState
     from nbcluster.errors import ProtocolError
 
+    from ..support.broker_sim import stamp
+
     state = BrokerState()
-    state.handle(b"c", {"t": "hello", "role": "client", "host": "h", "pid": 1}, [], None, 0)
+
+    def handle(identity, header, payload=(), now=0):
+        return state.handle(identity, stamp(state, identity, header), list(payload), None, now)
+
+    handle(b"c", {"t": "hello", "role": "client", "host": "h", "pid": 1})
     for w in (b"w1", b"w2"):
-        state.handle(w, {"t": "hello", "role": "worker", "host": "h", "pid": 2}, [], None, 0)
-    state.handle(b"w1", {"t": "ready", "n": 1}, [], None, 0)
-    out = state.handle(b"c", {"t": "submit", "tasks": [[7, 2, [], None, 0]]}, [b"f", b"a"],
-                       None, 0)
+        handle(w, {"t": "hello", "role": "worker", "host": "h", "pid": 2})
+    handle(b"w1", {"t": "ready", "n": 1})
+    out = handle(b"c", {"t": "submit", "tasks": [[7, 2, [], None, 0]]}, [b"f", b"a"])
     [(gid, attempt, *_)] = [t for s in out if s.header["t"] == "run" for t in s.header["tasks"]]
     note = {"t": "started", "items": [[gid, attempt]]}
-    assert state.handle(b"w2", note, [], None, 1) == []                # not its task
-    assert state.handle(b"w1", {"t": "started", "items": [[gid, attempt + 1]]}, [], None, 1) == []
-    [sent] = state.handle(b"w1", note, [], None, 1)
+    assert handle(b"w2", note, now=1) == []                # not its task
+    assert handle(b"w1", {"t": "started", "items": [[gid, attempt + 1]]}, now=1) == []
+    [sent] = handle(b"w1", note, now=1)
     assert sent.identity == b"c" and sent.header == {"t": "started", "items": [[7, "w1"]]}
     state.check_invariants()
     with pytest.raises(ProtocolError):
-        state.handle(b"w1", {"t": "started", "items": [gid]}, [], None, 1)
+        handle(b"w1", {"t": "started", "items": [gid]}, now=1)
 
 
 def test_task_options_are_checked_when_made(shared_cluster):

@@ -1,9 +1,29 @@
 """The broker's state machine driven message by message with a fake clock (milliseconds):
 what the tests of tests/broker/ and the worker model (worker_model.py) drive it with."""
 
+import os
+
 from nbcluster.broker.state import BrokerState
 
 HB = 1000
+
+
+def stamp(state, identity, header, now=0):
+    """The header as a peer sends it (replay protection, broker/sessions.py): a hello with
+    the peer's clock and a fresh hello nonce; a later message from a registered socket with
+    its registration's session nonce and the next sequence number. The test's fields win."""
+    if header["t"] == "hello":
+        return {"ts": now + state.wall_offset_ms, "hello_nonce": os.urandom(16), **header}
+    peer = state.peer(identity)
+    return header if peer is None else {"nonce": peer.nonce, "seq": next_seq(state, identity),
+                                        **header}
+
+
+def next_seq(state, identity):
+    """The sequence number a peer's next message on this socket carries (one more than the
+    broker saw last: a function of the state, so the fuzzers' runs are reproducible)."""
+    peer = state.peer(identity)
+    return (peer.seq.get(identity, 0) if peer is not None else 0) + 1
 
 
 class Sim:
@@ -18,7 +38,8 @@ class Sim:
     def msg(self, identity, t, payload=(), **header):
         if t == "done":
             header.setdefault("e", self.state.epoch)   # a worker echoes the run's epoch
-        out = self.state.handle(identity, {"t": t, **header}, list(payload), None, self.now)
+        header = stamp(self.state, identity, {"t": t, **header}, self.now)
+        out = self.state.handle(identity, header, list(payload), None, self.now)
         self.state.check_invariants()
         self.sent += out
         return out

@@ -8,7 +8,9 @@ not ordered with each other). The broker may expire a worker (the others heartbe
 paths of re-registration are met: resumed, or a new registration that keeps the running task.
 """
 
-from .broker_sim import HB, Sim
+from nbcluster.errors import ProtocolError
+
+from .broker_sim import HB, Sim, next_seq, stamp
 
 PREFETCH = 3   # the model's prefetch while its tasks are short (worker.py: up to MAX_PREFETCH)
 
@@ -44,6 +46,8 @@ class WorkerModel:
         self.wake = False                     # the I/O thread asked the main thread to top up
         self.down = {"task": [], "ctl": []}   # broker -> worker, in flight
         self.up = {"task": [], "ctl": []}     # worker -> broker, in flight
+        self.nonce = None                     # our registration's session nonce (welcome)
+        self.stale = 0                        # messages the broker dropped: an old nonce
 
     @property
     def wid(self):
@@ -60,6 +64,8 @@ class WorkerModel:
         return n, self.ledger
 
     def send(self, sock: str, header: dict, payload=()) -> None:
+        if header["t"] != "hello" and self.nonce is not None:   # as sent: the nonce we know
+            header = {**header, "nonce": self.nonce}   # (seq: when delivered, see Cluster)
         self.up[sock].append((header, list(payload)))
 
     def ours(self, batch: tuple):
@@ -176,6 +182,7 @@ class WorkerModel:
         """worker.py's _welcome."""
         self.registered = True
         self.wake = True
+        self.nonce = header["nonce"]
         if header.get("resumed") and header["ledger"] == self.ledger:
             return
         self.registration = (header["id"], header["epoch"])
@@ -230,7 +237,8 @@ class Cluster:
         self.check()
 
     def handle(self, identity: bytes, header: dict, payload=()) -> None:
-        self.route(self.state.handle(identity, header, list(payload), None, self.now))
+        self.route(self.state.handle(identity, stamp(self.state, identity, header, self.now),
+                                     list(payload), None, self.now))
 
     def route(self, out) -> None:
         for s in out:
@@ -246,12 +254,26 @@ class Cluster:
         if not w.up[sock]:
             return False
         header, payload = w.up[sock].pop(0)
-        out = self.state.handle(w.task_id if sock == "task" else w.ctl, header, payload, None,
-                                self.now)
+        self.from_worker(w, sock, header, payload)
+        return True
+
+    def from_worker(self, w: WorkerModel, sock: str, header: dict, payload=()) -> None:
+        identity = w.task_id if sock == "task" else w.ctl
+        # A seq drawn when delivered is one drawn when sent: each socket is FIFO.
+        header = stamp(self.state, identity, header, self.now) if header["t"] == "hello" \
+            else {**header, "seq": next_seq(self.state, identity)} if "nonce" in header \
+            else header
+        try:
+            out = self.state.handle(identity, header, payload, None, self.now)
+        except ProtocolError:
+            peer = self.state.peer(identity)
+            if peer is None or header.get("nonce") == peer.nonce:
+                raise   # only a message of an earlier registration may be dropped
+            w.stale += 1   # sent before the welcome of a new registration: dropped
+            return
         if any(s.header["t"] == "welcome" and s.header.get("resumed") for s in out):
             w.resumed_by_broker = header["session"]
         self.route(out)
-        return True
 
     def client(self, identity: bytes, t: str, payload=(), **header) -> None:
         self.handle(identity, {"t": t, **header}, payload)
@@ -260,9 +282,11 @@ class Cluster:
         """Time passes, ticked every heartbeat; every peer but `victim` heartbeats."""
         for _ in range(4):
             self.now += HB
-            for peer in [*self.clients, *(w.ctl for w in self.workers if w is not victim)]:
-                if peer in self.state.clients or peer in self.state.worker_by_identity:
-                    self.handle(peer, {"t": "hb"})
+            for peer in self.clients:
+                self.handle(peer, {"t": "hb"})
+            for w in self.workers:
+                if w is not victim and w.ctl in self.state.worker_by_identity:
+                    self.from_worker(w, "ctl", {"t": "hb", "nonce": w.nonce})
             before = set(self.state.workers)
             self.route(self.state.tick(self.now))
             self.expired |= before - set(self.state.workers)

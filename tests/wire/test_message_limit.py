@@ -10,6 +10,7 @@ import zmq
 from nbcluster import MessageTooLarge, NBClusterError
 from nbcluster.testing import throwaway_cluster
 from nbcluster.wire import protocol
+from nbcluster.wire.freshness import Freshness
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -104,7 +105,8 @@ def test_an_oversized_message_is_refused_with_a_word_and_the_broker_serves_on():
             # a frame over the limit: libzmq drops the connection (nobody can answer); the
             # peer reconnects by itself and is served again
             sock.send_multipart(protocol.encode(signer, {"t": "hb"}, [b"z" * (2 * LIMIT)]))
-            sock.send_multipart(protocol.encode(signer, {"t": "hello", "role": "client"}))
+            hello = Freshness().stamp({"t": "hello", "role": "client"})
+            sock.send_multipart(protocol.encode(signer, hello))
             assert sock.poll(RESULT_WAIT_S * 1000), "the peer was not served again"
             header, _ = protocol.decode(signer, sock.recv_multipart(), max_bytes=None)
             assert header["t"] in ("welcome", "hb")
