@@ -184,27 +184,28 @@ class TaskQueues:
             del pinned[at]
             return self.tasks[gid]
         best: LabelQueue | None = None
-        rank: tuple[int, int, int] = (0, 0, 0)
+        rank: tuple[int, int, bool, int] = (0, 0, False, 0)
         for key in self.classes[(w.labels, w.host)].keys:
             for lq in self.by_key[key].clients.values():
-                i = self._first_for(lq, heard)
-                if i < 0:
+                i, t = self._first_for(lq, heard)
+                if t is None:
                     continue
                 c = lq.owner
-                r = (len(c.running), c.served, lq.gids[i])
+                # fewest running, then least recently served; within the client, tasks
+                # given back or lost first, then the oldest
+                r = (len(c.running), c.served, t.attempt == 0, t.gid)
                 if best is None or r < rank:
                     best, rank, at = lq, r, i
         if best is None:
             return None
         del best.gids[at]
-        t = self.tasks[rank[2]]
         best.owner.served = next(self.stamps)
         self._spent(best)
-        return t
+        return self.tasks[rank[3]]
 
-    def _first_for(self, lq: LabelQueue, heard: int) -> int:
+    def _first_for(self, lq: LabelQueue, heard: int) -> tuple[int, Task | None]:
         """The index in lq of the first task a worker last heard from at `heard` may take,
-        or -1. Dead gids at the head are dropped (up to SKIP_BUDGET: then the queue is left
+        and that task, or (-1, None). Dead gids at the head are dropped (up to SKIP_BUDGET: then the queue is left
         to sweep for now). A task lost after `heard` is not for that worker: workers that
         die together (SIGKILL of a process group, a host going down) are reported or expire
         one by one, and a task handed to one not yet known dead would be charged a loss it
@@ -218,12 +219,12 @@ class TaskQueues:
             q.popleft()
         else:
             self.dirty.add(lq)
-            return -1
+            return -1, None
         for i, gid in enumerate(itertools.islice(q, SKIP_BUDGET)):
             t = self.tasks.get(gid)
             if t is not None and t.worker is None and t.lost_at <= heard and t.owner is lq.owner:
-                return i
-        return -1
+                return i, t
+        return -1, None
 
     def _first_pinned(self, q: deque[int], heard: int) -> int:
         while q and not self._is_queued(q[0]):
