@@ -17,10 +17,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
+from ..wire.protocol import Frame
 from .dispatch import BATCH_BYTES, dispatch_all
 from .functions import is_digest
 from .peers import drop_client
-from ..wire.protocol import Frame
 from .records import Client, Frames, Header, Mac, Send, Task, field, label_set
 
 if TYPE_CHECKING:
@@ -62,7 +62,8 @@ def submit(state: BrokerState, c: Client, h: Header, payload: Frames, mac: Mac,
         kept = tuple(_kept(f) for f in frames)
         size = sum(memoryview(f).nbytes for f in kept)
         t = Task(gid=next(state.fresh_gids), owner=c, cid=cid, labels=labels, target=target,
-                 host=host, data=kept[0] if len(kept) == 1 else kept, retries=max(0, retries), fn=state.functions.intern(fn),
+                 host=host, data=kept[0] if len(kept) == 1 else kept, retries=max(0, retries),
+                 fn=state.functions.intern(fn),
                  # a large task alone in its message is forwarded with the mac it came with
                  mac=mac if nframes == len(payload) and size >= BATCH_BYTES else None)
         state.tasks[t.gid] = t

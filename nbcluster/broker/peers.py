@@ -156,9 +156,9 @@ def drop_workers(state: BrokerState, workers: list[Worker], lost: bool,
             state.queue.enqueue(t, front=True)
     for w in workers:
         for gid in state.queue.remove_worker(w):
-            t = state.tasks.get(gid)
-            if t is not None and t.worker is None and not t.owner.gone:
-                out += finish(state, t, "lost", {"lost_on": [w.id], "pids": [w.pid]})
+            pinned = state.tasks.get(gid)
+            if pinned is not None and pinned.worker is None and not pinned.owner.gone:
+                out += finish(state, pinned, "lost", {"lost_on": [w.id], "pids": [w.pid]})
     return (out + dispatch_all(state)) if dispatch and workers else out
 
 

@@ -101,9 +101,10 @@ class TaskQueues:
         if cls is None:
             cls = self.classes[key] = WorkerClass(key)
             if 1 << min(len(w.labels) + 1, 62) < len(self.by_key):   # fewer subsets than keys
-                candidates: Iterator[Key] = ((frozenset(sub), host) for n in range(len(w.labels) + 1)
-                              for sub in itertools.combinations(sorted(w.labels), n)
-                              for host in (None, w.host))
+                candidates: Iterator[Key] = (
+                    (frozenset(sub), host) for n in range(len(w.labels) + 1)
+                    for sub in itertools.combinations(sorted(w.labels), n)
+                    for host in (None, w.host))
                 cls.keys = {k for k in candidates if k in self.by_key}
             else:
                 cls.keys = {k for k in self.by_key if cls.serves(k)}
@@ -205,13 +206,13 @@ class TaskQueues:
 
     def _first_for(self, lq: LabelQueue, heard: int) -> tuple[int, Task | None]:
         """The index in lq of the first task a worker last heard from at `heard` may take,
-        and that task, or (-1, None). Dead gids at the head are dropped (up to SKIP_BUDGET: then the queue is left
-        to sweep for now). A task lost after `heard` is not for that worker: workers that
-        die together (SIGKILL of a process group, a host going down) are reported or expire
-        one by one, and a task handed to one not yet known dead would be charged a loss it
-        never had. It waits for a worker that has spoken since (every live worker does
-        within a heartbeat). Lost tasks are queued at the front, so the scan stops after
-        the few lost just now."""
+        and that task, or (-1, None). Dead gids at the head are dropped (up to SKIP_BUDGET:
+        then the queue is left to sweep for now). A task lost after `heard` is not for that
+        worker: workers that die together (SIGKILL of a process group, a host going down)
+        are reported or expire one by one, and a task handed to one not yet known dead
+        would be charged a loss it never had. It waits for a worker that has spoken since
+        (every live worker does within a heartbeat). Lost tasks are queued at the front, so
+        the scan stops after the few lost just now."""
         q = lq.gids
         for _ in range(SKIP_BUDGET):
             if not q or self._is_queued(q[0]):

@@ -167,8 +167,9 @@ class BrokerState:
 
     def sweep(self, budget: int = SWEEP_BUDGET) -> list[Send]:
         """Free up to `budget` entries of what was detached at once (a dropped client's
-        tasks, dead queues) so that no message pays for its size, and hand memory back to the system after a big release. Returns the
-        messages of a dispatch, if a queue got work back."""
+        tasks, dead queues) so that no message pays for its size, and hand memory back to
+        the system after a big release. Returns the messages of a dispatch, if a queue got
+        work back."""
         freed = self._free_orphans(budget)
         n, woke = self.queue.sweep(budget - freed)
         freed += n

@@ -11,11 +11,12 @@ SHARD entries, and a shard emptied is deleted, its memory with it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, overload
 
 __all__ = ["Table"]
 
 V = TypeVar("V")
+D = TypeVar("D")
 SHARD_BITS = 10   # 1024 keys a shard
 
 
@@ -39,7 +40,9 @@ class Table(Generic[V]):
         return self.shards[key >> SHARD_BITS][key]
 
     def get(self, key: object, default: V | None = None) -> V | None:
-        shard = self.shards.get(key >> SHARD_BITS) if isinstance(key, int) else None
+        if not isinstance(key, int):
+            return default
+        shard = self.shards.get(key >> SHARD_BITS)
         return default if shard is None else shard.get(key, default)
 
     def __setitem__(self, key: int, value: V) -> None:
@@ -58,15 +61,20 @@ class Table(Generic[V]):
         if not shard:
             del self.shards[high]
 
-    def pop(self, key: object, *default: V | None) -> V | None:
-        if key in self:
-            assert isinstance(key, int)
+    @overload
+    def pop(self, key: int) -> V: ...
+
+    @overload
+    def pop(self, key: object, default: D) -> V | D: ...
+
+    def pop(self, key: object, default: object = KeyError) -> object:
+        if isinstance(key, int) and key in self:
             value = self[key]
             del self[key]
             return value
-        if default:
-            return default[0]
-        raise KeyError(key)
+        if default is KeyError:
+            raise KeyError(key)
+        return default
 
     def popitem(self) -> tuple[int, V]:
         """Some entry, removed (the last of the last shard: O(1))."""
