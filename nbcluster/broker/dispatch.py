@@ -15,7 +15,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
-from .records import Header, Send, Task, Worker
+from .records import NEVER, Header, Send, Task, Worker
 
 if TYPE_CHECKING:
     from .state import BrokerState
@@ -41,16 +41,28 @@ def dispatch_all(state: BrokerState) -> list[Send]:
     The least loaded comes from a heap (O(log workers) a task, not O(workers))."""
     # Not to a worker quiet for a while: it may be dead, and a task handed to it would be
     # charged a loss it never had (it gets work when it speaks again, see heartbeat).
-    quiet = state.liveness.quiet_since()
     queue = state.queue
+    if queue.empty():
+        return []
+    quiet = state.liveness.quiet_since()
+    # (load, order, worker) of those with credit; the dearer checks are made at the top
     hungry = [(len(w.tasks), i, w) for i, w in enumerate(state.workers.values())
-              if w.credit > 0 and not w.stopping and queue.has_work_for(w)
-              and not state.liveness.silent(w, quiet) and not stuck(w)]
+              if w.credit > 0 and not w.stopping]
     heapq.heapify(hungry)
     taken: dict[str, list[Task]] = {}
-    while hungry:
+    # worker class -> the latest `heard` at which a worker of it found nothing: one of the
+    # same class heard no later finds nothing either (unless a task is pinned to it)
+    found_none: dict[tuple[frozenset[str], str], int] = {}
+    while hungry and not queue.empty():
         _, i, w = hungry[0]
-        t = queue.pop_for(w, state.clients, state.liveness.heard(w))
+        heard, cls = state.liveness.heard(w), (w.labels, w.host)
+        t = None
+        if (heard > found_none.get(cls, NEVER) or queue.pinned[w.id]) \
+                and queue.has_work_for(w) and not state.liveness.silent(w, quiet) \
+                and not stuck(w):
+            t = queue.pop_for(w, state.clients, heard)
+            if t is None and not queue.pinned[w.id]:
+                found_none[cls] = max(heard, found_none.get(cls, NEVER))
         if t is None:
             heapq.heappop(hungry)
             continue

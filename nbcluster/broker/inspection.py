@@ -8,6 +8,7 @@ the tests, property-based ones included, find bookkeeping that does not add up.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,17 +32,15 @@ def status(state: BrokerState, now: int) -> dict[str, Any]:
                           for t in (state.tasks[g] for g in sorted(w.tasks))]}
                for w in state.workers.values()]
     waiting: dict[str, int] = {}
-    unserved = [e for e in state.queue.by_key.values()
-                if not any(e.key in cls.keys for cls in state.queue.classes.values())]
-    for entry in unserved[:MAX_WAITING_LISTED]:
-        labels, host = entry.key
+    queue = state.queue
+    for labels, host in itertools.islice(queue.unserved, MAX_WAITING_LISTED):
         key = ",".join(sorted(labels) + ([f"host={host}"] if host else []))
-        waiting[key] = sum(lq.live for lq in entry.clients.values())
+        waiting[key] = sum(lq.live for lq in queue.by_key[(labels, host)].clients.values())
     clients = state.clients.values()
     return {"workers": workers, "queued": sum(c.queued for c in clients),
             "running": sum(len(c.running) for c in clients),
             "clients": len(state.clients), "waiting_for_labels": waiting,
-            "label_sets_waiting": len(unserved), "label_queues": len(state.queue.by_key),
+            "label_sets_waiting": len(queue.unserved), "label_queues": len(queue.by_key),
             "client_tasks": [{"host": c.host, "pid": c.pid, "queued": c.queued,
                               "running": len(c.running)} for c in clients],
             "functions": state.functions.status(), "broker": state.info,

@@ -56,11 +56,12 @@ class LabelQueue:
 class KeyQueues:
     """The queues of one key in use: one per client with a task of it."""
 
-    __slots__ = ("key", "clients")
+    __slots__ = ("key", "clients", "servers")
 
     def __init__(self, key: Key) -> None:
         self.key = key   # the one (labels, host) object its tasks share (interned)
         self.clients: dict[bytes, LabelQueue] = {}
+        self.servers = 0   # worker classes that can serve it
 
 
 class WorkerClass:
@@ -88,6 +89,9 @@ class TaskQueues:
         self.tasks = tasks
         self.by_key: dict[Key, KeyQueues] = {}
         self.pinned: dict[str, deque[int]] = {}   # worker id -> gids targeting it
+        self.pinned_gids = 0   # in all pinned queues (dead ones too): 0 means none to hand out
+        # keys in use that no worker class serves, in the order they appeared (for status)
+        self.unserved: dict[Key, None] = {}
         self.classes: dict[Key, WorkerClass] = {}
         self.dirty: set[LabelQueue] = set()   # queues whose head a pop left to sweep
         self.garbage: deque[Any] = deque()    # detached deques and dicts, freed by sweep
@@ -108,6 +112,8 @@ class TaskQueues:
                 cls.keys = {k for k in candidates if k in self.by_key}
             else:
                 cls.keys = {k for k in self.by_key if cls.serves(k)}
+            for k in cls.keys:
+                self._served(k, +1)
         cls.members += 1
 
     def remove_worker(self, w: Worker) -> deque[int]:
@@ -117,7 +123,19 @@ class TaskQueues:
         cls.members -= 1
         if cls.members == 0:
             del self.classes[key]
-        return self.pinned.pop(w.id)
+            for k in cls.keys:
+                self._served(k, -1)
+        q = self.pinned.pop(w.id)
+        self.pinned_gids -= len(q)
+        return q
+
+    def _served(self, key: Key, change: int) -> None:
+        entry = self.by_key[key]
+        entry.servers += change
+        if entry.servers:
+            self.unserved.pop(key, None)
+        else:
+            self.unserved[key] = None
 
     # ---- tasks in and out ----------------------------------------------------------------
     def intern(self, labels: frozenset[str], host: str | None) -> Key:
@@ -130,6 +148,7 @@ class TaskQueues:
         if t.target is not None:
             q = self.pinned[t.target]
             q.appendleft(t.gid) if front else q.append(t.gid)
+            self.pinned_gids += 1
             return
         key = (t.labels, t.host)
         entry = self.by_key.get(key)
@@ -138,6 +157,9 @@ class TaskQueues:
             for cls in self.classes.values():
                 if cls.serves(key):
                     cls.keys.add(key)
+                    entry.servers += 1
+            if not entry.servers:
+                self.unserved[key] = None
         lq = entry.clients.get(t.owner.identity)
         if lq is None:
             lq = entry.clients[t.owner.identity] = LabelQueue(t.owner, entry.key)
@@ -165,6 +187,7 @@ class TaskQueues:
             self.garbage.append(lq.gids)
         if not entry.clients:
             del self.by_key[lq.key]
+            self.unserved.pop(lq.key, None)
             for cls in self.classes.values():
                 cls.keys.discard(lq.key)
 
@@ -183,6 +206,7 @@ class TaskQueues:
         if at >= 0:
             gid = pinned[at]
             del pinned[at]
+            self.pinned_gids -= 1
             return self.tasks[gid]
         best: LabelQueue | None = None
         rank: tuple[int, int, bool, int] = (0, 0, False, 0)
@@ -230,6 +254,7 @@ class TaskQueues:
     def _first_pinned(self, q: deque[int], heard: int) -> int:
         while q and not self._is_queued(q[0]):
             q.popleft()
+            self.pinned_gids -= 1
         for i, gid in enumerate(q):
             t = self.tasks.get(gid)
             if t is not None and t.worker is None and not t.owner.gone and t.lost_at <= heard:
@@ -239,6 +264,10 @@ class TaskQueues:
     def _is_queued(self, gid: int) -> bool:
         t = self.tasks.get(gid)
         return t is not None and t.worker is None and not t.owner.gone
+
+    def empty(self) -> bool:
+        """Is no task queued that a worker of ours could take?"""
+        return len(self.by_key) == len(self.unserved) and not self.pinned_gids
 
     def has_work_for(self, w: Worker) -> bool:
         """Might pop_for find a task for w? (False: it surely finds none.)"""
@@ -297,3 +326,7 @@ class TaskQueues:
         for key, cls in self.classes.items():
             assert cls.keys == {k for k in self.by_key if cls.serves(k)}, key
             assert cls.members > 0
+        for key, entry in self.by_key.items():
+            assert entry.servers == sum(key in cls.keys for cls in self.classes.values())
+        assert set(self.unserved) == {k for k, e in self.by_key.items() if not e.servers}
+        assert self.pinned_gids == sum(len(q) for q in self.pinned.values())
