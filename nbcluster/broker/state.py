@@ -12,7 +12,8 @@ ProtocolError, which the broker loop logs and drops.
                           ├─ from a client ───────► client_messages: submit, cancel, query...
                           ├─ from a worker ───────► worker_messages: ready, done, output...
                           └─ from a stranger ─────► reconnect (it was forgotten: say hello)
-    tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out
+    tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out,
+                 detached tables freed a slice at a time (sweep)
 
     the handlers ──► queues: tasks waiting, by labels or target worker
                  ──► dispatch: queued tasks to workers with credit; a task lost for good
@@ -22,8 +23,13 @@ ProtocolError, which the broker loop logs and drops.
 module of functions of (state, ...), and the parts with one owner are small classes it
 holds: `TaskQueues`, `Liveness`, `FunctionStore`, `Supervisors`.
 
-Tasks: a client submits tasks; each waits in a queue keyed by the labels it asks for (or in
-the queue of the one worker it targets) until a worker holding those labels has credit.
+Tasks: a client submits tasks; each waits in its client's queue keyed by the labels it asks
+for (or in the queue of the one worker it targets) until a worker holding those labels has
+credit. Clients share the workers fairly: a worker with credit takes a task of the client
+with the fewest tasks on workers, first in first out within a client (see queues). What a
+message detaches at once (a dropped client's million queued tasks) is freed a slice at a
+time by `sweep`, which `tick` runs (and `next_deadline` asks for at once while any is left),
+so no message or tick costs more than milliseconds.
 Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
 been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
 unless they were lost `max_lost` times already, which fails them with "lost". Silence is
