@@ -85,7 +85,8 @@ def finish(state: BrokerState, t: Task, status: str, info: dict[str, Any]) -> li
     state.functions.unref(t.fn)
     client = t.owner
     client.running.discard(t.gid)
-    if client.gone:
+    if client.gone:   # its tasks are being swept: this one is gone already
+        client.tasks.pop(t.cid, None)
         return []
     del client.tasks[t.cid]
     return [Send(client.identity, {"t": "results", "items": [[t.cid, status, 0, info]]})]

@@ -179,7 +179,10 @@ class TaskQueues:
 
     def _drop(self, lq: LabelQueue) -> None:
         """The queue holds no live task: it goes, its dead gids with it (freed by sweep)."""
-        del lq.owner.queues[lq.key]
+        owner = lq.owner
+        del owner.queues[lq.key]
+        if not owner.queues:
+            owner.queues = {}   # a dict keeps its size when emptied: a new one is small
         entry = self.by_key[lq.key]
         del entry.clients[lq.owner.identity]
         self.dirty.discard(lq)
@@ -190,6 +193,10 @@ class TaskQueues:
             self.unserved.pop(lq.key, None)
             for cls in self.classes.values():
                 cls.keys.discard(lq.key)
+                if not cls.keys:
+                    cls.keys = set()
+            if not self.by_key:   # the last label queue went: start small again
+                self.by_key, self.unserved = {}, {}
 
     def drop_client(self, c: Client) -> None:
         """Detach all of c's queues at once (O(its keys)); sweep frees their gids."""
