@@ -237,3 +237,20 @@ def test_random_sequences_keep_fair_share_and_fifo(steps):
                  for item in s.header["items"]]
     assert len(delivered) == len(set(delivered))
     assert results  # (imported for the other tests' style)
+
+
+def test_one_task_among_200_idle_workers_costs_one_look_up():
+    """dispatch_all takes the least loaded worker from a heap and stops once nothing queued
+    can be served: a task among 200 idle workers is one look-up, not 200."""
+    sim = Sim(audit=False)
+    sim.client(b"a")
+    for i in range(200):
+        sim.worker(b"w%d" % i, credit=1)
+    calls = []
+    pop = sim.state.queue.pop_for
+    sim.state.queue.pop_for = lambda *a: calls.append(a[0].id) or pop(*a)
+    out = submit_many(sim, b"a", [1]) or sim.sent[-1:]
+    assert len(runs(out)) == 1 and len(calls) == 1
+    calls.clear()
+    sim.msg(b"a", "submit", [b"f"] * 3, tasks=[[i, 1, [], None, 0] for i in (2, 3, 4)])
+    assert len(calls) == 3 and len(set(calls)) == 3   # spread, least loaded first
