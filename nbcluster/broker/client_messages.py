@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
-from .dispatch import dispatch_all
+from ..wire.protocol import Frame
+from .dispatch import BATCH_BYTES, dispatch_all
 from .functions import is_digest
 from .peers import drop_client
 from .records import Client, Frames, Header, Mac, Send, Task, field, label_set
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from .state import BrokerState
 
 __all__ = ["HANDLERS"]
+
+COPY_BELOW = 16 * 1024   # smaller payload frames are copied out of the receive buffer
 
 
 def submit(state: BrokerState, c: Client, h: Header, payload: Frames, mac: Mac,
@@ -45,19 +48,24 @@ def submit(state: BrokerState, c: Client, h: Header, payload: Frames, mac: Mac,
             raise ProtocolError("task specs name more frames than the message has")
         frames = payload[pos:pos + nframes]
         pos += nframes
+        labels = label_set(labels)
         if cid in c.tasks:
             continue  # a resubmission of a task we hold: keep the one we have
         if fn not in state.functions:   # we dropped its function: the client sends it again
             refetch.append(cid)
             continue
-        t = Task(gid=next(state.fresh_gids), client=c.identity, cid=cid,
-                 labels=label_set(labels), target=target, host=host, payload=frames,
-                 mac=mac if nframes == len(payload) else None, retries=max(0, retries),
-                 size=sum(memoryview(f).nbytes for f in frames), fn=fn)
         if target is not None and target not in state.workers:
             out.append(Send(c.identity, {"t": "results", "items": [
                 [cid, "lost", 0, {"lost_on": [target], "why": "no such worker"}]]}))
             continue
+        labels, host = state.queue.intern(labels, host)
+        kept = tuple(_kept(f) for f in frames)
+        size = sum(memoryview(f).nbytes for f in kept)
+        t = Task(gid=next(state.fresh_gids), owner=c, cid=cid, labels=labels, target=target,
+                 host=host, data=kept[0] if len(kept) == 1 else kept, retries=max(0, retries),
+                 fn=state.functions.intern(fn),
+                 # a large task alone in its message is forwarded with the mac it came with
+                 mac=mac if nframes == len(payload) and size >= BATCH_BYTES else None)
         state.tasks[t.gid] = t
         c.tasks[cid] = t.gid
         state.functions.ref(fn)
@@ -66,6 +74,14 @@ def submit(state: BrokerState, c: Client, h: Header, payload: Frames, mac: Mac,
     if refetch:
         out.append(Send(c.identity, {"t": "refetch", "ids": refetch}))
     return out + dispatch_all(state)
+
+
+def _kept(frame: Frame) -> Frame:
+    """A small frame as bytes of its own: a zmq.Frame received without copy can pin the
+    whole receive buffer it came in (and costs more than its bytes), for as long as the task
+    waits. Large frames travel on as received."""
+    view = memoryview(frame)
+    return view.tobytes() if view.nbytes < COPY_BELOW else frame
 
 
 def cancel(state: BrokerState, c: Client, h: Header, payload: Frames, mac: Mac,
@@ -81,7 +97,10 @@ def cancel(state: BrokerState, c: Client, h: Header, payload: Frames, mac: Mac,
         state.functions.unref(t.fn)
         if t.worker is not None:
             state.workers[t.worker].tasks.discard(gid)
+            c.running.discard(gid)
             cancels.setdefault(t.worker, []).append(gid)
+        else:
+            state.queue.unqueue(t)
         items.append([cid, "cancelled", 0, {}])
     if items:
         out.append(Send(c.identity, {"t": "results", "items": items}))

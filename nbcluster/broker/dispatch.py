@@ -12,14 +12,15 @@ least loaded first, after anything that may have freed a task or a worker.
 
 from __future__ import annotations
 
+import heapq
 from typing import TYPE_CHECKING, Any
 
-from .records import Header, Send, Task, Worker
+from .records import NEVER, Header, Send, Task, Worker
 
 if TYPE_CHECKING:
     from .state import BrokerState
 
-__all__ = ["dispatch", "dispatch_all", "finish"]
+__all__ = ["dispatch", "dispatch_all", "finish", "release", "stuck"]
 
 BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several per message
 
@@ -27,8 +28,8 @@ BATCH_BYTES = 64 * 1024  # tasks smaller than this are sent to a worker several 
 def dispatch(state: BrokerState, w: Worker) -> list[Send]:
     """Hand w as many tasks as its credit allows."""
     taken = []
-    while w.credit > 0 and not stuck(w) \
-            and (t := state.queue.pop_for(w, state.liveness.heard(w))) is not None:
+    while w.credit > 0 and not stuck(w) and (t := state.queue.pop_for(
+            w, state.clients, state.liveness.heard(w))) is not None:
         _assign(t, w)
         taken.append(t)
     return _run_messages(state, w, taken)
@@ -36,49 +37,71 @@ def dispatch(state: BrokerState, w: Worker) -> list[Send]:
 
 def dispatch_all(state: BrokerState) -> list[Send]:
     """Hand queued tasks out one at a time, each to the least loaded worker that can take
-    it, so a burst of tasks is spread evenly instead of filling the first worker's credit."""
+    it, so a burst of tasks is spread evenly instead of filling the first worker's credit.
+    The least loaded comes from a heap (O(log workers) a task, not O(workers))."""
     # Not to a worker quiet for a while: it may be dead, and a task handed to it would be
     # charged a loss it never had (it gets work when it speaks again, see heartbeat).
-    if state.queue.empty():   # most calls (a hello, a ready, a result): no scan of workers
+    queue = state.queue
+    if queue.empty():
         return []
     quiet = state.liveness.quiet_since()
-    hungry = [w for w in state.workers.values()
-              if w.credit > 0 and not w.stopping and not state.liveness.silent(w, quiet)
-              and not stuck(w)]
+    # (load, order, worker) of those with credit; the dearer checks are made at the top
+    hungry = [(len(w.tasks), i, w) for i, w in enumerate(state.workers.values())
+              if w.credit > 0 and not w.stopping]
+    heapq.heapify(hungry)
     taken: dict[str, list[Task]] = {}
-    while hungry:
-        w = min(hungry, key=lambda w: len(w.tasks))
-        t = state.queue.pop_for(w, state.liveness.heard(w))
+    # worker class -> the latest `heard` at which a worker of it found nothing: one of the
+    # same class heard no later finds nothing either (unless a task is pinned to it)
+    found_none: dict[tuple[frozenset[str], str], int] = {}
+    while hungry and not queue.empty():
+        _, i, w = hungry[0]
+        heard, cls = state.liveness.heard(w), (w.labels, w.host)
+        t = None
+        if (heard > found_none.get(cls, NEVER) or queue.pinned[w.id]) \
+                and queue.has_work_for(w) and not state.liveness.silent(w, quiet) \
+                and not stuck(w):
+            t = queue.pop_for(w, state.clients, heard)
+            if t is None and not queue.pinned[w.id]:
+                found_none[cls] = max(heard, found_none.get(cls, NEVER))
         if t is None:
-            if state.queue.empty():   # else a min() over the rest for each: O(workers²)
-                break
-            hungry.remove(w)
+            heapq.heappop(hungry)
             continue
         _assign(t, w)
         taken.setdefault(w.id, []).append(t)
         if w.credit == 0:
-            hungry.remove(w)
+            heapq.heappop(hungry)
+        else:
+            heapq.heapreplace(hungry, (len(w.tasks), i, w))
     return [s for wid, tasks in taken.items()
             for s in _run_messages(state, state.workers[wid], tasks)]
 
 
 def finish(state: BrokerState, t: Task, status: str, info: dict[str, Any]) -> list[Send]:
-    """The task ends with `status` and no result (it was lost): its client is told."""
+    """The task, off any worker and queue, ends with `status` and no result (it was lost):
+    its client is told."""
     if status == "lost":   # how the workers it was lost on ended, where a supervisor said
         info = state.supervisors.explain(info)
     del state.tasks[t.gid]
     state.functions.unref(t.fn)
-    client = state.clients.get(t.client)
-    if client is None:
+    client = t.owner
+    client.running.discard(t.gid)
+    if client.gone:   # its tasks are being swept: this one is gone already
+        client.tasks.pop(t.cid, None)
         return []
     del client.tasks[t.cid]
-    return [Send(t.client, {"t": "results", "items": [[t.cid, status, 0, info]]})]
+    return [Send(client.identity, {"t": "results", "items": [[t.cid, status, 0, info]]})]
+
+
+def release(t: Task) -> None:
+    """t is off its worker (the caller forgets it there): queue it again, or finish it."""
+    t.owner.running.discard(t.gid)
+    t.worker = None
 
 
 def _local(state: BrokerState, t: Task, w: Worker) -> bool:
     """Is the task's client on the worker's host (so results may go through shm)?"""
-    client = state.clients.get(t.client)
-    return client is not None and bool(client.host) and client.host == w.host
+    client = t.owner
+    return not client.gone and bool(client.host) and client.host == w.host
 
 
 def stuck(w: Worker) -> bool:
@@ -93,6 +116,7 @@ def _assign(t: Task, w: Worker) -> None:
     w.credit -= 1
     t.worker = w.id
     w.tasks.add(t.gid)
+    t.owner.running.add(t.gid)
 
 
 def _run_messages(state: BrokerState, w: Worker, tasks: list[Task]) -> list[Send]:

@@ -31,6 +31,7 @@ MAX_DIGEST_BYTES = 64
 
 @dataclass
 class _Payload:
+    digest: bytes        # the one digest object its tasks share (see intern)
     frames: Frames
     nbytes: int
     refs: int = 0        # queued or running tasks that need it
@@ -64,7 +65,10 @@ class FunctionStore:
             pos += n
             if digest in self.payloads:
                 continue   # the same function from another client, or sent again: keep ours
-            p = _Payload(frames, sum(memoryview(f).nbytes for f in frames))
+            # small frames copied: one received without copy pins its whole receive buffer
+            frames = [memoryview(f).tobytes() if memoryview(f).nbytes < 16384 else f
+                      for f in frames]
+            p = _Payload(digest, frames, sum(memoryview(f).nbytes for f in frames))
             self.payloads[digest] = p
             self._make_idle(digest, p)
             self.stats["received"] += 1
@@ -73,6 +77,10 @@ class FunctionStore:
 
     def __contains__(self, digest: bytes | None) -> bool:
         return digest is None or digest in self.payloads
+
+    def intern(self, digest: bytes | None) -> bytes | None:
+        """The digest object of a payload we hold, so its tasks share one (None: none)."""
+        return None if digest is None else self.payloads[digest].digest
 
     def ref(self, digest: bytes | None) -> None:
         """A task that needs this payload was queued."""

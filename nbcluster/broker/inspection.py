@@ -8,6 +8,7 @@ the tests, property-based ones included, find bookkeeping that does not add up.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -16,31 +17,32 @@ if TYPE_CHECKING:
 __all__ = ["status", "check_invariants"]
 
 
+MAX_WAITING_LISTED = 100   # label sets no worker serves, listed in a status (the rest counted)
+
+
 def status(state: BrokerState, now: int) -> dict[str, Any]:
-    """Workers, queue lengths, and the label sets that no live worker can serve."""
+    """Workers, queue lengths, and the label sets that no live worker can serve. Kept
+    incrementally: O(workers + clients + label queues in use), whatever the queue length."""
     workers = [{"id": w.id, "host": w.host, "pid": w.pid, "labels": sorted(w.labels),
                 "slots": w.slots, "running": len(w.tasks), "done": w.done,
                 "state": "busy" if w.tasks else "idle", "info": w.info,
                 "age_s": (now - w.joined) / 1000,
                 # its tasks as [client pid, the client's task id], oldest first
-                "tasks": [[state.clients[t.client].pid if t.client in state.clients else 0,
-                           t.cid] for t in (state.tasks[g] for g in sorted(w.tasks))]}
+                "tasks": [[0 if t.owner.gone else t.owner.pid, t.cid]
+                          for t in (state.tasks[g] for g in sorted(w.tasks))]}
                for w in state.workers.values()]
-    queued = [t for t in state.tasks.values() if t.worker is None]
     waiting: dict[str, int] = {}
-    for t in queued:
-        if t.target is None and not any(t.labels <= w.labels and t.host in (None, w.host)
-                                        for w in state.workers.values()):
-            key = ",".join(sorted(t.labels) + ([f"host={t.host}"] if t.host else []))
-            waiting[key] = waiting.get(key, 0) + 1
-    return {"workers": workers, "queued": len(queued), "running": len(state.tasks) - len(queued),
+    queue = state.queue
+    for labels, host in itertools.islice(queue.unserved, MAX_WAITING_LISTED):
+        key = ",".join(sorted(labels) + ([f"host={host}"] if host else []))
+        waiting[key] = sum(lq.live for lq in queue.by_key[(labels, host)].clients.values())
+    clients = state.clients.values()
+    return {"workers": workers, "queued": sum(c.queued for c in clients),
+            "running": sum(len(c.running) for c in clients),
             "clients": len(state.clients), "waiting_for_labels": waiting,
-            "client_tasks": [{"host": c.host, "pid": c.pid,
-                              "queued": sum(1 for g in c.tasks.values()
-                                            if state.tasks[g].worker is None),
-                              "running": sum(1 for g in c.tasks.values()
-                                             if state.tasks[g].worker is not None)}
-                             for c in state.clients.values()],
+            "label_sets_waiting": len(queue.unserved), "label_queues": len(queue.by_key),
+            "client_tasks": [{"host": c.host, "pid": c.pid, "queued": c.queued,
+                              "running": len(c.running)} for c in clients],
             "functions": state.functions.status(), "broker": state.info,
             "supervisors": state.supervisors.status()}
 
@@ -75,16 +77,28 @@ def check_invariants(state: BrokerState,
                                                for w in state.workers.values())
     owned = set()
     for c in state.clients.values():
+        assert not c.gone
         for cid, gid in c.tasks.items():
             t = state.tasks[gid]
-            assert (t.client, t.cid) == (c.identity, cid)
+            assert t.owner is c and t.cid == cid
             owned.add(gid)
-    assert owned == set(state.tasks), "every task belongs to a live client"
+        assert c.running == {g for g in c.tasks.values() if state.tasks[g].worker is not None}
+    orphans = {gid for c in state.orphans for gid in c.tasks.values()}
+    assert all(c.gone and not c.running and not c.queues for c in state.orphans)
+    assert owned | orphans == set(state.tasks) and not owned & orphans, \
+        "every task belongs to a live client, or to a dropped one being swept"
     queued = state.queue.gids()
     for t in state.tasks.values():
-        if t.worker is None:
+        if t.gid in orphans:
+            assert t.worker is None
+        elif t.worker is None:
             assert t.gid in queued, f"task {t.gid} is neither queued nor held"
         else:
             assert held.get(t.gid) == t.worker
     assert set(state.queue.pinned) == set(state.workers)
+    classes: dict[Any, int] = {}
+    for w in state.workers.values():
+        classes[(w.labels, w.host)] = classes.get((w.labels, w.host), 0) + 1
+    assert classes == {k: c.members for k, c in state.queue.classes.items()}
+    state.queue.check_invariants(state.clients)
     state.functions.check_invariants(t.fn for t in state.tasks.values())

@@ -36,6 +36,7 @@ from ..wire.transport import pending_messages
 from . import router as routing
 from .gate import Gate
 from .heap import map_big_buffers_alone
+from . import memory
 from .records import Send
 from .state import CLIENT_EXPIRY_MS, BrokerState
 
@@ -83,7 +84,7 @@ class Broker:
         self.signer = protocol.Signer(key)
         self.max_message_bytes = max_message_bytes
         self.state = BrokerState(heartbeat_ms, liveness, max_lost,
-                                 client_expiry_ms=client_expiry_ms,
+                                 client_expiry_ms=client_expiry_ms, housekeep=memory.housekeep,
                                  info={"host": socket.gethostname(), "pid": os.getpid(),
                                        "version": protocol.VERSION,
                                        "max_message_bytes": max_message_bytes})
@@ -273,4 +274,5 @@ def main(argv: list[str] | None = None) -> None:
         ConnectionInfo(endpoints=advertised(broker.endpoints), key=key,
                        curve=curve[0] if curve else None).write(args.connection_file)
     print("ready", " ".join(broker.endpoints), flush=True)
+    memory.limit_collections()   # no full GC of a million queued tasks in one go (the process's)
     broker.serve(watch_fd=0 if args.watch_stdin else None)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
-from .dispatch import dispatch_all, finish
+from .dispatch import dispatch_all, finish, release
 from .records import Client, Header, Peer, Send, Worker, field, label_set
 from .sessions import new_nonce
 
@@ -68,7 +68,7 @@ def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send
                nonce=nonce)
     state.workers[w.id] = w
     state.worker_by_identity[identity] = state.worker_by_identity[other] = w.id
-    state.queue.add_worker(w.id)
+    state.queue.add_worker(w)
     known = resume[0] if isinstance(resume, list) and resume else None
     lost_here = {*dropped, *([known] if isinstance(known, str) else [])}
     kept = _take_back(state, w, running, lost_here)
@@ -112,16 +112,17 @@ def _take_back(state: BrokerState, w: Worker, running: list[Any],
     for item in running:
         gid, attempt = item if isinstance(item, list) and len(item) == 2 else (None, None)
         t = state.tasks.get(gid) if isinstance(gid, int) else None
-        if t is None or t.worker is not None or t.target is not None \
+        if t is None or t.worker is not None or t.target is not None or t.owner.gone \
                 or not isinstance(attempt, int) or t.attempt != attempt + 1 \
                 or not t.labels <= w.labels or t.host not in (None, w.host):
             continue   # done, running elsewhere (or was), or not this worker's to run
         if t.lost_on and t.lost_on[-1] in lost_here:
-            t.lost_on.pop()
-            t.lost_pids.pop()
-        t.attempt = attempt   # its gid stays in its queue: pop_for skips held tasks
+            t.lost_on, t.lost_pids = t.lost_on[:-1], t.lost_pids[:-1]
+        t.attempt = attempt   # its gid stays in its queue, dead: pop_for skips held tasks
+        state.queue.unqueue(t)
         t.worker = w.id
         w.tasks.add(t.gid)
+        t.owner.running.add(t.gid)
         kept.append([t.gid, attempt])
     return kept
 
@@ -148,35 +149,42 @@ def drop_workers(state: BrokerState, workers: list[Worker], lost: bool,
     held = sorted(((gid, w) for w in workers for gid in w.tasks), key=lambda x: x[0])
     for gid, w in reversed(held):   # queued at the front: oldest ends first
         t = state.tasks[gid]
-        t.worker = None
+        release(t)
         if lost:
-            t.lost_on.append(w.id)
-            t.lost_pids.append(w.pid)
+            t.lost_on, t.lost_pids = (*t.lost_on, w.id), (*t.lost_pids, w.pid)
             t.lost_at = state.liveness.awake_at or 0
         if t.target is not None or len(t.lost_on) > state.max_lost:
-            out += finish(state, t, "lost", {"lost_on": t.lost_on, "pids": t.lost_pids})
+            out += finish(state, t, "lost", {"lost_on": list(t.lost_on),
+                                             "pids": list(t.lost_pids)})
         else:
             t.attempt += 1
             state.queue.enqueue(t, front=True)
     for w in workers:
-        for gid in state.queue.remove_worker(w.id):
-            if gid in state.tasks:
-                out += finish(state, state.tasks[gid], "lost",
-                              {"lost_on": [w.id], "pids": [w.pid]})
+        for gid in state.queue.remove_worker(w):
+            pinned = state.tasks.get(gid)
+            if pinned is not None and pinned.worker is None and not pinned.owner.gone:
+                out += finish(state, pinned, "lost", {"lost_on": [w.id], "pids": [w.pid]})
     return (out + dispatch_all(state)) if dispatch and workers else out
 
 
 def drop_client(state: BrokerState, c: Client) -> list[Send]:
-    """Forget the client and its tasks; the workers running them are told to cancel them."""
+    """Forget the client and its tasks; the workers running them are told to cancel them.
+    Its running tasks go at once (a worker's credit bounds them); its queues are detached
+    at once, and its queued tasks leave the tables a slice at a time (`BrokerState.sweep`),
+    so a client with a million queued tasks costs no long message."""
     del state.clients[c.identity]
+    c.gone = True
     cancels: dict[str, list[int]] = {}
-    for gid in c.tasks.values():
+    for gid in sorted(c.running):
         t = state.tasks.pop(gid)
+        del c.tasks[t.cid]
         state.functions.unref(t.fn)
-        if t.worker is not None:
-            state.workers[t.worker].tasks.discard(gid)
-            cancels.setdefault(t.worker, []).append(gid)
-    # Queued gids of this client stay in the queues until popped; pop_for skips them.
+        assert t.worker is not None
+        state.workers[t.worker].tasks.discard(gid)
+        cancels.setdefault(t.worker, []).append(gid)
+    c.running.clear()
+    state.queue.drop_client(c)
+    state.forget_tasks(c)
     return [Send(state.workers[wid].ctl, {"t": "cancel", "ids": gids})
             for wid, gids in cancels.items()]
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from ..errors import ProtocolError
 from ..wire.protocol import Frame
+from .table import Table
 
 __all__ = ["NEVER", "Header", "Frames", "Mac", "Send", "Task", "Worker", "Client", "Peer",
            "field", "label_set"]
@@ -38,25 +39,41 @@ class Send(NamedTuple):
     mac: Mac = None
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class Task:
+    """A task from submit to its result. Slots and few objects of its own: a million may
+    wait in the queues (labels, host and fn are the objects shared by their queue; the
+    lost_* fields are the shared empty tuple until it is lost)."""
+
     gid: int
-    client: bytes
+    owner: Client
     cid: int
     labels: frozenset[str]
     target: str | None
     host: str | None         # only a worker on this host may run it (its data is in shm)
-    payload: Frames
-    mac: Mac
+    data: Frame | tuple[Frame, ...]   # its payload: one frame, else a tuple of them
+    mac: Mac                 # kept for a large task alone in its message (see dispatch)
     retries: int
-    size: int
+    fn: bytes | None = None  # digest of its function's payload (see functions)
     attempt: int = 0
     worker: str | None = None
-    lost_on: list[str] = dataclass_field(default_factory=list)  # ids of the workers it was lost on
-    lost_pids: list[int] = dataclass_field(default_factory=list)   # and their process ids
+    lost_on: tuple[str, ...] = ()   # ids of the workers it was lost on
+    lost_pids: tuple[int, ...] = ()   # and their process ids
     lost_at: int = NEVER     # when it was last lost: it goes only to a worker heard since
-    fn: bytes | None = None  # digest of its function's payload (see functions)
     started: int = -1        # the attempt its worker reported as started
+
+    @property
+    def client(self) -> bytes:
+        """Its client's socket identity."""
+        return self.owner.identity
+
+    @property
+    def payload(self) -> tuple[Frame, ...]:
+        return self.data if isinstance(self.data, tuple) else (self.data,)
+
+    @property
+    def size(self) -> int:
+        return sum(memoryview(f).nbytes for f in self.payload)
 
 
 @dataclass
@@ -84,15 +101,24 @@ class Worker:
     seq: dict[bytes, int] = dataclass_field(default_factory=dict)   # each socket (sessions)
 
 
-@dataclass
+@dataclass(eq=False)
 class Client:
     identity: bytes
     host: str
     pid: int
     last_seen: int
-    tasks: dict[int, int] = dataclass_field(default_factory=dict)   # client task id -> gid
+    tasks: Table[int] = dataclass_field(default_factory=Table)   # client task id -> gid
+    running: set[int] = dataclass_field(default_factory=set)   # gids of its tasks on workers
+    # Its label queues, by (labels, host) (see queues): detached at once when it goes.
+    queues: dict[tuple[frozenset[str], str | None], Any] = dataclass_field(default_factory=dict)
+    served: int = 0          # when it was last handed a task (ties of fair share: round-robin)
+    gone: bool = False       # dropped: its tasks still in the tables are being swept away
     nonce: bytes = b""       # its session nonce, and the last seq seen (see sessions)
     seq: dict[bytes, int] = dataclass_field(default_factory=dict)
+
+    @property
+    def queued(self) -> int:
+        return len(self.tasks) - len(self.running)
 
 
 Peer = Worker | Client

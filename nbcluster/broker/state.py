@@ -13,7 +13,8 @@ that fails raises ProtocolError, which the broker loop logs and drops.
                           ├─ from a client ───────► client_messages: submit, cancel, query...
                           ├─ from a worker ───────► worker_messages: ready, done, output...
                           └─ from a stranger ─────► reconnect (it was forgotten: say hello)
-    tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out
+    tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out,
+                 detached tables freed a slice at a time (sweep)
 
     the handlers ──► queues: tasks waiting, by labels or target worker
                  ──► dispatch: queued tasks to workers with credit; a task lost for good
@@ -23,8 +24,13 @@ that fails raises ProtocolError, which the broker loop logs and drops.
 module of functions of (state, ...), and the parts with one owner are small classes it
 holds: `TaskQueues`, `Liveness`, `FunctionStore`, `Supervisors`.
 
-Tasks: a client submits tasks; each waits in a queue keyed by the labels it asks for (or in
-the queue of the one worker it targets) until a worker holding those labels has credit.
+Tasks: a client submits tasks; each waits in its client's queue keyed by the labels it asks
+for (or in the queue of the one worker it targets) until a worker holding those labels has
+credit. Clients share the workers fairly: a worker with credit takes a task of the client
+with the fewest tasks on workers, first in first out within a client (see queues). What a
+message detaches at once (a dropped client's million queued tasks) is freed a slice at a
+time by `sweep`, which `tick` runs (and `next_deadline` asks for at once while any is left),
+so no message or tick costs more than milliseconds.
 Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
 been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
 unless they were lost `max_lost` times already, which fails them with "lost". Silence is
@@ -51,17 +57,21 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import ProtocolError
 from ..wire import schema
 from . import client_messages, inspection, sessions, worker_messages
+from .dispatch import dispatch_all
 from .functions import FunctionStore
 from .liveness import Liveness
 from .peers import drop_client, drop_gone, drop_workers, hello, touch
 from .queues import TaskQueues
 from .records import Client, Frames, Header, Mac, Peer, Send, Task, Worker
 from .supervisors import SupervisorPeer, Supervisors
+from .table import Table
 
 __all__ = ["BrokerState"]
 
@@ -73,6 +83,10 @@ LIVENESS = 3             # a worker silent for this many heartbeats is dead
 # its work (it resubmits when it wakes up), while keeping a hung one costs only its share.
 CLIENT_EXPIRY_MS = 3_600_000
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
+SWEEP_BUDGET = 2000      # entries freed per sweep (a few ms): see sweep
+SWEEP_AT_ONCE = 1000     # a dropped client with fewer queued tasks is swept at once
+TRIM_AFTER = 100_000     # entries freed in one release before memory is handed back
+HOUSEKEEPING_MS = 10_000   # how often housekeep is called anyway
 
 
 class BrokerState:
@@ -80,13 +94,14 @@ class BrokerState:
 
     def __init__(self, heartbeat_ms: int = HEARTBEAT_MS, liveness: int = LIVENESS,
                  max_lost: int = MAX_LOST, info: dict[str, Any] | None = None,
-                 client_expiry_ms: int = CLIENT_EXPIRY_MS, first_gid: int | None = None):
+                 client_expiry_ms: int = CLIENT_EXPIRY_MS, first_gid: int | None = None,
+                 housekeep: Callable[[int, bool], None] | None = None):
         self.max_lost = max_lost
         self.info = info or {}
         self.workers: dict[str, Worker] = {}
         self.worker_by_identity: dict[bytes, str] = {}
         self.clients: dict[bytes, Client] = {}
-        self.tasks: dict[int, Task] = {}
+        self.tasks: Table[Task] = Table()
         self.queue = TaskQueues(self.tasks)
         self.functions = FunctionStore()
         self.supervisors = Supervisors()
@@ -101,6 +116,13 @@ class BrokerState:
         # Our wall clock is now + this (ms); the broker loop keeps it up to date. Hellos carry
         # their peer's wall clock (see sessions).
         self.wall_offset_ms = 0
+        # Dropped clients whose queued tasks are still in `tasks`, freed by sweep.
+        self.orphans: deque[Client] = deque()
+        self.freed = 0             # entries freed since memory was last handed back
+        # housekeep(tasks held, a big release happened): the process's memory upkeep (see
+        # memory.housekeep), called on ticks so the loop stays the only impure part.
+        self.housekeep = housekeep or (lambda tasks, released: None)
+        self.next_housekeeping = 0
 
     def handle(self, identity: bytes, header: Header, payload: Frames, mac: Mac,
                now: int) -> list[Send]:
@@ -155,15 +177,57 @@ class BrokerState:
         self.supervisors.expire(now - self.liveness.expiry_ms)
         for c in self.liveness.lost_clients(now):
             out += drop_client(self, c)
-        return out + self.liveness.heartbeats(now)
+        out += self.liveness.heartbeats(now) + self.sweep()
+        if now >= self.next_housekeeping:
+            self.next_housekeeping = now + HOUSEKEEPING_MS
+            self.housekeep(len(self.tasks), False)
+        return out
 
     def gone(self, identities: set[bytes]) -> list[Send]:
         """These peers' connections closed (a send to them found none): see `drop_gone`."""
         return drop_gone(self, identities)
 
     def next_deadline(self) -> int:
-        """When `tick` is next due."""
-        return self.liveness.next_heartbeat
+        """When `tick` is next due: at once while there is memory to free (see sweep)."""
+        return 0 if self.sweeping else self.liveness.next_heartbeat
+
+    @property
+    def sweeping(self) -> bool:
+        return bool(self.orphans) or self.queue.sweeping
+
+    def forget_tasks(self, c: Client) -> None:
+        """Dropped client c's queued tasks leave `tasks`: at once if few, else by sweep."""
+        if c.tasks:
+            self.orphans.append(c)
+            if len(c.tasks) <= SWEEP_AT_ONCE:
+                self._free_orphans(SWEEP_AT_ONCE)
+
+    def sweep(self, budget: int = SWEEP_BUDGET) -> list[Send]:
+        """Free up to `budget` entries of what was detached at once (a dropped client's
+        tasks, dead queues) so that no message pays for its size, and hand memory back to
+        the system after a big release. Returns the messages of a dispatch, if a queue got
+        work back."""
+        freed = self._free_orphans(budget)
+        n, woke = self.queue.sweep(budget - freed)
+        freed += n
+        self.freed += freed
+        if self.freed > TRIM_AFTER and not self.sweeping:
+            self.freed = 0
+            self.housekeep(len(self.tasks), True)
+        return dispatch_all(self) if woke else []
+
+    def _free_orphans(self, budget: int) -> int:
+        freed = 0
+        while self.orphans and freed < budget:
+            c = self.orphans[0]
+            n = min(len(c.tasks), budget - freed)
+            for _ in range(n):
+                t = self.tasks.pop(c.tasks.popitem()[1])
+                self.functions.unref(t.fn)
+            freed += n
+            if not c.tasks:
+                self.orphans.popleft()
+        return freed
 
     def status(self, now: int) -> dict[str, Any]:
         """Workers, queue lengths, and the label sets that no live worker can serve."""
@@ -173,3 +237,4 @@ class BrokerState:
         """Raise AssertionError if the bookkeeping is inconsistent (used by the tests); see
         `inspection.check_invariants` for `workers`."""
         inspection.check_invariants(self, workers)
+

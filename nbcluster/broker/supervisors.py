@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
-from .dispatch import finish
+from .dispatch import finish, release
 from .peers import drop_workers
 from .records import NEVER, Header, Send, Task, Worker
 
@@ -152,7 +152,7 @@ class Supervisors:
             t = _running_task(state, w)
             if t is not None:   # its task fails with the reason; the others go back, uncharged
                 w.tasks.discard(t.gid)
-                t.worker = None
+                release(t)
                 out += finish(state, t, "lost", {"lost_on": [w.id], "pids": [w.pid],
                                                  "memory": reason})
             return out + drop_workers(state, [w], lost=False)

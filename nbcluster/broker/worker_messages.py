@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
-from .dispatch import dispatch, dispatch_all
+from .dispatch import dispatch, dispatch_all, release
 from .peers import drop_workers
 from .records import Frames, Header, Mac, Send, Worker, field
 
@@ -69,15 +69,15 @@ def done(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac,
             continue  # cancelled, or a late result of a task that was re-run: drop it
         w.tasks.discard(gid)
         w.done += 1
+        release(t)
         if status == "err" and t.retries > 0:
             t.retries -= 1
             t.attempt += 1
-            t.worker = None
             state.queue.enqueue(t, front=True)
             continue
         del state.tasks[gid]
         state.functions.unref(t.fn)
-        del state.clients[t.client].tasks[t.cid]
+        del t.owner.tasks[t.cid]
         info = {**info, "worker": w.id}
         by_client.setdefault(t.client, []).append(
             ([t.cid, status, nframes, info], frames, mac if nframes == len(payload) else None))
@@ -131,7 +131,7 @@ def giveback(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac
         t = state.tasks[gid]
         given.append([gid, t.attempt])
         w.tasks.discard(gid)
-        t.worker = None
+        release(t)
         t.attempt += 1
         state.queue.enqueue(t, front=True)
     # It is stuck: the credit it had left is void too, or the tasks would come straight back.
@@ -152,7 +152,7 @@ def refetch(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac,
         if t.fn is not None:
             w.fns.discard(t.fn)
         w.tasks.discard(gid)
-        t.worker = None
+        release(t)
         t.attempt += 1
         state.queue.enqueue(t, front=True)
     return dispatch_all(state)

@@ -66,6 +66,8 @@ class ClusterStatus(TypedDict):
     running: int
     clients: int
     waiting_for_labels: dict[str, int]   # "label,label" -> tasks waiting for such a worker
+    label_sets_waiting: int   # how many label sets no worker has (the first 100 listed above)
+    label_queues: int         # label sets (and hosts) with tasks queued
     client_tasks: list[ClientTasks]
     functions: dict[str, int]   # payloads held and moved: held, held_bytes, received, sent...
     broker: BrokerInfo

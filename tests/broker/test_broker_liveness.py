@@ -30,7 +30,7 @@ def test_workers_expiring_in_one_tick_are_not_handed_each_others_tasks():
     sim.tick(3 * HB + 100, alive=[b"c", b"live"])
     assert not set(doomed) & set(sim.state.workers)
     t = sim.state.tasks[gid]
-    assert (t.worker, t.attempt, t.lost_on) == (live, 1, [ran_on])
+    assert (t.worker, t.attempt, list(t.lost_on)) == (live, 1, [ran_on])
     assert runs(sim.sent, b"live") == [(b"live", gid, 1)]
     out = sim.msg(b"live", "done", [b"r"], items=[[gid, 1, "ok", 1, {}]], ready=1)
     assert results(out) == [(b"c", 1, "ok")] and results(sim.sent) == [(b"c", 1, "ok")]
@@ -109,7 +109,7 @@ def test_a_worker_that_registers_again_while_registered_is_resumed():
     welcome = hello(sim, b"wc", 2, resume=[wid, epoch], running=[(gid, 0)])
     assert welcome["resumed"] is True and welcome["id"] == wid and welcome["session"] == 2
     w = sim.state.workers[wid]
-    assert w.tasks == {gid} and w.credit == 2 and sim.state.tasks[gid].lost_on == []
+    assert w.tasks == {gid} and w.credit == 2 and sim.state.tasks[gid].lost_on == ()
     sim.msg(b"wc/t", "ready", n=1, l=1)        # its ledger goes on: credit still counts
     assert w.credit == 3
     [(_, gid2, _)] = runs(sim.submit(2))
@@ -133,7 +133,7 @@ def test_a_worker_dropped_meanwhile_takes_back_the_task_it_still_runs():
     assert "resumed" not in welcome and welcome["kept"] == [[gid, 0]]
     new = sim.state.workers[welcome["id"]]
     t = sim.state.tasks[gid]
-    assert (t.worker, t.attempt, t.lost_on) == (new.id, 0, []) and new.credit == 0
+    assert (t.worker, t.attempt, list(t.lost_on)) == (new.id, 0, []) and new.credit == 0
     sim.msg(b"busy", "ready", n=1)             # the queue no longer hands it out
     assert runs(sim.sent, b"busy") == []
     out = sim.msg(b"wc/t", "done", [b"r"], items=[[gid, 0, "ok", 1, {}]], ready=1, l=2)
@@ -178,7 +178,7 @@ def test_a_hello_that_does_not_name_the_live_registration_replaces_it():
     wid, _ = registered(sim)
     [(_, gid, _)] = runs(sim.submit(1))
     welcome = hello(sim, b"wc", 2)
-    assert welcome["id"] != wid and sim.state.tasks[gid].lost_on == [wid]
+    assert welcome["id"] != wid and sim.state.tasks[gid].lost_on == (wid,)
 
 
 def test_a_registration_whose_welcome_the_worker_never_read_is_resumed_with_its_ledger():
@@ -198,7 +198,7 @@ def test_a_registration_whose_welcome_the_worker_never_read_is_resumed_with_its_
     assert second["resumed"] is True and second["id"] == first["id"]
     assert second["ledger"] == 2 and second["kept"] == [[gid, 0]] and second["session"] == 3
     t = sim.state.tasks[gid]
-    assert (t.worker, t.attempt, t.lost_on) == (first["id"], 0, [])
+    assert (t.worker, t.attempt, list(t.lost_on)) == (first["id"], 0, [])
 
 
 def test_a_lost_task_is_not_handed_to_a_worker_that_went_quiet_with_it():
@@ -215,9 +215,9 @@ def test_a_lost_task_is_not_handed_to_a_worker_that_went_quiet_with_it():
     sim.tick(2300, alive=[b"c", b"live"])      # d0 silent 3.2 s: lost; the others 2.3 s
     assert "w1" not in sim.state.workers and all(wid in sim.state.workers for wid in late)
     t = sim.state.tasks[gid]
-    assert (t.worker, t.lost_on) == (live, ["w1"])
+    assert (t.worker, list(t.lost_on)) == (live, ["w1"])
     sim.tick(1000, alive=[b"c", b"live"])      # the others expire now
-    assert not set(late) & set(sim.state.workers) and sim.state.tasks[gid].lost_on == ["w1"]
+    assert not set(late) & set(sim.state.workers) and sim.state.tasks[gid].lost_on == ("w1",)
 
 
 def test_a_quiet_worker_gets_work_again_once_it_speaks():

@@ -94,7 +94,7 @@ def test_task_fails_after_losing_max_lost_workers():
     sim.worker(b"w1")
     sim.submit(1)
     sim.msg(b"w1", "bye")                      # a goodbye is not a loss: requeued
-    assert sim.state.tasks[1].lost_on == []
+    assert sim.state.tasks[1].lost_on == ()
     for i in range(2):
         ident = f"x{i}".encode()
         sim.worker(ident)

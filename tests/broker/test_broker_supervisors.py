@@ -74,7 +74,7 @@ def test_a_memory_exit_fails_the_started_task_and_requeues_the_others_uncharged(
     assert lost[0][3]["memory"].startswith("memory limit 1.0 GiB")
     for gid in held[1:]:
         t = sim.state.tasks[gid]
-        assert t.worker is None and t.lost_on == [] and t.attempt == 1
+        assert t.worker is None and t.lost_on == () and t.attempt == 1
     supervised(sim, b"w9", 200, credit=2)     # the replacement runs them
     assert sorted(g for _, g, _ in runs(sim.sent, b"w9")) == held[1:]
 
@@ -84,7 +84,7 @@ def test_a_worker_that_left_on_purpose_charges_nothing():
     sim.submit(1)
     sim.msg(b"s", "exited", pid=100, reason="replaced after 3 tasks (max_tasks_per_child)",
             memory=False, left=True)
-    assert sim.state.tasks[1].lost_on == [] and sim.state.tasks[1].worker is None
+    assert sim.state.tasks[1].lost_on == () and sim.state.tasks[1].worker is None
 
 
 def test_exited_for_an_unknown_pid_and_bad_fields():
@@ -135,7 +135,7 @@ def test_workers_reported_dead_one_by_one_cost_their_task_one_loss_and_it_waits_
     for i in range(1, 9):
         sim.msg(b"s", "exited", pid=100 + i, reason="killed by SIGKILL", memory=False, left=False)
     t = sim.state.tasks[gid]
-    assert t.lost_on == [wids[1]] and t.worker is None, "charged only for the worker it ran on"
+    assert t.lost_on == (wids[1],) and t.worker is None, "charged only for the worker it ran on"
     assert not runs(sim.sent)
     sim.now += 1
     out = sim.msg(b"w0", "hb")      # the live one speaks: it gets the task

@@ -27,13 +27,16 @@ def next_seq(state, identity):
 
 
 class Sim:
-    """A BrokerState plus a clock; checks the invariants after every step."""
+    """A BrokerState plus a clock; checks the invariants after every step, and (audit) every
+    choice of the queues against a recount (see audit_pops)."""
 
-    def __init__(self, **kw):
+    def __init__(self, audit=True, **kw):
         kw.setdefault("first_gid", 1)   # readable gids; the random default is tested apart
         self.state = BrokerState(heartbeat_ms=HB, liveness=3, **kw)
         self.now = 0
         self.sent = []
+        if audit:
+            audit_pops(self.state)
 
     def msg(self, identity, t, payload=(), **header):
         if t == "done":
@@ -85,3 +88,43 @@ def runs(out, identity=None):
 def results(out):
     return [(s.identity, item[0], item[1]) for s in out if s.header["t"] == "results"
             for item in s.header["items"]]
+
+
+def eligible_for(state, w, heard):
+    """The queued tasks worker w (last heard at `heard`) may take, by a scan of every task."""
+    return [t for t in state.tasks.values()
+            if t.worker is None and not t.owner.gone and t.lost_at <= heard
+            and (t.target == w.id or (t.target is None and t.labels <= w.labels
+                                      and t.host in (None, w.host)))]
+
+
+def audit_pops(state):
+    """Check each task the queues hand a worker against a recount of every queued task:
+    its own (pinned) tasks first; else one of the client with the fewest tasks on workers
+    among those with a task it may take (fair share); within that client a task given back
+    or lost first, else its oldest (first in first out); and a task whenever one is there."""
+    queue = state.queue
+    pop = queue.pop_for
+
+    def checked_pop(w, clients, heard):
+        eligible = eligible_for(state, w, heard)
+        t = pop(w, clients, heard)
+        if not eligible:
+            assert t is None, f"{w.id} was handed task {t.gid}, which it may not take"
+            return t
+        assert t is not None and any(t is e for e in eligible), \
+            f"{w.id} got {t and t.gid}, though it may take {[e.gid for e in eligible]}"
+        if any(e.target == w.id for e in eligible):
+            assert t.target == w.id, f"{w.id} got task {t.gid} before the ones pinned to it"
+            return t
+        fewest = min(len(e.owner.running) for e in eligible)
+        assert len(t.owner.running) == fewest, \
+            f"fair share: {w.id} got a task of a client with {len(t.owner.running)} running " \
+            f"while another with {fewest} running had one it could take"
+        mine = [e for e in eligible if e.owner is t.owner]
+        if t.attempt == 0:
+            assert not any(e.attempt > 0 for e in mine), "a task given back or lost goes first"
+            assert t.gid == min(e.gid for e in mine), f"FIFO: {t.gid} went before an older one"
+        return t
+
+    queue.pop_for = checked_pop
