@@ -47,14 +47,20 @@ def held(sim):
     return [tasks[0].gid, tasks[0].attempt] if tasks else [1, 0]
 
 
-def valid(sim, kind):
-    """A header of this type that the broker takes (fields are then mutated), its payload."""
+def valid(sim, kind, role):
+    """A header of this type that the broker takes (fields are then mutated), its payload;
+    a hello of this role."""
     gid, attempt = held(sim)
     ledger = next(iter(sim.state.workers.values())).ledger if sim.state.workers else 1
-    return {
-        "hello": ({"role": "worker", "labels": ["x"], "host": "h", "pid": 1, "slots": 2,
+    hellos = {
+        "worker": {"role": "worker", "labels": ["x"], "host": "h", "pid": 1, "slots": 2,
                    "task_identity": b"wt", "session": 2, "supervisor": "tok",
-                   "resume": ["w1", sim.state.epoch], "running": [[gid, attempt]]}, []),
+                   "resume": ["w1", sim.state.epoch], "running": [[gid, attempt]]},
+        "client": {"role": "client", "host": "h", "pid": 2},
+        "supervisor": {"role": "supervisor", "token": "tok", "host": "h", "pid": 9,
+                       "workers": 1}}
+    return {
+        "hello": (hellos[role], []),
         "hb": ({"info": {"rss": 1, "cpu_s": 0.5, "python": "3"}}, []),
         "bye": ({}, []),
         "submit": ({"tasks": [[9, 1, ["x"], None, 1, "h", F], [10, 1, [], None, 0]],
@@ -112,7 +118,8 @@ def test_any_value_in_any_field_is_a_protocol_error_or_handled(data):
     for _ in range(data.draw(st.integers(1, 8), label="steps")):
         kind = data.draw(st.sampled_from(KINDS), label="kind")
         sender = PEERS[data.draw(st.sampled_from(sorted(PEERS)), label="sender")]
-        header, payload = valid(sim, kind)
+        role = data.draw(st.sampled_from(["worker", "client", "supervisor"]), label="role")
+        header, payload = valid(sim, kind, role)
         header = msgpack.unpackb(msgpack.packb(header))   # a deep copy, as it would arrive
         for _ in range(data.draw(st.integers(0, 3), label="mutations")):
             action = data.draw(st.sampled_from(["replace", "remove", "add"]), label="action")
