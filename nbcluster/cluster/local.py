@@ -38,6 +38,7 @@ from .local_workers import SupervisedWorkers, WorkerProcess
 __all__ = ["LocalCluster"]
 
 START_TIMEOUT_S = 30.0
+READY_POLL_S = 0.02   # how often a big cluster asks the broker how many workers joined
 
 
 class LocalCluster:
@@ -160,8 +161,8 @@ class LocalCluster:
                 before = client.n_workers
                 client.status()
                 bar.update(done=max(0, min(client.n_workers, self.n_workers) - before))
-                if client.n_workers < self.n_workers:
-                    time.sleep(0.005)
+                if client.n_workers < self.n_workers:   # a status costs the broker O(workers)
+                    time.sleep(READY_POLL_S if self.n_workers > 8 else 0.005)
         bar.close()
 
     def client(self, broker_timeout: float = DEFAULT_BROKER_TIMEOUT_S) -> Client:
