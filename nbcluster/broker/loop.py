@@ -33,10 +33,9 @@ from ..errors import NBClusterError, ProtocolError
 from ..wire import protocol
 from ..wire.curve import CurveKeys, is_loopback, read_server_keys, serve
 from ..wire.transport import pending_messages
+from . import memory
 from . import router as routing
 from .gate import Gate
-from .heap import map_big_buffers_alone
-from . import memory
 from .records import Send
 from .state import CLIENT_EXPIRY_MS, BrokerState
 
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="nbcluster broker %(asctime)s %(levelname)s %(message)s")
     key = key_from_env()
-    map_big_buffers_alone()   # so memory of big messages, floods included, goes back (heap)
+    memory.map_big_buffers_alone()   # memory of big messages, floods included, goes back
     curve = None
     try:
         if args.curve_keys_on_stdin:   # from our keeper, which restarts us with the same ones

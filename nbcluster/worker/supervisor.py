@@ -360,3 +360,9 @@ def _stdin_open() -> bool:
         return bool(os.read(0, 4096)) if select.select([0], [], [], 0)[0] else True
     except OSError:
         return False
+
+
+if __name__ == "__main__":   # the old command line: kept working, not a silent no-op
+    from nbcluster.worker.supervisor_main import main
+
+    sys.exit(main())
