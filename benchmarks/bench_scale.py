@@ -330,6 +330,8 @@ def load() -> str:
 
 
 def print_table(results: dict[str, dict[str, str]], peers: list[str]) -> None:
+    if not results:
+        return
     width = max(len(label) for label in results) + 2
     cols = [max(28, *(len(v.get(p, "")) + 2 for v in results.values())) for p in peers]
     print()
@@ -372,9 +374,12 @@ def main() -> None:
                 finally:
                     procs.stop_all()   # whatever a failed row left
         loads.append(load())
+    except (KeyboardInterrupt, SystemExit):
+        print("\ninterrupted: the figures so far", flush=True)
+        raise
     finally:
         procs.stop_all()
-    print_table(results, peers)
+        print_table(results, peers)
     print(f"\n{'quick run; ' if args.quick else ''}{loads[0]} at the start, {loads[-1]} at "
           f"the end; {os.cpu_count()} cores. Round trips from this process; queueing clients "
           "in their own processes.")
