@@ -2,8 +2,9 @@
 """Many users, big queues, many workers (issue 14): nbcluster and dask.distributed side by
 side in one run, one printed table.
 
-    python benchmarks/bench_scale.py                 # everything (~30 min on the 2-core VM)
-    python benchmarks/bench_scale.py --quick         # small sizes: a smoke run, ~2 min
+    python benchmarks/bench_scale.py                 # everything: ~1 h on the 2-core VM
+    python benchmarks/bench_scale.py --only nbcluster  # ~30 min on main at dd63794
+    python benchmarks/bench_scale.py --quick         # small sizes: a smoke run, 2-4 min
     python benchmarks/bench_scale.py --only nbcluster --rows queue,fair
 
 Rows (--rows): queue (queued-task memory, queueing rate, status latency and the longest
