@@ -2,8 +2,9 @@
 """Many users, big queues, many workers (issue 14): nbcluster and dask.distributed side by
 side in one run, one printed table.
 
-    python benchmarks/bench_scale.py                 # everything (~30 min on the 2-core VM)
-    python benchmarks/bench_scale.py --quick         # small sizes: a smoke run, ~2 min
+    python benchmarks/bench_scale.py                 # everything: ~1 h on the 2-core VM
+    python benchmarks/bench_scale.py --only nbcluster  # ~30 min on main at dd63794
+    python benchmarks/bench_scale.py --quick         # small sizes: a smoke run, 2-4 min
     python benchmarks/bench_scale.py --only nbcluster --rows queue,fair
 
 Rows (--rows): queue (queued-task memory, queueing rate, status latency and the longest
@@ -330,6 +331,8 @@ def load() -> str:
 
 
 def print_table(results: dict[str, dict[str, str]], peers: list[str]) -> None:
+    if not results:
+        return
     width = max(len(label) for label in results) + 2
     cols = [max(28, *(len(v.get(p, "")) + 2 for v in results.values())) for p in peers]
     print()
@@ -372,9 +375,12 @@ def main() -> None:
                 finally:
                     procs.stop_all()   # whatever a failed row left
         loads.append(load())
+    except (KeyboardInterrupt, SystemExit):
+        print("\ninterrupted: the figures so far", flush=True)
+        raise
     finally:
         procs.stop_all()
-    print_table(results, peers)
+        print_table(results, peers)
     print(f"\n{'quick run; ' if args.quick else ''}{loads[0]} at the start, {loads[-1]} at "
           f"the end; {os.cpu_count()} cores. Round trips from this process; queueing clients "
           "in their own processes.")
