@@ -92,7 +92,6 @@ class TaskFuture(concurrent.futures.Future[T], Generic[T]):
 
     Attributes:
         key: the task's id within its client.
-        output: ``(stream, text, worker_id)`` items the task printed, in order.
         worker: id of the worker running it (once it started) or that produced the result.
         duration: seconds the task took on its worker, once done.
         input_bytes: size of the pickled arguments sent (the function goes once per
