@@ -26,6 +26,7 @@ import select
 import socket
 import sys
 import time
+import traceback
 
 import zmq
 
@@ -45,6 +46,7 @@ log = logging.getLogger("nbcluster.broker")
 MAX_LOG_LINES_PER_S = 20
 SHUTDOWN_GRACE_MS = 30_000   # asked to stop, the broker waits this long for workers to leave
 UNREAD_REPORT_MS = 10_000    # how often the count of messages dropped unread is logged
+DRAIN_BUDGET_MS = 50         # messages are read this long at most between ticks (see _drain)
 
 
 def _now_ms() -> int:
@@ -121,7 +123,7 @@ class Broker:
                         return
                 if now >= self.state.next_deadline():   # heartbeats out, silent peers expire
                     self._drain()   # what peers sent is read before their silence is judged
-                    self._send(self.state.tick(_now_ms()))
+                    self._tick()
                     self._report_unread(now)
                 timeout = max(0, self.state.next_deadline() - now)
                 events = dict(poller.poll(timeout))
@@ -134,28 +136,46 @@ class Broker:
             self.close()
 
     def _drain(self) -> None:
+        """Handle what peers sent, for DRAIN_BUDGET_MS at most: then the loop ticks (our
+        heartbeats go out) before it reads on. A backlog of big submits (a million tasks
+        queued) takes seconds to read: read in one go, it would make the broker look dead to
+        every worker, which would all register again."""
         # Hellos carry their peer's wall clock; the state machine's is its clock plus this.
         self.state.wall_offset_ms = int(time.time() * 1000) - _now_ms()
-        for frames in pending_messages(self.router, limit=1000):  # bounded: ticks still happen
-            identity, body = frames[0].bytes, frames[1:]
-            if self._unread(identity, body):
-                continue
-            try:
-                header, payload, mac = protocol.decode(self.signer, body, self.max_message_bytes,
-                                                       keep_mac=True)
-                out = self.state.handle(identity, header, payload, mac, _now_ms())
-            except ProtocolError as e:
-                self._log(f"dropped a message from peer {identity.hex()}: {e}")
-                if "signature" in str(e):
-                    self.gate.bad_signature(identity, _now_ms())
-                    self._deny(identity)
-                elif "oversized message" in str(e):
-                    self._deny(identity, protocol.TOO_BIG)
-                continue
-            except Exception:  # a bug of ours must not take the cluster down
-                log.exception("internal error handling a message from %s", identity.hex())
-                continue
-            self._send(out)
+        deadline = _now_ms() + DRAIN_BUDGET_MS
+        for frames in pending_messages(self.router):
+            self._handle(frames)
+            if _now_ms() >= deadline:
+                return
+
+    def _handle(self, frames: list[zmq.Frame]) -> None:
+        identity, body = frames[0].bytes, frames[1:]
+        if self._unread(identity, body):
+            return
+        try:
+            header, payload, mac = protocol.decode(self.signer, body, self.max_message_bytes,
+                                                   keep_mac=True)
+            out = self.state.handle(identity, header, payload, mac, _now_ms())
+        except ProtocolError as e:
+            self._log(f"dropped a message from peer {identity.hex()}: {e}")
+            if "signature" in str(e):
+                self.gate.bad_signature(identity, _now_ms())
+                self._deny(identity)
+            elif "oversized message" in str(e):
+                self._deny(identity, protocol.TOO_BIG)
+            return
+        except Exception:  # a bug of ours must not take the cluster down
+            log.exception("internal error handling a message from %s", identity.hex())
+            return
+        self._send(out)
+
+    def _tick(self) -> None:
+        try:
+            out = self.state.tick(_now_ms())
+        except Exception:  # noqa: BLE001 - a bug of ours must not take the cluster down
+            self._log(f"internal error in a tick:\n{traceback.format_exc()}")
+            return
+        self._send(out)
 
     def _unread(self, identity: bytes, body: list[zmq.Frame]) -> bool:
         """Drop the message unread? (See `gate`: garbage must cost us little.)"""

@@ -128,8 +128,9 @@ class IOThread(WorkerState):
                 next_try = now + backoff
             if now - last_sent >= self.heartbeat_s:
                 self._check_credit()
-                self._send(self.ctl, {"t": "hb", "info": {**_load_info(),
-                                                          "credit_heals": self.credit_heals}})
+                self._send(self.ctl, {"t": "hb", "info": {
+                    **_load_info(), "credit_heals": self.credit_heals,
+                    "hellos": self.session}})   # more than 1: it thought the broker lost
                 last_sent = now
 
     def _hello(self) -> None:

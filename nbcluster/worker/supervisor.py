@@ -363,6 +363,6 @@ def _stdin_open() -> bool:
 
 
 if __name__ == "__main__":   # the old command line: kept working, not a silent no-op
-    import runpy   # (by name: supervisor_main imports this module)
+    import runpy  # (by name: supervisor_main imports this module)
 
     runpy.run_module("nbcluster.worker.supervisor_main", run_name="__main__")
