@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from nbcluster.testing import wait_for
+
 HERE = Path(__file__).resolve().parent
 AGENT = HERE / "scale_agent.py"
 
@@ -128,14 +130,7 @@ def percentiles(samples_s: list[float]) -> tuple[float, float, float]:
 
 def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
     """Poll condition() until truthy (its value), or raise TimeoutError naming what."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
+    return wait_for(condition, timeout, interval, what)
 
 
 def mb(n_bytes: float) -> str:
