@@ -179,8 +179,8 @@ class TaskThread(WorkerState):
             finally:
                 # No lock: a cancel's SIGINT could land while waiting for it, and _on_sigint
                 # ignores one whose task is no longer current.
+                self.current_tag = None   # first: an interrupt for it is ignored from here
                 self.in_task = False
-                self.current_tag = None
             try:
                 payload = serialize.dumps(result, self.shm if local else None)
             except Exception as e:
@@ -190,6 +190,9 @@ class TaskThread(WorkerState):
         except BaseException as e:  # noqa: BLE001 - any failure of user code is the task's result
             status = "err"
             payload = serialize.dumps(tracebacks.capture(e, skip=1))
+        # Again: the interrupt may have landed in the `finally` above, before it cleared them.
+        self.current_tag = None
+        self.in_task = False
         elapsed = time.perf_counter() - start
         t = self.task_time
         self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
