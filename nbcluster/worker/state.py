@@ -97,6 +97,8 @@ class WorkerState:
         self.task_time: float | None = None   # moving average of task durations (s)
         self.interrupting = False             # the I/O thread interrupted a task to cancel it
         self.interrupt_tag: tuple[int, int] | None = None   # the task that interrupt is meant for
+        self.in_task = False                  # the running task's `try` is entered (_run_one)
+        self.interrupt_due: tuple[int, int] | None = None   # an interrupt that came before it
         self.credit_heals = 0                 # times _check_credit found us starving
         self._credit_probe: tuple[int, int, int] | None = None
         self.stopping = False

@@ -56,10 +56,14 @@ class TaskThread(WorkerState):
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         """SIGINT: a real Ctrl-C, or the I/O thread interrupting a cancelled task. The latter
         is ignored if its task has ended meanwhile: it must not break the loop between tasks
-        (the rest of the batch and its credit would be lost)."""
+        (the rest of the batch and its credit would be lost). One that lands after its task
+        became current but before the task's `try` (see _run_one) is raised there: raised
+        here, it would escape the task, and the batch, its result and credit would be lost."""
         target, self.interrupt_tag = self.interrupt_tag, None
-        if target is None or target == self.current_tag:
+        if target is None or (target == self.current_tag and self.in_task):
             raise KeyboardInterrupt
+        if target == self.current_tag:
+            self.interrupt_due = target
 
     def _ours(self, batch: tuple[Any, Any, Any]) -> bool | None:
         """Is a task of a run for `batch` (its w, e, s) ours to run (call under the lock)?
@@ -163,13 +167,20 @@ class TaskThread(WorkerState):
         start = time.perf_counter()
         try:
             try:
+                # From here a cancel's SIGINT is this task's result; one that landed since
+                # the task became current was kept for here (see _on_sigint).
+                self.in_task = True
+                due, self.interrupt_due = self.interrupt_due, None
+                if due == (gid, attempt):
+                    raise KeyboardInterrupt
                 fn = self.functions.get(fn_digest)
                 args, kwargs = serialize.loads(frames, self.shm)
                 result = fn(*args, **kwargs)
             finally:
                 # No lock: a cancel's SIGINT could land while waiting for it, and _on_sigint
                 # ignores one whose task is no longer current.
-                self.current_tag = None
+                self.current_tag = None   # first: an interrupt for it is ignored from here
+                self.in_task = False
             try:
                 payload = serialize.dumps(result, self.shm if local else None)
             except Exception as e:
@@ -179,6 +190,9 @@ class TaskThread(WorkerState):
         except BaseException as e:  # noqa: BLE001 - any failure of user code is the task's result
             status = "err"
             payload = serialize.dumps(tracebacks.capture(e, skip=1))
+        # Again: the interrupt may have landed in the `finally` above, before it cleared them.
+        self.current_tag = None
+        self.in_task = False
         elapsed = time.perf_counter() - start
         t = self.task_time
         self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
