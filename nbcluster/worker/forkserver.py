@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 
 __all__ = ["ForkServer", "StartedProcess", "spawn_process", "become_subreaper", "reap"]
@@ -35,6 +36,7 @@ __all__ = ["ForkServer", "StartedProcess", "spawn_process", "become_subreaper", 
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_REQUEST = 1 << 16
 _MAX_FDS = 200   # stdin pipes per request (the kernel passes at most 253 fds at once)
+CLOSE_TIMEOUT_S = 2.0   # the server exits at once at EOF; one that does not is killed
 
 
 class StartedProcess:
@@ -174,9 +176,24 @@ class ForkServer:
                 break
         return started
 
-    def close(self) -> None:
-        """The server exits at EOF; it is reaped as any child of ours."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the server's socket (it exits at EOF) and reap it: left to init, it would
+        stay a zombie until init gets to it (seconds, where init is a container's agent)."""
         self._sock.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if os.waitpid(self.pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:   # reaped already (see reap)
+                return
+            if time.monotonic() > deadline:   # stuck: it must not outlive us
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.002)
 
 
 def _serve(sock: socket.socket, run: Callable[[list[str]], object]) -> None:

@@ -21,4 +21,5 @@ def test_forked_workers_are_the_supervisors_children_with_their_exit_statuses():
     assert got["codes"] == [3, 1, 1, -9, 0, 0]
     assert "boom" in out.stderr and "a message" in out.stderr
     assert got["codes_batch"] == [4, 4, 4]   # a batch of 3 in one request
+    assert got["server_reaped"], "ForkServer.close left its server unreaped"
     assert got["spawned"] == 7   # where it cannot fork: a fresh interpreter, its own session

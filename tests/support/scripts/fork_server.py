@@ -47,9 +47,14 @@ if __name__ == "__main__":
         time.sleep(0.01)
     codes_batch = [p.poll() for p in batch]
     server.close()
+    try:   # close() reaped it (left to init, it stays a zombie for as long as init takes)
+        os.waitpid(server.pid, os.WNOHANG)
+        server_reaped = False
+    except ChildProcessError:
+        server_reaped = True
     spawned = spawn_process([sys.executable, "-c", "import os, sys; sys.exit(7 if os.getsid(0) "
                              "== os.getpid() and not sys.stdin.read() else 8)"], dict(os.environ))
     spawned.stdin.close()
     print(json.dumps({"spawned": spawned.wait(), "me": os.getpid(), "server": server.pid,
                       "seen": seen, "pids": [p.pid for p in procs], "codes": codes,
-                      "codes_batch": codes_batch}), flush=True)
+                      "codes_batch": codes_batch, "server_reaped": server_reaped}), flush=True)
