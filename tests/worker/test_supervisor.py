@@ -210,8 +210,11 @@ def test_max_tasks_per_child_replaces_workers_and_loses_or_repeats_no_task(tmp_p
 
 
 def test_worker_lost_names_sigkill_for_a_client_that_did_not_start_the_cluster():
-    """The reason comes from the supervisor through the broker, not from LocalCluster."""
-    with throwaway_cluster(2, max_lost=0) as cluster:
+    """The reason comes from the supervisor through the broker, not from LocalCluster.
+    (Default heartbeats: with throwaway_cluster's 200 ms the broker's 600 ms expiry could
+    beat the supervisor's report on a loaded machine, and the reason was "stopped
+    answering".)"""
+    with throwaway_cluster(2, max_lost=0, heartbeat_ms=1000) as cluster:
         with nbcluster.connect(str(cluster.connection_file)) as client:
             assert client.exit_reason is None
             fut = client.submit(time.sleep, 60)
