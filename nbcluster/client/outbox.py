@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outbox", "PendingTask", "OutboxItem", "MAX_IDS_PER_MESSAGE"]
 
-MAX_IDS_PER_MESSAGE = 1000   # task ids per cancel message: each is handled in well under 10 ms
+MAX_IDS_PER_MESSAGE = 500    # task ids per cancel message: each is handled in well under 10 ms
 LABEL_SETS_KEPT = 1024       # label sets remembered, so tasks asking the same share one tuple
 
 # A task the client has no result for: (spec, argument frames, function payload). The spec
