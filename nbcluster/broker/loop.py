@@ -179,15 +179,16 @@ class Broker:
 
     def _unread(self, identity: bytes, body: list[zmq.Frame]) -> bool:
         """Drop the message unread? (See `gate`: garbage must cost us little.)"""
-        nbytes = sum(len(f) for f in body)
         if self.gate.ignores(identity, _now_ms()):
             self._deny(identity)
             return True
         state = self.state
-        if nbytes > self.max_message_bytes or identity in state.clients or \
-                identity in state.worker_by_identity or identity in state.supervisors.by_identity:
-            return False   # an oversized message gets TOO_BIG from decode, which does not read it
-        return self.gate.too_big_for_a_stranger(nbytes)
+        if identity in state.clients or identity in state.worker_by_identity or \
+                identity in state.supervisors.by_identity:
+            return False   # a registered peer's message: decode checks its size
+        nbytes = sum(len(f) for f in body)   # (summed only for strangers: not per task)
+        # over the limit: TOO_BIG from decode, which does not read it
+        return nbytes <= self.max_message_bytes and self.gate.too_big_for_a_stranger(nbytes)
 
     def _report_unread(self, now: int) -> None:
         """One line every UNREAD_REPORT_MS at most for the messages the gate dropped."""
