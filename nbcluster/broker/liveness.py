@@ -1,6 +1,7 @@
 """Who is alive: heartbeats out, silent peers found, and our own stalls forgiven.
 
-    every heartbeat_ms  ──► hb to each worker (control socket), supervisor and client
+    every heartbeat_ms  ──► hb to each supervisor, client and unsupervised worker
+    every SUPERVISED_HEARTBEATS of them ──► hb to each supervised worker
     silent expiry_ms    ──► a worker is lost (unless its supervisor vouches for it)
     silent client_expiry_ms ──► a client is forgotten: the last resort, for one whose
                                 connection stays up (a client whose connection closes is
@@ -9,8 +10,12 @@
                             for a silence that was ours
 
 A worker is heard from by its own messages or by its supervisor's vouch (see supervisors):
-a task holding the worker's GIL stops the former, not the latter. Dropping the silent peers
-is `peers`' job; this module only says who they are.
+a task holding the worker's GIL stops the former, not the latter. Since its supervisor
+vouches for it every heartbeat, a worker whose supervisor is registered when it says hello
+and the broker heartbeat each other only every SUPERVISED_HEARTBEATS heartbeats (`sparse`;
+its welcome tells it so): with 200 workers, their heartbeats were most of an idle broker's
+messages. Dropping the silent peers is `peers`' job;
+this module only says who they are.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .supervisors import Supervisors
 __all__ = ["Liveness"]
 
 QUIET_HEARTBEATS = 1.5   # one silent longer may be dead: tasks wait until it speaks again
+SUPERVISED_HEARTBEATS = 3   # a supervised worker's heartbeats are this many times sparser
 
 
 class Liveness:
@@ -43,6 +49,7 @@ class Liveness:
         self.client_expiry_ms = max(self.expiry_ms, client_expiry_ms)
         self.workers, self.clients, self.supervisors = workers, clients, supervisors
         self.next_heartbeat = 0
+        self.beats = 0                     # heartbeats sent so far
         self.awake_at: int | None = None   # when we last handled a message or ticked
 
     def forgive_stall(self, now: int) -> None:
@@ -64,9 +71,16 @@ class Liveness:
         """When w was last known alive: its own message or its supervisor's vouch."""
         return max(w.last_seen, self.supervisors.vouched_at(w.supervisor, w.pid))
 
+    def worker_heartbeat_ms(self, sparse: bool) -> int:
+        """How often a worker heartbeats (told in its welcome), and hears from us."""
+        return self.heartbeat_ms * (SUPERVISED_HEARTBEATS if sparse else 1)
+
     def silent(self, w: Worker, limit: int) -> bool:
-        """Neither w's own heartbeats nor its supervisor's vouch arrived since limit."""
-        return w.last_seen < limit and self.supervisors.vouched_at(w.supervisor, w.pid) < limit
+        """Neither w's own heartbeats nor its supervisor's vouch arrived since limit (its
+        own, sparser when supervised, are given as many more heartbeats)."""
+        own_limit = limit - (SUPERVISED_HEARTBEATS - 1) * self.expiry_ms if w.sparse else limit
+        return w.last_seen < own_limit and \
+            self.supervisors.vouched_at(w.supervisor, w.pid) < limit
 
     def quiet_since(self) -> int:
         """A worker silent since before this may be dead: no task is handed to it (it gets
@@ -85,7 +99,10 @@ class Liveness:
         if now < self.next_heartbeat:
             return []
         self.next_heartbeat = now + self.heartbeat_ms
-        out = [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()]
+        self.beats += 1
+        sparse_turn = self.beats % SUPERVISED_HEARTBEATS == 0
+        out = [Send(w.ctl, {"t": "hb"}) for w in self.workers.values()
+               if sparse_turn or not w.sparse]
         out += [Send(i, {"t": "hb"}) for i in self.supervisors.by_identity]
         hosts = Counter(w.host for w in self.workers.values())   # `here`: see the client
         out += [Send(c.identity, {"t": "hb", "workers": len(self.workers),

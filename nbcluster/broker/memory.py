@@ -7,8 +7,13 @@ million queued tasks one takes 100+ ms, during which no message is handled (work
 be thought dead). The broker's tables hold no reference cycles (they are freed by reference
 counting as tasks end), so the automatic collections are limited to the young generations
 (cheap: they visit only recent objects) and `housekeep` runs a full one only while the
-tables are small. glibc keeps freed memory in its heap: after a big release (a client's
-million queued tasks dropped) `malloc_trim` hands it back.
+tables are small. What exists when the loop starts (modules, classes, functions: 25,000
+objects, never garbage) is frozen out of every collection: on a VM whose memory goes cold
+while the broker idles, visiting them took 80-130 ms every 10 s (a tick over our 10 ms
+bound, and about 1 % of a core), against 3 ms for what the broker made since.
+
+glibc keeps freed memory in its heap: after a big release (a client's million queued tasks
+dropped) `malloc_trim` hands it back.
 
 glibc's malloc serves a buffer of 128 KiB or more with an mmap of its own, returned when it is
 freed; but after such a free it raises that threshold (up to 32 MiB), and big buffers then come
@@ -37,9 +42,12 @@ MMAP_THRESHOLD_BYTES = 128 * 1024   # glibc's own starting value
 
 
 def limit_collections() -> None:
-    """Automatic collections of the young generations only (see the module docstring)."""
+    """Automatic collections of the young generations only, and what exists now left out of
+    every collection; call it once, when the loop starts (see the module docstring)."""
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, NO_AUTOMATIC_FULL_GC)
+    gc.collect()   # what is garbage now is not frozen with the rest
+    gc.freeze()
 
 
 def housekeep(tasks: int, released: bool) -> None:

@@ -41,7 +41,9 @@ def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send
         raise ProtocolError("a second identity must be 1 to 255 bytes")
     clock = state.liveness
     nonce = new_nonce()   # every later message of this registration carries it (sessions)
-    welcome = {"t": "welcome", "heartbeat_ms": clock.heartbeat_ms, "liveness":
+    supervisor = field(h, "supervisor", str, "") if role == "worker" else ""
+    sparse = supervisor in state.supervisors.by_token   # it vouches: see liveness
+    welcome = {"t": "welcome", "heartbeat_ms": clock.worker_heartbeat_ms(sparse), "liveness":
                clock.expiry_ms // clock.heartbeat_ms, "broker": state.info, "epoch": state.epoch,
                "nonce": nonce}
     if role == "supervisor":
@@ -57,6 +59,7 @@ def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send
     old = state.workers.get(state.worker_by_identity.get(identity, ""))
     if old is not None and (old.ctl, old.identity) == (identity, other) and \
             isinstance(resume, list) and len(resume) == 2 and resume[1] == state.epoch:
+        old.sparse = sparse
         return [Send(identity, _resume(state, old, resume[0], session, now, welcome))]
     out, dropped = _forget(state, {identity, other})
     if role == "client":
@@ -64,8 +67,8 @@ def hello(state: BrokerState, identity: bytes, h: Header, now: int) -> list[Send
         return out + dispatch_all(state) + [Send(identity, welcome)]
     w = Worker(id=f"w{next(state.fresh_worker_numbers)}", identity=other, ctl=identity,
                host=host, pid=pid, labels=labels, slots=slots, joined=now, last_seen=now,
-               session=session, ledger=session, supervisor=field(h, "supervisor", str, ""),
-               nonce=nonce)
+               session=session, ledger=session, supervisor=supervisor,
+               sparse=sparse, nonce=nonce)
     state.workers[w.id] = w
     state.worker_by_identity[identity] = state.worker_by_identity[other] = w.id
     state.queue.add_worker(w)

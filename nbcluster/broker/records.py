@@ -96,6 +96,7 @@ class Worker:
     session: int = 0         # its latest hello's `session`, echoed in welcome and run
     ledger: int = 0          # the session of the hello that made it: its credit carries it (`l`)
     supervisor: str = ""     # the token of the supervisor that vouches for it (see supervisors)
+    sparse: bool = False     # told to heartbeat every SUPERVISED_HEARTBEATS (see liveness)
     stuck_on: int | None = None   # the task it gave back behind (see dispatch.stuck)
     nonce: bytes = b""       # its registration's session nonce, and the last seq seen on
     seq: dict[bytes, int] = dataclass_field(default_factory=dict)   # each socket (sessions)

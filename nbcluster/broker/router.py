@@ -32,7 +32,7 @@ from .records import Send
 
 __all__ = ["open_router", "send_all", "ping_timeout_ms", "PING_MS", "RCVHWM"]
 
-PING_MS = 2_000             # libzmq pings each peer this often...
+PING_MS = 5_000             # libzmq pings each peer this often (as peers ping us)...
 PING_TIMEOUT_MS = 20_000    # ...and closes a connection silent this long after a ping
 # A pong may wait behind a big message on its way (libzmq counts a frame as traffic only once
 # it has all of it): the timeout grows with the limit, at this many bytes a millisecond

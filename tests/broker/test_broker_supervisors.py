@@ -140,3 +140,44 @@ def test_workers_reported_dead_one_by_one_cost_their_task_one_loss_and_it_waits_
     sim.now += 1
     out = sim.msg(b"w0", "hb")      # the live one speaks: it gets the task
     assert [g for _, g, _ in runs(out, b"w0")] == [gid] and t.worker == live
+
+
+def heartbeats_to(sends, identity):
+    return sum(1 for s in sends if s.identity == identity and s.header["t"] == "hb")
+
+
+def test_a_worker_whose_supervisor_vouches_heartbeats_a_third_as_often():
+    """Its supervisor vouches for it every heartbeat, so the worker and the broker heartbeat
+    each other every third one (told in its welcome); a worker without a registered
+    supervisor keeps the full rate."""
+    sim, _ = setup()
+    welcome = sim.msg(b"v", "hello", role="worker", labels=[], host="h", pid=7,
+                      supervisor=TOKEN)[-1].header
+    plain = sim.msg(b"p", "hello", role="worker", labels=[], host="h", pid=8)[-1].header
+    orphan = sim.msg(b"o", "hello", role="worker", labels=[], host="h", pid=9,
+                     supervisor="nobody registered this token")[-1].header
+    assert (welcome["heartbeat_ms"], plain["heartbeat_ms"], orphan["heartbeat_ms"]) == \
+        (3 * HB, HB, HB)
+    assert welcome["liveness"] == plain["liveness"] == 3
+    sends = []
+    for _ in range(9):
+        sim.msg(b"s", "hb", alive=[100, 7])
+        sends += sim.tick(HB, alive=[b"c", b"p", b"o"])
+    assert (heartbeats_to(sends, b"v"), heartbeats_to(sends, b"w0")) == (3, 3)
+    assert (heartbeats_to(sends, b"p"), heartbeats_to(sends, b"o"), heartbeats_to(sends, b"s")) \
+        == (9, 9, 9)
+
+
+def test_a_sparse_worker_lives_on_its_own_heartbeats_when_nobody_vouches():
+    """Its supervisor gone silent, a sparse worker that heartbeats every third heartbeat is
+    kept; silent for three of its own heartbeats, it is lost."""
+    sim, [wid] = setup()
+    for _ in range(4):   # no vouch (the supervisor expires), its own hb every 3 heartbeats
+        sim.msg(b"w0", "hb")
+        sim.tick(3 * HB)
+    assert wid in sim.state.workers
+    assert sim.state.status(sim.now)["supervisors"] == []
+    sim.tick(5 * HB)     # its own last heartbeat 8 s ago: kept
+    assert wid in sim.state.workers
+    sim.tick(2 * HB)     # 10 s ago, past three of its heartbeats: lost
+    assert wid not in sim.state.workers
