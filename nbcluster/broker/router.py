@@ -28,6 +28,7 @@ from collections.abc import Callable
 import zmq
 
 from ..wire import protocol
+from ..wire.transport import send_frames
 from .records import Send
 
 __all__ = ["open_router", "send_all", "ping_timeout_ms", "PING_MS", "RCVHWM"]
@@ -71,8 +72,8 @@ def send_all(router: zmq.Socket[bytes], signer: protocol.Signer, sends: list[Sen
         if s.identity in gone:
             continue
         try:
-            router.send_multipart([s.identity, *protocol.encode(
-                signer, s.header, s.payload, s.mac)], copy=False)
+            send_frames(router, [s.identity, *protocol.encode(signer, s.header, s.payload,
+                                                               s.mac)])
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
                 gone.add(s.identity)

@@ -34,7 +34,7 @@ import zmq
 from ..errors import AuthenticationError, NBClusterError, ProtocolError
 from ..wire import message_limit, protocol, serialize
 from ..wire.freshness import Freshness
-from ..wire.transport import pending_messages
+from ..wire.transport import pending_messages, send_frames
 from .inbox import caused
 
 if TYPE_CHECKING:
@@ -52,18 +52,6 @@ SUBMIT_BATCH_BYTES = 1 << 20    # small tasks are sent together up to this size 
 # set of its own (1000 such tasks took it 8-24 ms)
 MAX_TASKS_PER_SUBMIT = 500
 BIG_TASK_BYTES = 64 * 1024      # a task at least this big is sent alone (forwarded zero-copy)
-
-
-_MORE = int(zmq.SNDMORE)
-
-
-def send_frames(sock: zmq.Socket, frames: list) -> None:
-    """sock.send_multipart(frames, copy=False) at a third of its cost per frame (it pays a
-    Python enum `|` per frame): a submit message holds a thousand small frames."""
-    send = sock.send
-    for frame in frames[:-1]:
-        send(frame, _MORE, copy=False)
-    send(frames[-1], 0, copy=False)
 
 
 class IOThread:

@@ -22,7 +22,7 @@ from ..wire import functions, protocol
 from ..wire.freshness import Freshness
 from ..wire.shm import SharedMemory
 from ..wire.shm import available as shm_available
-from ..wire.transport import dealer
+from ..wire.transport import dealer, send_frames
 from .output import OutputBuffer
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class WorkerState:
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], payload: Sequence[Any] = ()) -> None:
         header = self.fresh.stamp(header)   # replay protection: see wire/freshness.py
-        sock.send_multipart(protocol.encode(self.signer, header, payload), copy=False)
+        send_frames(sock, protocol.encode(self.signer, header, payload))
 
     def _take_held(self) -> tuple[list[Any], list[Any], int | None]:
         """The held results, their frames and epoch, no longer held (call under the lock)."""
