@@ -85,7 +85,9 @@ CLIENT_EXPIRY_MS = 3_600_000
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
 SWEEP_BUDGET = 2000      # entries freed per sweep (a few ms): see sweep
 SWEEP_AT_ONCE = 1000     # a dropped client with fewer queued tasks is swept at once
-TRIM_AFTER = 100_000     # entries freed in one release before memory is handed back
+# Memory is handed back once the task table fell by this many tasks, and to half its peak
+# or less (see _hand_back_memory)
+TRIM_AFTER = 10_000
 HOUSEKEEPING_MS = 10_000   # how often housekeep is called anyway
 
 
@@ -118,7 +120,6 @@ class BrokerState:
         self.wall_offset_ms = 0
         # Dropped clients whose queued tasks are still in `tasks`, freed by sweep.
         self.orphans: deque[Client] = deque()
-        self.freed = 0             # entries freed since memory was last handed back
         # housekeep(tasks held, a big release happened): the process's memory upkeep (see
         # memory.housekeep), called on ticks so the loop stays the only impure part.
         self.housekeep = housekeep or (lambda tasks, released: None)
@@ -208,13 +209,21 @@ class BrokerState:
         the system after a big release. Returns the messages of a dispatch, if a queue got
         work back."""
         freed = self._free_orphans(budget)
-        n, woke = self.queue.sweep(budget - freed)
-        freed += n
-        self.freed += freed
-        if self.freed > TRIM_AFTER and not self.sweeping:
-            self.freed = 0
-            self.housekeep(len(self.tasks), True)
+        _, woke = self.queue.sweep(budget - freed)
+        self._hand_back_memory()
         return dispatch_all(self) if woke else []
+
+    def _hand_back_memory(self) -> None:
+        """After a big release, once what it detached is swept, hand the freed heap back to
+        the system (housekeep: malloc_trim, a few ms). A big release: the task table fell by
+        TRIM_AFTER tasks and to half its peak or less (what the heap keeps is then at most
+        what is held), however the tasks left: cancelled, dropped with their client, done.
+        It is judged on the table, not on a path: a cancel of 100,000 tasks with a label set
+        each was never counted, and left 60 MB free in the heap (the RSS at 3.4x baseline)."""
+        held, peak = len(self.tasks), self.tasks.peak
+        if peak - held >= TRIM_AFTER and 2 * held <= peak and not self.sweeping:
+            self.tasks.peak = held
+            self.housekeep(held, True)
 
     def _free_orphans(self, budget: int) -> int:
         freed = 0
