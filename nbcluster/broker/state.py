@@ -189,8 +189,9 @@ class BrokerState:
         return drop_gone(self, identities)
 
     def next_deadline(self) -> int:
-        """When `tick` is next due: at once while there is memory to free (see sweep)."""
-        return 0 if self.sweeping else self.liveness.next_heartbeat
+        """When `tick` is next due: at once while there is memory to free or to hand back
+        (see sweep)."""
+        return 0 if self.sweeping or self._released() else self.liveness.next_heartbeat
 
     @property
     def sweeping(self) -> bool:
@@ -215,15 +216,19 @@ class BrokerState:
 
     def _hand_back_memory(self) -> None:
         """After a big release, once what it detached is swept, hand the freed heap back to
-        the system (housekeep: malloc_trim, a few ms). A big release: the task table fell by
-        TRIM_AFTER tasks and to half its peak or less (what the heap keeps is then at most
-        what is held), however the tasks left: cancelled, dropped with their client, done.
-        It is judged on the table, not on a path: a cancel of 100,000 tasks with a label set
-        each was never counted, and left 60 MB free in the heap (the RSS at 3.4x baseline)."""
+        the system (housekeep: malloc_trim, a few ms). It is judged on the task table, not
+        on a path: a cancel of 100,000 tasks with a label set each was never counted, and
+        left 60 MB free in the heap (the RSS at 3.4x baseline)."""
+        if self._released() and not self.sweeping:
+            self.tasks.peak = len(self.tasks)
+            self.housekeep(len(self.tasks), True)
+
+    def _released(self) -> bool:
+        """A big release: the task table fell by TRIM_AFTER tasks since its peak and to half
+        of it or less (what the heap keeps is then at most what is held), however the tasks
+        left: cancelled, dropped with their client, done."""
         held, peak = len(self.tasks), self.tasks.peak
-        if peak - held >= TRIM_AFTER and 2 * held <= peak and not self.sweeping:
-            self.tasks.peak = held
-            self.housekeep(held, True)
+        return peak - held >= TRIM_AFTER and 2 * held <= peak
 
     def _free_orphans(self, budget: int) -> int:
         freed = 0
