@@ -45,10 +45,10 @@ def limit_collections() -> None:
 def housekeep(tasks: int, released: bool) -> None:
     """Called now and then with the number of tasks held: collect cyclic garbage while that
     is cheap, and hand freed heap memory back to the system after a big release."""
-    if tasks < FULL_GC_BELOW_TASKS:
+    if released:   # only the trim (a few ms): the tables hold no cycles, a collection frees
+        _malloc_trim()   # nothing of the release and would take tens of ms at 40,000 tasks
+    elif tasks < FULL_GC_BELOW_TASKS:
         gc.collect()
-    if released:
-        _malloc_trim()
 
 
 def map_big_buffers_alone() -> bool:
