@@ -8,7 +8,8 @@ be thought dead). The broker's tables hold no reference cycles (they are freed b
 counting as tasks end), so the automatic collections are limited to the young generations
 (cheap: they visit only recent objects) and `housekeep` runs a full one only while the
 tables are small. glibc keeps freed memory in its heap: after a big release (a client's
-million queued tasks dropped) `malloc_trim` hands it back.
+million queued tasks dropped or cancelled: see `BrokerState.sweep`) `malloc_trim` hands it
+back.
 
 glibc's malloc serves a buffer of 128 KiB or more with an mmap of its own, returned when it is
 freed; but after such a free it raises that threshold (up to 32 MiB), and big buffers then come

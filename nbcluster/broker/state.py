@@ -14,7 +14,8 @@ that fails raises ProtocolError, which the broker loop logs and drops.
                           ├─ from a worker ───────► worker_messages: ready, done, output...
                           └─ from a stranger ─────► reconnect (it was forgotten: say hello)
     tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out,
-                 detached tables freed a slice at a time (sweep)
+                 detached tables freed a slice at a time (sweep), then, after a big
+                 release, the freed heap handed back (housekeep)
 
     the handlers ──► queues: tasks waiting, by labels or target worker
                  ──► dispatch: queued tasks to workers with credit; a task lost for good
@@ -30,7 +31,9 @@ credit. Clients share the workers fairly: a worker with credit takes a task of t
 with the fewest tasks on workers, first in first out within a client (see queues). What a
 message detaches at once (a dropped client's million queued tasks) is freed a slice at a
 time by `sweep`, which `tick` runs (and `next_deadline` asks for at once while any is left),
-so no message or tick costs more than milliseconds.
+so no message or tick costs more than milliseconds. Once the task table is at half its peak
+or less, however the tasks left (cancelled, dropped, done), the next tick hands the freed
+heap back to the system.
 Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
 been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
 unless they were lost `max_lost` times already, which fails them with "lost". Silence is
