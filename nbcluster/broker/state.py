@@ -123,6 +123,7 @@ class BrokerState:
         self.wall_offset_ms = 0
         # Dropped clients whose queued tasks are still in `tasks`, freed by sweep.
         self.orphans: deque[Client] = deque()
+        self.swept = 0   # entries of detached queues freed by sweep since the last hand-back
         # housekeep(tasks held, a big release happened): the process's memory upkeep (see
         # memory.housekeep), called on ticks so the loop stays the only impure part.
         self.housekeep = housekeep or (lambda tasks, released: None)
@@ -213,7 +214,8 @@ class BrokerState:
         the system after a big release. Returns the messages of a dispatch, if a queue got
         work back."""
         freed = self._free_orphans(budget)
-        _, woke = self.queue.sweep(budget - freed)
+        n, woke = self.queue.sweep(budget - freed)
+        self.swept += n
         self._hand_back_memory()
         return dispatch_all(self) if woke else []
 
@@ -223,15 +225,16 @@ class BrokerState:
         on a path: a cancel of 100,000 tasks with a label set each was never counted, and
         left 60 MB free in the heap (the RSS at 3.4x baseline)."""
         if self._released() and not self.sweeping:
-            self.tasks.peak = len(self.tasks)
+            self.tasks.peak, self.swept = len(self.tasks), 0
             self.housekeep(len(self.tasks), True)
 
     def _released(self) -> bool:
         """A big release: the task table fell by TRIM_AFTER tasks since its peak and to half
         of it or less (what the heap keeps is then at most what is held), however the tasks
-        left: cancelled, dropped with their client, done."""
+        left (cancelled, dropped with their client, done); or sweep freed TRIM_AFTER entries
+        of queues detached after their tasks had left (a million cancelled gids)."""
         held, peak = len(self.tasks), self.tasks.peak
-        return peak - held >= TRIM_AFTER and 2 * held <= peak
+        return (peak - held >= TRIM_AFTER and 2 * held <= peak) or self.swept >= TRIM_AFTER
 
     def _free_orphans(self, budget: int) -> int:
         freed = 0

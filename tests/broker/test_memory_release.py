@@ -94,6 +94,24 @@ def test_memory_goes_back_once_the_table_is_half_its_peak(monkeypatch):
     assert trims(calls) == [500, 0]
 
 
+def test_memory_goes_back_after_the_sweep_of_a_queue_of_cancelled_gids(monkeypatch):
+    """The last live task of a queue leaves after the table's fall was handed back: the
+    queue's dead gids, detached then, are freed by sweep, and what it freed goes back too
+    (1,000,000 tasks of one label set cancelled kept 8 MB of gids in the heap)."""
+    monkeypatch.setattr(state_module, "TRIM_AFTER", 100)
+    sim, calls = sim_recording_housekeeping()
+    sim.client(b"a")
+    sim.worker(b"w", credit=0)
+    submit(sim, b"a", range(1000), lambda cid: ["nowhere"])
+    cancel(sim, b"a", range(950))
+    sim.tick(0)
+    assert trims(calls) == [50]
+    cancel(sim, b"a", range(950, 1000))   # 50 fewer tasks: not a big release; but the
+    assert sim.state.queue.sweeping       # queue's 1,000 gids are to be swept
+    sim.tick(0)
+    assert not sim.state.sweeping and trims(calls) == [50, 0]
+
+
 def test_a_dropped_client_is_swept_first_then_memory_goes_back():
     """A dropped client's tasks leave in slices (sweep): the heap is trimmed once, after
     the last slice, not before (its memory would still be held)."""
