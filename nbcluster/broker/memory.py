@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 
 __all__ = ["limit_collections", "housekeep", "map_big_buffers_alone"]
@@ -65,5 +66,6 @@ def _malloc_trim() -> None:
         _libc().malloc_trim(0)
 
 
+@functools.cache   # find_library runs `ldconfig -p` in a child process: 1-3 ms, every trim
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
