@@ -90,7 +90,7 @@ SWEEP_BUDGET = 2000      # entries freed per sweep (a few ms): see sweep
 SWEEP_AT_ONCE = 1000     # a dropped client with fewer queued tasks is swept at once
 # Memory is handed back once the task table fell by this many tasks, and to half its peak
 # or less (see _hand_back_memory)
-TRIM_AFTER = 10_000
+TRIM_AFTER = 2_000
 HOUSEKEEPING_MS = 10_000   # how often housekeep is called anyway
 
 
