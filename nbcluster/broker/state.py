@@ -91,6 +91,7 @@ SWEEP_AT_ONCE = 1000     # a dropped client with fewer queued tasks is swept at 
 # Memory is handed back once the task table fell by this many tasks, and to half its peak
 # or less (see _hand_back_memory)
 TRIM_AFTER = 2_000
+TRIM_AFTER_SWEPT = 100_000   # or sweep freed this many entries (gids: about 1 MB)
 HOUSEKEEPING_MS = 10_000   # how often housekeep is called anyway
 
 
@@ -231,10 +232,11 @@ class BrokerState:
     def _released(self) -> bool:
         """A big release: the task table fell by TRIM_AFTER tasks since its peak and to half
         of it or less (what the heap keeps is then at most what is held), however the tasks
-        left (cancelled, dropped with their client, done); or sweep freed TRIM_AFTER entries
-        of queues detached after their tasks had left (a million cancelled gids)."""
+        left (cancelled, dropped with their client, done); or sweep freed TRIM_AFTER_SWEPT
+        entries of queues detached after their tasks had left (a million cancelled gids)."""
         held, peak = len(self.tasks), self.tasks.peak
-        return (peak - held >= TRIM_AFTER and 2 * held <= peak) or self.swept >= TRIM_AFTER
+        return (peak - held >= TRIM_AFTER and 2 * held <= peak) \
+            or self.swept >= TRIM_AFTER_SWEPT
 
     def _free_orphans(self, budget: int) -> int:
         freed = 0

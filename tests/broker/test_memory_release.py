@@ -99,6 +99,7 @@ def test_memory_goes_back_after_the_sweep_of_a_queue_of_cancelled_gids(monkeypat
     queue's dead gids, detached then, are freed by sweep, and what it freed goes back too
     (1,000,000 tasks of one label set cancelled: the real broker 68 MB after, 56 MB now)."""
     monkeypatch.setattr(state_module, "TRIM_AFTER", 100)
+    monkeypatch.setattr(state_module, "TRIM_AFTER_SWEPT", 1000)
     sim, calls = sim_recording_housekeeping()
     sim.client(b"a")
     sim.worker(b"w", credit=0)
