@@ -224,6 +224,7 @@ def row_labels(peer, cfg: Config, record: Record, procs: Procs) -> None:
         broker = peer.broker_pid
         record("round trip, no label sets used (ms, median / p95)",
                fmt_rtt(roundtrips(peer, cfg.roundtrips)))
+        record("broker RSS, no label sets used", mb(rss(broker)))   # what "after" compares to
         used, last = 0, None   # last: (sets, seconds to queue and cancel them)
         for k in cfg.label_sets:
             if last is not None and last[1] * k / last[0] > cfg.queue_budget_s:

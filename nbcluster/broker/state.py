@@ -14,7 +14,8 @@ that fails raises ProtocolError, which the broker loop logs and drops.
                           ├─ from a worker ───────► worker_messages: ready, done, output...
                           └─ from a stranger ─────► reconnect (it was forgotten: say hello)
     tick(now) ── liveness: our stalls forgiven, silent peers dropped (peers), heartbeats out,
-                 detached tables freed a slice at a time (sweep)
+                 detached tables freed a slice at a time (sweep), then, after a big
+                 release, the freed heap handed back (housekeep)
 
     the handlers ──► queues: tasks waiting, by labels or target worker
                  ──► dispatch: queued tasks to workers with credit; a task lost for good
@@ -30,7 +31,9 @@ credit. Clients share the workers fairly: a worker with credit takes a task of t
 with the fewest tasks on workers, first in first out within a client (see queues). What a
 message detaches at once (a dropped client's million queued tasks) is freed a slice at a
 time by `sweep`, which `tick` runs (and `next_deadline` asks for at once while any is left),
-so no message or tick costs more than milliseconds.
+so no message or tick costs more than milliseconds. Once the task table is at half its peak
+or less, however the tasks left (cancelled, dropped, done), the next tick hands the freed
+heap back to the system.
 Workers pull: `ready n` grants n credit, each task handed over spends one. A worker that has
 been silent for `liveness` heartbeats is lost: its tasks are queued again with attempt + 1,
 unless they were lost `max_lost` times already, which fails them with "lost". Silence is
@@ -85,7 +88,10 @@ CLIENT_EXPIRY_MS = 3_600_000
 MAX_LOST = 3             # a task may lose this many workers; the next loss fails it
 SWEEP_BUDGET = 2000      # entries freed per sweep (a few ms): see sweep
 SWEEP_AT_ONCE = 1000     # a dropped client with fewer queued tasks is swept at once
-TRIM_AFTER = 100_000     # entries freed in one release before memory is handed back
+# Memory is handed back once the task table fell by this many tasks, and to half its peak
+# or less (see _hand_back_memory)
+TRIM_AFTER = 2_000
+TRIM_AFTER_SWEPT = 100_000   # or sweep freed this many entries (gids: about 1 MB)
 HOUSEKEEPING_MS = 10_000   # how often housekeep is called anyway
 
 
@@ -118,7 +124,7 @@ class BrokerState:
         self.wall_offset_ms = 0
         # Dropped clients whose queued tasks are still in `tasks`, freed by sweep.
         self.orphans: deque[Client] = deque()
-        self.freed = 0             # entries freed since memory was last handed back
+        self.swept = 0   # entries of detached queues freed by sweep since the last hand-back
         # housekeep(tasks held, a big release happened): the process's memory upkeep (see
         # memory.housekeep), called on ticks so the loop stays the only impure part.
         self.housekeep = housekeep or (lambda tasks, released: None)
@@ -188,8 +194,9 @@ class BrokerState:
         return drop_gone(self, identities)
 
     def next_deadline(self) -> int:
-        """When `tick` is next due: at once while there is memory to free (see sweep)."""
-        return 0 if self.sweeping else self.liveness.next_heartbeat
+        """When `tick` is next due: at once while there is memory to free or to hand back
+        (see sweep)."""
+        return 0 if self.sweeping or self._released() else self.liveness.next_heartbeat
 
     @property
     def sweeping(self) -> bool:
@@ -209,12 +216,27 @@ class BrokerState:
         work back."""
         freed = self._free_orphans(budget)
         n, woke = self.queue.sweep(budget - freed)
-        freed += n
-        self.freed += freed
-        if self.freed > TRIM_AFTER and not self.sweeping:
-            self.freed = 0
-            self.housekeep(len(self.tasks), True)
+        self.swept += n
+        self._hand_back_memory()
         return dispatch_all(self) if woke else []
+
+    def _hand_back_memory(self) -> None:
+        """After a big release, once what it detached is swept, hand the freed heap back to
+        the system (housekeep: malloc_trim, a few ms). It is judged on the task table, not
+        on a path: a cancel of 100,000 tasks with a label set each was never counted, and
+        left 60 MB free in the heap (the RSS at 3.4x baseline)."""
+        if self._released() and not self.sweeping:
+            self.tasks.peak, self.swept = len(self.tasks), 0
+            self.housekeep(len(self.tasks), True)
+
+    def _released(self) -> bool:
+        """A big release: the task table fell by TRIM_AFTER tasks since its peak and to half
+        of it or less (what the heap keeps is then at most what is held), however the tasks
+        left (cancelled, dropped with their client, done); or sweep freed TRIM_AFTER_SWEPT
+        entries of queues detached after their tasks had left (a million cancelled gids)."""
+        held, peak = len(self.tasks), self.tasks.peak
+        return (peak - held >= TRIM_AFTER and 2 * held <= peak) \
+            or self.swept >= TRIM_AFTER_SWEPT
 
     def _free_orphans(self, budget: int) -> int:
         freed = 0

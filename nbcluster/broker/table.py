@@ -6,6 +6,9 @@ entry in one go (tens of milliseconds at 700,000, in the middle of a message), a
 shrinks when entries leave. Keys here are handed out in order (gids, a client's task
 ids), so each shard fills before the next is used: a shard's growth rehashes at most
 SHARD entries, and a shard emptied is deleted, its memory with it.
+
+A table remembers its `peak` (the most entries it held since its owner last reset it): the
+broker hands freed memory back to the system once its task table fell far below it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ SHARD_BITS = 10   # 1024 keys a shard
 class Table(Generic[V]):
     """The subset of dict[int, V] the broker uses, sharded by key >> SHARD_BITS."""
 
-    __slots__ = ("shards", "size")
+    __slots__ = ("shards", "size", "peak")
 
     def __init__(self) -> None:
         self.shards: dict[int, dict[int, V]] = {}
         self.size = 0
+        self.peak = 0   # the most entries held since the owner last set it (see the docstring)
 
     def __len__(self) -> int:
         return self.size
@@ -52,6 +56,8 @@ class Table(Generic[V]):
         n = len(shard)
         shard[key] = value
         self.size += len(shard) - n
+        if self.size > self.peak:
+            self.peak = self.size
 
     def __delitem__(self, key: int) -> None:
         high = key >> SHARD_BITS
