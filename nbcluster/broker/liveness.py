@@ -14,8 +14,7 @@ a task holding the worker's GIL stops the former, not the latter. Since its supe
 vouches for it every heartbeat, a worker whose supervisor is registered when it says hello
 and the broker heartbeat each other only every SUPERVISED_HEARTBEATS heartbeats (`sparse`;
 its welcome tells it so): with 200 workers, their heartbeats were most of an idle broker's
-messages. Dropping the silent peers is `peers`' job;
-this module only says who they are.
+messages. Dropping the silent peers is `peers`' job; this module only says who they are.
 """
 
 from __future__ import annotations
