@@ -107,9 +107,12 @@ class IOThread(WorkerState):
             # Read the socket whatever woke us: a poll that returned for the wake pipe, then
             # waited for the GIL while a task held it in C, finds the broker's heartbeats
             # here, not in `events`; unread, they would look like a silent broker.
+            heard = False
             for frames in pending_messages(self.ctl):
-                last_heard, tries, next_try = now, 0, now + self.expiry_s
+                heard = True
                 self._on_control_message(frames)
+            if heard:   # after reading: a welcome sets expiry_s (3x longer when supervised)
+                last_heard, tries, next_try = now, 0, now + self.expiry_s
             if self.current_tag is not None and self.output.items:
                 items = self.output.take()
                 if items:

@@ -152,8 +152,8 @@ class Supervisor:
                 shm.remove_cluster_files(self.key, self.cluster_dir)
 
     def _loop(self) -> int:
-        last_heard = last_hb = last_memory = time.monotonic()
-        next_hello = last_heard + self.expiry_s
+        last_hb = last_memory = time.monotonic()
+        next_hello = last_hb + self.expiry_s
         while True:
             now = time.monotonic()
             if self._signals and self.stop_deadline is None:
@@ -202,10 +202,10 @@ class Supervisor:
                 self.orphaned = True
                 return 0
             for frames in pending_messages(self.sock) if self.sock in events else ():
-                last_heard = time.monotonic()
-                next_hello = last_heard + self.expiry_s * 2
                 if self._on_message(frames) is not None:
                     return 2
+                # after reading: a welcome sets expiry_s
+                next_hello = time.monotonic() + self.expiry_s * 2
             reap({pid: c.proc for pid, c in self.children.items()})
             for pid, child in list(self.children.items()):
                 if child.proc.poll() is not None:

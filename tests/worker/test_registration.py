@@ -189,3 +189,29 @@ def test_a_batch_interrupted_by_registering_again_runs_on_only_if_resumed(tmp_pa
         worker.kill()
         worker.wait(10)
         broker.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_waits_the_expiry_its_welcome_names_before_registering_again():
+    """A supervised worker is told in its welcome that the broker heartbeats it only every
+    3 s (expiry 9 s). The worker set its deadline from its default 3 s expiry before reading
+    the welcome, so a first heartbeat due 3 s later raced it: CI saw 2 of 50 workers
+    register again at start. Silent for 6 s after the welcome, no hello may come."""
+    broker, worker = fake_broker_and_worker()
+    try:
+        ctl, hello = broker.recv(30)
+        assert hello["t"] == "hello"
+        broker.send(ctl, {**welcome("w1", hello["session"]), "heartbeat_ms": 3000,
+                          "liveness": 3})
+        deadline = time.monotonic() + 6
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                _, header = broker.recv(left)
+            except TimeoutError:
+                break
+            assert header["t"] != "hello", \
+                "the worker registered again before the expiry its welcome named"
+    finally:
+        worker.kill()
+        worker.wait(10)
+        broker.close()
