@@ -3,7 +3,10 @@
 versions compare (the wall-clock round trip alone hides which process got dearer).
 
     python benchmarks/roundtrip_cpu.py -n 3000
-    PYTHONPATH=/path/to/other/checkout python benchmarks/roundtrip_cpu.py   # another version
+    cd /tmp && PYTHONPATH=/other/checkout python /other/checkout/benchmarks/roundtrip_cpu.py
+
+(Another version: not from a checkout's directory, whose nbcluster the broker and worker,
+started with `python -m`, would import first whatever PYTHONPATH says.)
 
 One LocalCluster worker; after 200 warm-up round trips, n sequential
 `submit(noop).result()`: the median wall time, and the CPU time (user + system, psutil) of
