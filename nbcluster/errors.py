@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
@@ -75,6 +76,16 @@ class RemoteTraceback(Exception):
         self.frames, self.worker = list(frames or []), dict(worker or {})
         self.index, self.item = index, item
         self.why = why   # why the client got a plain RemoteError, not the remote type
+        # (the client that can reach them, failure number) while its worker keeps the
+        # failed frames alive: see `attach_debugger`; not pickled
+        self.live: tuple[weakref.ref, int] | None = None
+
+    def attach_debugger(self, client: object, n: int) -> None:
+        """The failed frames are kept on the worker as failure n, reachable through
+        client; they are released there once this object is gone."""
+        client_ref = weakref.ref(client)
+        self.live = (client_ref, n)
+        weakref.finalize(self, _release_failure, client_ref, str(self.worker.get("id")), n)
 
     def where(self) -> str:
         w = self.worker
@@ -89,6 +100,12 @@ class RemoteTraceback(Exception):
     def __reduce__(self):
         return (RemoteTraceback, (self.type_name, self.message, self.traceback, self.frames,
                                   self.worker, self.index, self.item, self.why))
+
+
+def _release_failure(client_ref: weakref.ref, worker: str, n: int) -> None:
+    client = client_ref()
+    if client is not None:
+        client._debug_release(worker, n)
 
 
 class _Remote:
@@ -159,6 +176,22 @@ class RemoteError(NBClusterError):
         from .report import explore
         explore(self)
 
+    def debug(self, input=None, write=None) -> str:
+        """A debugger (pdb) on the frame that raised, live, on the worker where it failed:
+        every command (``p``, ``pp``, ``l``, ``w``, ``up``, ``down``, ``interact``, any
+        expression or assignment) runs there, on the real objects. Input comes from
+        ``input()`` (the notebook's stdin box, or the terminal) and output goes to stdout,
+        unless given. If the worker no longer keeps the frames, it says so and shows the
+        captured frames and locals instead. Returns why the session ended."""
+        from .report import debug_failure
+        return debug_failure(self, input, write)
+
+    def release(self) -> None:
+        """Let the worker drop this failure's frames now (it keeps them a while otherwise)."""
+        live, self._nbcluster.live = self._nbcluster.live, None
+        if live is not None:
+            _release_failure(live[0], str(self._nbcluster.worker.get("id")), live[1])
+
     def __reduce__(self):
         return (_rebuild_remote_error, (self.args, self._nbcluster, self.exception))
 
@@ -202,6 +235,16 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup[Exception]):
         (a widget in a notebook)."""
         from .report import explore
         explore(self)
+
+    def debug(self, which: int | None = None, *, worker: str | None = None,
+              index: object = None, input=None, write=None) -> list[str]:
+        """A debugger on failed workers, live (see `RemoteError.debug`): on failure
+        ``exceptions[which]``, on the first failure of element `index`, or on the first
+        failure on `worker`; with none of these, on the first failure of each failed
+        worker in turn (as DMirror opens one debugger per failed worker). Returns why each
+        session ended."""
+        from .report import debug_group
+        return debug_group(self, which, worker, index, input, write)
 
     def derive(self, excs: Sequence[Exception]) -> RemoteErrorGroup:   # type: ignore[override]
         # (typeshed's overloads also take BaseExceptions; ours are Exceptions, see __new__)

@@ -1,18 +1,23 @@
-"""Remote failures, grouped and told: what the error explorer shows, as data and as text.
+"""Remote failures, grouped, told and debugged: what the error explorer shows, as data and
+as text, and the live debugger on the worker that keeps a failure's frames.
 
     group_failures(err)   [FailureGroup("KeyError at line 12 of f", errors, workers), ...]
     text_report(err)      the same as text, with each group's traceback once and its locals
     explore(err)          shows it: the notebook layer installs a widget, elsewhere text
+    debug_failure(err)    pdb on the failed frame, on its worker, through the client that ran
+                          it (client/debugging.py); the captured frames once released
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["FailureGroup", "failures", "group_failures", "text_report", "explore",
-           "set_viewer"]
+           "set_viewer", "debug_failure", "debug_group"]
 
 
 @dataclass
@@ -125,3 +130,59 @@ def set_viewer(viewer: Callable[[BaseException], None]) -> None:
 def explore(error: BaseException) -> None:
     """Show a remote failure (or a group of them): a widget in a notebook, else text."""
     _viewer[0](error)
+
+
+def debug_failure(error: BaseException, input: Callable[[str], str] | None = None,
+                  write: Callable[[str], object] | None = None) -> str:
+    """RemoteError.debug: a post-mortem session on the worker that keeps the failure, or
+    its captured frames and locals when none does."""
+    out = write or (lambda text: sys.stdout.write(text))
+    info = error._nbcluster   # type: ignore[attr-defined]
+    live = info.live
+    client = live[0]() if live else None
+    where = f"{info.type_name.rsplit('.', 1)[-1]}: {info.message}"
+    if client is None or client.closed:
+        why = ("its client is closed" if live else
+               "its worker did not keep its frames (see NBCLUSTER_DEBUG_KEEP)")
+        out(f"[no live debugger for {where} ({why}); the frames and locals captured when "
+            f"it failed:]\n{text_report(error)}\n")
+        return why
+    out(f"[debugger on {info.where()}, where {where} was raised; pdb commands run there: "
+        "`q` ends]\n")
+    why = client._debug_open(str(info.worker.get("id")), live[1]).run(input, write)
+    if why.startswith(("released", "this failure cannot")):
+        info.live = None
+        out(f"[the frames and locals captured when it failed:]\n{text_report(error)}\n")
+    return why
+
+
+def debug_group(group: BaseException, which: int | None, worker: str | None, index: object,
+                input: Callable[[str], str] | None = None,
+                write: Callable[[str], object] | None = None) -> list[str]:
+    """RemoteErrorGroup.debug: one failure, or the first on each failed worker in turn."""
+    errors = [e for e in failures(group) if hasattr(e, "_nbcluster")]
+
+    def info(e: BaseException) -> Any:
+        return e._nbcluster   # type: ignore[attr-defined]
+
+    if which is not None:
+        chosen = [group.exceptions[which]]   # type: ignore[attr-defined]
+    elif index is not None:
+        chosen = [e for e in errors if info(e).index == index][:1]
+    elif worker is not None:
+        chosen = [e for e in errors if info(e).worker.get("id") == worker][:1]
+    else:
+        firsts: dict[object, BaseException] = {}
+        for e in errors:
+            firsts.setdefault(info(e).worker.get("id"), e)
+        chosen = list(firsts.values())
+    if not chosen:
+        raise ValueError(f"no failure matches (which={which}, worker={worker}, index={index})")
+    out = write or (lambda text: sys.stdout.write(text))
+    ended = []
+    for i, e in enumerate(chosen, 1):
+        if len(chosen) > 1:
+            element = "" if info(e).index is None else f", element {info(e).index}"
+            out(f"[failure {i} of {len(chosen)}: worker {info(e).worker.get('id')}{element}]\n")
+        ended.append(debug_failure(e, input, write))
+    return ended

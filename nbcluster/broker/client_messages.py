@@ -5,6 +5,7 @@
     query  ──► reply: the broker's status
     stop   ──► workers asked to leave once their task is done (with "broker": all of us)
     bye    ──► the client and its tasks are forgotten
+    debug  ──► to the worker holding the failure or paused task (debug_messages.py)
     hb     ──► nothing more (being heard from is what counts)
 
 `HANDLERS` maps each message type to its handler; any other type from a client is a
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
 from ..wire.protocol import Frame
+from . import debug_messages
 from .dispatch import BATCH_BYTES, dispatch_all
 from .functions import is_digest
 from .peers import drop_client
@@ -151,4 +153,5 @@ HANDLERS: dict[str, Handler] = {
     "stop": stop,
     "bye": bye,
     "hb": heartbeat,
+    "debug": debug_messages.from_client,
 }

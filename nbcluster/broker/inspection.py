@@ -102,3 +102,6 @@ def check_invariants(state: BrokerState,
     assert classes == {k: c.members for k, c in state.queue.classes.items()}
     state.queue.check_invariants(state.clients)
     state.functions.check_invariants(t.fn for t in state.tasks.values())
+    for (wid, _), route in [*state.debug.kept.items(), *state.debug.sessions.items()]:
+        assert wid in state.workers and route.client in state.clients, \
+            "a debugger route outlived its worker or client"

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
+from . import debug_messages
 from .dispatch import dispatch_all, finish, release
 from .records import Client, Header, Peer, Send, Worker, field, label_set
 from .sessions import new_nonce
@@ -148,7 +149,7 @@ def drop_workers(state: BrokerState, workers: list[Worker], lost: bool,
         del state.workers[w.id]
         state.worker_by_identity.pop(w.identity, None)
         state.worker_by_identity.pop(w.ctl, None)
-    out: list[Send] = []
+    out: list[Send] = debug_messages.workers_dropped(state, workers)
     held = sorted(((gid, w) for w in workers for gid in w.tasks), key=lambda x: x[0])
     for gid, w in reversed(held):   # queued at the front: oldest ends first
         t = state.tasks[gid]
@@ -189,7 +190,7 @@ def drop_client(state: BrokerState, c: Client) -> list[Send]:
     state.queue.drop_client(c)
     state.forget_tasks(c)
     return [Send(state.workers[wid].ctl, {"t": "cancel", "ids": gids})
-            for wid, gids in cancels.items()]
+            for wid, gids in cancels.items()] + debug_messages.client_dropped(state, c)
 
 
 def drop_gone(state: BrokerState, identities: set[bytes]) -> list[Send]:

@@ -67,6 +67,7 @@ from typing import Any
 from ..errors import ProtocolError
 from ..wire import schema
 from . import client_messages, inspection, sessions, worker_messages
+from .debug_routes import DebugRoutes
 from .dispatch import dispatch_all
 from .functions import FunctionStore
 from .liveness import Liveness
@@ -111,6 +112,7 @@ class BrokerState:
         self.queue = TaskQueues(self.tasks)
         self.functions = FunctionStore()
         self.supervisors = Supervisors()
+        self.debug = DebugRoutes()   # who may debug which task's failures (debug_routes.py)
         self.liveness = Liveness(heartbeat_ms, liveness, client_expiry_ms,
                                  self.workers, self.clients, self.supervisors)
         # Random per broker start, so ids of an earlier broker never match ours (see above).

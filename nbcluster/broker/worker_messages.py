@@ -10,6 +10,7 @@
     refetch    ──► it lacks these tasks' functions: they are queued again, to go with them
     bye        ──► it leaves; its tasks are queued again, uncharged
     hb         ──► its load and memory noted; tasks, if it was too quiet to get them before
+    debug_out  ──► a debugger's output, to its task's client (debug_messages.py)
 
 Credit: a worker's `ready` (and `done`'s `ready`) carry `l`, the ledger of its registration;
 credit asked for under an earlier registration is not this one's (see `credit_is_ours`).
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ProtocolError
+from . import debug_messages
+from .debug_routes import Route
 from .dispatch import dispatch, dispatch_all, release
 from .peers import drop_workers
 from .records import Frames, Header, Mac, Send, Worker, field
@@ -78,6 +81,9 @@ def done(state: BrokerState, w: Worker, h: Header, payload: Frames, mac: Mac,
         del state.tasks[gid]
         state.functions.unref(t.fn)
         del t.owner.tasks[t.cid]
+        kept = info.pop("kept", None)   # failures its worker keeps, for the client to debug
+        if isinstance(kept, list) and all(isinstance(n, int) for n in kept):
+            state.debug.add_kept(w.id, kept, Route(t.client, gid, t.cid))
         info = {**info, "worker": w.id}
         by_client.setdefault(t.client, []).append(
             ([t.cid, status, nframes, info], frames, mac if nframes == len(payload) else None))
@@ -185,4 +191,5 @@ HANDLERS: dict[str, Handler] = {
     "refetch": refetch,
     "started": started,
     "hb": heartbeat,
+    "debug_out": debug_messages.from_worker,
 }

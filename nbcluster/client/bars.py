@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol, TypeVar
 
+from .debugging import wait_futures
+
 T = TypeVar("T")
 
 __all__ = ["ProgressBar", "progress_bar", "set_progress_factory", "progress"]
@@ -127,5 +129,5 @@ def progress(futures: Iterable[concurrent.futures.Future[T]], desc: str = "tasks
     if not futures:
         bar.close()
     if wait if wait is not None else _factory[0] is _Tqdm:
-        concurrent.futures.wait(futures)
+        wait_futures(futures)   # (tasks paused at a breakpoint get their prompt meanwhile)
     return futures

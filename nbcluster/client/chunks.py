@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import TaskCancelled, WorkerLost
 from ..wire import tracebacks
+from .debugging import wait_futures
 
 if TYPE_CHECKING:
     from .futures import TaskFuture
@@ -73,8 +74,7 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
     pending: set[concurrent.futures.Future[Any]] = set(futures)
     try:
         while pending and not tally.systematic:
-            done, pending = concurrent.futures.wait(
-                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            done, pending = wait_futures(pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for fut in done:
                 try:
                     out = fut.result()
@@ -82,7 +82,8 @@ def gather_chunks(futures: list[TaskFuture], n_items: int) -> list:
                     tally.add(e)
                     continue
                 if isinstance(out, ChunkFailures):
-                    tally.add_task(out.errors, out.counted, out.stopped)
+                    tally.add_task(out.errors, out.counted, out.stopped,
+                                   getattr(fut, "_client", None))
                     not_run += out.not_run
     finally:
         if pending:   # stopped at a repeated failure, or interrupted: queued or running

@@ -25,6 +25,7 @@ state `Client.__init__` sets up; each declares what it uses:
     outbox.py     user threads: register a task's future, callback, shm files; queue it
     io_thread.py  the I/O thread: the socket, batching sends, heartbeats, a silent broker
     inbox.py      each message from the broker: results settle futures, output, reconnect
+    debugging.py  debugger sessions on workers: err.debug(), tasks paused at breakpoint()
 
 and the Client uses:
 
@@ -66,6 +67,7 @@ from .bars import progress
 from .broker_silence import DEFAULT_BROKER_TIMEOUT_S, BrokerSilence
 from .callbacks import ResultCallbacks
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize, gather_chunks
+from .debugging import Debugging, DebugSession
 from .futures import TaskFuture
 from .inbox import Inbox
 from .io_thread import IOThread
@@ -86,7 +88,7 @@ R = TypeVar("R")
 P = ParamSpec("P")
 
 
-class Client(Outbox, IOThread, Inbox):
+class Client(Outbox, IOThread, Inbox, Debugging):
     """A connection to a cluster's broker.
 
     Args:
@@ -138,6 +140,8 @@ class Client(Outbox, IOThread, Inbox):
         self._reconnecting = 0.0          # when we last registered again, while not welcomed
         self._epoch: int | None = None    # the broker's, from its welcome: a new one = a restart
         self._cancelling: set[int] = set()   # keys cancelled here, whose last word may still come
+        self._debug_sessions: dict[tuple[str, str], DebugSession] = {}   # (worker, sid)
+        self._debug_releases: collections.deque[dict] = collections.deque()   # see debugging
         self.n_workers = 0
         self.host = socket.gethostname()
         self.local = False                      # is the broker on this host? (from its welcome)

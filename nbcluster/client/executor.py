@@ -237,10 +237,11 @@ class Executor(concurrent.futures.Executor):
                     out = fut.result(None if end_time is None else end_time - time.monotonic())
                 finally:
                     fut.cancel()
+                client = fut._client
                 del fut
                 if isinstance(out, ChunkFailures):   # as the stdlib: the chunk raises whole
                     index, item, data = out.errors[0]
-                    raise remote.rebuild(data, index, item)
+                    raise remote.rebuild(data, index, item, client)
                 out.reverse()
                 while out:
                     yield out.pop()

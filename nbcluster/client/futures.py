@@ -23,6 +23,8 @@ from collections.abc import Callable, Generator
 from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
+from .debugging import wait_attending
+
 if TYPE_CHECKING:   # client.py imports this module
     import threading
 
@@ -56,10 +58,8 @@ class _Condition(_thread.RLock):   # type: ignore[misc]  # final in typeshed, no
         saved = self._release_save()   # type: ignore[attr-defined]
         got = False
         try:
-            if timeout is None:
-                got = waiter.acquire()
-            else:
-                got = waiter.acquire(True, timeout) if timeout > 0 else waiter.acquire(False)
+            # (on the main thread, in slices: a task paused at a breakpoint gets its prompt)
+            got = wait_attending(lambda s: _acquire(waiter, s), timeout)
             return got
         finally:
             self._acquire_restore(saved)   # type: ignore[attr-defined]
@@ -76,6 +76,12 @@ class _Condition(_thread.RLock):   # type: ignore[misc]  # final in typeshed, no
             self._sleepers = []
             for waiter in sleepers:
                 waiter.release()
+
+
+def _acquire(lock: _thread.LockType, timeout: float | None) -> bool:
+    if timeout is None:
+        return lock.acquire()
+    return lock.acquire(True, timeout) if timeout > 0 else lock.acquire(False)
 
 
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)

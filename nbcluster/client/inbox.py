@@ -73,6 +73,7 @@ class Inbox:
     _reconnecting: float
     # Methods of the Client (client.py) and of the IOThread (io_thread.py).
     _wake: Callable[[], None]
+    _on_debug_out: Callable[[dict], None]
     _hello: Callable[[], None]
     _release_shm: Callable[[int], None]
     _cancel_remote: Callable[[list[int]], None]
@@ -96,6 +97,8 @@ class Inbox:
                             handler = serialize.describe(fut.on_output)
                             self._fail_on_client(
                                 fut, f"its on_output handler {handler} raised {e!r}", e)
+        elif kind == "debug_out":
+            self._on_debug_out(header)
         elif kind == "started":
             for key, worker in header["items"]:
                 fut = self._futures.get(key)
@@ -186,7 +189,7 @@ class Inbox:
                 else:
                     self._callbacks.run(fut, callback, value)
             elif status == "err":
-                fut._settle(error=remote.rebuild(serialize.loads(frames)))
+                fut._settle(error=remote.rebuild(serialize.loads(frames), client=self))
             elif status == "lost" and info.get("memory"):
                 fut._settle(error=_memory_error(key, info))
             elif status == "lost":

@@ -87,6 +87,7 @@ class IOThread:
     _release_shm: Callable[[int], None]
     _cancel_remote: Callable[[list[int]], None]
     _on_message: Callable[[dict, list], None]
+    _debug_releases: collections.deque[dict]
 
     def _wake(self) -> None:
         """Wake the I/O thread. Never blocks, so the I/O thread may wake itself: a full pipe
@@ -182,6 +183,8 @@ class IOThread:
         payload the broker does not have yet with the first task that needs it."""
         if self._reconnecting:   # a new registration is on its way: what we sent now would
             return False         # carry the old one's nonce, and be dropped (see _drain)
+        while self._debug_releases:   # see Debugging._debug_release
+            self._send(self._debug_releases.popleft())
         with self._lock:
             items, self._outbox = self._outbox, collections.deque()
         specs: list = []

@@ -12,6 +12,8 @@ import concurrent.futures
 import contextlib
 from collections.abc import Iterable, Iterator
 
+from .debugging import wait_futures
+
 __all__ = ["cancel_all", "cancel_on_error", "wait", "as_completed"]
 
 
@@ -38,8 +40,8 @@ def wait(futures: Iterable[concurrent.futures.Future], timeout: float | None = N
          return_when: str = concurrent.futures.ALL_COMPLETED):
     """concurrent.futures.wait; interrupted, it cancels the futures not done first."""
     futures = list(futures)
-    with cancel_on_error(futures):
-        return concurrent.futures.wait(futures, timeout, return_when)
+    with cancel_on_error(futures):   # (and tasks paused at a breakpoint get their prompt)
+        return wait_futures(futures, timeout, return_when)
 
 
 def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | None = None

@@ -199,7 +199,7 @@ class ChunkedRun:
         if fut.worker:
             self.stats.workers.add(fut.worker)
         self.sizer.observe(fut, n, now)
-        self.failures.add_task(outcome.errors, outcome.counted, outcome.stopped)
+        self.failures.add_task(outcome.errors, outcome.counted, outcome.stopped, fut._client)
         failed = len(outcome.errors) + sum(outcome.counted.values())
         self.completed += failed if outcome.stopped else outcome.n
         cost = self.sizer.task_cost_s

@@ -267,7 +267,8 @@ class _KeyedJob:
                     bar.update(failed=n)
                     continue
                 self.where[m] = outcome
-                errors.add_task(outcome.errors, outcome.counted, outcome.stopped)
+                errors.add_task(outcome.errors, outcome.counted, outcome.stopped,
+                                getattr(fut, "_client", None))
                 failed = len(outcome.errors) + sum(outcome.counted.values())
                 ran += failed if outcome.stopped else n
                 bar.update(done=n - failed, failed=failed)
@@ -334,7 +335,8 @@ class _KeyedJob:
                             del waiting[n]
                             self._submit_reduce(n, live)
                     else:
-                        errors.add_task(outcome.errors, outcome.counted, outcome.stopped)
+                        errors.add_task(outcome.errors, outcome.counted, outcome.stopped,
+                                        fut._client)
                         bar.update(done=1)
                         yield outcome.results
         finally:

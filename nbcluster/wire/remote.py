@@ -33,13 +33,17 @@ from .tracebacks import DETAILED_PER_SIGNATURE
 __all__ = ["rebuild", "FailureTally"]
 
 
-def rebuild(data: dict[str, Any], index: object = None, item: str | None = None
-            ) -> RemoteError:
+def rebuild(data: dict[str, Any], index: object = None, item: str | None = None,
+            client: object = None) -> RemoteError:
     """The error for a failure captured on a worker: the remote exception itself (also a
-    RemoteError) when it arrived and can be rebuilt here, else a plain RemoteError."""
+    RemoteError) when it arrived and can be rebuilt here, else a plain RemoteError.
+    `client`: the one that ran the task, through which `debug()` reaches the failed frames
+    while the worker keeps them."""
     info = RemoteTraceback(data["type"], data["message"], data["traceback"],
                            [RemoteFrame(**f) for f in data["frames"]], data["worker"], index, item,
                            data.get("why", ""))
+    if client is not None and isinstance(data.get("kept"), int):
+        info.attach_debugger(client, data["kept"])
     parts: tuple[type, Any, tuple[Any, ...], Any] | None = None   # see tracebacks.capture
     if data.get("exception") is not None:
         try:
@@ -171,14 +175,15 @@ class FailureTally:
 
     def add_task(self, detailed: Iterable[tuple[object, str | None, dict[str, Any]]],
                  counted: dict[tuple[str, str, int], int] | None = None,
-                 stopped: bool = False) -> None:
-        """A task's element failures: [(index, item, captured)], {signature: count}."""
+                 stopped: bool = False, client: object = None) -> None:
+        """A task's element failures: [(index, item, captured)], {signature: count};
+        `client`: the one that ran the task (see `rebuild`)."""
         for index, item, data in detailed:
             if data["worker"].get("id"):
                 self._workers[str(data["worker"]["id"])] = None
             sig = _data_signature(data)
             if self._seen[sig] < DETAILED_PER_SIGNATURE:
-                self.add(rebuild(data, index, item))
+                self.add(rebuild(data, index, item, client))
             else:   # not rebuilt: it would not be kept
                 self._seen[sig] += 1
                 self.counted[sig] += 1

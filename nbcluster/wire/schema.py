@@ -183,6 +183,30 @@ class Refetch(_Message):
     tasks: list[Tag]
 
 
+SessionId = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Debug(_Message):
+    """A client to the debugger of a failure kept on worker w, or of a paused task."""
+
+    w: Annotated[str, Meta(max_length=255)]
+    sid: SessionId
+    op: Literal["open", "line", "eof", "close", "release"]
+    n: Int = 0                                              # open, release: the failure
+    line: Annotated[str, Meta(max_length=1 << 20)] = ""     # line: what the user typed
+
+
+class DebugOut(_Message):
+    """A worker's debugger output to its client (up to the prompt, or the end)."""
+
+    sid: SessionId
+    g: Int
+    text: str
+    prompt: bool
+    bp: bool = False
+    end: str | None = None
+
+
 class Exited(_Message):
     pid: Pid
     reason: str
@@ -197,6 +221,7 @@ SCHEMAS: dict[str, type[Struct]] = {
     "submit": Submit, "cancel": Cancel, "query": Query, "stop": Stop,
     "ready": Ready, "done": Done, "output": OutputMessage, "started": Started,
     "giveback": Giveback, "refetch": Refetch, "exited": Exited,
+    "debug": Debug, "debug_out": DebugOut,
 }
 
 

@@ -8,6 +8,7 @@ import reprlib
 import time
 import traceback
 import types
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import RemoteFrame
@@ -58,6 +59,10 @@ def _safe_repr(value: Any) -> str:
 _SHELL_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}   # IPython's own
 HIDDEN_FILES: set[str] = set()   # plumbing whose outer frames a user need not see
 
+# In a worker: keeps a failure's frames alive for a debugger (worker/postmortem.py), and
+# returns the number its client names it by, or None if it is not kept.
+keep_failure: Callable[[BaseException, types.TracebackType | None], int | None] | None = None
+
 
 def capture(exc: BaseException, skip: int = 0) -> dict[str, Any]:
     """Plain, picklable data describing exc and its traceback (skipping `skip` outer frames,
@@ -83,9 +88,14 @@ def capture(exc: BaseException, skip: int = 0) -> dict[str, Any]:
                                   {k: _safe_repr(v) for k, v in local_items}))
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     pickled, why = _pickle_exception(exc)
-    return {"type": type_name(type(exc)), "message": _safe_str(exc), "traceback": text,
-            "frames": [vars(f) for f in frames], "worker": dict(WORKER), "exception": pickled,
-            "why": why}
+    data: dict[str, Any] = {
+        "type": type_name(type(exc)), "message": _safe_str(exc), "traceback": text,
+        "frames": [vars(f) for f in frames], "worker": dict(WORKER), "exception": pickled,
+        "why": why}
+    kept = keep_failure(exc, tb) if keep_failure is not None else None
+    if kept is not None:
+        data["kept"] = kept
+    return data
 
 
 def type_name(t: type) -> str:

@@ -113,6 +113,8 @@ class IOThread(WorkerState):
                 self._on_control_message(frames)
             if heard:   # after reading: a welcome sets expiry_s (3x longer when supervised)
                 last_heard, tries, next_try = now, 0, now + self.expiry_s
+            while self.debug_outbox:
+                self._send(self.ctl, self.debug_outbox.popleft())
             if self.current_tag is not None and self.output.items:
                 items = self.output.take()
                 if items:
@@ -131,8 +133,10 @@ class IOThread(WorkerState):
                 next_try = now + backoff
             if now - last_sent >= self.heartbeat_s:
                 self._check_credit()
+                load = _load_info()
+                self.kept.expire(now, load.get("rss"))
                 self._send(self.ctl, {"t": "hb", "info": {
-                    **_load_info(), "credit_heals": self.credit_heals,
+                    **load, "credit_heals": self.credit_heals, "kept": len(self.kept),
                     "hellos": self.session}})   # more than 1: it thought the broker lost
                 last_sent = now
 
@@ -226,6 +230,8 @@ class IOThread(WorkerState):
             log.error("the broker at %s refused our hello: %s", self.endpoint, header.get("why"))
         elif kind == "reconnect" and self.registered:   # once, not once per message in flight
             self._hello()
+        elif kind == "debug":   # a client's debugger session (debugger.py)
+            self.debug.on_message(header)
 
     def _maybe_report_start(self, now: float) -> None:
         """The running task has run STARTED_NOTE_S: tell its client (through the broker) that

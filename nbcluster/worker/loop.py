@@ -24,6 +24,7 @@ import threading
 import zmq
 
 from .. import runtime
+from ..wire import tracebacks
 from ..wire.transport import pending_messages
 from .io_thread import IOThread
 from .output import TaskStream
@@ -53,6 +54,8 @@ class Worker(TaskThread, IOThread):
         sys.stderr = TaskStream(self, "stderr", real_err)
         signal.signal(signal.SIGINT, self._on_sigint)
         runtime.set_emitter(self._emit)
+        tracebacks.keep_failure = self.kept.keep   # frames of failures, for err.debug()
+        sys.breakpointhook = self.debug.breakpoint
         threading.Thread(target=self._io_loop, name="nbcluster-io", daemon=True).start()
         poller = zmq.Poller()
         poller.register(self.task_sock, zmq.POLLIN)

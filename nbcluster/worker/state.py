@@ -9,6 +9,7 @@ trip).
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
@@ -23,7 +24,9 @@ from ..wire.freshness import Freshness
 from ..wire.shm import SharedMemory
 from ..wire.shm import available as shm_available
 from ..wire.transport import dealer, send_frames
+from .debugger import Debugger
 from .output import OutputBuffer
+from .postmortem import KeptFailures
 
 if TYPE_CHECKING:
     from ..wire.curve import CurveKeys
@@ -62,6 +65,9 @@ class WorkerState:
         self.max_tasks, self.tasks_run = max_tasks, 0   # leave (to be replaced) after max_tasks
         self.leave_status = EXIT_ASKED_TO_LEAVE
         self.output = OutputBuffer()
+        self.kept = KeptFailures()            # failed tasks' frames, for a debugger
+        self.debug_outbox: collections.deque[dict[str, Any]] = collections.deque()
+        self.debug = Debugger(self.kept, self._queue_debug, self._running_gid)
         self.functions = functions.FunctionCache()
         self.shm = SharedMemory(key) if shm_available() else None
         self.max_message_bytes = protocol.DEFAULT_MAX_MESSAGE_BYTES   # the broker's (welcome)
@@ -112,6 +118,15 @@ class WorkerState:
     def _send(self, sock: zmq.Socket, header: dict[str, Any], payload: Sequence[Any] = ()) -> None:
         header = self.fresh.stamp(header)   # replay protection: see wire/freshness.py
         send_frames(sock, protocol.encode(self.signer, header, payload))
+
+    def _queue_debug(self, header: dict[str, Any]) -> None:
+        """(any thread) A debugger's message, for the I/O thread to send."""
+        self.debug_outbox.append(header)
+        os.write(self._wake_w, b"d")
+
+    def _running_gid(self) -> int | None:
+        tag = self.current_tag
+        return None if tag is None else tag[0]
 
     def _take_held(self) -> tuple[list[Any], list[Any], int | None]:
         """The held results, their frames and epoch, no longer held (call under the lock)."""

@@ -173,6 +173,7 @@ class TaskThread(WorkerState):
                 due, self.interrupt_due = self.interrupt_due, None
                 if due == (gid, attempt):
                     raise KeyboardInterrupt
+                self.kept.begin(gid)
                 fn = self.functions.get(fn_digest)
                 args, kwargs = serialize.loads(frames, self.shm)
                 result = fn(*args, **kwargs)
@@ -193,13 +194,16 @@ class TaskThread(WorkerState):
         # Again: the interrupt may have landed in the `finally` above, before it cleared them.
         self.current_tag = None
         self.in_task = False
+        kept = self.kept.end()
+        self.debug.task_ended(gid)
         elapsed = time.perf_counter() - start
         t = self.task_time
         self.task_time = elapsed if t is None else 0.8 * t + 0.2 * elapsed
         with self.lock:   # a cancel's SIGINT no longer lands here: the task is not current
             if self.running_ledger == self.ledger:
                 self.done += 1
-        return [gid, attempt, status, len(payload), {"s": elapsed}], payload
+        info: dict[str, Any] = {"s": elapsed, "kept": kept} if kept else {"s": elapsed}
+        return [gid, attempt, status, len(payload), info], payload
 
     def _check_size(self, payload: list[Any], result: Any) -> None:
         """A result over the broker's limit would be dropped on the way, its task never

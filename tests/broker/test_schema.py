@@ -69,14 +69,17 @@ def valid(sim, kind, role):
         "query": ({"rid": 1}, []),
         "stop": ({"rid": 2, "workers": ["w1"], "broker": False}, []),
         "ready": ({"n": 1, "l": ledger}, []),
-        "done": ({"e": sim.state.epoch, "items": [[gid, attempt, "ok", 1, {"s": 0.1}]],
-                  "ready": 1, "l": ledger}, [b"r"]),
+        "done": ({"e": sim.state.epoch, "ready": 1, "l": ledger,
+                  "items": [[gid, attempt, "err", 1, {"s": 0.1, "kept": [1]}]]}, [b"r"]),
         "output": ({"items": [[gid, attempt, "stdout", "hi\n"]]}, []),
         "started": ({"items": [[gid, attempt]]}, []),
         "giveback": ({"keep": gid}, []),
         "refetch": ({"tasks": [[gid, attempt]]}, []),
         "exited": ({"pid": 1, "reason": "killed by SIGKILL", "memory": False, "left": False},
                    []),
+        "debug": ({"w": "w1", "sid": "s1", "op": "open", "n": 1, "line": "p x"}, []),
+        "debug_out": ({"sid": "b1", "g": gid, "text": "> f()\n(Pdb) ", "prompt": True,
+                       "bp": True}, []),
     }[kind]
 
 

@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -43,17 +44,18 @@ def sh(*args: str, ns: str | None = None) -> str:
     return done.stdout
 
 
-def _claim_net() -> tuple[int, int]:
-    """A 10.N.0.0/16 block no other test (in any process) is using: N and its lock's fd.
-    The lock is an flock, so a killed test run leaves nothing claimed."""
-    import fcntl
+def _claim_net() -> tuple[int, socket.socket]:
+    """A 10.N.0.0/16 block no other test (in any process) is using: N, and the socket that
+    holds the claim. The claim is a Unix socket bound in Linux's abstract namespace: only
+    one process can bind a name, the kernel frees it when the socket closes or its process
+    dies, and it leaves no file behind (flock files in /tmp did)."""
     for net in random.sample(range(200, 250), 50):
-        fd = os.open(f"/tmp/nbcluster-netns-{net}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return net, fd
+            claim.bind(f"\0nbcluster-test-netns-{net}")
+            return net, claim
         except OSError:
-            os.close(fd)
+            claim.close()
     raise RuntimeError("all 50 address blocks for test namespaces are in use")
 
 
@@ -144,4 +146,4 @@ class Hosts:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(10)
         self._remove_leftovers()
-        os.close(self._net_lock)   # the 10.N.0.0/16 block is free again
+        self._net_lock.close()   # the 10.N.0.0/16 block is free again
