@@ -79,6 +79,7 @@ class RemoteTraceback(Exception):
         # (the client that can reach them, failure number) while its worker keeps the
         # failed frames alive: see `attach_debugger`; not pickled
         self.live: tuple[weakref.ref, int] | None = None
+        self.released = False   # by `RemoteError.release`
 
     def attach_debugger(self, client: object, n: int) -> None:
         """The failed frames are kept on the worker as failure n, reachable through
@@ -189,6 +190,7 @@ class RemoteError(NBClusterError):
     def release(self) -> None:
         """Let the worker drop this failure's frames now (it keeps them a while otherwise)."""
         live, self._nbcluster.live = self._nbcluster.live, None
+        self._nbcluster.released = True
         if live is not None:
             _release_failure(live[0], str(self._nbcluster.worker.get("id")), live[1])
 

@@ -143,6 +143,7 @@ def debug_failure(error: BaseException, input: Callable[[str], str] | None = Non
     where = f"{info.type_name.rsplit('.', 1)[-1]}: {info.message}"
     if client is None or client.closed:
         why = ("its client is closed" if live else
+               "released: by release()" if info.released else
                "its worker did not keep its frames (see NBCLUSTER_DEBUG_KEEP)")
         out(f"[no live debugger for {where} ({why}); the frames and locals captured when "
             f"it failed:]\n{text_report(error)}\n")

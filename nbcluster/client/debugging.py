@@ -72,8 +72,8 @@ class DebugSession:
                 self.ended = str(msg["end"])
                 out(f"{text}[debugger of {self.describe()}: {self.ended}]\n")
                 return self.ended
-            if not msg.get("prompt") or closing:
-                out(text)
+            if not msg.get("prompt") or closing or not self.inbox.empty():
+                out(text)   # (a prompt already answered by the worker's timeout: stale)
                 continue
             head, newline, prompt = text.rpartition("\n")
             out(head + newline)
@@ -132,6 +132,8 @@ class Attention:
         try:
             while self.paused:
                 session = self.paused.popleft()
+                if session.client.closed:
+                    continue
                 sys.stdout.write(f"[{session.describe()} is paused at a breakpoint; "
                                  "`c` resumes it, `q` fails it]\n")
                 session.run()
