@@ -77,6 +77,7 @@ class DebugSession:
                 continue
             head, newline, prompt = text.rpartition("\n")
             out(head + newline)
+            sys.stdout.flush()   # (a kernel sends it before the input request, not after)
             try:
                 line = read(prompt)
             except EOFError:

@@ -22,6 +22,7 @@ from typing import Any
 
 from IPython.display import display
 
+from ..client.debugging import wait_attending
 from ..client.futures import TaskFuture
 
 __all__ = ["WorkerOutputs"]
@@ -168,8 +169,13 @@ class WorkerOutputs:
                 block.dirty = True
 
     def wait(self) -> None:
-        """Until every worker is done and its last output is shown."""
-        self._thread.join()
+        """Until every worker is done and its last output is shown (a task paused at a
+        breakpoint meanwhile gets its prompt here)."""
+        def joined(seconds: float | None) -> bool:
+            self._thread.join(seconds)
+            return not self._thread.is_alive()
+
+        wait_attending(joined, None)
 
 
 def _print(worker: str, stream: str, text: str) -> None:

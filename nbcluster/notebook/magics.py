@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ast
-import concurrent.futures
 import io
 import os
 import shlex
@@ -24,11 +23,12 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from .. import report
 from ..client.client import Client
 from ..client.connect import connect
+from ..client.debugging import ATTENTION, wait_futures
 from ..client.english import counted
 from ..client.latest import latest as made_last
 from ..client.status import WorkerInfo
 from ..cluster.local import LocalCluster
-from ..errors import RemoteErrorGroup
+from ..errors import RemoteError, RemoteErrorGroup
 from ..patterns.collections import parallel
 from ..wire.remote import FailureTally
 from ..worker import cells
@@ -85,7 +85,11 @@ class ClusterMagics(Magics):
     # (ignore: IPython types line_magic("name") as `F | Callable[[F], F]`, not a decorator)
     @line_magic("cluster")   # type: ignore[arg-type]
     def cluster_line(self, line: str) -> Any:
-        """%cluster start [-n N] [--labels a,b] | status | stop | push NAMES | pull NAMES | debug"""
+        """%cluster start [-n N] [--labels a,b] | status | stop | push NAMES | pull NAMES |
+        debug [--worker ID] [--index I] | explore
+
+        debug: a live debugger on the worker where the last error happened (tasks paused at
+        breakpoint() first); explore: the error explorer on the last error."""
         words = shlex.split(_without_comment(line))
         if not words:
             print(self.cluster_line.__doc__)
@@ -114,15 +118,32 @@ class ClusterMagics(Magics):
             pulled = self._gather(client.submit_to(ids, cells.pull, names), "pull")
             return {w: v[names[0]] if len(names) == 1 else v for w, v in pulled.items()}
         elif command == "debug":
-            error = self.last_error or getattr(sys, "last_value", None)
+            self._debug(_options(args, {"--worker": str, "--index": int}))
+        elif command == "explore":
+            error = self._last_error()
             if error is None:
                 print("no nbcluster error to explore yet")
             else:
                 report.explore(error)
         else:
             raise ValueError(f"%cluster: unknown command {command!r} "
-                             "(start, status, stop, push, pull, debug)")
+                             "(start, status, stop, push, pull, debug, explore)")
         return None
+
+    def _last_error(self) -> BaseException | None:
+        return self.last_error or getattr(sys, "last_value", None)
+
+    def _debug(self, opts: dict) -> None:
+        """Tasks paused at a breakpoint first; else the last error, live on its worker."""
+        if ATTENTION.attend():
+            return
+        error = self._last_error()
+        if isinstance(error, RemoteErrorGroup):
+            error.debug(worker=opts.get("--worker"), index=opts.get("--index"))
+        elif isinstance(error, RemoteError):
+            error.debug()
+        else:
+            print("no task is paused at a breakpoint, and no remote error to debug yet")
 
     def _status(self) -> None:
         client = self.client()
@@ -156,7 +177,7 @@ class ClusterMagics(Magics):
         self.cluster = None
 
     def _gather(self, futures: dict, what: str) -> dict:
-        concurrent.futures.wait(futures.values())
+        wait_futures(futures.values())
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:
             raise _group(errors, len(futures), f"{what} targets")

@@ -65,7 +65,7 @@ def test_rich_display_from_workers():
 
 def test_a_failing_cell_shows_each_failure_once_and_the_explorer():
     nb, _ = run(["%%cluster\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)",
-                 "%cluster debug"])
+                 "%cluster explore"])
     cell = nb.cells[1]
     [error] = [o for o in cell.outputs if o.output_type == "error"]
     report = "\n".join(error.traceback)
