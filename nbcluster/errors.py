@@ -187,6 +187,13 @@ class RemoteError(NBClusterError):
         from .report import debug_failure
         return debug_failure(self, input, write)
 
+    def evaluate(self, expression: str, frame: int = -1, timeout: float = 30.0) -> str:
+        """The repr of `expression` evaluated in one of the failed frames (``frames[frame]``,
+        the innermost by default), live on its worker; if it raises, the exception as
+        Python prints it. Raises NBClusterError if the frames are no longer kept."""
+        from .report import evaluate_failure
+        return evaluate_failure(self, expression, frame, timeout)
+
     def release(self) -> None:
         """Let the worker drop this failure's frames now (it keeps them a while otherwise)."""
         live, self._nbcluster.live = self._nbcluster.live, None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["FailureGroup", "failures", "group_failures", "text_report", "explore",
-           "set_viewer", "debug_failure", "debug_group"]
+           "set_viewer", "debug_failure", "debug_group", "evaluate_failure"]
 
 
 @dataclass
@@ -187,3 +187,23 @@ def debug_group(group: BaseException, which: int | None, worker: str | None, ind
             out(f"[failure {i} of {len(chosen)}: worker {info(e).worker.get('id')}{element}]\n")
         ended.append(debug_failure(e, input, write))
     return ended
+
+
+def evaluate_failure(error: BaseException, expression: str, frame: int = -1,
+                     timeout: float = 30.0) -> str:
+    """RemoteError.evaluate: the repr of expression in one of the failure's frames, live on
+    its worker (or the exception it raised, formatted)."""
+    from .errors import NBClusterError
+    info = error._nbcluster   # type: ignore[attr-defined]
+    live = info.live
+    client = live[0]() if live else None
+    if client is None or client.closed:
+        raise NBClusterError("this failure's frames are not reachable: "
+                             f"{'released' if info.released else 'not kept, or its client closed'}")
+    ended, text = client._debug_eval(str(info.worker.get("id")), live[1], frame,
+                                     expression).answer(timeout)
+    if ended not in ("evaluated", "raised"):
+        if ended.startswith(("released", "this failure cannot")):
+            info.live = None
+        raise NBClusterError(f"cannot evaluate in the failed frame: {ended}")
+    return text

@@ -1,7 +1,7 @@
 """What the broker does with a debugger's messages (routes and checks: debug_routes.py).
 
-    client  debug {w, sid, op: open n | line | eof | close | release n}
-            ──► worker w: debug {g, sid, op, n?, line?}
+    client  debug {w, sid, op: open n | eval n frame line | line | eof | close | release n}
+            ──► worker w: debug {g, sid, op, n?, line?, frame?}
     worker  debug_out {sid, g, text, prompt, bp, end?}
             ──► client: debug_out {w, k, sid, text, prompt, bp, end?}
 """
@@ -24,7 +24,7 @@ def from_client(state: BrokerState, c: Client, h: Header, payload: Frames, mac: 
     wid, sid, op = h["w"], h["sid"], h["op"]
     routes = state.debug
     w = state.workers.get(wid)
-    if op in ("open", "release"):
+    if op in ("open", "eval", "release"):
         route = routes.kept.get((wid, h.get("n", 0)))
         if route is None or route.client != c.identity or w is None:
             return [] if op == "release" else [_end(c, wid, sid, (
@@ -38,8 +38,11 @@ def from_client(state: BrokerState, c: Client, h: Header, payload: Frames, mac: 
         why = routes.open(wid, sid, route)
         if why is not None:
             return [_end(c, wid, sid, why)]
-        return [Send(w.ctl, {"t": "debug", "g": route.gid, "sid": sid, "op": "open",
-                             "n": h["n"]})]
+        opened: dict[str, Any] = {"t": "debug", "g": route.gid, "sid": sid, "op": op,
+                                  "n": h["n"]}
+        if op == "eval":
+            opened.update(line=h.get("line", ""), frame=h.get("frame", -1))
+        return [Send(w.ctl, opened)]
     route = routes.sessions.get((wid, sid))
     if route is None or route.client != c.identity or w is None:
         return [_end(c, wid, sid, "no such debugger session")] if op != "close" else []

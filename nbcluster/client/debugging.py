@@ -94,6 +94,22 @@ class DebugSession:
                 continue
             self._send("line", line)
 
+    def answer(self, timeout: float) -> tuple[str, str]:
+        """(why it ended, its text) of a one-message session (an evaluation)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.inbox.get(timeout=min(left, 1.0))
+            except queue.Empty:
+                if self.client.closed:
+                    break
+                continue
+            if "end" in msg:
+                self.ended = str(msg["end"])
+                return self.ended, str(msg.get("text", ""))
+        self._send("close")
+        return f"no answer within {timeout:g} s", ""
+
     def _send(self, op: str, line: str | None = None) -> None:
         self.client._debug_send({"t": "debug", "w": self.worker, "sid": self.sid, "op": op,
                                  **({"line": line} if line is not None else {})})
@@ -211,6 +227,16 @@ class Debugging:
         with self._lock:
             self._debug_sessions[(worker, session.sid)] = session
         self._debug_send({"t": "debug", "w": worker, "sid": session.sid, "op": "open", "n": n})
+        return session
+
+    def _debug_eval(self, worker: str, n: int, frame: int, expression: str) -> DebugSession:
+        """An expression evaluated in frame `frame` of failure n kept by worker."""
+        session = DebugSession(cast("Client", self), worker, secrets.token_hex(8), -1,
+                               breakpoint=False)
+        with self._lock:
+            self._debug_sessions[(worker, session.sid)] = session
+        self._debug_send({"t": "debug", "w": worker, "sid": session.sid, "op": "eval", "n": n,
+                          "frame": frame, "line": expression})
         return session
 
     def _debug_release(self, worker: str, n: int) -> None:

@@ -24,10 +24,12 @@ import pdb
 import queue
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from types import FrameType
 from typing import IO, Any, cast
 
+from ..wire import tracebacks
 from .postmortem import Kept, KeptFailures
 
 __all__ = ["Debugger", "Session", "RemotePdb"]
@@ -36,6 +38,7 @@ log = logging.getLogger("nbcluster.worker")
 
 DEBUG_TIMEOUT_S = 300.0
 MAX_TEXT_CHARS = 64 * 1024   # of output per message: a `p` of a huge object is cut
+MAX_REPR_CHARS = 10_000      # of an evaluated expression's repr (the explorer's box)
 
 
 class _EOF:
@@ -210,7 +213,11 @@ class Debugger:
             return
         if op == "open":
             self._open_postmortem(sid, gid, h.get("n"))
-        elif op == "release":
+            return
+        if op == "eval":
+            self._evaluate(sid, gid, h.get("n"), h.get("frame"), h.get("line"))
+            return
+        if op == "release":
             n = h.get("n")
             if isinstance(n, int):
                 self.kept.release(gid, n)
@@ -230,12 +237,43 @@ class Debugger:
         elif op == "close":
             session.lines.put(None)
 
-    def _open_postmortem(self, sid: str, gid: int, n: object) -> None:
+    def _kept(self, sid: str, gid: int, n: object) -> Kept | None:
+        """Failure n of task gid; if it is not kept, the client is told so."""
         kept = self.kept.get(gid, n) if isinstance(n, int) else None
         if kept is None:
             self._send({"t": "debug_out", "sid": sid, "g": gid, "text": "", "prompt": False,
                         "end": "released: this failure's frames are no longer kept on its "
                                "worker (see NBCLUSTER_DEBUG_KEEP and NBCLUSTER_DEBUG_KEEP_S)"})
+        return kept
+
+    def _evaluate(self, sid: str, gid: int, n: object, frame: object, expression: object
+                  ) -> None:
+        """An expression in one frame of failure n (the explorer's box): its repr, or the
+        exception it raised, as one message that ends the session. On a thread of its own:
+        the expression may take a while."""
+        kept = self._kept(sid, gid, n)
+        if kept is not None:
+            threading.Thread(target=self._evaluate_in, args=(sid, kept, frame, expression),
+                             name=f"nbcluster-eval-{sid}", daemon=True).start()
+
+    def _evaluate_in(self, sid: str, kept: Kept, frame: object, expression: object) -> None:
+        frames = [f for f, _ in traceback.walk_tb(kept.tb)][-tracebacks.MAX_FRAMES:]
+        try:
+            if not isinstance(frame, int) or not -len(frames) <= frame < len(frames):
+                raise IndexError(f"no frame {frame} (it has {len(frames)})")
+            f = frames[frame]
+            value = eval(str(expression), f.f_globals, f.f_locals)
+            text, end = repr(value), "evaluated"
+        except BaseException as e:   # noqa: BLE001 - the user's expression: told, not raised
+            text, end = "".join(traceback.format_exception_only(type(e), e)), "raised"
+        if len(text) > MAX_REPR_CHARS:
+            text = f"{text[:MAX_REPR_CHARS]}... [{len(text) - MAX_REPR_CHARS:,} more characters]"
+        self._send({"t": "debug_out", "sid": sid, "g": kept.gid, "text": text,
+                    "prompt": False, "end": end})
+
+    def _open_postmortem(self, sid: str, gid: int, n: object) -> None:
+        kept = self._kept(sid, gid, n)
+        if kept is None:
             return
         session = Session(sid, gid, False, self._send, self.timeout)
         with self._lock:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from nbcluster import LocalCluster, RemoteError, RemoteErrorGroup
+from nbcluster import LocalCluster, NBClusterError, RemoteError, RemoteErrorGroup
 from nbcluster.client.debugging import ATTENTION
 from nbcluster.testing import wait_for
 
@@ -225,3 +225,16 @@ def test_heartbeats_flow_while_a_session_lasts_longer_than_the_expiry(client):
     workers = client.workers()
     assert [w["info"]["hellos"] for w in workers] == [1, 1], "a worker registered again"
     assert client.submit(pow, 3, 2).result(timeout=60) == 9
+
+
+def test_an_expression_is_evaluated_in_a_chosen_frame_on_its_worker(client):
+    err = failed(client.submit(outer, 4))
+    assert [f.name for f in err.frames][-2:] == ["outer", "inner"]
+    assert err.evaluate("b + 1") == "51"                          # innermost: inner()
+    assert err.evaluate("(x, y)", frame=-2) == "(4, 5)"           # its caller
+    assert err.evaluate("items[2:4]") == "[2, 3]"
+    assert err.evaluate("nope") == "NameError: name 'nope' is not defined\n"
+    assert len(err.evaluate("'x' * 100_000")) < 11_000            # the repr is bounded
+    err.release()
+    with pytest.raises(NBClusterError, match="released"):
+        err.evaluate("b")
