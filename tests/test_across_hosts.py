@@ -85,3 +85,38 @@ def test_map_reduce_shuffles_between_hosts_over_curve(hosts, tmp_path):
             for w in line.split():
                 expected[w] = expected.get(w, 0) + 1
         assert counts == expected
+
+
+def fails_here(x):
+    here = where_am_i()
+    return here, x / 0
+
+
+def pauses_here(x):
+    here = where_am_i()
+    breakpoint()
+    return here, x
+
+
+def test_debugging_a_remote_failure_and_a_remote_breakpoint_over_curve(hosts, tmp_path,
+                                                                        monkeypatch):
+    cluster = Cluster(hosts, tmp_path)
+    with cluster.client() as client:
+        wait_workers(client, 2)
+        with pytest.raises(ZeroDivisionError) as info:
+            client.options(labels={"host1"}).submit(fails_here, 3).result(30)
+        answers, seen = iter(["p here", "p x * 2", "q"]), []
+
+        def typed(prompt):
+            seen.append(prompt)
+            return next(answers)
+
+        out = []
+        assert info.value.debug(input=typed, write=out.append) == "the debugger quit"
+        printed = "".join(out)
+        assert f"'{hosts.address('host1')}'" in printed and "\n6\n" in printed
+        assert seen == ["(Pdb) "] * 3
+        answers = iter(["p here", "c"])
+        monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+        fut = client.options(labels={"host2"}).submit(pauses_here, 5)
+        assert fut.result(60) == (hosts.address("host2"), 5)   # attended while waiting
