@@ -54,7 +54,7 @@ class DebugSession:
         self.ended: str | None = None
 
     def describe(self) -> str:
-        task = f"task {self.key}" if self.key >= 0 else "a task"
+        task = f"task {self.key}" if self.key >= 0 else "the failed task"
         return f"{task} on worker {self.worker}"
 
     def run(self, input: Callable[[str], str] | None = None,
@@ -137,9 +137,11 @@ class Attention:
             self.paused.append(session)
             self._arrived.notify_all()
 
-    def attend(self, timeout: float | None = 0.0) -> int:
+    def attend(self, timeout: float | None = 0.0, input: Callable[[str], str] | None = None,
+               write: Callable[[str], object] | None = None) -> int:
         """Run the paused tasks' debuggers in turn, waiting up to `timeout` seconds (None:
         for ever) for the first; returns how many were attended."""
+        out = write or (lambda text: sys.stdout.write(text))
         if self._attending:   # a debugger's own wait: not again inside it
             return 0
         with self._arrived:
@@ -151,9 +153,9 @@ class Attention:
                 session = self.paused.popleft()
                 if session.client.closed:
                     continue
-                sys.stdout.write(f"[{session.describe()} is paused at a breakpoint; "
-                                 "`c` resumes it, `q` fails it]\n")
-                session.run()
+                out(f"[{session.describe()} is paused at a breakpoint; `c` resumes it, "
+                    "`q` fails it]\n")
+                session.run(input, write)
                 attended += 1
         finally:
             self._attending = False
@@ -213,12 +215,14 @@ class Debugging:
     def closed(self) -> bool:   # the Client's
         raise NotImplementedError
 
-    def debug(self, timeout: float | None = None) -> int:
+    def debug(self, timeout: float | None = None, input: Callable[[str], str] | None = None,
+              write: Callable[[str], object] | None = None) -> int:
         """Attend this process's tasks paused at `breakpoint()`: a debugger prompt for each
         in turn (waiting up to `timeout` seconds for the first, None: until one pauses).
         Returns how many were attended. A main thread waiting for a result attends them
-        too, so this is only needed when nothing waits."""
-        return ATTENTION.attend(timeout)
+        too, so this is only needed when nothing waits. `input`, `write`: see
+        `DebugSession.run`."""
+        return ATTENTION.attend(timeout, input, write)
 
     def _debug_open(self, worker: str, n: int, key: int = -1) -> DebugSession:
         """A post-mortem session on failure n kept by worker."""
