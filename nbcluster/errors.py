@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
@@ -177,7 +177,8 @@ class RemoteError(NBClusterError):
         from .report import explore
         explore(self)
 
-    def debug(self, input=None, write=None) -> str:
+    def debug(self, input: Callable[[str], str] | None = None,
+              write: Callable[[str], object] | None = None) -> str:
         """A debugger (pdb) on the frame that raised, live, on the worker where it failed:
         every command (``p``, ``pp``, ``l``, ``w``, ``up``, ``down``, ``interact``, any
         expression or assignment) runs there, on the real objects. Input comes from
@@ -192,7 +193,10 @@ class RemoteError(NBClusterError):
         the innermost by default), live on its worker; if it raises, the exception as
         Python prints it. Raises NBClusterError if the frames are no longer kept."""
         from .report import evaluate_failure
-        return evaluate_failure(self, expression, frame, timeout)
+        problem, text = evaluate_failure(self, expression, frame, timeout)
+        if problem is not None:
+            raise NBClusterError(problem)
+        return text
 
     def release(self) -> None:
         """Let the worker drop this failure's frames now (it keeps them a while otherwise)."""
@@ -245,15 +249,17 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup[Exception]):
         from .report import explore
         explore(self)
 
-    def debug(self, which: int | None = None, *, worker: str | None = None,
-              index: object = None, input=None, write=None) -> list[str]:
+    def debug(self, which: int | None = None, *, group: int | None = None,
+              worker: str | None = None, index: object = None,
+              input: Callable[[str], str] | None = None,
+              write: Callable[[str], object] | None = None) -> list[str]:
         """A debugger on failed workers, live (see `RemoteError.debug`): on failure
-        ``exceptions[which]``, on the first failure of element `index`, or on the first
-        failure on `worker`; with none of these, on the first failure of each failed
-        worker in turn (as DMirror opens one debugger per failed worker). Returns why each
-        session ended."""
+        ``exceptions[which]``, on the first failure of `group` (the explorer's groups: same
+        type at the same place, `explore()` lists them), of element `index`, or on
+        `worker`; with none of these, on the first failure of each failed worker in turn (as
+        DMirror opens one debugger per failed worker). Returns why each session ended."""
         from .report import debug_group
-        return debug_group(self, which, worker, index, input, write)
+        return debug_group(self, which, worker, index, input, write, group)
 
     def derive(self, excs: Sequence[Exception]) -> RemoteErrorGroup:   # type: ignore[override]
         # (typeshed's overloads also take BaseExceptions; ours are Exceptions, see __new__)

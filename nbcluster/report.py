@@ -159,7 +159,8 @@ def debug_failure(error: BaseException, input: Callable[[str], str] | None = Non
 
 def debug_group(group: BaseException, which: int | None, worker: str | None, index: object,
                 input: Callable[[str], str] | None = None,
-                write: Callable[[str], object] | None = None) -> list[str]:
+                write: Callable[[str], object] | None = None,
+                kind: int | None = None) -> list[str]:
     """RemoteErrorGroup.debug: one failure, or the first on each failed worker in turn."""
     errors = [e for e in failures(group) if hasattr(e, "_nbcluster")]
 
@@ -168,6 +169,8 @@ def debug_group(group: BaseException, which: int | None, worker: str | None, ind
 
     if which is not None:
         chosen = [group.exceptions[which]]   # type: ignore[attr-defined]
+    elif kind is not None:
+        chosen = group_failures(group)[kind].errors[:1]
     elif index is not None:
         chosen = [e for e in errors if info(e).index == index][:1]
     elif worker is not None:
@@ -178,7 +181,8 @@ def debug_group(group: BaseException, which: int | None, worker: str | None, ind
             firsts.setdefault(info(e).worker.get("id"), e)
         chosen = list(firsts.values())
     if not chosen:
-        raise ValueError(f"no failure matches (which={which}, worker={worker}, index={index})")
+        raise ValueError(f"no failure matches (which={which}, group={kind}, worker={worker}, "
+                         f"index={index})")
     out = write or (lambda text: sys.stdout.write(text))
     ended = []
     for i, e in enumerate(chosen, 1):
@@ -190,20 +194,19 @@ def debug_group(group: BaseException, which: int | None, worker: str | None, ind
 
 
 def evaluate_failure(error: BaseException, expression: str, frame: int = -1,
-                     timeout: float = 30.0) -> str:
-    """RemoteError.evaluate: the repr of expression in one of the failure's frames, live on
-    its worker (or the exception it raised, formatted)."""
-    from .errors import NBClusterError
+                     timeout: float = 30.0) -> tuple[str | None, str]:
+    """RemoteError.evaluate: (None, the repr of expression in one of the failure's frames,
+    live on its worker, or the exception it raised, formatted), or (why it cannot be, "")."""
     info = error._nbcluster   # type: ignore[attr-defined]
     live = info.live
     client = live[0]() if live else None
     if client is None or client.closed:
-        raise NBClusterError("this failure's frames are not reachable: "
-                             f"{'released' if info.released else 'not kept, or its client closed'}")
+        return ("this failure's frames are not reachable: "
+                f"{'released' if info.released else 'not kept, or its client closed'}"), ""
     ended, text = client._debug_eval(str(info.worker.get("id")), live[1], frame,
                                      expression).answer(timeout)
-    if ended not in ("evaluated", "raised"):
-        if ended.startswith(("released", "this failure cannot")):
-            info.live = None
-        raise NBClusterError(f"cannot evaluate in the failed frame: {ended}")
-    return text
+    if ended in ("evaluated", "raised"):
+        return None, text
+    if ended.startswith(("released", "this failure cannot")):
+        info.live = None
+    return f"cannot evaluate in the failed frame: {ended}", ""

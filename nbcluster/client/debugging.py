@@ -256,6 +256,14 @@ class Debugging:
             self._outbox.append(header)
         self._wake()
 
+    def _end_debug_sessions(self, why: str) -> None:
+        """(I/O thread) The broker restarted or is lost: no session's debugger can answer
+        any more (the broker forgot its routes); each ends, rather than wait for ever."""
+        with self._lock:
+            sessions, self._debug_sessions = list(self._debug_sessions.values()), {}
+        for session in sessions:
+            session.inbox.put({"text": "", "end": why})
+
     def _on_debug_out(self, h: dict[str, Any]) -> None:
         """(I/O thread) A debugger's output, or a task paused at a breakpoint."""
         key = (str(h.get("w")), str(h.get("sid")))

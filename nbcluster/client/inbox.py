@@ -74,6 +74,7 @@ class Inbox:
     # Methods of the Client (client.py) and of the IOThread (io_thread.py).
     _wake: Callable[[], None]
     _on_debug_out: Callable[[dict], None]
+    _end_debug_sessions: Callable[[str], None]
     _hello: Callable[[], None]
     _release_shm: Callable[[int], None]
     _cancel_remote: Callable[[list[int]], None]
@@ -130,6 +131,8 @@ class Inbox:
             if not self._welcome.done():
                 self._welcome.set_result(header)
             restarted = self._epoch is not None and header.get("epoch") != self._epoch
+            if restarted:
+                self._end_debug_sessions("the broker restarted: its debugger sessions are gone")
             self._epoch = header.get("epoch")
             if self._reconnecting:
                 self._reconnecting = 0.0

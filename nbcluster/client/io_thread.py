@@ -88,6 +88,7 @@ class IOThread:
     _cancel_remote: Callable[[list[int]], None]
     _on_message: Callable[[dict, list], None]
     _debug_releases: collections.deque[dict]
+    _end_debug_sessions: Callable[[str], None]
 
     def _wake(self) -> None:
         """Wake the I/O thread. Never blocks, so the I/O thread may wake itself: a full pipe
@@ -164,6 +165,7 @@ class IOThread:
             futures = list(self._futures.values())
             replies, self._replies = list(self._replies.values()), {}
         self._cancel_remote([fut.key for fut in futures])
+        self._end_debug_sessions("the broker is lost")
         for fut in futures:
             fut._settle(error=self._silence.lost_error(f"task {fut.key}", now))
         for reply in replies:

@@ -3,6 +3,8 @@ brokers and workers; the user's typing is scripted through `input=` (what `input
 return), the terminal's own stdin is in test_debugger_terminal.py."""
 
 import gc
+import os
+import signal
 import threading
 import time
 
@@ -10,7 +12,7 @@ import pytest
 
 from nbcluster import LocalCluster, NBClusterError, RemoteError, RemoteErrorGroup
 from nbcluster.client.debugging import ATTENTION
-from nbcluster.testing import wait_for
+from nbcluster.testing import kill_worker, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -114,6 +116,10 @@ def test_a_failed_map_debugs_each_failed_worker_in_turn(client):
     one = Typist("p x", "q")   # or one, by element
     group.debug(index=values[1][0], input=one.input, write=one.write)
     assert one.answers()[0] == f"{values[1][0]}\n"
+    by_kind = Typist("p type(doubled).__name__", "q")   # or the first of a failure group
+    assert group.debug(group=0, input=by_kind.input, write=by_kind.write) == \
+        ["the debugger quit"]
+    assert by_kind.answers()[0] == "'int'\n"
 
 
 def test_a_released_failure_says_so_and_shows_the_captured_locals(client):
@@ -239,3 +245,34 @@ def test_an_expression_is_evaluated_in_a_chosen_frame_on_its_worker(client):
     err.release()
     with pytest.raises(NBClusterError, match="released"):
         err.evaluate("b")
+
+
+def test_a_session_ends_when_its_worker_is_killed(cluster):
+    client = cluster.client()
+    err = failed(client.submit(outer, 4))
+    victim = err.worker["id"]
+
+    def kill_then_type(prompt):
+        kill_worker(cluster, victim, client=client)
+        return "p b"
+
+    ended = err.debug(input=kill_then_type, write=lambda text: None)
+    # The broker drops the worker (its supervisor tells it at once) and ends the session;
+    # a line that reaches the broker first is answered "no such session" or, by the dying
+    # worker, "ended". Never a wait for ever.
+    assert ended in (f"the worker {victim} is gone", "no such debugger session",
+                     "the session has ended"), ended
+
+
+def test_a_session_ends_when_the_broker_restarts(cluster):
+    client = cluster.client()
+    err = failed(client.submit(outer, 4))
+
+    def restart_then_type(prompt):
+        os.kill(cluster.pids()["broker"][0], signal.SIGKILL)   # the cluster starts another
+        return "p b"
+
+    ended = err.debug(input=restart_then_type, write=lambda text: None)
+    assert ended in ("the broker restarted: its debugger sessions are gone",
+                     "no such debugger session"), ended
+    assert client.submit(pow, 2, 3).result(timeout=120) == 8
