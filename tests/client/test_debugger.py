@@ -276,3 +276,14 @@ def test_a_session_ends_when_the_broker_restarts(cluster):
     assert ended in ("the broker restarted: its debugger sessions are gone",
                      "no such debugger session"), ended
     assert client.submit(pow, 2, 3).result(timeout=120) == 8
+
+
+def test_a_worker_over_its_memory_budget_lets_its_failures_go(monkeypatch):
+    monkeypatch.setenv("NBCLUSTER_DEBUG_KEEP_MB", "1")   # any worker is over 1 MB
+    with LocalCluster(1) as cluster:
+        client = cluster.client()
+        errors = [failed(client.submit(outer, x)) for x in range(3)]
+        wait_for(lambda: client.workers()[0]["info"].get("kept") == 0, timeout=60,
+                 what="the worker over its budget dropped its kept failures")
+        typist = Typist()
+        assert errors[-1].debug(input=typist.input, write=typist.write).startswith("released")
