@@ -23,17 +23,25 @@ from ..errors import NBClusterError
 
 __all__ = ["ErrorExplorer"]
 
-EVALUATE_TIMEOUT_S = 30.0   # a widget callback holds the kernel while it waits for the worker
+EVALUATE_TIMEOUT_S = 30.0   # the box's wait for an answer (ErrorExplorer.timeout)
 ASK = "an expression, evaluated live in this frame on its worker (Enter)"
 CANNOT_ASK = "no frames to evaluate in: this failure did not raise in a task"
+# the worker bounds an answer's size (10,000 characters); this bounds its room on the page
+ANSWER_STYLE = "margin:2px 0;white-space:pre-wrap;max-height:24em;overflow:auto"
 
 
 class ErrorExplorer(widgets.VBox):
     """Browse a RemoteError or RemoteErrorGroup: groups, failures, frames, locals; and ask
-    the selected frame an expression, live on its worker."""
+    the selected frame an expression, live on its worker.
+
+    Attributes:
+        timeout: how long the box waits for the worker's answer, in seconds (the kernel
+            waits with it: a widget's callback runs on the kernel's main thread).
+    """
 
     def __init__(self, error: BaseException):
         self.error = error
+        self.timeout = EVALUATE_TIMEOUT_S   # for an answer from the worker, in seconds
         self.groups = report.group_failures(error)
         heading = report.text_report(error).splitlines()[0]
         self.group_list = widgets.Select(
@@ -59,9 +67,8 @@ class ErrorExplorer(widgets.VBox):
             self.group_list.value = 0
 
     def _build_expression_box(self) -> None:
-        self.expression = widgets.Text(
-            description="expression", layout=widgets.Layout(width="80%"),
-            placeholder=ASK)
+        self.expression = widgets.Text(description="expression", placeholder=ASK,
+                                       layout=widgets.Layout(width="80%"))
         self.expression.add_class("nbcluster-expression")
         self.evaluate_button = widgets.Button(description="evaluate")
         self.answer = widgets.HTML()
@@ -126,19 +133,24 @@ class ErrorExplorer(widgets.VBox):
         expression, index = self.expression.value.strip(), self.frame_list.value
         if not expression or index is None or self.expression.disabled:
             return
-        error = self._failure()
         self.answer.value = "<i>evaluating on the worker…</i>"
         try:
-            text = error.evaluate(expression, frame=index,   # type: ignore[attr-defined]
-                                  timeout=EVALUATE_TIMEOUT_S)
+            text = self._failure().evaluate(   # type: ignore[attr-defined]
+                expression, frame=index, timeout=self.timeout)
         except NBClusterError as e:
-            why = html.escape(str(e))
-            self.answer.value = (f"<div class='nbcluster-gone'><b>this frame is not live any "
-                                 f"more</b> ({why}): the locals above are what it held when "
-                                 "it failed</div>")
+            self._show_not_evaluated(e)
             return
-        self.answer.value = (f"<pre style='margin:2px 0'><b>&gt;&gt;&gt; "
+        self.answer.value = (f"<pre style='{ANSWER_STYLE}'><b>&gt;&gt;&gt; "
                              f"{html.escape(expression)}</b>\n{html.escape(text)}</pre>")
+
+    def _show_not_evaluated(self, error: NBClusterError) -> None:
+        why = str(error)
+        # A timeout is evaluate's only error that leaves the frame live (still evaluating)
+        headline = ("the worker did not answer in time (the expression may still be running "
+                    "there)" if "no answer within" in why else "this frame is not live any more")
+        self.answer.value = (f"<div class='nbcluster-not-evaluated'><b>{headline}</b> "
+                             f"({html.escape(why)}): the locals above are what it held when "
+                             "it failed</div>")
 
     def _failure(self) -> BaseException:
         return self.groups[self.group_list.value].errors[self.failure_list.value]

@@ -1,11 +1,14 @@
-"""The error explorer's expression box, on real failures of real workers: the widget is built
-in this process (ipywidgets without a front end), its box typed into and submitted as the
-front end would (a value, then Enter's "submit" message through the widget's comm), and the
-answer read from its widget. In JupyterLab itself: test_browser_debugger.py."""
+"""The error explorer's expression box, on real failures of real workers. Mostly the widget is
+built in this process (ipywidgets without a front end), its box typed into and submitted as
+a front end would (a value, then Enter's "submit" message through the widget's comm), and
+the answer read from its widget; one test does the same to a real kernel's widgets with
+comm messages (jupyter_client). In JupyterLab itself: test_browser_debugger.py."""
 
 import html
 import os
+import queue
 import re
+import time
 
 import pytest
 
@@ -124,3 +127,91 @@ def test_a_failure_without_frames_has_a_disabled_box():
     assert "no frames" in explorer.expression.placeholder
     assert ask(explorer, "1 + 1") == ""   # nothing asked, nothing shown
     assert "WorkerLost" in explorer.frame_view.value or "lost" in explorer.frame_view.value
+
+
+def test_an_expression_that_outlasts_the_wait_leaves_the_frame_live(client):
+    error = failure_of(client.submit(outer, 1))
+    explorer = ErrorExplorer(error)
+    explorer.timeout = 1.0
+    answer = ask(explorer, "__import__('time').sleep(30)")   # still sleeping on the worker
+    assert "did not answer in time" in answer and "not live" not in answer, answer
+    explorer.timeout = 60.0
+    assert ask(explorer, "b") == ">>> b\n4"   # the frame answers again meanwhile
+
+
+class KernelWidgets:
+    """A real kernel spoken to as a front end does: cells executed, the widgets' comms read
+    from what it publishes, and typed into with comm messages."""
+
+    def __init__(self) -> None:
+        from jupyter_client.manager import start_new_kernel
+        self.km, self.kc = start_new_kernel(kernel_name="python3")
+        self.states: dict[str, dict] = {}   # comm id -> the widget's state, as published
+
+    def run(self, code: str) -> list[dict]:
+        """Execute a cell; its iopub messages (the widgets' comms read on the way)."""
+        return self._until_idle(self.kc.execute(code))
+
+    def send(self, comm_id: str, data: dict) -> list[dict]:
+        """A comm message to a widget, as a front end sends it; the kernel's messages until
+        it is idle again."""
+        msg = self.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data})
+        self.kc.shell_channel.send(msg)
+        return self._until_idle(msg["header"]["msg_id"])
+
+    def find(self, **state) -> str:
+        """The comm id of the one widget whose state has these values."""
+        [comm_id] = [c for c, s in self.states.items()
+                     if all(s.get(k) == v for k, v in state.items())]
+        return comm_id
+
+    def _until_idle(self, msg_id: str, timeout: float = 120) -> list[dict]:
+        messages = []
+        deadline = time.monotonic() + timeout
+        while True:
+            assert time.monotonic() < deadline, f"the kernel did not finish: {messages}"
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            content = msg["content"]
+            if msg["msg_type"] in ("comm_open", "comm_msg"):
+                state = content.get("data", {}).get("state", {})
+                self.states.setdefault(content["comm_id"], {}).update(state)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            messages.append(msg)
+            if msg["msg_type"] == "status" and content["execution_state"] == "idle":
+                return messages
+
+    def close(self) -> None:
+        try:
+            self.run("%cluster stop")
+        finally:
+            self.kc.stop_channels()
+            self.km.shutdown_kernel(now=True)
+
+
+def test_the_box_answers_a_front_ends_comm_messages_in_a_real_kernel():
+    kernel = KernelWidgets()
+    try:
+        kernel.run("%load_ext nbcluster\n%cluster start -n 2")
+        kernel.run("%%cluster --targets 0\ndef f(a):\n    b = a + 1\n    return b / 0\nf(41)")
+        box = kernel.find(_dom_classes=["nbcluster-expression"])
+        answer = kernel.find(_dom_classes=["nbcluster-answer"])
+        frames = kernel.find(description="frames")
+        assert kernel.states[frames]["index"] == 1   # f's frame, the innermost
+
+        def typed(expression: str) -> str:   # then Enter: the answer's value, as published
+            kernel.send(box, {"method": "update", "state": {"value": expression},
+                              "buffer_paths": []})
+            kernel.send(box, {"method": "custom", "content": {"event": "submit"}})
+            return html.unescape(re.sub(r"<[^>]+>", "", kernel.states[answer]["value"]))
+
+        assert typed("a * b").strip() == ">>> a * b\n1722"
+        kernel.send(frames, {"method": "update", "state": {"index": 0}, "buffer_paths": []})
+        assert kernel.states[answer]["value"] == ""   # the cell's frame: f is defined there
+        assert typed("f.__name__, a").startswith(">>> f.__name__, a\nNameError")
+        assert typed("f.__name__").strip() == ">>> f.__name__\n'f'"
+    finally:
+        kernel.close()
