@@ -1,7 +1,7 @@
 """The live debugger as a person uses it in JupyterLab (headless Chromium, Playwright): a cell
 fails on a worker; `%cluster debug` opens pdb on that worker, answered through JupyterLab's
 stdin box under the cell; then the failed cell's error explorer evaluates an expression in
-the live frame. Screenshots go to test-artifacts/<test name>/."""
+the live frame, and says so once the frame is gone. Screenshots: test-artifacts/<test>/."""
 
 import os
 
@@ -86,5 +86,8 @@ def test_debugger_stdin_and_explorer_box_in_jupyterlab(lab, netns, request, tmp_
         wait_text(page, 1, ".nbcluster-answer", r">>> a \+ b\s*\n83$")
         explorer.screenshot(path=str(shots / "7-explorer-eval.png"))
 
-        run_cell(page, 3)
+        run_cell(page, 3)   # the cluster stops: the frame is gone, the box says so
         assert "stopped" in cell(page, 3).inner_text()
+        box.press("Enter")
+        wait_text(page, 1, ".nbcluster-answer", "this frame is not live any more")
+        explorer.screenshot(path=str(shots / "8-explorer-frame-gone.png"))
