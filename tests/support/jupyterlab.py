@@ -141,9 +141,9 @@ def _wait_until_up(base: str, netns: str | None, proc: subprocess.Popen, log: Pa
 
 @contextlib.contextmanager
 def chromium(tmp_path: Path, netns: str | None, shots: Path) -> Iterator:
-    """A headless Chromium page (Playwright's sync API), in netns. If the block fails, each
-    page's screenshot is saved as shots/failure.png, and what JupyterLab's dialogs said in
-    shots/dialogs.txt."""
+    """A headless Chromium page (Playwright's sync API, its actions' timeout WAIT_MS), in
+    netns. If the block fails, each page's screenshot is saved as shots/failure.png, and
+    what JupyterLab's dialogs said in shots/dialogs.txt."""
     from playwright import sync_api
     executable = CHROMIUM
     if netns is not None:   # Chromium in the server's namespace (Playwright talks over a pipe)
@@ -155,7 +155,9 @@ def chromium(tmp_path: Path, netns: str | None, shots: Path) -> Iterator:
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--no-first-run"])
         try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(WAIT_MS)   # every click and fill waits as long
+            yield page
         except BaseException:
             for page in browser.contexts[0].pages if browser.contexts else ():
                 page.screenshot(path=str(shots / "failure.png"))   # what the page showed
