@@ -61,9 +61,9 @@ def select_frame(explorer: ErrorExplorer, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def client():
-    with throwaway_cluster(2) as cluster:
-        yield cluster.client()
+def client(shared_cluster):
+    """One client of the module's cluster (each test's failures stay apart: own tasks)."""
+    return shared_cluster.client()
 
 
 def test_the_box_evaluates_in_the_selected_frame_live_on_its_worker(client):
