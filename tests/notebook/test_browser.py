@@ -2,16 +2,15 @@
 bar reaching 100 %, the worker panel following a killed worker, the error explorer showing a
 frame's locals after a click. Screenshots go to test-artifacts/."""
 
-import os
 
 import pytest
 
 from ..support.jupyterlab import (
-    CHROMIUM,
     TOKEN,
     WAIT_MS,
     chromium,
     open_notebook,
+    require_browser,
     run_cell,
     shots_dir,
     write_notebook,
@@ -19,9 +18,7 @@ from ..support.jupyterlab import (
 
 pytestmark = pytest.mark.timeout(900)
 
-if not os.path.exists(CHROMIUM) and not os.environ.get("NBCLUSTER_REQUIRE_BROWSER"):
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)",
-                allow_module_level=True)
+require_browser()
 
 CELLS = [
     "%load_ext nbcluster\n%cluster start -n 2",

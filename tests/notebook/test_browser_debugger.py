@@ -3,17 +3,16 @@ fails on a worker; `%cluster debug` opens pdb on that worker, answered through J
 stdin box under the cell; then the failed cell's error explorer evaluates an expression in
 the live frame, and says so once the frame is gone. Screenshots: test-artifacts/<test>/."""
 
-import os
 
 import pytest
 
 from ..support.jupyterlab import (
-    CHROMIUM,
     TOKEN,
     WAIT_MS,
     cell,
     chromium,
     open_notebook,
+    require_browser,
     run_cell,
     shots_dir,
     start_cell,
@@ -23,9 +22,7 @@ from ..support.jupyterlab import (
 
 pytestmark = pytest.mark.timeout(900)
 
-if not os.path.exists(CHROMIUM) and not os.environ.get("NBCLUSTER_REQUIRE_BROWSER"):
-    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)",
-                allow_module_level=True)
+require_browser()
 
 CELLS = [
     "%load_ext nbcluster\n%cluster start -n 2",

@@ -25,6 +25,14 @@ from . import ROOT
 WAIT_MS = 180_000
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser() -> None:
+    """Skip the calling test module where Chromium is not installed (unless required)."""
+    import pytest
+    if not os.path.exists(CHROMIUM) and not os.environ.get("NBCLUSTER_REQUIRE_BROWSER"):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)",
+                    allow_module_level=True)
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "nbcluster-browser-test"
 
