@@ -11,7 +11,9 @@ Released, its frames are cleared so their objects go at once.
 
 Settings come from the environment (a worker's own, or its LocalCluster's):
 NBCLUSTER_DEBUG_KEEP (failures kept, default 5; 0 keeps none), NBCLUSTER_DEBUG_KEEP_S
-(seconds, default 600), NBCLUSTER_DEBUG_KEEP_MB (RSS above which they go, default 4096).
+(seconds, default 600), NBCLUSTER_DEBUG_KEEP_MB (RSS above which they go, default 4096; a
+supervisor with a memory limit lowers it to half the limit, so kept frames go before the
+limit would kill the worker).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = ["KeptFailures", "Kept"]
 MAX_KEPT = 5
 KEEP_S = 600.0
 MAX_RSS_MB = 4096
+KEEP_MB_ENV = "NBCLUSTER_DEBUG_KEEP_MB"   # a supervisor with a memory limit sets half of it
 
 
 @dataclass
@@ -50,7 +53,7 @@ class KeptFailures:
         self.max_kept = int(env("NBCLUSTER_DEBUG_KEEP", MAX_KEPT)) if max_kept is None \
             else max_kept
         self.keep_s = float(env("NBCLUSTER_DEBUG_KEEP_S", KEEP_S)) if keep_s is None else keep_s
-        mb = float(env("NBCLUSTER_DEBUG_KEEP_MB", MAX_RSS_MB)) if max_rss_mb is None \
+        mb = float(env(KEEP_MB_ENV, MAX_RSS_MB)) if max_rss_mb is None \
             else max_rss_mb
         self.max_rss = int(mb * 1024 * 1024)
         self._numbers = itertools.count(1)

@@ -50,6 +50,7 @@ from ..wire.freshness import Freshness
 from ..wire.transport import dealer, pending_messages
 from . import main as worker_main
 from .forkserver import ForkServer, StartedProcess, become_subreaper, reap, spawn_process
+from .postmortem import KEEP_MB_ENV
 from .procinfo import exit_reason, format_bytes, is_running, rss
 from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
@@ -103,13 +104,18 @@ class Supervisor:
         if max_tasks_per_child:
             self.worker_cmd += ["--max-tasks-per-child", str(max_tasks_per_child)]
         self.token = secrets.token_hex(12)
-        self.env = {**os.environ, SUPERVISOR_ENV: self.token}
+        ours = {SUPERVISOR_ENV: self.token}   # in every worker's environment
+        if memory_limit:   # kept failures' frames go long before the limit kills a worker
+            half_mb = memory_limit / 2 / 2**20
+            asked = os.environ.get(KEEP_MB_ENV)
+            ours[KEEP_MB_ENV] = f"{min(half_mb, float(asked)) if asked else half_mb:g}"
+        self.env = {**os.environ, **ours}
         self.announce_fd = None
         if announce:   # our stdout carries our lines alone; the workers' goes to stderr
             self.announce_fd = os.dup(1)
             os.dup2(2, 1)
         # Forked before our ZeroMQ context exists: the fork server has no threads.
-        self.forkserver = ForkServer(worker_main.main, {SUPERVISOR_ENV: self.token}, (
+        self.forkserver = ForkServer(worker_main.main, ours, (
             () if self.announce_fd is None else (self.announce_fd,))) \
             if hasattr(os, "fork") and become_subreaper() else None
         self.signer = protocol.Signer(key)

@@ -287,3 +287,14 @@ def test_a_worker_over_its_memory_budget_lets_its_failures_go(monkeypatch):
                  what="the worker over its budget dropped its kept failures")
         typist = Typist()
         assert errors[-1].debug(input=typist.input, write=typist.write).startswith("released")
+
+
+def test_a_memory_limit_halves_the_budget_for_kept_failures():
+    def budget():
+        import os
+
+        from nbcluster.worker.postmortem import KeptFailures
+        return os.environ.get("NBCLUSTER_DEBUG_KEEP_MB"), KeptFailures().max_rss
+
+    with LocalCluster(1, memory_limit="2GiB") as cluster:
+        assert cluster.client().submit(budget).result(timeout=60) == ("1024", 1 << 30)
