@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, ParamSpec, Protocol, TypeVar, runtime_checkabl
 from ..errors import NBClusterError
 from ..wire import remote
 from .chunks import ChunkFailures
+from .debugging import wait_futures
 from .futures import TaskFuture
 
 if TYPE_CHECKING:   # client.py imports this module (Client.executor)
@@ -288,7 +289,7 @@ class Executor(concurrent.futures.Executor):
                     fut.cancel()
             pending = list(self._futures)
         if wait:
-            concurrent.futures.wait(pending)
+            wait_futures(pending)   # (a task paused at a breakpoint gets its prompt)
             self._close_cluster()
         elif self._cluster is not None:
             threading.Thread(target=self._close_when_done, args=(pending,), daemon=True,

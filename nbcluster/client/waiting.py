@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import time
 from collections.abc import Iterable, Iterator
 
 from .debugging import wait_futures
@@ -46,13 +47,28 @@ def wait(futures: Iterable[concurrent.futures.Future], timeout: float | None = N
 
 def as_completed(futures: Iterable[concurrent.futures.Future], timeout: float | None = None
                  ) -> Iterator[concurrent.futures.Future]:
-    """concurrent.futures.as_completed; interrupted while waiting, it cancels the futures
-    not done first (leaving the loop early does not: the caller may still want them)."""
+    """concurrent.futures.as_completed (tasks paused at a breakpoint get their prompt while
+    it waits); interrupted while waiting, it cancels the futures not done first (leaving the
+    loop early does not: the caller may still want them)."""
     futures = list(futures)
     try:
-        yield from concurrent.futures.as_completed(futures, timeout)
+        yield from _as_completed(futures, timeout)
     except GeneratorExit:
         raise
     except BaseException:
         cancel_all(futures)
         raise
+
+
+def _as_completed(futures: list[concurrent.futures.Future], timeout: float | None
+                  ) -> Iterator[concurrent.futures.Future]:
+    """The stdlib's semantics (each future once, as it completes; TimeoutError naming how
+    many are unfinished), waiting through wait_futures."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(futures)
+    while pending:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError(f"{len(pending)} (of {len(futures)}) futures unfinished")
+        done, pending = wait_futures(pending, left, concurrent.futures.FIRST_COMPLETED)
+        yield from done

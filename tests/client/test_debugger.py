@@ -298,3 +298,14 @@ def test_a_memory_limit_halves_the_budget_for_kept_failures():
 
     with LocalCluster(1, memory_limit="2GiB") as cluster:
         assert cluster.client().submit(budget).result(timeout=60) == ("1024", 1 << 30)
+
+
+def test_waits_through_nbcluster_attend_paused_tasks(client, monkeypatch):
+    from nbcluster.client.waiting import as_completed
+    Typist("c", "c").attach(monkeypatch)
+    futures = [client.submit(paused, 1), client.submit(pow, 2, 3)]
+    assert sorted(f.result() for f in as_completed(futures, timeout=120)) == [4, 8]
+    executor = client.executor()
+    fut = executor.submit(paused, 2)
+    executor.shutdown(wait=True)   # attended while it waits
+    assert fut.result(timeout=0) == 7
