@@ -56,6 +56,8 @@ from .state import EXIT_ASKED_TO_LEAVE, EXIT_MAX_TASKS, SUPERVISOR_ENV
 
 __all__ = ["Supervisor"]
 
+MAX_UNSENT = 1000   # exits held for a broker that never welcomes us: the newest
+
 log = logging.getLogger("nbcluster.supervisor")
 
 MEMORY_POLL_S = 0.1        # workers' memory is checked this often (with a limit)
@@ -120,6 +122,12 @@ class Supervisor:
             if hasattr(os, "fork") and become_subreaper() else None
         self.signer = protocol.Signer(key)
         self.fresh = Freshness()
+        # Until our latest hello is welcomed, what we send would carry no nonce (or the
+        # last broker's) and be dropped: the exits wait here (the workers' supervisor knew
+        # how each ended, and a task lost there would name no reason), the vouches are sent
+        # anew at the welcome.
+        self.welcomed = False
+        self.unsent: list[dict] = []
         self.ctx = zmq.Context(io_threads=1)
         self.sock = dealer(self.ctx, endpoint, None, curve)
         self.endpoint = endpoint
@@ -230,6 +238,10 @@ class Supervisor:
             self.heartbeat_s = header["heartbeat_ms"] / 1000
             self.expiry_s = self.heartbeat_s * header["liveness"]
             self.fresh.welcomed(header)
+            self.welcomed = True
+            unsent, self.unsent = self.unsent, []
+            for held in unsent:
+                self._send(held)
             # Vouch at once, not a beat later (before the welcome it would carry no nonce).
             self._send({"t": "hb", "alive": self._alive()})
         elif header["t"] == "refused":   # our hello, for our clock: we try again meanwhile
@@ -341,10 +353,15 @@ class Supervisor:
 
     # ---- the broker -----------------------------------------------------------------------
     def _hello(self) -> None:
+        self.welcomed = False
         self._send({"t": "hello", "role": "supervisor", "token": self.token,
                     "host": socket.gethostname(), "pid": os.getpid(), "workers": self.n})
 
     def _send(self, header: dict) -> None:
+        if not self.welcomed and header["t"] != "hello":
+            if header["t"] == "exited":   # see __init__: sent once welcomed
+                self.unsent = [*self.unsent[-(MAX_UNSENT - 1):], header]
+            return
         header = self.fresh.stamp(header)   # replay protection: see wire/freshness.py
         self.sock.send_multipart(protocol.encode(self.signer, header, []), copy=False)
 
