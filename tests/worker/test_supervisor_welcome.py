@@ -55,7 +55,7 @@ def test_an_exit_before_the_supervisors_welcome_is_reported_once_welcomed():
             # (the supervisor starts another worker: its hello may come)
             assert header["t"] in ("hello", "hb"), f"sent before its welcome: {header}"
             assert header["t"] == "hello" or "nonce" not in header
-        sup_identity, sup_hello = hellos["supervisor"]
+        sup_identity = hellos["supervisor"][0]
         broker.send(sup_identity, {"t": "welcome", "heartbeat_ms": 1000, "liveness": 3,
                                    "nonce": NONCE, "broker": {}, "epoch": 1})
         _, exited = next_message(broker, {"exited"}, time.monotonic() + 30)
