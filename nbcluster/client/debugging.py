@@ -65,6 +65,8 @@ class DebugSession:
         read = input or builtins.input
         out = write or (lambda text: sys.stdout.write(text))
         closing = False
+        if self.breakpoint:
+            self._send("attend")   # someone is at the prompt: the task waits for them
         while True:
             msg = self._next()
             text = msg.get("text", "")

@@ -191,7 +191,7 @@ class Debug(_Message):
 
     w: Annotated[str, Meta(max_length=255)]
     sid: SessionId
-    op: Literal["open", "eval", "line", "eof", "close", "release"]
+    op: Literal["open", "eval", "attend", "line", "eof", "close", "release"]
     n: Int = 0                                              # open, eval, release: the failure
     line: Annotated[str, Meta(max_length=1 << 20)] = ""     # line, eval: what the user typed
     frame: Int = -1                                         # eval: which of its frames

@@ -9,9 +9,12 @@ post-mortem on a kept failure (postmortem.py), or at a `breakpoint()` inside a r
 
 pdb runs as it does in a terminal, with its stdin and stdout replaced (`Session`), so every
 command works on the worker's real objects. The I/O thread never waits for a debugger:
-heartbeats go on however long a session lasts. A session with no line from its client for
-`timeout` seconds (NBCLUSTER_DEBUG_TIMEOUT_S, default 300) ends by itself: a paused task
-resumes (its breakpoints cleared), a post-mortem quits.
+heartbeats go on however long a session lasts. A paused task that nobody attends (no client
+showed its prompt: `attend`) for `timeout` seconds (NBCLUSTER_DEBUG_TIMEOUT_S, default 300)
+resumes, its breakpoints cleared; an attended session waits up to ATTENDED_TIMEOUT_S for
+each line, then ends as if closed. End of input (Ctrl-D, a closed stdin) resumes a paused
+task too, where pdb would quit: a leftover breakpoint() in a script run without a terminal
+does not fail its task; it quits a post-mortem.
 """
 
 from __future__ import annotations
@@ -37,12 +40,17 @@ __all__ = ["Debugger", "Session", "RemotePdb"]
 log = logging.getLogger("nbcluster.worker")
 
 DEBUG_TIMEOUT_S = 300.0
+ATTENDED_TIMEOUT_S = 3600.0   # for each line, once a person is at the prompt
 MAX_TEXT_CHARS = 64 * 1024   # of output per message: a `p` of a huge object is cut
 MAX_REPR_CHARS = 10_000      # of an evaluated expression's repr (the explorer's box)
 
 
 class _EOF:
     """The client's end of input (Ctrl-D at its prompt)."""
+
+
+class _Attended:
+    """The client shows the prompt: a person may be reading it."""
 
 
 class Session:
@@ -60,10 +68,11 @@ class Session:
                  timeout: float) -> None:
         self.sid, self.gid, self.breakpoint = sid, gid, breakpoint
         self._send_header, self.timeout = send, timeout
-        self.lines: queue.Queue[str | type[_EOF] | None] = queue.Queue()
+        self.lines: queue.Queue[str | type[_EOF] | type[_Attended] | None] = queue.Queue()
         self._out: list[str] = []
         self.ended = False
         self.closing: str | None = None   # why the session is ending (timeout, closed)
+        self.attended = not breakpoint   # a post-mortem is opened by the person at it
         self.debugger: RemotePdb | None = None
 
     # pdb's stdout
@@ -80,15 +89,23 @@ class Session:
         if self.closing:
             return self._closing_command()
         self._send(prompt=True)
-        try:
-            line = self.lines.get(timeout=self.timeout)
-        except queue.Empty:
-            self.closing = f"no input for {self.timeout:g} s"
-            return self._closing_command()
+        while True:
+            timeout = max(self.timeout, ATTENDED_TIMEOUT_S) if self.attended else self.timeout
+            try:
+                line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                self.closing = f"no input for {timeout:g} s"
+                return self._closing_command()
+            if line is not _Attended:
+                break
+            self.attended = True   # and the wait starts again, the longer one
         if line is None:
             self.closing = "closed by the client"
             return self._closing_command()
         if line is _EOF:
+            if self.breakpoint:   # see the module doc
+                self.closing = "end of input"
+                return self._closing_command()
             return ""   # pdb's EOF: it quits
         assert isinstance(line, str)
         return line + "\n"
@@ -225,11 +242,13 @@ class Debugger:
         with self._lock:
             session = self.sessions.get(sid)
         if session is None or session.gid != gid:
-            if op in ("line", "eof"):   # it ended meanwhile: say so, or the client waits
+            if op in ("line", "eof", "attend"):   # it ended meanwhile: say so, or the client waits
                 self._send({"t": "debug_out", "sid": sid, "g": gid, "text": "",
                             "prompt": False, "end": "the session has ended"})
             return
-        if op == "line":
+        if op == "attend":
+            session.lines.put(_Attended)
+        elif op == "line":
             line = h.get("line")
             session.lines.put(line if isinstance(line, str) else "")
         elif op == "eof":

@@ -309,3 +309,22 @@ def test_waits_through_nbcluster_attend_paused_tasks(client, monkeypatch):
     fut = executor.submit(paused, 2)
     executor.shutdown(wait=True)   # attended while it waits
     assert fut.result(timeout=0) == 7
+
+
+def test_end_of_input_at_a_breakpoint_resumes_the_task(client, monkeypatch):
+    def at_end(prompt):   # stdin closed (a script run without a terminal), or Ctrl-D
+        raise EOFError
+
+    monkeypatch.setattr("builtins.input", at_end)
+    assert client.submit(paused, 2).result(timeout=60) == 7
+
+
+def test_an_attended_prompt_outlasts_the_unattended_timeout(monkeypatch):
+    monkeypatch.setenv("NBCLUSTER_DEBUG_TIMEOUT_S", "2")
+    with LocalCluster(1) as cluster:
+        client = cluster.client()
+        slow = Typist("p a", "c", pause_s=4.0)   # a person thinking longer than 2 s
+        slow.attach(monkeypatch)
+        fut = client.submit(paused, 2)
+        assert fut.result(timeout=60) == 7
+        assert slow.lines == [] and slow.prompts == 2
