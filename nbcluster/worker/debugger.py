@@ -84,8 +84,9 @@ class Session:
         pass
 
     # pdb's stdin
-    def readline(self) -> str:
-        """Send what was written (ending with the prompt) and wait for the client's line."""
+    def readline(self, console: bool = False) -> str:
+        """Send what was written (ending with the prompt) and wait for the client's line
+        (`console`: for `interact`, which end of input only leaves)."""
         if self.closing:
             return self._closing_command()
         self._send(prompt=True)
@@ -103,7 +104,7 @@ class Session:
             self.closing = "closed by the client"
             return self._closing_command()
         if line is _EOF:
-            if self.breakpoint:   # see the module doc
+            if self.breakpoint and not console:   # see the module doc
                 self.closing = "end of input"
                 return self._closing_command()
             return ""   # pdb's EOF: it quits
@@ -146,7 +147,7 @@ class _Console(code.InteractiveConsole):
         if self.left or self.session.closing:
             raise EOFError
         self.session.write(prompt)
-        line = self.session.readline()
+        line = self.session.readline(console=True)
         if not line or self.session.closing:
             raise EOFError
         return line.rstrip("\n")

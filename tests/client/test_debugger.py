@@ -328,3 +328,19 @@ def test_an_attended_prompt_outlasts_the_unattended_timeout(monkeypatch):
         fut = client.submit(paused, 2)
         assert fut.result(timeout=60) == 7
         assert slow.lines == [] and slow.prompts == 2
+
+
+def test_end_of_input_in_interact_leaves_the_console_not_the_debugger(client, monkeypatch,
+                                                                       capsys):
+    answers = iter(["interact", "b = a * 2", "print('in console', b)", EOFError, "p a", "c"])
+
+    def typed(prompt):
+        line = next(answers)
+        if line is EOFError:
+            raise EOFError
+        return line
+
+    monkeypatch.setattr("builtins.input", typed)
+    assert client.submit(paused, 2).result(timeout=60) == 7   # c: it went on
+    out = capsys.readouterr().out
+    assert "in console 12" in out and "resumed" in out and "end of input" not in out
