@@ -191,11 +191,20 @@ class RemoteError(NBClusterError):
     def evaluate(self, expression: str, frame: int = -1, timeout: float = 30.0) -> str:
         """The repr of `expression` evaluated in one of the failed frames (``frames[frame]``,
         the innermost by default), live on its worker; if it raises, the exception as
-        Python prints it. Raises NBClusterError if the frames are no longer kept."""
+        Python prints it.
+
+        Raises:
+            NBClusterError: the frames are no longer kept (released, expired, the worker or
+                the client gone).
+            TimeoutError: no answer within `timeout` seconds (the expression may still be
+                running on the worker; the frames are still there).
+        """
         from .report import evaluate_failure
         problem, text = evaluate_failure(self, expression, frame, timeout)
+        if problem == "timeout":
+            raise TimeoutError(text)
         if problem is not None:
-            raise NBClusterError(problem)
+            raise NBClusterError(text)
         return text
 
     def release(self) -> None:

@@ -196,17 +196,20 @@ def debug_group(group: BaseException, which: int | None, worker: str | None, ind
 def evaluate_failure(error: BaseException, expression: str, frame: int = -1,
                      timeout: float = 30.0) -> tuple[str | None, str]:
     """RemoteError.evaluate: (None, the repr of expression in one of the failure's frames,
-    live on its worker, or the exception it raised, formatted), or (why it cannot be, "")."""
+    live on its worker, or the exception it raised, formatted), or ("gone" or "timeout",
+    why it cannot be answered)."""
     info = error._nbcluster   # type: ignore[attr-defined]
     live = info.live
     client = live[0]() if live else None
     if client is None or client.closed:
-        return ("this failure's frames are not reachable: "
-                f"{'released' if info.released else 'not kept, or its client closed'}"), ""
-    ended, text = client._debug_eval(str(info.worker.get("id")), live[1], frame,
-                                     expression).answer(timeout)
+        return "gone", ("this failure's frames are not reachable: "
+                        f"{'released' if info.released else 'not kept, or its client closed'}")
+    session = client._debug_eval(str(info.worker.get("id")), live[1], frame, expression)
+    ended, text = session.answer(timeout)
     if ended in ("evaluated", "raised"):
         return None, text
+    if session.ended is None:   # no answer in time: the frame may well still be there
+        return "timeout", f"the worker did not answer within {timeout:g} s"
     if ended.startswith(("released", "this failure cannot")):
         info.live = None
-    return f"cannot evaluate in the failed frame: {ended}", ""
+    return "gone", f"cannot evaluate in the failed frame: {ended}"

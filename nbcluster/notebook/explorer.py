@@ -137,20 +137,20 @@ class ErrorExplorer(widgets.VBox):
         try:
             text = self._failure().evaluate(   # type: ignore[attr-defined]
                 expression, frame=index, timeout=self.timeout)
+        except TimeoutError as e:   # the frame is still there: the expression runs on
+            self._show_not_evaluated("the worker did not answer in time (the expression may "
+                                     "still be running there)", e)
+            return
         except NBClusterError as e:
-            self._show_not_evaluated(e)
+            self._show_not_evaluated("this frame is not live any more", e)
             return
         self.answer.value = (f"<pre style='{ANSWER_STYLE}'><b>&gt;&gt;&gt; "
                              f"{html.escape(expression)}</b>\n{html.escape(text)}</pre>")
 
-    def _show_not_evaluated(self, error: NBClusterError) -> None:
-        why = str(error)
-        # A timeout is evaluate's only error that leaves the frame live (still evaluating)
-        headline = ("the worker did not answer in time (the expression may still be running "
-                    "there)" if "no answer within" in why else "this frame is not live any more")
+    def _show_not_evaluated(self, headline: str, error: Exception) -> None:
         self.answer.value = (f"<div class='nbcluster-not-evaluated'><b>{headline}</b> "
-                             f"({html.escape(why)}): the locals above are what it held when "
-                             "it failed</div>")
+                             f"({html.escape(str(error))}): the locals above are what it held "
+                             "when it failed</div>")
 
     def _failure(self) -> BaseException:
         return self.groups[self.group_list.value].errors[self.failure_list.value]

@@ -344,3 +344,10 @@ def test_end_of_input_in_interact_leaves_the_console_not_the_debugger(client, mo
     assert client.submit(paused, 2).result(timeout=60) == 7   # c: it went on
     out = capsys.readouterr().out
     assert "in console 12" in out and "resumed" in out and "end of input" not in out
+
+
+def test_an_evaluation_that_outlasts_its_wait_is_a_timeout_not_a_gone_frame(client):
+    err = failed(client.submit(outer, 4))
+    with pytest.raises(TimeoutError):
+        err.evaluate("__import__('time').sleep(30)", timeout=1.0)
+    assert err.evaluate("b") == "50"   # the frame is still there
