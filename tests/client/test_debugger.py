@@ -320,10 +320,12 @@ def test_end_of_input_at_a_breakpoint_resumes_the_task(client, monkeypatch):
 
 
 def test_an_attended_prompt_outlasts_the_unattended_timeout(monkeypatch):
-    monkeypatch.setenv("NBCLUSTER_DEBUG_TIMEOUT_S", "2")
+    # 10 s: the client's `attend` must reach the worker before it (a loaded machine may
+    # take seconds); the person then thinks longer than that.
+    monkeypatch.setenv("NBCLUSTER_DEBUG_TIMEOUT_S", "10")
     with LocalCluster(1) as cluster:
         client = cluster.client()
-        slow = Typist("p a", "c", pause_s=4.0)   # a person thinking longer than 2 s
+        slow = Typist("p a", "c", pause_s=12.0)
         slow.attach(monkeypatch)
         fut = client.submit(paused, 2)
         assert fut.result(timeout=60) == 7
