@@ -325,11 +325,18 @@ def test_an_attended_prompt_outlasts_the_unattended_timeout(monkeypatch):
     monkeypatch.setenv("NBCLUSTER_DEBUG_TIMEOUT_S", "10")
     with LocalCluster(1) as cluster:
         client = cluster.client()
-        slow = Typist("p a", "c", pause_s=12.0)
-        slow.attach(monkeypatch)
-        fut = client.submit(paused, 2)
-        assert fut.result(timeout=60) == 7
-        assert slow.lines == [] and slow.prompts == 2
+        answers = iter(["p a", "c"])
+        prompts = []
+
+        def thinking(prompt):
+            prompts.append(prompt)
+            if len(prompts) == 1:
+                time.sleep(12.0)   # longer than the unattended timeout
+            return next(answers)
+
+        monkeypatch.setattr("builtins.input", thinking)
+        assert client.submit(paused, 2).result(timeout=60) == 7
+        assert len(prompts) == 2, "the task resumed before the person answered"
 
 
 def test_end_of_input_in_interact_leaves_the_console_not_the_debugger(client, monkeypatch,
