@@ -20,7 +20,6 @@ only ever about what a *remote peer* sent, so a decoder of untrusted bytes raise
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -280,6 +279,7 @@ class RemoteErrorGroup(NBClusterError, ExceptionGroup[Exception]):
     def workers(self) -> list[str]:
         """Ids of the workers on which an element failed, in first-seen order (all of them,
         also those of failures only counted)."""
+        from .report import failed_workers
         return failed_workers(self.exceptions) if self._workers is None else self._workers
 
 
@@ -365,45 +365,3 @@ class ProtocolError(NBClusterError):
 
 class PicklingError(NBClusterError, TypeError):
     """A function, argument or result could not be pickled; the message names which."""
-
-
-def summarize_failures(errors: Sequence[BaseException], total: int | None, what: str,
-                       counted: dict | None = None, not_run: int = 0,
-                       workers: list[str] | None = None, stopped: bool = False) -> str:
-    """One line naming how many of `total` (if known) `what` failed, how, and on which
-    workers, e.g. "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2".
-    `counted`: {(type name, file, line): n} of failures counted but not kept in full;
-    `workers`: every worker involved, if errors do not name them all; `stopped`: the run
-    stopped at a repeated failure, leaving `not_run` not run."""
-    kinds = collections.Counter(_short_type(e) for e in errors)
-    for (type_name, _, _), n in (counted or {}).items():
-        kinds[type_name.rsplit(".", 1)[-1]] += n
-    workers = list(workers or failed_workers(errors))
-    kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
-    of = "" if total is None else f" of {total}"
-    text = (f"{sum(kinds.values())}{of} {what} failed ({kinds_text}) "
-            f"on {'worker' if len(workers) == 1 else 'workers'} {', '.join(workers) or '?'}")
-    if counted:
-        text += f"; the first {len(errors)} in full"
-    if not_run:
-        text += f"; stopped at a repeated failure, {not_run} not run"
-    elif stopped:
-        text += "; stopped at a repeated failure, the rest cancelled"
-    return text
-
-
-def failed_workers(errors: Sequence[BaseException]) -> list[str]:
-    """Ids of the workers the errors happened on (or were lost on), in first-seen order."""
-    seen: dict[str, None] = {}
-    for e in errors:
-        info = getattr(e, "_nbcluster", None)
-        w = info.worker if info is not None else None
-        if isinstance(w, dict) and w.get("id"):
-            seen[str(w["id"])] = None
-        seen.update((x, None) for x in getattr(e, "lost_on", []))
-    return list(seen)
-
-
-def _short_type(error: BaseException) -> str:
-    info = getattr(error, "_nbcluster", None)
-    return info.type_name.rsplit(".", 1)[-1] if info is not None else type(error).__name__

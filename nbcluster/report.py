@@ -10,14 +10,16 @@ as text, and the live debugger on the worker that keeps a failure's frames.
 
 from __future__ import annotations
 
+import collections
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["FailureGroup", "failures", "group_failures", "text_report", "explore",
-           "set_viewer", "debug_failure", "debug_group", "evaluate_failure"]
+           "set_viewer", "debug_failure", "debug_group", "evaluate_failure", "short_type",
+           "summarize_failures", "failed_workers"]
 
 
 @dataclass
@@ -51,7 +53,7 @@ def failures(error: BaseException) -> list[BaseException]:
 
 def signature(error: BaseException) -> str:
     remote = getattr(error, "_nbcluster", None)
-    kind = remote.type_name.rsplit(".", 1)[-1] if remote is not None else type(error).__name__
+    kind = short_type(error)
     frames = getattr(remote, "frames", None)
     if frames:
         f = frames[-1]
@@ -60,6 +62,49 @@ def signature(error: BaseException) -> str:
         place = re.sub(r"^<ipython-input-\d+-", "<ipython-input-", short_path(f.filename))
         return f"{kind} at line {f.lineno} of {f.name} ({place})"
     return kind
+
+
+def short_type(error: BaseException) -> str:
+    """The name of error's type (the remote type's, for a remote error), unqualified."""
+    info = getattr(error, "_nbcluster", None)
+    return info.type_name.rsplit(".", 1)[-1] if info is not None else type(error).__name__
+
+
+def summarize_failures(errors: Sequence[BaseException], total: int | None, what: str,
+                       counted: dict | None = None, not_run: int = 0,
+                       workers: list[str] | None = None, stopped: bool = False) -> str:
+    """One line naming how many of `total` (if known) `what` failed, how, and on which
+    workers, e.g. "3 of 100 elements failed (2 x KeyError, 1 x WorkerLost) on workers w1, w2".
+    `counted`: {(type name, file, line): n} of failures counted but not kept in full;
+    `workers`: every worker involved, if errors do not name them all; `stopped`: the run
+    stopped at a repeated failure, leaving `not_run` not run."""
+    kinds = collections.Counter(short_type(e) for e in errors)
+    for (type_name, _, _), n in (counted or {}).items():
+        kinds[type_name.rsplit(".", 1)[-1]] += n
+    workers = list(workers or failed_workers(errors))
+    kinds_text = ", ".join(f"{n} x {k}" for k, n in kinds.most_common())
+    of = "" if total is None else f" of {total}"
+    text = (f"{sum(kinds.values())}{of} {what} failed ({kinds_text}) "
+            f"on {'worker' if len(workers) == 1 else 'workers'} {', '.join(workers) or '?'}")
+    if counted:
+        text += f"; the first {len(errors)} in full"
+    if not_run:
+        text += f"; stopped at a repeated failure, {not_run} not run"
+    elif stopped:
+        text += "; stopped at a repeated failure, the rest cancelled"
+    return text
+
+
+def failed_workers(errors: Sequence[BaseException]) -> list[str]:
+    """Ids of the workers the errors happened on (or were lost on), in first-seen order."""
+    seen: dict[str, None] = {}
+    for e in errors:
+        info = getattr(e, "_nbcluster", None)
+        w = info.worker if info is not None else None
+        if isinstance(w, dict) and w.get("id"):
+            seen[str(w["id"])] = None
+        seen.update((x, None) for x in getattr(e, "lost_on", []))
+    return list(seen)
 
 
 def group_failures(error: BaseException) -> list[FailureGroup]:

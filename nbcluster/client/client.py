@@ -26,6 +26,7 @@ state `Client.__init__` sets up; each declares what it uses:
     io_thread.py  the I/O thread: the socket, batching sends, heartbeats, a silent broker
     inbox.py      each message from the broker: results settle futures, output, reconnect
     debugging.py  debugger sessions on workers: err.debug(), tasks paused at breakpoint()
+    targeted.py   tasks for named workers: broadcast, submit_to
 
 and the Client uses:
 
@@ -55,15 +56,12 @@ from ..errors import (
     MessageTooLarge,
     NBClusterError,
     PicklingError,
-    RemoteErrorGroup,
-    summarize_failures,
 )
 from ..wire import functions, pickling, protocol, serialize
 from ..wire.curve import CurveKeys
 from ..wire.shm import SharedMemory
 from ..wire.shm import available as shm_available
 from ..wire.transport import dealer
-from .bars import progress
 from .broker_silence import DEFAULT_BROKER_TIMEOUT_S, BrokerSilence
 from .callbacks import ResultCallbacks
 from .chunks import ChunkFailures, ChunkRunner, auto_chunksize, gather_chunks
@@ -75,6 +73,7 @@ from .latest import remember_latest
 from .options import TaskOptions, refuse_misplaced_options
 from .outbox import Outbox, OutboxItem, PendingTask
 from .status import ClusterStatus, WorkerInfo
+from .targeted import Targeted
 from .waiting import cancel_on_error
 
 if TYPE_CHECKING:
@@ -88,7 +87,7 @@ R = TypeVar("R")
 P = ParamSpec("P")
 
 
-class Client(Outbox, IOThread, Inbox, Debugging):
+class Client(Outbox, IOThread, Inbox, Debugging, Targeted):
     """A connection to a cluster's broker.
 
     Args:
@@ -268,61 +267,6 @@ class Client(Outbox, IOThread, Inbox, Debugging):
             for frames in chunks:
                 futures.append(self._submit_frames(runner, frames, labels, None, retries))
         return futures, len(items)
-
-    def broadcast(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
-                  ) -> dict[str, R]:
-        """Run `fn(*args, **kwargs)` once on every worker; returns {worker_id: result}.
-
-        Raises:
-            RemoteErrorGroup: it failed on some workers (one error per worker).
-        """
-        futures = self.broadcast_futures(fn, *args, **kwargs)
-        with cancel_on_error(futures.values()):
-            progress(futures.values(), desc="broadcast", wait=True)
-        errors = [e for f in futures.values() if isinstance(e := f.exception(), Exception)]
-        if errors:
-            raise RemoteErrorGroup(summarize_failures(errors, len(futures), "workers"), errors)
-        return {wid: f.result() for wid, f in futures.items()}
-
-    @overload
-    def broadcast_futures(self, fn: Callable[P, R], /, *args: P.args,
-                          **kwargs: P.kwargs) -> dict[str, TaskFuture[R]]: ...
-
-    @overload
-    def broadcast_futures(self, fn: functions.Prepared, /, *args: object,
-                          **kwargs: object) -> dict[str, TaskFuture[object]]: ...
-
-    def broadcast_futures(self, fn: Callable[..., R] | functions.Prepared, /,
-                          *args: object, **kwargs: object) -> dict[str, TaskFuture[R]]:
-        """Like `broadcast`, without waiting: {worker_id: future} for every worker there now
-        that has this client's labels."""
-        ids = [w["id"] for w in self.workers() if set(self.labels) <= set(w.get("labels", ()))]
-        return self._submit_each(ids, fn, args, kwargs)
-
-    @overload
-    def submit_to(self, worker_ids: Iterable[str], fn: Callable[P, R], /, *args: P.args,
-                  **kwargs: P.kwargs) -> dict[str, TaskFuture[R]]: ...
-
-    @overload
-    def submit_to(self, worker_ids: Iterable[str], fn: functions.Prepared, /, *args: object,
-                  **kwargs: object) -> dict[str, TaskFuture[object]]: ...
-
-    def submit_to(self, worker_ids: Iterable[str], fn: Callable[..., R] | functions.Prepared,
-                  /, *args: object, **kwargs: object) -> dict[str, TaskFuture[R]]:
-        """Run `fn(*args, **kwargs)` once on each of these workers: {worker_id: future}. A task
-        whose worker is gone fails with WorkerLost (it does not move to another worker).
-
-        Raises:
-            PicklingError: fn or an argument cannot be pickled (nothing was sent).
-        """
-        return self._submit_each(worker_ids, fn, args, kwargs)
-
-    def _submit_each(self, worker_ids: Iterable[str], fn: Callable[..., R] | functions.Prepared,
-                     args: tuple[object, ...], kwargs: dict[str, object]
-                     ) -> dict[str, TaskFuture[R]]:
-        prepared, arg_frames = functions.dumps_call(fn, args, kwargs)
-        return {wid: self._submit_frames(prepared, arg_frames, (), wid, 0)
-                for wid in worker_ids}
 
     def cancel(self, futures: TaskFuture[R] | Iterable[TaskFuture[R]]) -> int:
         """Stop tasks: queued ones are dropped, running ones interrupted (`fut.interrupt()`;

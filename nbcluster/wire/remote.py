@@ -24,9 +24,8 @@ from ..errors import (
     RemoteErrorGroup,
     RemoteFrame,
     RemoteTraceback,
-    failed_workers,
-    summarize_failures,
 )
+from ..report import failed_workers, summarize_failures
 from . import pickling
 from .tracebacks import DETAILED_PER_SIGNATURE
 

@@ -331,6 +331,8 @@ class Debugger:
 
     def task_ended(self, gid: int) -> None:
         """(main thread) The task ended: its breakpoint sessions end too."""
+        if not self.sessions:   # (after every task: no lock when there is none)
+            return
         with self._lock:
             ended = [s for s in self.sessions.values() if s.gid == gid and s.breakpoint]
             for s in ended:

@@ -320,7 +320,8 @@ def test_large_buffers_use_shared_memory_and_leave_no_file(cluster, client):
 
 
 def test_failure_summary_reads_as_english():
-    from nbcluster.errors import WorkerLost, summarize_failures
+    from nbcluster.errors import WorkerLost
+    from nbcluster.report import summarize_failures
     one = summarize_failures([WorkerLost("x", ["w2"])], 3, "elements")
     two = summarize_failures([WorkerLost("x", ["w1"]), WorkerLost("y", ["w2"])], 3, "elements")
     assert one.endswith("on worker w2") and two.endswith("on workers w1, w2")
